@@ -1,0 +1,42 @@
+# Two commands on a fresh machine: `make run` and `make test`. Both are idempotent.
+PYTHON ?= python3
+VENV   ?= .venv
+# A bare `torch` requirement pulls a multi-GB CUDA build; pin the CPU wheel first.
+TORCH  ?= torch==2.13.0
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.tsconv-installed
+CONFIG ?= configs/quick.yaml
+
+.PHONY: setup run test lint format bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: setup
+	$(BIN)/tsconv fetch --sample --data-dir data
+	$(BIN)/tsconv train --config $(CONFIG) --out runs/quick
+	$(BIN)/tsconv predict --run runs/quick
+	$(BIN)/tsconv backtest --config $(CONFIG) --out runs/quick-bt
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check tsconv tests scripts
+	$(BIN)/ruff format --check tsconv tests scripts
+
+format: setup
+	$(BIN)/ruff format tsconv tests scripts
+	$(BIN)/ruff check --fix tsconv tests scripts
+
+bench: setup
+	$(BIN)/python scripts/run_benchmarks.py --out docs/benchmarks.md
+
+clean:
+	rm -rf runs .pytest_cache .hypothesis

@@ -1,0 +1,3 @@
+from tsconv.cli import main
+
+main()

@@ -1,0 +1,291 @@
+"""Command line: parse, load the config, call one library function, print a summary."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+import tsconv
+from tsconv.errors import TsconvError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Train temporal convolutional networks on OHLCV data and evaluate them "
+    "walk-forward, without look-ahead.",
+)
+# Wide enough for the results table when output is piped to a file or CI log.
+out = Console(width=None if sys.stdout.isatty() else 120)
+err = Console(stderr=True)
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="YAML config file.")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", help="Override a key: --set train.epochs=3")
+]
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """One line on stderr and a documented exit code instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except TsconvError as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False, markup=True, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("interrupted; finished work is saved (use --resume to continue)")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"tsconv {tsconv.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
+) -> None:
+    pass
+
+
+def _config(config: Path | None, overrides: list[str] | None):
+    from tsconv.config import load_config
+
+    return load_config(config, overrides or [])
+
+
+# --------------------------------------------------------------------------- fetch
+
+
+@app.command()
+@user_errors
+def fetch(
+    tickers: Annotated[
+        list[str] | None, typer.Argument(help="Symbols, e.g. SPY AAPL ^GSPC")
+    ] = None,
+    start: Annotated[str | None, typer.Option(help="First date, YYYY-MM-DD")] = None,
+    end: Annotated[str | None, typer.Option(help="Last date (exclusive), YYYY-MM-DD")] = None,
+    interval: Annotated[str, typer.Option(help="Bar interval (yfinance), e.g. 1d")] = "1d",
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="Cache folder")] = Path("data"),
+    from_csv: Annotated[
+        Path | None, typer.Option("--from-csv", help="Import a CSV/parquet file")
+    ] = None,
+    ticker: Annotated[str | None, typer.Option(help="Ticker name for --from-csv")] = None,
+    sample: Annotated[
+        bool, typer.Option("--sample", help="Copy the embedded sample into the cache")
+    ] = False,
+) -> None:
+    """Download daily bars from Yahoo Finance into the cache, or import a file or the sample."""
+    from tsconv.data import fetch as fetching
+    from tsconv.data.sources import sample_tickers
+
+    if from_csv is not None:
+        if not ticker:
+            raise TsconvError("--from-csv needs --ticker NAME")
+        entry = fetching.import_file(data_dir, from_csv, ticker)
+        out.print(
+            f"imported {from_csv} as {ticker.upper()}: {entry['rows']} bars, "
+            f"{entry['first']} to {entry['last']} -> {data_dir / entry['file']}"
+        )
+        return
+    if sample:
+        written = fetching.import_sample(data_dir, tickers or sample_tickers())
+        for symbol, entry in written.items():
+            out.print(f"{symbol}: {entry['rows']} bars ({entry['note']})")
+        return
+    if not tickers:
+        raise TsconvError(
+            "name at least one ticker, or use --from-csv FILE --ticker NAME, or --sample"
+        )
+    report = fetching.fetch_many(data_dir, tickers, start=start, end=end, interval=interval)
+    for symbol, entry in report.written.items():
+        out.print(f"{symbol}: {entry['rows']} bars ({entry['note']})")
+    if report.failed:
+        if len(report.failed) == 1 and not report.written:
+            raise TsconvError(next(iter(report.failed.values())))
+        kept = f"fetched {', '.join(report.written) or 'nothing'}; " if report.written else ""
+        raise TsconvError(f"{kept}failed: " + "; ".join(report.failed.values()))
+
+
+# --------------------------------------------------------------------------- train
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+        disable=not err.is_terminal,
+    )
+
+
+@app.command()
+@user_errors
+def train(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Run folder (default runs/<name>)")
+    ] = None,
+    resume: Annotated[
+        Path | None, typer.Option("--resume", help="Continue an interrupted run folder")
+    ] = None,
+) -> None:
+    """Train a TCN or multi-scale model and write a run folder (model.pt, metrics, plots)."""
+    from tsconv import checkpoint
+    from tsconv.experiment import describe_model, run_training
+
+    if resume is not None:
+        cfg = checkpoint.config_of({"config": _read_resolved(resume)}, resume / "config.yaml")
+        target = resume
+    else:
+        if config is None:
+            raise TsconvError("--config is required (e.g. --config configs/quick.yaml)")
+        cfg = _config(config, set_)
+        target = out_dir or Path("runs") / (cfg.name or config.stem)
+    info = describe_model(cfg)
+    out.print(
+        f"model {info['kind']}: {info['parameters']:,} parameters, receptive field "
+        f"{info['receptive_field']} steps, window {info['window']}"
+    )
+    if info["warning"]:
+        err.print(f"[yellow]warning:[/yellow] {info['warning']}")
+    with _progress() as progress:
+        task = progress.add_task("train", total=cfg.train.epochs, info="")
+
+        def on_epoch(state: Any) -> None:
+            h = state.result.history[-1]
+            progress.update(
+                task,
+                completed=state.epoch,
+                info=(
+                    f"epoch {h['epoch']} loss {h['train_loss']:.4f} val {h['val_loss']:.4f} "
+                    f"lr {h['lr']:.2e} {h['samples_per_s']:.0f} windows/s"
+                ),
+            )
+
+        summary = run_training(cfg, target, resume=resume is not None, on_epoch_done=on_epoch)
+    out.print(
+        f"best epoch {summary['best_epoch']}/{summary['epochs_run']}: validation MSE "
+        f"{summary['best_val_loss']:.4f} (scaled target) on {summary['device']} -> {target}"
+    )
+
+
+def _read_resolved(run: Path) -> dict[str, Any]:
+    import yaml
+
+    path = Path(run) / "config.yaml"
+    if not path.exists():
+        raise TsconvError(f"{run}: not a run folder (no config.yaml)")
+    return yaml.safe_load(path.read_text())
+
+
+# --------------------------------------------------------------------------- predict
+
+
+@app.command()
+@user_errors
+def predict(
+    run: Annotated[Path, typer.Option("--run", help="A run folder written by tsconv train")],
+    tickers: Annotated[
+        list[str] | None, typer.Option("--tickers", help="Tickers (default: the run's)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """Predict the next-step return after each ticker's latest bar."""
+    from tsconv.experiment import predict_latest
+
+    rows = predict_latest(run, tickers)
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    table = Table("ticker", "latest bar", "horizon", "predicted log return", "scaler")
+    for r in rows:
+        table.add_row(
+            r["ticker"],
+            r["last_bar"],
+            str(r["horizon"]),
+            f"{r['predicted_log_return']:+.5f}",
+            r["scaler"],
+        )
+    out.print(table)
+
+
+# --------------------------------------------------------------------------- backtest
+
+
+@app.command()
+@user_errors
+def backtest(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Output folder (default runs/<name>-bt)")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Keep finished folds in --out and continue")
+    ] = False,
+) -> None:
+    """Walk-forward evaluation against naive baselines; writes predictions, metrics and report.html."""
+    from tsconv.report import TABLE_HEADER, table_rows
+    from tsconv.walkforward import run_backtest
+
+    if config is None:
+        raise TsconvError("--config is required (e.g. --config configs/quick.yaml)")
+    cfg = _config(config, set_)
+    target = out_dir or Path("runs") / f"{cfg.name or config.stem}-bt"
+    with _progress() as progress:
+        task = progress.add_task("walk-forward", total=None, info="")
+
+        def on_fold(done: int, total: int, info: dict[str, Any]) -> None:
+            progress.update(
+                task,
+                total=total,
+                completed=done,
+                info=(f"fold {done}/{total} test {info['test_start']}..{info['test_end']}"),
+            )
+
+        m = run_backtest(cfg, target, resume=resume, on_fold=on_fold)
+    table = Table(
+        *TABLE_HEADER,
+        title=f"walk-forward: {m['n_predictions']} predictions, "
+        f"{m['first_date']} to {m['last_date']}, {m['folds']} folds",
+    )
+    for row in table_rows(m):
+        table.add_row(*row)
+    out.print(table)
+    out.print(m["verdict"])
+    t = m["timing"]
+    out.print(
+        f"{t['folds']} folds in {t['folds_seconds']:.1f} s ({t['seconds_per_fold']:.2f} s/fold, "
+        f"data prep {t['prepare_seconds']:.2f} s) -> {target / 'report.html'}"
+    )
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,265 @@
+"""Typed configuration: the schema, YAML loading and dotted `--set key=value` overrides.
+
+Every key is declared here with its type, range and default. Unknown keys are errors that name the
+key path and suggest the closest valid key, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tsconv.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Section):
+    source: Literal["sample", "cache", "csv"] = "sample"
+    tickers: list[str] = Field(default_factory=lambda: ["MSFT", "AAPL"], min_length=1)
+    dir: Path = Path("data")
+    path: Path | None = None
+    start: dt.date | None = None
+    end: dt.date | None = None
+    price: Literal["adj_close", "close"] = "adj_close"
+    nan_policy: Literal["drop", "ffill", "error"] = "ffill"
+    fill_limit: int = Field(5, ge=0)
+
+    @model_validator(mode="after")
+    def _csv_needs_path(self) -> DataConfig:
+        if self.source == "csv" and self.path is None:
+            raise ValueError("source 'csv' needs data.path")
+        return self
+
+
+class TargetConfig(_Section):
+    horizon: int = Field(1, ge=1, le=252)
+
+
+class ModelConfig(_Section):
+    kind: Literal["tcn", "multiscale"] = "tcn"
+    channels: int = Field(64, ge=1, le=4096)
+    layers: int = Field(8, ge=1, le=24)
+    channel_list: list[int] | None = None
+    kernel_size: int = Field(3, ge=1, le=64)
+    dilation_base: int = Field(2, ge=1, le=8)
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    weight_norm: bool = True
+    kernels: list[int] = Field(default_factory=lambda: [3, 5, 21], min_length=1)
+    causal: bool = True
+
+    @field_validator("kernels", "channel_list")
+    @classmethod
+    def _positive(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and any(v < 1 for v in value):
+            raise ValueError("every entry must be >= 1")
+        return value
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["none", "cosine", "onecycle"] = "cosine"
+    clip_grad: float = Field(1.0, ge=0, description="0 turns clipping off")
+    patience: int = Field(5, ge=0, description="0 turns early stopping off")
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    val_gap: int | None = Field(None, ge=0, description="bars between train and validation")
+    targets: Literal["all", "last"] = "all"
+    burn_in: int | None = Field(None, ge=0)
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    amp: bool = False
+    compile: bool = False
+    threads: int | None = Field(None, ge=1)
+
+
+class BacktestConfig(_Section):
+    scheme: Literal["expanding", "sliding"] = "expanding"
+    train_span: int = Field(1000, ge=2)
+    test_span: int = Field(63, ge=1)
+    gap: int = Field(0, ge=0)
+    retrain: Literal["full", "warm"] = "full"
+    warm_epochs: int | None = Field(None, ge=1)
+    start: dt.date | None = None
+    end: dt.date | None = None
+    position: Literal["sign", "scaled"] = "sign"
+    cost_bps: float = Field(5.0, ge=0)
+    periods_per_year: int = Field(252, ge=1)
+    ar_lags: int = Field(5, ge=1, le=100)
+    ridge_alpha: float = Field(1.0, ge=0)
+    trailing_window: int = Field(252, ge=1)
+
+
+class Config(_Section):
+    seed: int = 0
+    name: str | None = None
+    data: DataConfig = Field(default_factory=DataConfig)
+    features: list[str] = Field(
+        default_factory=lambda: [
+            "log_return",
+            "oc_return",
+            "hl_range",
+            "close_loc",
+            "log_volume_chg",
+            "vol_20",
+            "volume_z_20",
+            "mom_5",
+        ],
+        min_length=1,
+    )
+    target: TargetConfig = Field(default_factory=TargetConfig)
+    window: int = Field(256, ge=2)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    backtest: BacktestConfig = Field(default_factory=BacktestConfig)
+
+    @field_validator("features")
+    @classmethod
+    def _known_features(cls, names: list[str]) -> list[str]:
+        from tsconv.features import check_feature_names
+
+        check_feature_names(names)
+        return names
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        h = self.target.horizon
+        if self.backtest.gap < h - 1:
+            raise ValueError(
+                f"backtest.gap={self.backtest.gap} is smaller than target.horizon-1={h - 1}: "
+                "training targets would overlap the test period"
+            )
+        if self.train.val_gap is not None and self.train.val_gap < h - 1:
+            raise ValueError(
+                f"train.val_gap={self.train.val_gap} must be >= target.horizon-1={h - 1}"
+            )
+        if self.train.burn_in is not None and self.train.burn_in >= self.window:
+            raise ValueError(f"train.burn_in={self.train.burn_in} must be < window={self.window}")
+        if not self.model.causal and self.model.kind == "multiscale":
+            pass  # allowed on purpose: reproduces the seed's symmetric padding (sees the future)
+        return self
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _section_for(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that owns the key at `loc[-1]`."""
+    model: Any = Config
+    for part in loc[:-1]:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return None
+        model = field.annotation
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _format_error(err: dict[str, Any]) -> str:
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    key = ".".join(str(p) for p in loc) or "config"
+    if err["type"] == "extra_forbidden":
+        section = _section_for(loc)
+        hint = ""
+        if section is not None:
+            close = difflib.get_close_matches(str(loc[-1]), list(section.model_fields), n=1)
+            if close:
+                hint = f"; did you mean {'.'.join([*map(str, loc[:-1]), close[0]])}?"
+            else:
+                hint = f"; valid keys: {', '.join(section.model_fields)}"
+        return f"{key}: unknown key{hint}"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] not in ("value_error", "missing"):
+        msg = f"{msg} (got {err.get('input')!r})"
+    return f"{key}: {msg}"
+
+
+def validate_config(raw: dict[str, Any], source: str = "config") -> Config:
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{source}: the top level must be a mapping of keys, got {type(raw).__name__}"
+        )
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        errors = exc.errors()
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ConfigError(f"{source}: {_format_error(errors[0])}{more}") from None
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}:{where}: not valid YAML: {problem}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}"
+        )
+    return raw
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` strings; values are parsed as YAML scalars/lists and typed by the schema."""
+    out = _deepcopy(raw)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set train.epochs=3")
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            parsed = value
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: {part} is not a section")
+            node = child
+        node[parts[-1]] = parsed
+    return out
+
+
+def _deepcopy(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _deepcopy(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_deepcopy(v) for v in obj]
+    return obj
+
+
+def load_config(path: Path | None, overrides: list[str] | None = None) -> Config:
+    raw = read_yaml(path) if path is not None else {}
+    raw = apply_overrides(raw, overrides or [])
+    return validate_config(raw, source=str(path) if path is not None else "config")
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    return cfg.model_dump(mode="json")
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)

@@ -1,0 +1,1 @@
+"""Data layer: sources (yfinance, CSV/parquet, the embedded sample) -> canonical OHLCV frames."""

@@ -1,0 +1,190 @@
+"""Turn any OHLCV table into the canonical frame, or raise a DataError naming file, row and problem.
+
+Canonical frame: a tz-naive DatetimeIndex named `date` (the bar's local calendar date), sorted and
+unique, float64 columns `open high low close volume` and, where the source gives it, `adj_close`.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+
+from tsconv.errors import DataError
+
+PRICE_COLUMNS = ["open", "high", "low", "close"]
+REQUIRED = [*PRICE_COLUMNS, "volume"]
+CANONICAL = ["open", "high", "low", "close", "adj_close", "volume"]
+
+_ALIASES = {
+    "date": "date",
+    "datetime": "date",
+    "timestamp": "date",
+    "time": "date",
+    "day": "date",
+    "open": "open",
+    "high": "high",
+    "low": "low",
+    "close": "close",
+    "volume": "volume",
+    "adjclose": "adj_close",
+    "adjustedclose": "adj_close",
+    "adjclosed": "adj_close",
+}
+
+
+def canonical_column(name: object) -> str | None:
+    key = re.sub(r"[\s_\-.]", "", str(name).strip().lower())
+    return _ALIASES.get(key)
+
+
+def _where(source: str, row: int | None) -> str:
+    return f"{source}: row {row}" if row is not None else source
+
+
+def canonicalize(
+    raw: pd.DataFrame,
+    source: str,
+    *,
+    nan_policy: str = "ffill",
+    fill_limit: int = 5,
+    row_offset: int = 1,
+    min_rows: int = 2,
+) -> pd.DataFrame:
+    """Validate `raw` and return the canonical frame.
+
+    `row_offset` converts a 0-based position into the row number a user sees: 2 for a CSV with a
+    header line (line numbers), 1 for parquet/in-memory rows.
+    """
+    frame = raw.copy()
+    if isinstance(frame.index, pd.DatetimeIndex) or frame.index.name is not None:
+        frame = frame.reset_index()
+    mapping: dict[object, str] = {}
+    for col in frame.columns:
+        canon = canonical_column(col)
+        if canon is not None and canon not in mapping.values():
+            mapping[col] = canon
+    frame = frame.rename(columns=mapping)[list(mapping.values())]
+    missing = [c for c in ["date", *REQUIRED] if c not in frame.columns]
+    if missing:
+        found = ", ".join(map(str, raw.columns)) or "none"
+        raise DataError(f"{source}: missing column(s) {', '.join(missing)}; found: {found}")
+    if frame.empty:
+        raise DataError(f"{source}: no data rows")
+    rows = np.arange(len(frame)) + row_offset
+
+    dates = _parse_dates(frame["date"], source, rows)
+    values = {}
+    for col in [c for c in CANONICAL if c in frame.columns]:
+        values[col] = _parse_numeric(frame[col], col, source, rows)
+    out = pd.DataFrame(values, index=pd.DatetimeIndex(dates, name="date"))
+
+    dup = out.index.duplicated(keep="first")
+    if dup.any():
+        i = int(np.argmax(dup))
+        raise DataError(f"{_where(source, rows[i])}: duplicate date {out.index[i].date()}")
+    if not out.index.is_monotonic_increasing:
+        i = int(np.argmax(np.diff(out.index.asi8) < 0)) + 1
+        raise DataError(
+            f"{_where(source, rows[i])}: dates are not in ascending order "
+            f"({out.index[i].date()} after {out.index[i - 1].date()}); sort the file by date"
+        )
+    out, rows = _apply_nan_policy(out, source, rows, nan_policy, fill_limit)
+    _check_values(out, source, rows)
+    if len(out) < min_rows:
+        raise DataError(f"{source}: only {len(out)} row(s); at least {min_rows} are needed")
+    return out
+
+
+def _parse_dates(col: pd.Series, source: str, rows: np.ndarray) -> pd.DatetimeIndex:
+    if pd.api.types.is_datetime64_any_dtype(col.dtype):
+        parsed = pd.Series(col)
+    else:
+        try:
+            parsed = pd.to_datetime(col, errors="coerce", format="mixed")
+        except (ValueError, TypeError) as exc:
+            if "timezone" in str(exc).lower() or "offset" in str(exc).lower():
+                raise DataError(
+                    f"{source}: column date mixes timezones; convert all timestamps to one zone"
+                ) from None
+            raise DataError(f"{source}: column date cannot be parsed as dates ({exc})") from None
+        if parsed.dtype == object:
+            raise DataError(
+                f"{source}: column date mixes timezones; convert all timestamps to one zone"
+            )
+    bad = parsed.isna().to_numpy()
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise DataError(f"{_where(source, rows[i])}: cannot parse date {col.iloc[i]!r}")
+    if getattr(parsed.dt, "tz", None) is not None:
+        # A daily bar belongs to its exchange's calendar day: keep the local date, drop the zone.
+        parsed = parsed.dt.tz_localize(None)
+    normalized = parsed.dt.normalize()
+    # Daily bars carry a time of day (midnight, or the exchange open in UTC): keep the date.
+    # Intraday bars would collide when normalised, so they keep their timestamps.
+    return pd.DatetimeIndex(normalized if normalized.is_unique else parsed)
+
+
+def _parse_numeric(col: pd.Series, name: str, source: str, rows: np.ndarray) -> np.ndarray:
+    if pd.api.types.is_numeric_dtype(col.dtype) and not pd.api.types.is_bool_dtype(col.dtype):
+        return col.to_numpy(dtype="float64", na_value=np.nan)
+    as_str = col.astype("string").str.strip()
+    parsed = pd.to_numeric(as_str.str.replace(",", "", regex=False), errors="coerce")
+    blank = as_str.isna() | as_str.str.lower().isin(["", "nan", "null", "na", "n/a", "none", "-"])
+    bad = (parsed.isna() & ~blank).to_numpy()
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise DataError(
+            f"{_where(source, rows[i])}: non-numeric value {col.iloc[i]!r} in column {name}"
+        )
+    return parsed.to_numpy(dtype="float64", na_value=np.nan)
+
+
+def _apply_nan_policy(
+    frame: pd.DataFrame, source: str, rows: np.ndarray, policy: str, limit: int
+) -> tuple[pd.DataFrame, np.ndarray]:
+    nan_rows = frame.isna().any(axis=1).to_numpy()
+    if not nan_rows.any():
+        return frame, rows
+    count = int(nan_rows.sum())
+    first = int(np.argmax(nan_rows))
+    if policy == "error":
+        cols = ", ".join(frame.columns[frame.iloc[first].isna()])
+        raise DataError(
+            f"{_where(source, rows[first])}: missing value in {cols} ({count} row(s) with NaNs; "
+            "set data.nan_policy to drop or ffill to accept them)"
+        )
+    if policy == "drop":
+        return frame.loc[~nan_rows], rows[~nan_rows]
+    filled = frame.ffill(limit=limit)
+    left = filled.isna().any(axis=1).to_numpy()
+    if left.any():
+        i = int(np.argmax(left))
+        raise DataError(
+            f"{_where(source, rows[i])}: missing values that cannot be forward-filled (a leading "
+            f"NaN, or a run longer than data.fill_limit={limit} bars); use data.nan_policy: drop"
+        )
+    return filled, rows
+
+
+def _check_values(frame: pd.DataFrame, source: str, rows: np.ndarray) -> None:
+    def fail(mask: np.ndarray, problem: str) -> None:
+        i = int(np.argmax(mask))
+        where = _where(source, rows[i])
+        raise DataError(f"{where} ({frame.index[i].date()}): {problem}")
+
+    prices = frame[[c for c in ["open", "high", "low", "close", "adj_close"] if c in frame]]
+    nonpos = (prices.to_numpy() <= 0) | ~np.isfinite(prices.to_numpy())
+    if nonpos.any():
+        r, c = np.argwhere(nonpos)[0]
+        mask = np.zeros(len(frame), bool)
+        mask[r] = True
+        fail(mask, f"{prices.columns[c]} must be a positive finite price, got {prices.iat[r, c]}")
+    hl = (frame["high"] < frame["low"]).to_numpy()
+    if hl.any():
+        i = int(np.argmax(hl))
+        fail(hl, f"high {frame['high'].iat[i]} is below low {frame['low'].iat[i]}")
+    vol = frame["volume"].to_numpy()
+    if (vol < 0).any() or not np.isfinite(vol).all():
+        fail((vol < 0) | ~np.isfinite(vol), "volume must be a finite number >= 0")

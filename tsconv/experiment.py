@@ -1,0 +1,331 @@
+"""Recipes that read top-down: prepare data once, fit on a span, train a run, predict.
+
+`tsconv train` and every walk-forward fold go through `fit_span`, so the rules (scaler fitted on
+the training rows only, validation after a gap, windows within one ticker) live in one place.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from tsconv import checkpoint, features, io
+from tsconv.config import Config, dump_yaml
+from tsconv.data.load import load_frames
+from tsconv.errors import DataError, TsconvError
+from tsconv.features import TickerData
+from tsconv.models import build_model, count_parameters, receptive_field
+from tsconv.train import (
+    FitResult,
+    FitState,
+    default_burn_in,
+    fit,
+    predict_rows,
+    select_device,
+)
+from tsconv.windows import Panel, Scaler, WindowDataset, make_panel
+
+Span = tuple[int, int]  # rows [lo, hi) of one ticker
+
+
+@dataclass
+class Prepared:
+    cfg: Config
+    data: dict[str, TickerData]
+    receptive_field: int
+    burn_in: int
+    calendar: pd.DatetimeIndex  # union of all tickers' usable dates
+
+
+def prepare(cfg: Config, frames: dict[str, pd.DataFrame] | None = None) -> Prepared:
+    frames = frames if frames is not None else load_frames(cfg.data)
+    data = features.build(frames, cfg.features, cfg.target.horizon, cfg.data.price)
+    rf = receptive_field(cfg.model)
+    burn_in = (
+        cfg.train.burn_in if cfg.train.burn_in is not None else default_burn_in(cfg.window, rf)
+    )
+    need = cfg.window + cfg.target.horizon + 1
+    for t, td in data.items():
+        if len(td.x) < need:
+            raise DataError(
+                f"{t}: {len(td.x)} usable bars after feature warm-up; at least window + horizon + 1 "
+                f"= {need} are needed"
+            )
+    calendar = pd.DatetimeIndex(sorted(set().union(*(td.dates for td in data.values()))))
+    return Prepared(cfg, data, rf, burn_in, calendar)
+
+
+def window_warning(cfg: Config, rf: int) -> str | None:
+    if cfg.window < rf:
+        return (
+            f"window {cfg.window} is shorter than the receptive field {rf} by {rf - cfg.window} "
+            "steps: the earliest inputs each prediction could use are zero padding"
+        )
+    return None
+
+
+def known_rows(td: TickerData) -> int:
+    """Rows whose target is already realised in the data."""
+    finite = np.isfinite(td.y)
+    return int(len(finite) - np.argmax(finite[::-1])) if finite.any() else 0
+
+
+def split_train_val(
+    prep: Prepared, train: dict[str, Span], val_gap: int | None = None
+) -> tuple[dict[str, Span], dict[str, Span]]:
+    """Cut one common date so that validation is the last `val_fraction` of the training dates."""
+    cfg = prep.cfg
+    gap = cfg.target.horizon - 1 if val_gap is None else val_gap
+    first = min(prep.data[t].dates[lo] for t, (lo, hi) in train.items() if hi > lo)
+    last = max(prep.data[t].dates[hi - 1] for t, (lo, hi) in train.items() if hi > lo)
+    span = prep.calendar[(prep.calendar >= first) & (prep.calendar <= last)]
+    cut = span[int(len(span) * (1 - cfg.train.val_fraction))]
+    fit_spans, val_spans = {}, {}
+    for t, (lo, hi) in train.items():
+        v = max(lo, int(prep.data[t].dates.searchsorted(cut)))
+        fit_spans[t] = (lo, max(lo, v - gap))
+        val_spans[t] = (v, hi)
+    return fit_spans, val_spans
+
+
+def fit_span(
+    prep: Prepared,
+    train: dict[str, Span],
+    val: dict[str, Span],
+    *,
+    seed: int,
+    device: torch.device,
+    init_state: dict[str, torch.Tensor] | None = None,
+    epochs: int | None = None,
+    resume: FitState | None = None,
+    on_epoch: Any = None,
+    on_step: Any = None,
+) -> tuple[torch.nn.Module, dict[str, Scaler], Panel, FitResult]:
+    """Fit scalers on the training rows only, then train a model on those rows."""
+    cfg = prep.cfg
+    scalers = {}
+    for t, td in prep.data.items():
+        lo, hi = train.get(t, (0, 0))
+        if hi - lo < 2:
+            lo, hi = 0, max(2, min(len(td.x), cfg.window))  # ticker unused in training
+        scalers[t] = Scaler.fit(td.x[lo:hi], td.y[lo:hi])
+    panel = make_panel(prep.data, scalers)
+    index = {t: i for i, t in enumerate(panel.tickers)}
+    mode = "all" if cfg.train.targets == "all" else "last"
+
+    def dataset(spans: dict[str, Span], m: str) -> WindowDataset:
+        return WindowDataset(
+            panel,
+            [(index[t], lo, hi) for t, (lo, hi) in spans.items() if hi > lo],
+            cfg.window,
+            m,
+            prep.burn_in,
+        )
+
+    train_ds = dataset(train, mode)
+    val_ds = dataset(val, "last")  # validate exactly as we predict: the window ending at the row
+    torch.manual_seed(seed)
+    model = build_model(cfg.model, len(cfg.features))
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    result = fit(
+        model,
+        train_ds,
+        val_ds if len(val_ds) else None,
+        cfg.train,
+        seed=seed,
+        device=device,
+        epochs=epochs,
+        resume=resume,
+        on_epoch=on_epoch,
+        on_step=on_step,
+    )
+    return model, scalers, panel, result
+
+
+def global_rows(panel: Panel, ticker: str, rows: np.ndarray) -> torch.Tensor:
+    base = int(panel.offsets[panel.tickers.index(ticker)])
+    return torch.as_tensor(rows + base, dtype=torch.int64)
+
+
+# --------------------------------------------------------------------------- tsconv train
+
+
+def training_spans(prep: Prepared) -> tuple[dict[str, Span], dict[str, Span]]:
+    return split_train_val(
+        prep, {t: (0, known_rows(td)) for t, td in prep.data.items()}, prep.cfg.train.val_gap
+    )
+
+
+def describe_model(cfg: Config) -> dict[str, Any]:
+    model = build_model(cfg.model, len(cfg.features))
+    rf = receptive_field(cfg.model)
+    return {
+        "kind": cfg.model.kind,
+        "parameters": count_parameters(model),
+        "receptive_field": rf,
+        "window": cfg.window,
+        "warning": window_warning(cfg, rf),
+    }
+
+
+def _metrics_csv(history: list[dict[str, float]]) -> str:
+    buf = _io.StringIO()
+    if history:
+        writer = csv.DictWriter(buf, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+    return buf.getvalue()
+
+
+def plot_loss(path: Path, history: list[dict[str, float]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ep = [h["epoch"] for h in history]
+    ax.plot(ep, [h["train_loss"] for h in history], label="train")
+    ax.plot(ep, [h["val_loss"] for h in history], label="validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("MSE (scaled target)")
+    ax.legend()
+    fig.tight_layout()
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    io.write_bytes(path, buf.getvalue())
+
+
+def run_training(
+    cfg: Config, out: Path, *, resume: bool = False, on_step: Any = None, on_epoch_done: Any = None
+) -> dict[str, Any]:
+    """`tsconv train`: fit on the chronological split and write the run folder."""
+    out = Path(out)
+    state_path = out / "state.pt"
+    resume_state = None
+    if resume:
+        if not state_path.exists():
+            if (out / "model.pt").exists():
+                raise TsconvError(f"{out}: this run already finished; nothing to resume")
+            raise TsconvError(f"{out}: no state.pt to resume from")
+        payload = torch.load(state_path, map_location="cpu", weights_only=True)
+        resume_state = FitState.from_dict(payload["fit"])
+    prep = prepare(cfg)
+    device = select_device(cfg.train.device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    train, val = training_spans(prep)
+    io.write_text(out / "config.yaml", dump_yaml(cfg))
+    io.write_json(out / "versions.json", {**io.versions(), "seed": cfg.seed})
+
+    def save_epoch(state: FitState) -> None:
+        io.save_torch(state_path, {"fit": state.to_dict()})
+        io.write_text(out / "metrics.csv", _metrics_csv(state.result.history))
+        if on_epoch_done is not None:
+            on_epoch_done(state)
+
+    model, scalers, _, result = fit_span(
+        prep,
+        train,
+        val,
+        seed=cfg.seed,
+        device=device,
+        resume=resume_state,
+        on_epoch=save_epoch,
+        on_step=on_step,
+    )
+    checkpoint.save(
+        out / "model.pt",
+        cfg=cfg,
+        model=model,
+        scalers=scalers,
+        receptive_field=prep.receptive_field,
+        burn_in=prep.burn_in,
+        extra={
+            "train_end": {
+                t: str(prep.data[t].dates[hi - 1].date())
+                for t, (lo, hi) in train.items()
+                if hi > lo
+            }
+        },
+    )
+    io.write_text(out / "metrics.csv", _metrics_csv(result.history))
+    plot_loss(out / "loss.png", result.history)
+    best = result.history[result.best_epoch - 1] if result.best_epoch else {}
+    summary = {
+        "tickers": list(prep.data),
+        "device": str(device),
+        "seed": cfg.seed,
+        "parameters": count_parameters(model),
+        "receptive_field": prep.receptive_field,
+        "burn_in": prep.burn_in,
+        "epochs_run": len(result.history),
+        "best_epoch": result.best_epoch,
+        "best_val_loss": result.best_val,
+        "stopped_early": result.stopped_early,
+        "train_loss_at_best": best.get("train_loss", math.nan),
+        "train_rows": {t: hi - lo for t, (lo, hi) in train.items()},
+        "val_rows": {t: hi - lo for t, (lo, hi) in val.items()},
+        "warning": window_warning(cfg, prep.receptive_field),
+    }
+    io.write_json(out / "summary.json", summary)
+    state_path.unlink(missing_ok=True)
+    io.write_manifest(out, complete=True)
+    return summary
+
+
+# --------------------------------------------------------------------------- tsconv predict
+
+
+def predict_latest(run: Path, tickers: list[str] | None = None) -> list[dict[str, Any]]:
+    """The next-step prediction after each ticker's latest bar, from a trained run folder."""
+    payload = checkpoint.load(Path(run) / "model.pt")
+    cfg = checkpoint.config_of(payload, Path(run) / "model.pt")
+    if tickers:
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"tickers": tickers})})
+    prep = prepare(cfg)
+    model = build_model(cfg.model, payload["in_features"])
+    model.load_state_dict(payload["state_dict"])
+    scalers = {}
+    for t, td in prep.data.items():
+        stored = payload["scalers"].get(t)
+        # A ticker the model never saw is scaled on its own history, all of it before the bar.
+        scalers[t] = Scaler.from_dict(stored) if stored else Scaler.fit(td.x, td.y)
+    panel = make_panel(prep.data, scalers)
+    rows = []
+    for t, td in prep.data.items():
+        last = len(td.x) - 1
+        pred = (
+            predict_rows(
+                model,
+                panel,
+                global_rows(panel, t, np.array([last])),
+                cfg.window,
+                torch.device("cpu"),
+            )[0]
+            * scalers[t].y_scale
+        )
+        rows.append(
+            {
+                "ticker": t,
+                "last_bar": str(td.dates[last].date()),
+                "horizon": cfg.target.horizon,
+                "predicted_log_return": float(pred),
+                "scaler": "training span" if t in payload["scalers"] else "own history",
+            }
+        )
+    return rows
+
+
+warnings.filterwarnings("ignore", message=".*weight_norm.*")

@@ -1,0 +1,175 @@
+"""Forecast and trading metrics, and significance tests. Pure functions of arrays and frames.
+
+Conventions (also in the README and every report):
+- Targets and predictions are log returns over the horizon h.
+- Trading: the position for bar t is taken at t's close and earns the simple return
+  exp(r[t+1]) - 1 of the next bar; costs are cost_bps/1e4 per unit of turnover |pos_t - pos_{t-1}|.
+- Equity is compounded: equity_t = prod(1 + net_s), never summed.
+- Annualisation uses `periods_per_year` (252 by default): mean * P, std * sqrt(P),
+  annual return = equity_end ** (P / n) - 1.
+- IC: Pearson correlation of prediction and realised return; rank IC: Spearman. Per-fold ICs are
+  averaged with equal weight per fold; ICIR = mean / std of the per-fold ICs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+
+def _nan(x: float) -> float | None:
+    return None if x is None or not np.isfinite(x) else float(x)
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    if len(a) < 3 or np.std(a) == 0 or np.std(b) == 0:
+        return math.nan
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    if len(a) < 3:
+        return math.nan
+    return pearson(stats.rankdata(a), stats.rankdata(b))
+
+
+def directional_accuracy(pred: np.ndarray, real: np.ndarray) -> float:
+    """Share of bars where sign(pred) == sign(real), over bars with a non-zero prediction."""
+    m = pred != 0
+    return float(np.mean(np.sign(pred[m]) == np.sign(real[m]))) if m.any() else math.nan
+
+
+def forecast_metrics(pred: np.ndarray, real: np.ndarray) -> dict[str, Any]:
+    err = pred - real
+    sse0 = float(np.sum(real**2))
+    da = directional_accuracy(pred, real)
+    n_dir = int((pred != 0).sum())
+    return {
+        "n": len(pred),
+        "mse": float(np.mean(err**2)),
+        "mae": float(np.mean(np.abs(err))),
+        "r2_oos": 1 - float(np.sum(err**2)) / sse0 if sse0 > 0 else math.nan,
+        "directional_accuracy": da,
+        "directional_accuracy_se": math.sqrt(0.25 / n_dir) if n_dir else math.nan,
+        "ic": pearson(pred, real),
+        "rank_ic": spearman(pred, real),
+    }
+
+
+def ic_summary(per_fold: list[float]) -> dict[str, Any]:
+    ics = np.array([v for v in per_fold if np.isfinite(v)])
+    if len(ics) < 2:
+        return {
+            "mean": _nan(ics.mean()) if len(ics) else None,
+            "std": None,
+            "icir": None,
+            "t_stat": None,
+            "p_value": None,
+            "folds": len(ics),
+        }
+    mean, sd = float(ics.mean()), float(ics.std(ddof=1))
+    t = mean / (sd / math.sqrt(len(ics))) if sd > 0 else math.nan
+    p = float(2 * stats.t.sf(abs(t), df=len(ics) - 1)) if np.isfinite(t) else math.nan
+    return {
+        "mean": mean,
+        "std": sd,
+        "icir": mean / sd if sd > 0 else None,
+        "t_stat": _nan(t),
+        "p_value": _nan(p),
+        "folds": len(ics),
+    }
+
+
+def newey_west_variance(d: np.ndarray, lags: int) -> float:
+    """Long-run variance of d with Bartlett weights 1 - k/(lags+1)."""
+    d = d - d.mean()
+    n = len(d)
+    var = float(d @ d) / n
+    for k in range(1, lags + 1):
+        cov = float(d[k:] @ d[:-k]) / n
+        var += 2 * (1 - k / (lags + 1)) * cov
+    return var
+
+
+def diebold_mariano(loss_a: np.ndarray, loss_b: np.ndarray, horizon: int = 1) -> dict[str, Any]:
+    """DM test of equal predictive accuracy; negative statistic: `a` has the smaller loss.
+
+    d = loss_a - loss_b, DM = mean(d) / sqrt(LRV(d) / n), LRV by Newey-West with h-1 lags,
+    two-sided p-value from the standard normal.
+    """
+    d = np.asarray(loss_a, float) - np.asarray(loss_b, float)
+    n = len(d)
+    if n < 3:
+        return {"stat": None, "p_value": None, "n": n}
+    lrv = newey_west_variance(d, max(horizon - 1, 0))
+    if lrv <= 0:
+        return {"stat": None, "p_value": None, "n": n}
+    stat = float(d.mean() / math.sqrt(lrv / n))
+    return {"stat": stat, "p_value": float(2 * stats.norm.sf(abs(stat))), "n": n}
+
+
+def positions(pred: pd.Series, kind: str, scale_window: int = 63) -> pd.Series:
+    """sign(pred), or pred divided by the trailing std of earlier predictions, clipped to [-1, 1]."""
+    if kind == "sign":
+        return np.sign(pred)
+    scale = pred.shift(1).rolling(scale_window, min_periods=10).std()
+    return (pred / scale).clip(-1, 1).fillna(0.0)
+
+
+def trading_returns(pos: pd.Series, ret1: pd.Series, cost_bps: float) -> pd.Series:
+    """Net simple return per bar for one instrument; the first bar pays to open its position."""
+    turnover = pos.diff().abs().fillna(pos.abs())
+    return pos * np.expm1(ret1) - cost_bps / 1e4 * turnover
+
+
+def max_drawdown(equity: np.ndarray) -> float:
+    peak = np.maximum.accumulate(np.concatenate([[1.0], equity]))[1:]
+    return float(np.min(equity / peak - 1)) if len(equity) else math.nan
+
+
+def trading_metrics(
+    net: np.ndarray,
+    periods_per_year: int,
+    turnover: np.ndarray | None = None,
+    active: np.ndarray | None = None,
+) -> dict[str, Any]:
+    net = np.asarray(net, float)
+    n = len(net)
+    if n == 0:
+        return {}
+    equity = np.cumprod(1 + net)
+    p = periods_per_year
+    sd = net.std(ddof=1) if n > 1 else math.nan
+    downside = math.sqrt(np.mean(np.minimum(net, 0) ** 2))
+    ann = float(equity[-1] ** (p / n) - 1) if equity[-1] > 0 else -1.0
+    mdd = max_drawdown(equity)
+    act = np.ones(n, bool) if active is None else active
+    return {
+        "total_return": float(equity[-1] - 1),
+        "annual_return": ann,
+        "annual_volatility": float(sd * math.sqrt(p)),
+        "sharpe": float(net.mean() / sd * math.sqrt(p)) if sd > 0 else math.nan,
+        "sortino": float(net.mean() / downside * math.sqrt(p)) if downside > 0 else math.nan,
+        "max_drawdown": mdd,
+        "calmar": ann / abs(mdd) if mdd < 0 else math.nan,
+        "turnover_per_bar": float(np.mean(turnover)) if turnover is not None else math.nan,
+        "hit_rate": float(np.mean(net[act] > 0)) if act.any() else math.nan,
+        "bars": n,
+    }
+
+
+def clean(obj: Any) -> Any:
+    """NaN/inf -> None so metrics.json is valid JSON."""
+    if isinstance(obj, dict):
+        return {k: clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [clean(v) for v in obj]
+    if isinstance(obj, float | np.floating):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj

@@ -1,0 +1,51 @@
+"""Multi-scale Conv1d: parallel branches with different kernels (e.g. 3, 5, 21 bars).
+
+Each branch is Conv1d -> BatchNorm1d -> ReLU; branches are concatenated on channels and a 1x1
+head predicts at every step. With `causal=True` (default) each branch pads on the left only.
+`causal=False` reproduces the seed's `FinancialFeatureExtractor`, which pads both sides: its output
+at step t then sees (k-1)/2 future steps inside the window, which is look-ahead for forecasting.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tsconv.models.layers import CausalConv1d
+
+
+class MultiScaleConv1d(nn.Module):
+    def __init__(
+        self,
+        in_features: int,
+        hidden: int = 64,
+        kernels: tuple[int, ...] = (3, 5, 21),
+        causal: bool = True,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.kernels, self.causal = tuple(kernels), causal
+
+        def conv(k: int) -> nn.Conv1d:
+            if causal:
+                return CausalConv1d(in_features, hidden, k)
+            if k % 2 == 0:
+                raise ValueError(f"symmetric padding needs odd kernels, got {k}")
+            return nn.Conv1d(in_features, hidden, k, padding=k // 2)
+
+        self.branches = nn.ModuleList(
+            nn.Sequential(conv(k), nn.BatchNorm1d(hidden), nn.ReLU()) for k in self.kernels
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Conv1d(hidden * len(self.kernels), 1, 1)
+
+    @property
+    def receptive_field(self) -> int:
+        return max(self.kernels)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, F, L) -> (N, hidden * len(kernels), L), the seed's extractor output."""
+        return torch.cat([branch(x) for branch in self.branches], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.features(x)))

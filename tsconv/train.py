@@ -1,0 +1,312 @@
+"""One training loop, used by `tsconv train` and by every walk-forward fold.
+
+Data arrive as a Panel (scaled rows of all tickers) and spans of target rows; batches are gathered
+from window views by index, never through a per-sample DataLoader.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from tsconv.config import TrainConfig
+from tsconv.errors import ConfigError, TrainingError
+from tsconv.windows import Panel, WindowDataset, last_step_inputs
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "train.device: cuda requested but no CUDA GPU is available (use auto or cpu)"
+        )
+    if name == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise ConfigError("train.device: mps requested but not available (use auto or cpu)")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def amp_dtype(device: torch.device) -> torch.dtype:
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16
+
+
+def default_burn_in(window: int, receptive_field: int) -> int:
+    """Positions before the burn-in see mostly zero padding; skip them in the loss.
+
+    The full receptive field when the window leaves room for targets, else half the window.
+    """
+    return min(receptive_field - 1, window // 2)
+
+
+def masked_mse(pred: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    diff = torch.where(mask, pred.float() - torch.nan_to_num(y), 0.0)
+    return (diff**2).sum() / mask.sum().clamp_min(1)
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val: float = math.inf
+    stopped_early: bool = False
+
+
+@dataclass
+class FitState:
+    """Everything needed to continue training exactly where it stopped."""
+
+    epoch: int
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any] | None
+    best_model: dict[str, torch.Tensor]
+    result: FitResult
+    bad_epochs: int
+    rng: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        r = self.result
+        return {
+            "epoch": self.epoch,
+            "model": self.model,
+            "optimizer": self.optimizer,
+            "scheduler": self.scheduler,
+            "best_model": self.best_model,
+            "bad_epochs": self.bad_epochs,
+            "rng": self.rng,
+            "result": {
+                "history": r.history,
+                "best_epoch": r.best_epoch,
+                "best_val": r.best_val,
+                "stopped_early": r.stopped_early,
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FitState:
+        res = d["result"]
+        return cls(
+            epoch=d["epoch"],
+            model=d["model"],
+            optimizer=d["optimizer"],
+            scheduler=d["scheduler"],
+            best_model=d["best_model"],
+            bad_epochs=d["bad_epochs"],
+            rng=d["rng"],
+            result=FitResult(
+                list(res["history"]), res["best_epoch"], res["best_val"], res["stopped_early"]
+            ),
+        )
+
+
+def _rng_state(gen: torch.Generator) -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "gen": gen.get_state(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": _py_state(),
+    }
+
+
+def _py_state() -> list[Any]:
+    version, internal, gauss = random.getstate()
+    return [version, torch.tensor(internal, dtype=torch.int64), gauss]
+
+
+def _set_rng_state(state: dict[str, Any], gen: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    gen.set_state(state["gen"])
+    n = state["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
+    p = state["python"]
+    random.setstate((p[0], tuple(int(v) for v in p[1].tolist()), p[2]))
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(total_steps, 1))
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=cfg.lr, total_steps=max(total_steps, 2)
+        )
+    return None
+
+
+EpochHook = Callable[[FitState], None]
+ProgressHook = Callable[[dict[str, float]], None]
+
+
+def evaluate(
+    model: nn.Module,
+    ds: WindowDataset,
+    device: torch.device,
+    batch_size: int = 512,
+    amp: bool = False,
+) -> float:
+    if len(ds) == 0:
+        return math.nan
+    model.eval()
+    total, count = 0.0, 0
+    with torch.inference_mode(), torch.autocast(device.type, amp_dtype(device), enabled=amp):
+        for idx in torch.arange(len(ds)).split(batch_size):
+            x, y, mask = ds.batch(idx)
+            pred = model(x.to(device, non_blocking=True))[:, 0]
+            mask = mask.to(device)
+            diff = torch.where(mask, pred.float() - torch.nan_to_num(y.to(device)), 0.0)
+            total += float((diff**2).sum())
+            count += int(mask.sum())
+    return total / max(count, 1)
+
+
+def fit(
+    model: nn.Module,
+    train_ds: WindowDataset,
+    val_ds: WindowDataset | None,
+    cfg: TrainConfig,
+    *,
+    seed: int,
+    device: torch.device,
+    epochs: int | None = None,
+    resume: FitState | None = None,
+    on_epoch: EpochHook | None = None,
+    on_step: ProgressHook | None = None,
+) -> FitResult:
+    """Train with AdamW, clipping, an LR schedule and early stopping on validation loss.
+
+    The best weights (by validation loss) are loaded back into `model` before returning.
+    """
+    epochs = epochs or cfg.epochs
+    if len(train_ds) == 0:
+        raise TrainingError("no training windows: the training span is shorter than the window")
+    gen = seed_everything(seed)
+    model.to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(train_ds) / cfg.batch_size)
+    sched = make_scheduler(opt, cfg, steps_per_epoch * epochs)
+    step_model = torch.compile(model) if cfg.compile else model
+    use_amp = cfg.amp
+    pin = device.type == "cuda"
+
+    result, best_state, bad, start_epoch = FitResult(), _cpu_state(model), 0, 0
+    if resume is not None:
+        model.load_state_dict(resume.model)
+        opt.load_state_dict(resume.optimizer)
+        if sched is not None and resume.scheduler is not None:
+            sched.load_state_dict(resume.scheduler)
+        best_state, bad, result = resume.best_model, resume.bad_epochs, resume.result
+        start_epoch = resume.epoch
+        _set_rng_state(resume.rng, gen)
+
+    for epoch in range(start_epoch, epochs):
+        if result.stopped_early:
+            break
+        model.train()
+        t0, seen, total = time.perf_counter(), 0, 0.0
+        for idx in torch.randperm(len(train_ds), generator=gen).split(cfg.batch_size):
+            x, y, mask = train_ds.batch(idx)
+            if pin:
+                x, y, mask = x.pin_memory(), y.pin_memory(), mask.pin_memory()
+            x, y, mask = (t.to(device, non_blocking=True) for t in (x, y, mask))
+            with torch.autocast(device.type, amp_dtype(device), enabled=use_amp):
+                pred = step_model(x)[:, 0]
+            loss = masked_mse(pred, y, mask)
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"loss became {float(loss)} in epoch {epoch + 1}; try a lower train.lr "
+                    f"(now {cfg.lr}) or check the input data"
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.clip_grad > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+            opt.step()
+            if sched is not None:
+                sched.step()
+            seen += len(idx)
+            loss_value = loss.item()
+            total += loss_value * len(idx)
+            if on_step is not None:
+                on_step({"epoch": epoch + 1, "loss": loss_value, "seen": seen})
+        train_loss = total / max(seen, 1)
+        val = evaluate(model, val_ds, device, amp=use_amp) if val_ds is not None else math.nan
+        elapsed = time.perf_counter() - t0
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": train_loss,
+            "val_loss": val,
+            "lr": opt.param_groups[0]["lr"],
+            "seconds": elapsed,
+            "samples_per_s": seen / elapsed if elapsed > 0 else math.nan,
+        }
+        result.history.append(row)
+        score = val if not math.isnan(val) else train_loss
+        if score < result.best_val:
+            result.best_val, result.best_epoch, bad = score, epoch + 1, 0
+            best_state = _cpu_state(model)
+        else:
+            bad += 1
+            if cfg.patience and bad >= cfg.patience:
+                result.stopped_early = True
+        if on_epoch is not None:
+            on_epoch(
+                FitState(
+                    epoch + 1,
+                    _cpu_state(model),
+                    copy.deepcopy(opt.state_dict()),
+                    sched.state_dict() if sched is not None else None,
+                    best_state,
+                    result,
+                    bad,
+                    _rng_state(gen),
+                )
+            )
+    model.load_state_dict(best_state)
+    return result
+
+
+def predict_rows(
+    model: nn.Module,
+    panel: Panel,
+    rows: torch.Tensor,
+    window: int,
+    device: torch.device,
+    batch_size: int = 1024,
+    amp: bool = False,
+) -> np.ndarray:
+    """Scaled prediction at each global row from the window that ends there (last position)."""
+    model.eval().to(device)
+    out = []
+    with torch.inference_mode(), torch.autocast(device.type, amp_dtype(device), enabled=amp):
+        for chunk in rows.split(batch_size):
+            x = last_step_inputs(panel, chunk, window).to(device)
+            out.append(model(x)[:, 0, -1].float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)

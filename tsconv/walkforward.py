@@ -1,0 +1,248 @@
+"""Walk-forward evaluation: retrain on the past, predict the next test span, roll forward.
+
+Fold k tests the calendar dates [first + k*test_span, first + (k+1)*test_span). For each ticker
+its training rows end `gap` bars before its first test row (expanding: from its first row;
+sliding: the last `train_span` rows), validation for early stopping is the tail of those rows,
+and the scaler is fitted on them. Nothing dated in the test span or later is touched before the
+fold's predictions are made. Features are computed once; only scaling is per fold.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from tsconv import baselines, io
+from tsconv.config import Config, config_to_dict, dump_yaml
+from tsconv.errors import DataError, TsconvError
+from tsconv.experiment import (
+    Prepared,
+    fit_span,
+    global_rows,
+    known_rows,
+    prepare,
+    split_train_val,
+)
+from tsconv.train import predict_rows, select_device
+
+
+@dataclass(frozen=True)
+class Fold:
+    index: int
+    test_start: pd.Timestamp
+    test_end: pd.Timestamp  # exclusive
+
+
+def fold_bounds(n_dates: int, first_test: int, test_span: int) -> list[tuple[int, int]]:
+    """Calendar index ranges [lo, hi) of each test span; the last one may be shorter."""
+    return [(lo, min(lo + test_span, n_dates)) for lo in range(first_test, n_dates, test_span)]
+
+
+def train_rows(
+    test_lo: int, gap: int, scheme: str, train_span: int, floor: int = 0
+) -> tuple[int, int]:
+    """Training target rows [lo, hi) of one ticker whose first test row is `test_lo`.
+
+    hi = test_lo - gap: with gap >= h-1 the last training target, realised at hi-1+h, is known
+    by the first test bar.
+    """
+    hi = max(floor, test_lo - gap)
+    lo = floor if scheme == "expanding" else max(floor, hi - train_span)
+    return lo, hi
+
+
+def make_folds(prep: Prepared) -> list[Fold]:
+    cfg, cal = prep.cfg.backtest, prep.calendar
+    # The last usable test date is the last one whose target is realised in the data.
+    last_known = max(td.dates[known_rows(td) - 1] for td in prep.data.values())
+    end = min(last_known, pd.Timestamp(cfg.end)) if cfg.end else last_known
+    n = int(cal.searchsorted(end, side="right"))
+    first = cfg.train_span + cfg.gap
+    if cfg.start is not None:
+        first = max(first, int(cal.searchsorted(pd.Timestamp(cfg.start))))
+    bounds = fold_bounds(n, first, cfg.test_span)
+    if not bounds:
+        raise DataError(
+            f"backtest: {n} usable dates leave no test bars after backtest.train_span="
+            f"{cfg.train_span} + gap={cfg.gap}; lower train_span or use more data"
+        )
+    return [
+        Fold(k, cal[lo], cal[hi] if hi < len(cal) else cal[-1] + pd.Timedelta(days=1))
+        for k, (lo, hi) in enumerate(bounds)
+    ]
+
+
+def fold_spans(
+    prep: Prepared, fold: Fold
+) -> tuple[dict[str, tuple[int, int]], dict[str, np.ndarray]]:
+    cfg = prep.cfg
+    train, test = {}, {}
+    for t, td in prep.data.items():
+        t_lo = int(td.dates.searchsorted(fold.test_start))
+        t_hi = min(int(td.dates.searchsorted(fold.test_end)), known_rows(td))
+        rows = np.arange(max(t_lo, cfg.window - 1), t_hi)
+        if len(rows):
+            test[t] = rows
+        lo, hi = train_rows(t_lo, cfg.backtest.gap, cfg.backtest.scheme, cfg.backtest.train_span)
+        if hi - lo > cfg.window:
+            train[t] = (lo, hi)
+    return train, test
+
+
+def _fold_path(out: Path, k: int) -> Path:
+    return out / "folds" / f"fold_{k:03d}.parquet"
+
+
+def run_fold(
+    prep: Prepared, fold: Fold, device: torch.device, init_state: dict | None
+) -> tuple[pd.DataFrame, dict[str, Any], dict[str, torch.Tensor]]:
+    cfg = prep.cfg
+    bt = cfg.backtest
+    train, test = fold_spans(prep, fold)
+    if not train:
+        raise DataError(
+            f"fold {fold.index}: no ticker has more than window={cfg.window} training bars"
+        )
+    fit_spans, val_spans = split_train_val(prep, train, cfg.train.val_gap)
+    warm = bt.retrain == "warm" and init_state is not None
+    epochs = (bt.warm_epochs or max(1, cfg.train.epochs // 3)) if warm else None
+    t0 = time.perf_counter()
+    model, scalers, panel, result = fit_span(
+        prep,
+        fit_spans,
+        val_spans,
+        seed=cfg.seed + fold.index,
+        device=device,
+        init_state=init_state if warm else None,
+        epochs=epochs,
+    )
+    t_fit = time.perf_counter() - t0
+    frames = []
+    for t, rows in test.items():
+        td, s = prep.data[t], scalers[t]
+        pred = (
+            predict_rows(
+                model, panel, global_rows(panel, t, rows), cfg.window, device, amp=cfg.train.amp
+            )
+            * s.y_scale
+        )
+        lo, hi = train.get(t, (0, 0))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "date": td.dates[rows],
+                    "ticker": t,
+                    "fold": fold.index,
+                    "prediction": pred.astype(np.float64),
+                    "realized": td.y[rows],
+                    "realized_1": td.ret1[rows],
+                    "zero": 0.0,
+                    "persistence": baselines.persistence(td, rows, cfg.target.horizon),
+                    "trailing_mean": baselines.trailing_mean(
+                        td, rows, cfg.target.horizon, bt.trailing_window
+                    ),
+                    "ridge_ar": baselines.ridge_ar(
+                        s.transform(td.x), td.y, (lo, hi), rows, bt.ar_lags, bt.ridge_alpha
+                    ),
+                }
+            )
+        )
+    preds = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    train_dates = [prep.data[t].dates[[lo, hi - 1]] for t, (lo, hi) in train.items()]
+    info = {
+        "fold": fold.index,
+        "train_start": str(min(d[0] for d in train_dates).date()),
+        "train_end": str(max(d[1] for d in train_dates).date()),
+        "test_start": str(fold.test_start.date()),
+        "test_end": str(preds["date"].max().date()) if len(preds) else None,
+        "train_rows": int(sum(hi - lo for lo, hi in fit_spans.values())),
+        "val_rows": int(sum(hi - lo for lo, hi in val_spans.values())),
+        "test_rows": len(preds),
+        "epochs": len(result.history),
+        "best_epoch": result.best_epoch,
+        "best_val_loss": result.best_val,
+        "fit_seconds": t_fit,
+    }
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return preds, info, state
+
+
+FoldHook = Callable[[int, int, dict[str, Any]], None]
+
+
+def run_backtest(
+    cfg: Config,
+    out: Path,
+    *,
+    resume: bool = False,
+    on_fold: FoldHook | None = None,
+    prep: Prepared | None = None,
+) -> dict[str, Any]:
+    """Run every fold (resuming finished ones from disk), then write predictions, metrics, report."""
+    from tsconv import report
+
+    out = Path(out)
+    t0 = time.perf_counter()
+    prep = prep or prepare(cfg)
+    t_prep = time.perf_counter() - t0
+    folds = make_folds(prep)
+    device = select_device(cfg.train.device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    resolved = config_to_dict(cfg)
+    if resume and (out / "config.yaml").exists():
+        stored = json.loads((out / "folds" / "config.json").read_text())
+        if stored != resolved:
+            raise TsconvError(f"{out}: --resume with a different config than the interrupted run")
+    elif (out / "folds").exists() and not resume:
+        for old in (out / "folds").glob("fold_*"):
+            old.unlink()
+    io.write_text(out / "config.yaml", dump_yaml(cfg))
+    io.write_json(out / "folds" / "config.json", resolved)
+    io.write_json(out / "versions.json", {**io.versions(), "seed": cfg.seed})
+
+    parts, infos, state = [], [], None
+    for fold in folds:
+        path = _fold_path(out, fold.index)
+        info_path = path.with_suffix(".json")
+        state_path = path.with_suffix(".pt")
+        if resume and path.exists() and info_path.exists():
+            preds, info = pd.read_parquet(path), json.loads(info_path.read_text())
+            if cfg.backtest.retrain == "warm":
+                state = torch.load(state_path, map_location="cpu", weights_only=True)
+            info["resumed"] = True
+        else:
+            preds, info, state = run_fold(prep, fold, device, state)
+            io.write_with(path, lambda tmp, p=preds: p.to_parquet(tmp, index=False))
+            if cfg.backtest.retrain == "warm":
+                io.save_torch(state_path, state)
+            io.write_json(info_path, info)
+        parts.append(preds)
+        infos.append(info)
+        if on_fold is not None:
+            on_fold(fold.index + 1, len(folds), info)
+    t_folds = time.perf_counter() - t0 - t_prep
+
+    predictions = pd.concat(parts, ignore_index=True).sort_values(["date", "ticker"], kind="stable")
+    predictions = predictions.reset_index(drop=True)
+    metrics = report.summarize(predictions, cfg)
+    metrics["timing"] = {
+        "prepare_seconds": t_prep,
+        "folds_seconds": t_folds,
+        "folds": len(folds),
+        "seconds_per_fold": t_folds / len(folds),
+        "fit_seconds": float(sum(i.get("fit_seconds", 0.0) for i in infos)),
+    }
+    io.write_with(out / "predictions.parquet", lambda tmp: predictions.to_parquet(tmp, index=False))
+    io.write_text(out / "folds.csv", pd.DataFrame(infos).to_csv(index=False))
+    report.write_outputs(out, predictions, metrics, pd.DataFrame(infos), cfg)
+    io.write_manifest(out, complete=True)
+    return metrics

@@ -1,0 +1,172 @@
+"""Scaling and windowing: from per-ticker feature arrays to `(window, target)` batches.
+
+All tickers live in one contiguous `(rows, features)` tensor; a window is a view
+`x[start : start + L]`, so no window is ever materialised until a batch is gathered. Window starts
+are described by a handful of arithmetic segments, so the index costs O(segments), not O(windows),
+and a window never crosses a ticker or the end of its span.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from tsconv.features import TickerData
+
+# --------------------------------------------------------------------------- scaling
+
+
+@dataclass
+class Scaler:
+    """Per-feature mean/std and the target scale, fitted on a training span only."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    y_scale: float
+
+    @classmethod
+    def fit(cls, x: np.ndarray, y: np.ndarray) -> Scaler:
+        x = np.asarray(x, dtype=np.float64)
+        mean = x.mean(axis=0)
+        std = x.std(axis=0)
+        std = np.where(std > 1e-12, std, 1.0)  # a constant feature scales to zero, not NaN
+        y = y[np.isfinite(y)]
+        y_scale = float(np.sqrt(np.mean(y**2))) if len(y) else 1.0
+        return cls(mean=mean, std=std, y_scale=y_scale if y_scale > 1e-12 else 1.0)
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        return ((x - self.mean) / self.std).astype(np.float32)
+
+    def to_dict(self) -> dict:
+        return {"mean": self.mean.tolist(), "std": self.std.tolist(), "y_scale": self.y_scale}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Scaler:
+        return cls(np.asarray(d["mean"]), np.asarray(d["std"]), float(d["y_scale"]))
+
+
+# --------------------------------------------------------------------------- panel
+
+
+@dataclass
+class Panel:
+    """All tickers' scaled rows stacked: ticker i owns rows [offsets[i], offsets[i+1])."""
+
+    x: torch.Tensor  # (R, F) float32
+    y: torch.Tensor  # (R,) float32 scaled target, NaN where unknown
+    offsets: np.ndarray  # (n_tickers + 1,)
+    tickers: list[str]
+
+    def rows(self, ticker_index: int, lo: int, hi: int) -> tuple[int, int]:
+        base = int(self.offsets[ticker_index])
+        return base + lo, base + hi
+
+
+def make_panel(data: dict[str, TickerData], scalers: dict[str, Scaler]) -> Panel:
+    xs, ys, offsets = [], [], [0]
+    for ticker, td in data.items():
+        s = scalers[ticker]
+        xs.append(s.transform(td.x))
+        ys.append((td.y / s.y_scale).astype(np.float32))
+        offsets.append(offsets[-1] + len(td.x))
+    return Panel(
+        x=torch.from_numpy(np.concatenate(xs)),
+        y=torch.from_numpy(np.concatenate(ys)),
+        offsets=np.asarray(offsets),
+        tickers=list(data),
+    )
+
+
+# --------------------------------------------------------------------------- windows
+
+
+def window_segments(
+    lo: int, hi: int, window: int, mode: str, burn_in: int, floor: int
+) -> list[tuple[int, int, int, int]]:
+    """Window starts whose loss positions cover the target rows [lo, hi) exactly once.
+
+    Returns segments (first_start, count, stride, loss_from): windows start at
+    first_start + k * stride for k < count and take their loss from position loss_from on.
+    `floor` is the first row that may appear in a window (the ticker's first row).
+
+    mode "last": one window per target row, ending at it (stride 1, loss on the last position).
+    mode "all": windows tile the span with stride window - burn_in; every position past the
+    burn-in is a target, so each bar is computed about window/(window - burn_in) times instead
+    of `window` times.
+    """
+    lo = max(lo, floor + window - 1 if mode == "last" else floor + burn_in)
+    if hi <= lo:
+        return []
+    if mode == "last":
+        return [(lo - window + 1, hi - lo, 1, window - 1)]
+    stride = window - burn_in
+    first = lo - burn_in
+    full = (hi - first - window) // stride + 1 if hi - first >= window else 0
+    segs = [(first, full, stride, burn_in)] if full > 0 else []
+    covered = first + (full - 1) * stride + window if full > 0 else lo
+    if covered < hi:  # a last window ending at hi, taking loss only on the rows not yet covered
+        start = hi - window
+        if start >= floor:
+            segs.append((start, 1, 1, covered - start))
+    return segs
+
+
+class WindowDataset(Dataset):
+    """`(x (F, L), y (L,), loss_mask (L,))` items as views into a Panel, plus a fast `batch()`."""
+
+    def __init__(
+        self, panel: Panel, spans: list[tuple[int, int, int]], window: int, mode: str, burn_in: int
+    ):
+        self.panel, self.window, self.mode = panel, window, mode
+        segs = []
+        for ticker_index, lo, hi in spans:
+            base = int(panel.offsets[ticker_index])
+            for first, count, stride, loss_from in window_segments(
+                lo, hi, window, mode, burn_in, 0
+            ):
+                segs.append((base + first, count, stride, loss_from))
+        if len(panel.x) < window:
+            segs = []
+        seg = torch.tensor(segs, dtype=torch.int64).reshape(-1, 4)
+        self.first, self.count, self.stride, self.loss_from = (
+            seg.unbind(1) if len(seg) else (torch.zeros(0, dtype=torch.int64),) * 4
+        )
+        self.cum = torch.cumsum(self.count, 0)
+        # (R - L + 1, F, L): every window as a view, used only to gather a batch by start.
+        self._xw = panel.x.unfold(0, window, 1) if len(panel.x) >= window else None
+        self._yw = panel.y.unfold(0, window, 1) if len(panel.y) >= window else None
+
+    def __len__(self) -> int:
+        return int(self.cum[-1]) if len(self.cum) else 0
+
+    def locate(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        seg = torch.searchsorted(self.cum, idx, right=True)
+        before = self.cum[seg] - self.count[seg]
+        starts = self.first[seg] + (idx - before) * self.stride[seg]
+        return starts, self.loss_from[seg]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        start, loss_from = (int(v) for v in self.locate(torch.tensor([i])))
+        x = self.panel.x[start : start + self.window].T  # a view, no copy
+        y = self.panel.y[start : start + self.window]
+        return x, y, torch.arange(self.window) >= loss_from
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Gather a batch of windows by index: (B, F, L), (B, L) targets, (B, L) loss mask."""
+        starts, loss_from = self.locate(idx)
+        mask = torch.arange(self.window).unsqueeze(0) >= loss_from.unsqueeze(1)
+        y = self._yw[starts]
+        return self._xw[starts], y, mask & torch.isfinite(y)
+
+    def n_targets(self) -> int:
+        return int(((self.window - self.loss_from) * self.count).sum()) if len(self.count) else 0
+
+
+def last_step_inputs(panel: Panel, rows: torch.Tensor, window: int) -> torch.Tensor:
+    """Windows ending at each global row (for prediction): (len(rows), F, window)."""
+    return panel.x.unfold(0, window, 1)[rows - window + 1]
