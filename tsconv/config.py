@@ -62,6 +62,13 @@ class ModelConfig(_Section):
             raise ValueError("every entry must be >= 1")
         return value
 
+    @model_validator(mode="after")
+    def _symmetric_needs_odd(self) -> ModelConfig:
+        # causal: false reproduces the seed's symmetric padding (and sees the future)
+        if self.kind == "multiscale" and not self.causal and any(k % 2 == 0 for k in self.kernels):
+            raise ValueError(f"symmetric padding needs odd kernels (causal: false), got {self.kernels}")
+        return self
+
 
 class TrainConfig(_Section):
     epochs: int = Field(30, ge=1)
@@ -143,12 +150,22 @@ class Config(_Section):
             )
         if self.train.burn_in is not None and self.train.burn_in >= self.window:
             raise ValueError(f"train.burn_in={self.train.burn_in} must be < window={self.window}")
-        if not self.model.causal and self.model.kind == "multiscale":
-            pass  # allowed on purpose: reproduces the seed's symmetric padding (sees the future)
         return self
 
 
 # --------------------------------------------------------------------------- loading
+
+
+# Names other tools use for our keys: a typo check by spelling alone would miss these.
+_SYNONYMS = {
+    "learning_rate": "lr", "n_epochs": "epochs", "num_epochs": "epochs", "max_epochs": "epochs",
+    "batch": "batch_size", "lr_schedule": "schedule", "scheduler": "schedule",
+    "grad_clip": "clip_grad", "gradient_clip_val": "clip_grad", "early_stopping": "patience",
+    "hidden": "channels", "hidden_channels": "channels", "num_channels": "channel_list",
+    "num_layers": "layers", "n_layers": "layers", "blocks": "layers", "kernel": "kernel_size",
+    "seq_len": "window", "lookback": "window", "input_chunk_length": "window",
+    "symbols": "tickers", "ticker": "tickers", "cost": "cost_bps", "fee_bps": "cost_bps",
+}
 
 
 def _section_for(loc: tuple[Any, ...]) -> type[BaseModel] | None:
@@ -169,7 +186,9 @@ def _format_error(err: dict[str, Any]) -> str:
         section = _section_for(loc)
         hint = ""
         if section is not None:
-            close = difflib.get_close_matches(str(loc[-1]), list(section.model_fields), n=1)
+            fields = list(section.model_fields)
+            synonym = _SYNONYMS.get(str(loc[-1]).lower())
+            close = [synonym] if synonym in fields else difflib.get_close_matches(str(loc[-1]), fields, n=1)
             if close:
                 hint = f"; did you mean {'.'.join([*map(str, loc[:-1]), close[0]])}?"
             else:

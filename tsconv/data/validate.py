@@ -113,7 +113,8 @@ def _parse_dates(col: pd.Series, source: str, rows: np.ndarray) -> pd.DatetimeIn
             raise DataError(
                 f"{source}: column date mixes timezones; convert all timestamps to one zone"
             )
-    bad = parsed.isna().to_numpy()
+    years = parsed.dt.year
+    bad = (parsed.isna() | (years < 1800) | (years > 2200)).to_numpy()
     if bad.any():
         i = int(np.argmax(bad))
         raise DataError(f"{_where(source, rows[i])}: cannot parse date {col.iloc[i]!r}")

@@ -1,0 +1,62 @@
+"""Synthetic OHLCV factories with known answers, and small configs for fast tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tsconv.config import validate_config
+
+
+def ohlcv_from_returns(returns: np.ndarray, start: str = "2001-01-01", seed: int = 0,
+                       price0: float = 100.0) -> pd.DataFrame:
+    """A consistent OHLCV frame whose adjusted close has exactly these log returns."""
+    rng = np.random.default_rng(seed)
+    n = len(returns)
+    close = price0 * np.exp(np.cumsum(returns))
+    open_ = close * np.exp(-returns * rng.uniform(0.2, 0.8, n))
+    spread = np.abs(rng.normal(0, 0.005, n)) + 0.001
+    high = np.maximum(open_, close) * (1 + spread)
+    low = np.minimum(open_, close) * (1 - spread)
+    volume = rng.lognormal(13, 0.3, n).round()
+    dates = pd.bdate_range(start, periods=n, name="date")
+    return pd.DataFrame({"open": open_, "high": high, "low": low, "close": close,
+                         "adj_close": close, "volume": volume}, index=dates)
+
+
+def ar1_returns(n: int, phi: float = 0.5, sigma: float = 0.01, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    e = rng.normal(0, sigma, n)
+    r = np.zeros(n)
+    for t in range(1, n):
+        r[t] = phi * r[t - 1] + e[t]
+    return r
+
+
+def random_walk_returns(n: int, sigma: float = 0.01, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0, sigma, n)
+
+
+@pytest.fixture
+def ohlcv() -> pd.DataFrame:
+    return ohlcv_from_returns(random_walk_returns(400))
+
+
+def tiny_config(**sections):
+    """A config small enough to train in well under a second."""
+    raw = {
+        "seed": 0,
+        "data": {"source": "sample", "tickers": ["MSFT"]},
+        "features": ["log_return", "hl_range", "vol_5"],
+        "window": 32,
+        "model": {"kind": "tcn", "channels": 8, "layers": 3, "kernel_size": 3, "dropout": 0.0},
+        "train": {"epochs": 3, "batch_size": 32, "lr": 0.003, "patience": 0, "device": "cpu"},
+        "backtest": {"train_span": 300, "test_span": 100},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            raw.setdefault(key, {}).update(value)
+        else:
+            raw[key] = value
+    return validate_config(raw)
