@@ -49,4 +49,6 @@ def ridge_ar(
     mu_a, mu_b = a.mean(0), b.mean()
     ac = a - mu_a
     coef = np.linalg.solve(ac.T @ ac + alpha * np.eye(a.shape[1]), ac.T @ (b - mu_b))
-    return (lagged(x_scaled, rows, lags) - mu_a) @ coef + mu_b
+    # Row-wise sums, not a matrix product: BLAS may pick another kernel for another row count,
+    # and a prediction must not change (even in the last bit) when later rows are added.
+    return ((lagged(x_scaled, rows, lags) - mu_a) * coef).sum(axis=1) + mu_b

@@ -241,7 +241,7 @@ def fit(
             loss = masked_mse(pred, y, mask)
             if not torch.isfinite(loss):
                 raise TrainingError(
-                    f"loss became {float(loss)} in epoch {epoch + 1}; try a lower train.lr "
+                    f"loss became {loss.item()} in epoch {epoch + 1}; try a lower train.lr "
                     f"(now {cfg.lr}) or check the input data"
                 )
             opt.zero_grad(set_to_none=True)

@@ -1,0 +1,84 @@
+"""Metric functions against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tsconv import metrics
+
+
+def test_sharpe_sortino_and_annualisation_by_hand():
+    net = np.array([0.01, -0.02, 0.03, 0.0])
+    m = metrics.trading_metrics(net, periods_per_year=252)
+    mean, sd = 0.005, np.std(net, ddof=1)  # sd = 0.0208167
+    assert m["sharpe"] == pytest.approx(mean / sd * math.sqrt(252))
+    assert m["sortino"] == pytest.approx(mean / math.sqrt(0.02**2 / 4) * math.sqrt(252))
+    equity = 1.01 * 0.98 * 1.03
+    assert m["total_return"] == pytest.approx(equity - 1)  # compounded, not summed (0.02)
+    assert m["annual_return"] == pytest.approx(equity ** (252 / 4) - 1)
+    assert m["annual_volatility"] == pytest.approx(sd * math.sqrt(252))
+
+
+def test_max_drawdown_by_hand():
+    equity = np.array([1.0, 1.2, 0.9, 1.1, 0.6, 1.5])
+    assert metrics.max_drawdown(equity) == pytest.approx(0.6 / 1.2 - 1)
+    assert metrics.max_drawdown(np.array([0.8, 0.9])) == pytest.approx(-0.2)  # below the start
+
+
+def test_ic_and_rank_ic_by_hand():
+    p = np.array([1.0, 2.0, 3.0, 4.0])
+    r = np.array([1.0, 3.0, 2.0, 100.0])
+    # Pearson from the definition
+    pc, rc = p - p.mean(), r - r.mean()
+    assert metrics.pearson(p, r) == pytest.approx((pc @ rc) / math.sqrt((pc @ pc) * (rc @ rc)))
+    # Spearman: ranks 1,2,3,4 vs 1,3,2,4 -> 1 - 6*sum(d^2)/(n(n^2-1)) = 1 - 6*2/60 = 0.8
+    assert metrics.spearman(p, r) == pytest.approx(0.8)
+
+
+def test_directional_accuracy_ignores_zero_predictions():
+    assert metrics.directional_accuracy(np.array([1.0, -1.0, 0.0, 2.0]), np.array([0.5, 0.5, 0.5, -1.0])) == pytest.approx(1 / 3)
+    assert math.isnan(metrics.directional_accuracy(np.zeros(3), np.ones(3)))
+
+
+def test_r2_oos_against_zero_forecast():
+    y = np.array([1.0, -1.0, 2.0])
+    assert metrics.forecast_metrics(np.zeros(3), y)["r2_oos"] == 0.0
+    assert metrics.forecast_metrics(y, y)["r2_oos"] == 1.0
+    assert metrics.forecast_metrics(y / 2, y)["r2_oos"] == pytest.approx(0.75)
+
+
+def test_diebold_mariano_by_hand():
+    # d = [1, 2, 3, 4, 5] - [0, 0, 0, 0, 0]; mean 3; h = 1 -> variance of d with divisor n = 2
+    # DM = 3 / sqrt(2 / 5) = 4.7434
+    dm = metrics.diebold_mariano(np.array([1.0, 2, 3, 4, 5]), np.zeros(5))
+    assert dm["stat"] == pytest.approx(3 / math.sqrt(2 / 5))
+    assert dm["p_value"] == pytest.approx(2 * (1 - 0.5 * (1 + math.erf(dm["stat"] / math.sqrt(2)))))
+    # h = 2 adds one Newey-West lag with weight 1/2: gamma1 = sum(dc[1:]*dc[:-1])/n
+    # dc = [-2,-1,0,1,2] -> (2 + 0 + 0 + 2)/5 = 0.8; LRV = 2 + 2 * 0.5 * 0.8 = 2.8
+    dm2 = metrics.diebold_mariano(np.array([1.0, 2, 3, 4, 5]), np.zeros(5), horizon=2)
+    assert dm2["stat"] == pytest.approx(3 / math.sqrt(2.8 / 5))
+
+
+def test_trading_returns_charge_costs_on_turnover():
+    pos = pd.Series([1.0, 1.0, -1.0, 0.0])
+    r = pd.Series(np.log([1.01, 1.02, 0.99, 1.05]))
+    net = metrics.trading_returns(pos, r, cost_bps=10).to_numpy()
+    np.testing.assert_allclose(net, [0.01 - 0.001, 0.02, 0.01 - 0.002, -0.001])
+
+
+def test_scaled_positions_use_only_earlier_predictions():
+    pred = pd.Series(np.random.default_rng(0).normal(size=50))
+    a = metrics.positions(pred, "scaled")
+    b = metrics.positions(pd.concat([pred.iloc[:30], pred.iloc[30:] * 100]), "scaled")
+    pd.testing.assert_series_equal(a.iloc[:30], b.iloc[:30])
+    assert a.abs().max() <= 1
+
+
+def test_ic_summary_t_stat():
+    s = metrics.ic_summary([0.1, 0.2, 0.3])
+    assert s["mean"] == pytest.approx(0.2) and s["std"] == pytest.approx(0.1)
+    assert s["icir"] == pytest.approx(2.0) and s["t_stat"] == pytest.approx(2 * math.sqrt(3))
