@@ -174,7 +174,7 @@ def train(
         f"{info['receptive_field']} steps, window {info['window']}"
     )
     if info["warning"]:
-        err.print(f"[yellow]warning:[/yellow] {info['warning']}")
+        err.print(f"[yellow]warning:[/yellow] {info['warning']}", soft_wrap=True)
     with _progress() as progress:
         task = progress.add_task("train", total=cfg.train.epochs, info="")
 

@@ -112,6 +112,12 @@ def fit_span(
 ) -> tuple[torch.nn.Module, dict[str, Scaler], Panel, FitResult]:
     """Fit scalers on the training rows only, then train a model on those rows."""
     cfg = prep.cfg
+    if not any(hi - lo > cfg.window for lo, hi in train.values()):
+        counts = ", ".join(f"{t}: {hi - lo}" for t, (lo, hi) in train.items())
+        raise DataError(
+            f"{counts} training bars, not more than window={cfg.window}; lower window or "
+            "train.val_fraction, or use more data"
+        )
     scalers = {}
     for t, td in prep.data.items():
         lo, hi = train.get(t, (0, 0))

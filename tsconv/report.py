@@ -112,7 +112,8 @@ def summarize(pred: pd.DataFrame, cfg: Config) -> dict[str, Any]:
                 for _, g in pred.groupby("date")
                 if len(g) >= 3
             ]
-            fm["cross_sectional_rank_ic"] = float(np.nanmean(xs)) if xs else None
+            xs = [v for v in xs if np.isfinite(v)]
+            fm["cross_sectional_rank_ic"] = float(np.mean(xs)) if xs else None
         if name != "zero":
             loss = _per_date_mean(pred.assign(_l=(pred[name] - pred["realized"]) ** 2), "_l")
             fm["dm_vs_zero"] = metrics.diebold_mariano(loss, zero_loss, cfg.target.horizon)

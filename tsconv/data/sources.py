@@ -183,7 +183,7 @@ def fetch_yahoo(
     retries: int = 3,
     backoff: float = 1.0,
     download: Downloader | None = None,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] | None = None,
 ) -> pd.DataFrame:
     """Download one ticker, unadjusted OHLC plus `adj_close`, as a canonical frame.
 
@@ -191,6 +191,7 @@ def fetch_yahoo(
     and exceptions are both retried with exponential backoff, then reported in one line.
     """
     download = download or _yf_download
+    sleep = sleep or time.sleep
     last = "no data returned"
     for attempt in range(retries + 1):
         try:

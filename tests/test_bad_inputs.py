@@ -1,0 +1,185 @@
+"""The fault matrix through the CLI: one line naming file/key/row, exit 2 (user) or 1
+(environment), no traceback, no partial output, existing files untouched."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.conftest import ohlcv_from_returns, random_walk_returns
+from tsconv.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = str(ROOT / "configs/quick.yaml")
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def assert_user_error(result, code: int, *fragments: str) -> None:
+    assert result.exit_code == code, result.output
+    lines = result.output.strip().splitlines()
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0] == lines[-1], result.output  # one line, last
+    for f in fragments:
+        assert f in errors[0], errors[0]
+
+
+def test_version_and_help_list_the_commands():
+    assert run("--version").output.strip().startswith("tsconv 0.")
+    help_text = run("--help").output
+    for cmd in ["fetch", "train", "backtest", "predict"]:
+        assert cmd in help_text
+
+
+CONFIG_CASES = [
+    ("not: [yaml", "not valid YAML"),
+    ("- a\n- b\n", "the top level must be a mapping"),
+    ("trian: {epochs: 1}\n", "trian: unknown key; did you mean train?"),
+    ("train: {epochs: 1, learning_rate: 0.1}\n", "train.learning_rate: unknown key; did you mean train.lr?"),
+    ("model: {kernel_size: 0}\n", "model.kernel_size"),
+    ("window: -3\n", "window: Input should be greater than or equal to 2"),
+    ("backtest: {test_span: 0}\n", "backtest.test_span"),
+    ("target: {horizon: 3}\nbacktest: {gap: 0}\n", "backtest.gap=0 is smaller than target.horizon-1=2"),
+    ("seed: !!python/object/apply:os.system ['touch pwned']\n", "not valid YAML"),
+    ("data: {tickers: [NOPE]}\ntrain: {epochs: 1}\n", "'NOPE' is not in the embedded sample"),
+]
+
+
+@pytest.mark.parametrize("text,fragment", CONFIG_CASES, ids=[f[:30] for _, f in CONFIG_CASES])
+@pytest.mark.parametrize("command", ["train", "backtest"])
+def test_bad_configs(tmp_path, command, text, fragment):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(text)
+    out = tmp_path / "out"
+    result = run(command, "--config", str(cfg), "--out", str(out))
+    assert_user_error(result, 2, fragment)
+    assert not out.exists() or not any(out.rglob("model.pt"))
+    assert not (Path.cwd() / "pwned").exists()
+
+
+def test_missing_config_file(tmp_path):
+    assert_user_error(run("train", "--config", str(tmp_path / "nope.yaml")), 2, "config file not found")
+
+
+def _csv_config(tmp_path: Path, csv_text: str) -> str:
+    data = tmp_path / "prices.csv"
+    data.write_text(csv_text)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data: {{source: csv, path: {data}, tickers: [X]}}\nwindow: 16\ntrain: {{epochs: 1}}\n")
+    return str(cfg)
+
+
+def _good_csv(n: int = 300) -> str:
+    return ohlcv_from_returns(random_walk_returns(n)).to_csv()
+
+
+@pytest.mark.parametrize("mutate,fragment", [
+    (lambda t: "", "empty file"),
+    (lambda t: t.splitlines()[0] + "\n", "no data rows"),
+    (lambda t: t.replace("adj_close,volume", "adj_close,vol"), "missing column(s) volume"),
+    (lambda t: t.replace(t.splitlines()[5].split(",")[4], "oops", 1), "row 6: non-numeric value 'oops' in column close"),
+    (lambda t: "\n".join(t.splitlines()[:40]) + "\n", "training bars, not more than window=16"),
+    (lambda t: "\n".join(t.splitlines()[:30]) + "\n", "usable bars after feature warm-up"),
+])
+def test_bad_data_files_through_train(tmp_path, mutate, fragment):
+    cfg = _csv_config(tmp_path, mutate(_good_csv()))
+    out = tmp_path / "run"
+    assert_user_error(run("train", "--config", cfg, "--out", str(out)), 2, "prices.csv" if "bars" not in fragment else "X:", fragment)
+    assert not (out / "model.pt").exists()
+
+
+def test_series_too_short_for_one_fold(tmp_path):
+    cfg = _csv_config(tmp_path, _good_csv(300))
+    assert_user_error(run("backtest", "--config", cfg, "--out", str(tmp_path / "bt")), 2,
+                      "no test bars after backtest.train_span=1000")
+
+
+def test_csv_path_outside_project_is_used_and_named(tmp_path):
+    cfg = _csv_config(tmp_path, _good_csv(300))
+    result = run("train", "--config", cfg, "--out", str(tmp_path / "ok"))
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "ok/model.pt").exists()
+
+
+@pytest.mark.parametrize("ticker", ["../x", "a/b", "x" * 300, "a\0b"])
+def test_hostile_ticker_names(tmp_path, ticker):
+    assert_user_error(run("fetch", ticker, "--data-dir", str(tmp_path)), 2, "not a valid symbol")
+    assert not any(tmp_path.iterdir())
+
+
+def test_offline_fetch_keeps_cache_byte_for_byte(tmp_path, monkeypatch):
+    run("fetch", "--sample", "--data-dir", str(tmp_path), "MSFT")
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in tmp_path.iterdir()}
+    import tsconv.data.sources as sources
+
+    def offline(**kw):
+        raise OSError("Failed to resolve 'query2.finance.yahoo.com'")
+
+    monkeypatch.setattr(sources, "_yf_download", offline)
+    monkeypatch.setattr(sources.time, "sleep", lambda s: None)
+    result = run("fetch", "MSFT", "--data-dir", str(tmp_path))
+    assert_user_error(result, 1, "could not reach Yahoo Finance for MSFT: OSError")
+    after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in tmp_path.iterdir()}
+    assert before == after
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_read_only_output_folder(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        result = run("train", "--config", QUICK, "--out", str(ro / "run"), "--set", "train.epochs=1")
+        assert_user_error(result, 1, "cannot write")
+    finally:
+        ro.chmod(0o700)
+
+
+def test_output_path_through_a_file_is_an_environment_error(tmp_path):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    result = run("train", "--config", QUICK, "--out", str(blocker / "run"), "--set", "train.epochs=1")
+    assert_user_error(result, 1, "cannot write", "file.txt")
+    assert blocker.read_text() == "x"
+
+
+def test_unwritable_output_is_an_environment_error_without_partial_files(tmp_path, monkeypatch):
+    """Simulates a full disk: the rename fails, nothing half-written is left behind."""
+    import tsconv.io as tio
+
+    real = os.replace
+
+    def full_disk(src, dst):
+        if str(dst).endswith("model.pt"):
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(tio.os, "replace", full_disk)
+    out = tmp_path / "run"
+    result = run("train", "--config", QUICK, "--out", str(out), "--set", "train.epochs=1",
+                 "--set", "data.tickers=[IBM]")
+    assert_user_error(result, 1, "cannot write", "model.pt", "No space left on device")
+    assert not (out / "model.pt").exists()
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_import_csv_through_fetch(tmp_path):
+    src = tmp_path / "in.csv"
+    src.write_text(_good_csv(50))
+    result = run("fetch", "--from-csv", str(src), "--ticker", "MINE", "--data-dir", str(tmp_path / "d"))
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "d/MINE.parquet").exists()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("Date,Open\n2020-01-01,1\n")
+    assert_user_error(run("fetch", "--from-csv", str(bad), "--ticker", "B", "--data-dir", str(tmp_path / "d")),
+                      2, "missing column(s) high, low, close, volume")
+    assert not (tmp_path / "d/B.parquet").exists()
