@@ -9,8 +9,9 @@ import pytest
 from tsconv.config import validate_config
 
 
-def ohlcv_from_returns(returns: np.ndarray, start: str = "2001-01-01", seed: int = 0,
-                       price0: float = 100.0) -> pd.DataFrame:
+def ohlcv_from_returns(
+    returns: np.ndarray, start: str = "2001-01-01", seed: int = 0, price0: float = 100.0
+) -> pd.DataFrame:
     """A consistent OHLCV frame whose adjusted close has exactly these log returns."""
     rng = np.random.default_rng(seed)
     n = len(returns)
@@ -21,8 +22,17 @@ def ohlcv_from_returns(returns: np.ndarray, start: str = "2001-01-01", seed: int
     low = np.minimum(open_, close) * (1 - spread)
     volume = rng.lognormal(13, 0.3, n).round()
     dates = pd.bdate_range(start, periods=n, name="date")
-    return pd.DataFrame({"open": open_, "high": high, "low": low, "close": close,
-                         "adj_close": close, "volume": volume}, index=dates)
+    return pd.DataFrame(
+        {
+            "open": open_,
+            "high": high,
+            "low": low,
+            "close": close,
+            "adj_close": close,
+            "volume": volume,
+        },
+        index=dates,
+    )
 
 
 def ar1_returns(n: int, phi: float = 0.5, sigma: float = 0.01, seed: int = 0) -> np.ndarray:

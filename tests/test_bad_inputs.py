@@ -44,11 +44,17 @@ CONFIG_CASES = [
     ("not: [yaml", "not valid YAML"),
     ("- a\n- b\n", "the top level must be a mapping"),
     ("trian: {epochs: 1}\n", "trian: unknown key; did you mean train?"),
-    ("train: {epochs: 1, learning_rate: 0.1}\n", "train.learning_rate: unknown key; did you mean train.lr?"),
+    (
+        "train: {epochs: 1, learning_rate: 0.1}\n",
+        "train.learning_rate: unknown key; did you mean train.lr?",
+    ),
     ("model: {kernel_size: 0}\n", "model.kernel_size"),
     ("window: -3\n", "window: Input should be greater than or equal to 2"),
     ("backtest: {test_span: 0}\n", "backtest.test_span"),
-    ("target: {horizon: 3}\nbacktest: {gap: 0}\n", "backtest.gap=0 is smaller than target.horizon-1=2"),
+    (
+        "target: {horizon: 3}\nbacktest: {gap: 0}\n",
+        "backtest.gap=0 is smaller than target.horizon-1=2",
+    ),
     ("seed: !!python/object/apply:os.system ['touch pwned']\n", "not valid YAML"),
     ("data: {tickers: [NOPE]}\ntrain: {epochs: 1}\n", "'NOPE' is not in the embedded sample"),
 ]
@@ -67,14 +73,18 @@ def test_bad_configs(tmp_path, command, text, fragment):
 
 
 def test_missing_config_file(tmp_path):
-    assert_user_error(run("train", "--config", str(tmp_path / "nope.yaml")), 2, "config file not found")
+    assert_user_error(
+        run("train", "--config", str(tmp_path / "nope.yaml")), 2, "config file not found"
+    )
 
 
 def _csv_config(tmp_path: Path, csv_text: str) -> str:
     data = tmp_path / "prices.csv"
     data.write_text(csv_text)
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"data: {{source: csv, path: {data}, tickers: [X]}}\nwindow: 16\ntrain: {{epochs: 1}}\n")
+    cfg.write_text(
+        f"data: {{source: csv, path: {data}, tickers: [X]}}\nwindow: 16\ntrain: {{epochs: 1}}\n"
+    )
     return str(cfg)
 
 
@@ -82,25 +92,39 @@ def _good_csv(n: int = 300) -> str:
     return ohlcv_from_returns(random_walk_returns(n)).to_csv()
 
 
-@pytest.mark.parametrize("mutate,fragment", [
-    (lambda t: "", "empty file"),
-    (lambda t: t.splitlines()[0] + "\n", "no data rows"),
-    (lambda t: t.replace("adj_close,volume", "adj_close,vol"), "missing column(s) volume"),
-    (lambda t: t.replace(t.splitlines()[5].split(",")[4], "oops", 1), "row 6: non-numeric value 'oops' in column close"),
-    (lambda t: "\n".join(t.splitlines()[:40]) + "\n", "training bars, not more than window=16"),
-    (lambda t: "\n".join(t.splitlines()[:30]) + "\n", "usable bars after feature warm-up"),
-])
+@pytest.mark.parametrize(
+    "mutate,fragment",
+    [
+        (lambda t: "", "empty file"),
+        (lambda t: t.splitlines()[0] + "\n", "no data rows"),
+        (lambda t: t.replace("adj_close,volume", "adj_close,vol"), "missing column(s) volume"),
+        (
+            lambda t: t.replace(t.splitlines()[5].split(",")[4], "oops", 1),
+            "row 6: non-numeric value 'oops' in column close",
+        ),
+        (lambda t: "\n".join(t.splitlines()[:40]) + "\n", "training bars, not more than window=16"),
+        (lambda t: "\n".join(t.splitlines()[:30]) + "\n", "usable bars after feature warm-up"),
+    ],
+)
 def test_bad_data_files_through_train(tmp_path, mutate, fragment):
     cfg = _csv_config(tmp_path, mutate(_good_csv()))
     out = tmp_path / "run"
-    assert_user_error(run("train", "--config", cfg, "--out", str(out)), 2, "prices.csv" if "bars" not in fragment else "X:", fragment)
+    assert_user_error(
+        run("train", "--config", cfg, "--out", str(out)),
+        2,
+        "prices.csv" if "bars" not in fragment else "X:",
+        fragment,
+    )
     assert not (out / "model.pt").exists()
 
 
 def test_series_too_short_for_one_fold(tmp_path):
     cfg = _csv_config(tmp_path, _good_csv(300))
-    assert_user_error(run("backtest", "--config", cfg, "--out", str(tmp_path / "bt")), 2,
-                      "no test bars after backtest.train_span=1000")
+    assert_user_error(
+        run("backtest", "--config", cfg, "--out", str(tmp_path / "bt")),
+        2,
+        "no test bars after backtest.train_span=1000",
+    )
 
 
 def test_csv_path_outside_project_is_used_and_named(tmp_path):
@@ -138,7 +162,9 @@ def test_read_only_output_folder(tmp_path):
     ro.mkdir()
     ro.chmod(0o500)
     try:
-        result = run("train", "--config", QUICK, "--out", str(ro / "run"), "--set", "train.epochs=1")
+        result = run(
+            "train", "--config", QUICK, "--out", str(ro / "run"), "--set", "train.epochs=1"
+        )
         assert_user_error(result, 1, "cannot write")
     finally:
         ro.chmod(0o700)
@@ -147,7 +173,9 @@ def test_read_only_output_folder(tmp_path):
 def test_output_path_through_a_file_is_an_environment_error(tmp_path):
     blocker = tmp_path / "file.txt"
     blocker.write_text("x")
-    result = run("train", "--config", QUICK, "--out", str(blocker / "run"), "--set", "train.epochs=1")
+    result = run(
+        "train", "--config", QUICK, "--out", str(blocker / "run"), "--set", "train.epochs=1"
+    )
     assert_user_error(result, 1, "cannot write", "file.txt")
     assert blocker.read_text() == "x"
 
@@ -165,8 +193,17 @@ def test_unwritable_output_is_an_environment_error_without_partial_files(tmp_pat
 
     monkeypatch.setattr(tio.os, "replace", full_disk)
     out = tmp_path / "run"
-    result = run("train", "--config", QUICK, "--out", str(out), "--set", "train.epochs=1",
-                 "--set", "data.tickers=[IBM]")
+    result = run(
+        "train",
+        "--config",
+        QUICK,
+        "--out",
+        str(out),
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "data.tickers=[IBM]",
+    )
     assert_user_error(result, 1, "cannot write", "model.pt", "No space left on device")
     assert not (out / "model.pt").exists()
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
@@ -175,11 +212,16 @@ def test_unwritable_output_is_an_environment_error_without_partial_files(tmp_pat
 def test_import_csv_through_fetch(tmp_path):
     src = tmp_path / "in.csv"
     src.write_text(_good_csv(50))
-    result = run("fetch", "--from-csv", str(src), "--ticker", "MINE", "--data-dir", str(tmp_path / "d"))
+    result = run(
+        "fetch", "--from-csv", str(src), "--ticker", "MINE", "--data-dir", str(tmp_path / "d")
+    )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "d/MINE.parquet").exists()
     bad = tmp_path / "bad.csv"
     bad.write_text("Date,Open\n2020-01-01,1\n")
-    assert_user_error(run("fetch", "--from-csv", str(bad), "--ticker", "B", "--data-dir", str(tmp_path / "d")),
-                      2, "missing column(s) high, low, close, volume")
+    assert_user_error(
+        run("fetch", "--from-csv", str(bad), "--ticker", "B", "--data-dir", str(tmp_path / "d")),
+        2,
+        "missing column(s) high, low, close, volume",
+    )
     assert not (tmp_path / "d/B.parquet").exists()

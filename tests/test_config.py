@@ -22,24 +22,48 @@ def test_shipped_configs_load(name):
 
 def test_tcn_config_is_the_seeds_model():
     cfg = load_config(ROOT / "configs" / "tcn.yaml")
-    assert (len(cfg.features), cfg.model.channels, cfg.model.kernel_size, cfg.model.layers, cfg.window) == (8, 64, 3, 8, 256)
+    assert (
+        len(cfg.features),
+        cfg.model.channels,
+        cfg.model.kernel_size,
+        cfg.model.layers,
+        cfg.window,
+    ) == (8, 64, 3, 8, 256)
 
 
 CASES = [
     ({"train": {"learning_rate": 0.1}}, "train.learning_rate: unknown key; did you mean train.lr?"),
     ({"modle": {}}, "modle: unknown key; did you mean model?"),
-    ({"model": {"kernal_size": 3}}, "model.kernal_size: unknown key; did you mean model.kernel_size?"),
+    (
+        {"model": {"kernal_size": 3}},
+        "model.kernal_size: unknown key; did you mean model.kernel_size?",
+    ),
     ({"data": {"zzz": 1}}, "data.zzz: unknown key; valid keys: source, tickers"),
     ({"window": -5}, "window: Input should be greater than or equal to 2"),
     ({"window": 1}, "window: Input should be greater than or equal to 2"),
     ({"window": "long"}, "window: Input should be a valid integer"),
-    ({"model": {"kernel_size": 0}}, "model.kernel_size: Input should be greater than or equal to 1"),
-    ({"backtest": {"test_span": 0}}, "backtest.test_span: Input should be greater than or equal to 1"),
-    ({"target": {"horizon": 5}, "backtest": {"gap": 2}}, "backtest.gap=2 is smaller than target.horizon-1=4"),
+    (
+        {"model": {"kernel_size": 0}},
+        "model.kernel_size: Input should be greater than or equal to 1",
+    ),
+    (
+        {"backtest": {"test_span": 0}},
+        "backtest.test_span: Input should be greater than or equal to 1",
+    ),
+    (
+        {"target": {"horizon": 5}, "backtest": {"gap": 2}},
+        "backtest.gap=2 is smaller than target.horizon-1=4",
+    ),
     ({"features": ["log_return", "rsi"]}, "features: unknown feature 'rsi'"),
-    ({"train": {"schedule": "step"}}, "train.schedule: Input should be 'none', 'cosine' or 'onecycle'"),
+    (
+        {"train": {"schedule": "step"}},
+        "train.schedule: Input should be 'none', 'cosine' or 'onecycle'",
+    ),
     ({"data": {"source": "csv"}}, "source 'csv' needs data.path"),
-    ({"model": {"kind": "multiscale", "causal": False, "kernels": [3, 4]}}, "model: symmetric padding needs odd kernels"),
+    (
+        {"model": {"kind": "multiscale", "causal": False, "kernels": [3, 4]}},
+        "model: symmetric padding needs odd kernels",
+    ),
 ]
 
 
@@ -52,11 +76,14 @@ def test_config_errors_name_the_key(raw, message):
     assert "\n" not in str(exc.value)
 
 
-@pytest.mark.parametrize("text,message", [
-    ("a: [1, 2", "not valid YAML"),
-    ("- 1\n- 2\n", "the top level must be a mapping of keys, got list"),
-    ("seed: !!python/object/apply:os.system ['echo hi']\n", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("a: [1, 2", "not valid YAML"),
+        ("- 1\n- 2\n", "the top level must be a mapping of keys, got list"),
+        ("seed: !!python/object/apply:os.system ['echo hi']\n", "not valid YAML"),
+    ],
+)
 def test_bad_yaml(tmp_path, text, message):
     path = tmp_path / "c.yaml"
     path.write_text(text)
@@ -67,14 +94,18 @@ def test_bad_yaml(tmp_path, text, message):
 def test_overrides_are_typed_by_the_schema(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("model: {channels: 64}\n")
-    cfg = load_config(path, ["model.channels=32", "train.epochs=3", "model.kernels=[3, 7]", "data.tickers=[IBM]"])
+    cfg = load_config(
+        path, ["model.channels=32", "train.epochs=3", "model.kernels=[3, 7]", "data.tickers=[IBM]"]
+    )
     assert cfg.model.channels == 32 and cfg.train.epochs == 3 and cfg.model.kernels == [3, 7]
     assert cfg.data.tickers == ["IBM"]
     with pytest.raises(ConfigError, match="train.epochs: Input should be a valid integer"):
         load_config(path, ["train.epochs=many"])
     with pytest.raises(ConfigError, match="expected key=value"):
         load_config(path, ["train.epochs"])
-    with pytest.raises(ConfigError, match="model.chanels: unknown key; did you mean model.channels"):
+    with pytest.raises(
+        ConfigError, match="model.chanels: unknown key; did you mean model.channels"
+    ):
         load_config(path, ["model.chanels=3"])
 
 
@@ -83,9 +114,15 @@ def test_data_path_outside_project_is_allowed_and_resolved(tmp_path):
     assert cfg.data.path is not None and str(cfg.data.path).endswith("x.csv")
 
 
-KEYS = st.sampled_from(["seed", "window", "train", "model", "epochs", "lr", "x", "data", "features"])
+KEYS = st.sampled_from(
+    ["seed", "window", "train", "model", "epochs", "lr", "x", "data", "features"]
+)
 VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(-5, 300) | st.floats(allow_nan=True) | st.text(max_size=5),
+    st.none()
+    | st.booleans()
+    | st.integers(-5, 300)
+    | st.floats(allow_nan=True)
+    | st.text(max_size=5),
     lambda children: st.lists(children, max_size=3) | st.dictionaries(KEYS, children, max_size=3),
     max_leaves=8,
 )

@@ -40,7 +40,11 @@ def test_good_csv_becomes_canonical(tmp_path):
 
 
 def test_column_names_are_matched_case_insensitively(tmp_path):
-    text = GOOD.replace("Date", "timestamp").replace("Adj Close", "ADJ_CLOSE").replace("Volume", "VOLUME")
+    text = (
+        GOOD.replace("Date", "timestamp")
+        .replace("Adj Close", "ADJ_CLOSE")
+        .replace("Volume", "VOLUME")
+    )
     assert "adj_close" in load_file(write(tmp_path, text))
 
 
@@ -54,15 +58,23 @@ BAD_CSV = [
     ("", "empty file"),
     ("Date,Open,High,Low,Close,Volume\n", "no data rows"),
     ("Date,Open,High,Low,Volume\n2020-01-02,1,2,1,5\n", "missing column(s) close"),
-    (GOOD.replace("10.5,11.5,10,11", "10.5,11.5,10,abc"), "row 3: non-numeric value 'abc' in column close"),
+    (
+        GOOD.replace("10.5,11.5,10,11", "10.5,11.5,10,abc"),
+        "row 3: non-numeric value 'abc' in column close",
+    ),
     (GOOD.replace("2020-01-03", "2020-01-02"), "row 3: duplicate date 2020-01-02"),
     (GOOD.replace("2020-01-03", "2020-01-09"), "row 4: dates are not in ascending order"),
     (GOOD.replace("2020-01-03", "yesterday"), "row 3: cannot parse date 'yesterday'"),
-    (GOOD.replace("2020-01-03,10.5", "2020-01-03,-1"), "row 3 (2020-01-03): open must be a positive"),
+    (
+        GOOD.replace("2020-01-03,10.5", "2020-01-03,-1"),
+        "row 3 (2020-01-03): open must be a positive",
+    ),
     (GOOD.replace("10.5,11.5,10,11", "10.5,9,10,11"), "high 9.0 is below low 10.0"),
     (GOOD.replace(",1200", ",-5"), "volume must be a finite number >= 0"),
-    ("Date,Open,High,Low,Close,Volume\n2020-01-02T00:00:00+01:00,1,2,1,1,5\n2020-01-03T00:00:00-05:00,1,2,1,1,5\n",
-     "mixes timezones"),
+    (
+        "Date,Open,High,Low,Close,Volume\n2020-01-02T00:00:00+01:00,1,2,1,1,5\n2020-01-03T00:00:00-05:00,1,2,1,1,5\n",
+        "mixes timezones",
+    ),
     ("Date;Open,High;Low,Close\n2020-01-02;1,2;1,1\n", "ambiguous column separator"),
 ]
 
@@ -139,7 +151,9 @@ def test_loader_on_random_corruption_returns_valid_frame_or_data_error(tmp_path_
     for _ in range(data.draw(st.integers(0, 4))):
         r = data.draw(st.integers(0, len(cells) - 1))
         c = data.draw(st.integers(0, cells.shape[1] - 1))
-        cells.iat[r, c] = data.draw(st.sampled_from(["", "x", "-1", "0", "nan", "1e308", "2001-01-01", " 7 "]))
+        cells.iat[r, c] = data.draw(
+            st.sampled_from(["", "x", "-1", "0", "nan", "1e308", "2001-01-01", " 7 "])
+        )
     if data.draw(st.booleans()):
         cells = cells.drop(columns=data.draw(st.sampled_from(list(cells.columns))))
     path = tmp_path_factory.mktemp("h") / "f.csv"
@@ -150,7 +164,10 @@ def test_loader_on_random_corruption_returns_valid_frame_or_data_error(tmp_path_
         assert "\n" not in str(exc)
         return
     assert out.index.is_monotonic_increasing and out.index.is_unique
-    assert np.isfinite(out.to_numpy()).all() and (out[["open", "high", "low", "close"]] > 0).all().all()
+    assert (
+        np.isfinite(out.to_numpy()).all()
+        and (out[["open", "high", "low", "close"]] > 0).all().all()
+    )
     assert (out["high"] >= out["low"]).all()
 
 
@@ -170,8 +187,14 @@ def test_hostile_tickers_rejected(ticker):
 
 def yf_frame(frame: pd.DataFrame, tickers: list[str], multi: bool = True) -> pd.DataFrame:
     """What yfinance 1.x returns with auto_adjust=False: (Price, Ticker) MultiIndex columns."""
-    cols = {"Adj Close": "adj_close", "Close": "close", "High": "high", "Low": "low",
-            "Open": "open", "Volume": "volume"}
+    cols = {
+        "Adj Close": "adj_close",
+        "Close": "close",
+        "High": "high",
+        "Low": "low",
+        "Open": "open",
+        "Volume": "volume",
+    }
     parts = {}
     for t in tickers:
         for yf_name, ours in cols.items():
@@ -186,8 +209,12 @@ def yf_frame(frame: pd.DataFrame, tickers: list[str], multi: bool = True) -> pd.
 class StubYahoo:
     """Stands in for yf.download: serves a frame per ticker between start and end, or fails."""
 
-    def __init__(self, frames: dict[str, pd.DataFrame], fail: set[str] = frozenset(),
-                 raise_for: set[str] = frozenset()):
+    def __init__(
+        self,
+        frames: dict[str, pd.DataFrame],
+        fail: set[str] = frozenset(),
+        raise_for: set[str] = frozenset(),
+    ):
         self.frames, self.fail, self.raise_for, self.calls = frames, fail, raise_for, []
 
     def __call__(self, tickers, start=None, end=None, **kw):
@@ -198,19 +225,25 @@ class StubYahoo:
         if tickers in self.fail or tickers not in self.frames:
             return pd.DataFrame()
         f = self.frames[tickers]
-        f = f.loc[pd.Timestamp(start) if start else None : (pd.Timestamp(end) - pd.Timedelta(days=1)) if end else None]
+        f = f.loc[
+            pd.Timestamp(start) if start else None : (pd.Timestamp(end) - pd.Timedelta(days=1))
+            if end
+            else None
+        ]
         return yf_frame(f, [tickers])
 
 
 @pytest.fixture
 def prices():
-    return {"SPY": ohlcv_from_returns(random_walk_returns(60, seed=1)),
-            "AAPL": ohlcv_from_returns(random_walk_returns(60, seed=2), price0=50)}
+    return {
+        "SPY": ohlcv_from_returns(random_walk_returns(60, seed=1)),
+        "AAPL": ohlcv_from_returns(random_walk_returns(60, seed=2), price0=50),
+    }
 
 
 def test_fetch_one_ticker_multiindex_and_flat(prices):
     for multi in (True, False):
-        got = fetch_yahoo("SPY", download=lambda **kw: yf_frame(prices["SPY"], ["SPY"], multi))
+        got = fetch_yahoo("SPY", download=lambda m=multi, **kw: yf_frame(prices["SPY"], ["SPY"], m))
         np.testing.assert_allclose(got["adj_close"], prices["SPY"]["adj_close"])
         assert got.index.tz is None and got.index[0] == prices["SPY"].index[0]
 
@@ -243,9 +276,13 @@ def test_readjusted_history_is_refetched_whole(tmp_path, prices):
     full = prices["SPY"]
     fetch_many(tmp_path, ["SPY"], download=StubYahoo({"SPY": full.iloc[:40]}), sleep=lambda s: None)
     adjusted = full.assign(adj_close=full["adj_close"] * 0.98)  # a dividend re-bases the past
-    report = fetch_many(tmp_path, ["SPY"], download=StubYahoo({"SPY": adjusted}), sleep=lambda s: None)
+    report = fetch_many(
+        tmp_path, ["SPY"], download=StubYahoo({"SPY": adjusted}), sleep=lambda s: None
+    )
     assert "re-adjusted" in report.written["SPY"]["note"]
-    np.testing.assert_allclose(pd.read_parquet(tmp_path / "SPY.parquet")["adj_close"], adjusted["adj_close"])
+    np.testing.assert_allclose(
+        pd.read_parquet(tmp_path / "SPY.parquet")["adj_close"], adjusted["adj_close"]
+    )
 
 
 def digest(folder: Path) -> dict[str, str]:
@@ -257,17 +294,25 @@ def test_offline_fetch_fails_in_one_line_and_leaves_cache_untouched(tmp_path, pr
     before = digest(tmp_path)
     sleeps = []
     offline = StubYahoo({}, raise_for={"SPY"})
-    report = fetch_many(tmp_path, ["SPY"], download=offline, sleep=sleeps.append, retries=3, backoff=0.5)
+    report = fetch_many(
+        tmp_path, ["SPY"], download=offline, sleep=sleeps.append, retries=3, backoff=0.5
+    )
     assert report.failed["SPY"].startswith("could not reach Yahoo Finance for SPY: ConnectionError")
     assert sleeps == [0.5, 1.0, 2.0] and len(offline.calls) == 4
     assert digest(tmp_path) == before
 
 
 def test_empty_result_and_partial_failure(tmp_path, prices):
-    with pytest.raises(FetchError, match="could not reach Yahoo Finance for ZZZZ: no data returned"):
+    with pytest.raises(
+        FetchError, match="could not reach Yahoo Finance for ZZZZ: no data returned"
+    ):
         fetch_yahoo("ZZZZ", download=StubYahoo({}), sleep=lambda s: None)
-    report = fetch_many(tmp_path, ["SPY", "BAD", "AAPL"], download=StubYahoo(prices, raise_for={"BAD"}),
-                        sleep=lambda s: None)
+    report = fetch_many(
+        tmp_path,
+        ["SPY", "BAD", "AAPL"],
+        download=StubYahoo(prices, raise_for={"BAD"}),
+        sleep=lambda s: None,
+    )
     assert set(report.written) == {"SPY", "AAPL"} and list(report.failed) == ["BAD"]
     assert (tmp_path / "AAPL.parquet").exists() and not (tmp_path / "BAD.parquet").exists()
 

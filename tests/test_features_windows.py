@@ -14,8 +14,16 @@ from tsconv import features
 from tsconv.features import build, compute_features, make_target
 from tsconv.windows import Scaler, WindowDataset, make_panel, window_segments
 
-ALL = ["log_return", "oc_return", "hl_range", "close_loc", "log_volume_chg", "vol_20",
-       "volume_z_20", "mom_5"]
+ALL = [
+    "log_return",
+    "oc_return",
+    "hl_range",
+    "close_loc",
+    "log_volume_chg",
+    "vol_20",
+    "volume_z_20",
+    "mom_5",
+]
 
 
 @settings(max_examples=25, deadline=None)
@@ -40,14 +48,24 @@ def test_target_alignment_hand_computed():
     np.testing.assert_allclose(y2[:2], [np.log(0.99), np.log(0.9)])
     assert np.isnan(y2[2:]).all()
     # row t's feature log_return is the return INTO t; its target the return OUT of t
-    f = compute_features(frame.assign(open=close, high=close, low=close, close=close, volume=1.0), ["log_return"])
+    f = compute_features(
+        frame.assign(open=close, high=close, low=close, close=close, volume=1.0), ["log_return"]
+    )
     np.testing.assert_allclose(f["log_return"].to_numpy()[1:], y1[:-1])
 
 
 def test_feature_values_hand_computed():
-    frame = pd.DataFrame({"open": [10.0, 10.0], "high": [12.0, 11.0], "low": [8.0, 11.0],
-                          "close": [11.0, 11.0], "adj_close": [11.0, 11.0], "volume": [0.0, 9.0]},
-                         index=pd.bdate_range("2020-01-01", periods=2))
+    frame = pd.DataFrame(
+        {
+            "open": [10.0, 10.0],
+            "high": [12.0, 11.0],
+            "low": [8.0, 11.0],
+            "close": [11.0, 11.0],
+            "adj_close": [11.0, 11.0],
+            "volume": [0.0, 9.0],
+        },
+        index=pd.bdate_range("2020-01-01", periods=2),
+    )
     f = compute_features(frame, ["oc_return", "hl_range", "close_loc", "log_volume_chg"])
     np.testing.assert_allclose(f["oc_return"], np.log(1.1))
     np.testing.assert_allclose(f["hl_range"], [np.log(1.5), 0.0])
@@ -82,7 +100,9 @@ def _panel(lengths, f=3):
     data = {}
     for i, n in enumerate(lengths):
         frame = ohlcv_from_returns(random_walk_returns(n + 1, seed=i))
-        data[f"T{i}"] = build({f"T{i}": frame}, ["log_return", "hl_range", "oc_return"][:f], 1)[f"T{i}"]
+        data[f"T{i}"] = build({f"T{i}": frame}, ["log_return", "hl_range", "oc_return"][:f], 1)[
+            f"T{i}"
+        ]
     scalers = {t: Scaler(np.zeros(f), np.ones(f), 1.0) for t in data}
     return data, make_panel(data, scalers)
 
@@ -105,9 +125,13 @@ def test_windows_cover_each_target_once_and_match_naive_loop(mode, burn_in, lo, 
     assert xb.shape == (len(ds), 3, window)
     # every target row of the spans appears in exactly one loss position (after the warm-up)
     floor0 = window - 1 if mode == "last" else burn_in
-    expected = list(range(max(lo, floor0), hi)) + [50 + r for r in range(window - 1 if mode == "last" else burn_in, 40)]
+    expected = list(range(max(lo, floor0), hi)) + [
+        50 + r for r in range(window - 1 if mode == "last" else burn_in, 40)
+    ]
     assert sorted(seen) == expected
-    assert int(mb.sum()) == len(expected) - (1 if 49 in expected else 0) - 1  # last row of each ticker has no target
+    assert (
+        int(mb.sum()) == len(expected) - (1 if 49 in expected else 0) - 1
+    )  # last row of each ticker has no target
     for start in ds.locate(torch.arange(len(ds)))[0].tolist():  # no window crosses tickers
         assert (start < 50 and start + window <= 50) or start >= 50
 
@@ -126,7 +150,10 @@ def test_window_dataset_memory_is_within_1_1x_of_raw():
     panel = Panel(torch.zeros(n, f), torch.zeros(n), np.array([0, n]), ["X"])
     raw = sum(t.element_size() * t.nelement() for t in (panel.x, panel.y))  # the series itself
     ds = WindowDataset(panel, [(0, 0, n)], 256, "last", 0)  # stride 1: the worst case
-    index = sum(t.element_size() * t.nelement() for t in (ds.first, ds.count, ds.stride, ds.loss_from, ds.cum))
+    index = sum(
+        t.element_size() * t.nelement()
+        for t in (ds.first, ds.count, ds.stride, ds.loss_from, ds.cum)
+    )
     assert len(ds) == n - 255
     assert ds._xw.data_ptr() == panel.x.data_ptr() and ds._yw.data_ptr() == panel.y.data_ptr()
     assert (raw + index) / raw <= 1.1

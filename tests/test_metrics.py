@@ -40,7 +40,9 @@ def test_ic_and_rank_ic_by_hand():
 
 
 def test_directional_accuracy_ignores_zero_predictions():
-    assert metrics.directional_accuracy(np.array([1.0, -1.0, 0.0, 2.0]), np.array([0.5, 0.5, 0.5, -1.0])) == pytest.approx(1 / 3)
+    assert metrics.directional_accuracy(
+        np.array([1.0, -1.0, 0.0, 2.0]), np.array([0.5, 0.5, 0.5, -1.0])
+    ) == pytest.approx(1 / 3)
     assert math.isnan(metrics.directional_accuracy(np.zeros(3), np.ones(3)))
 
 

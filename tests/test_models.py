@@ -12,7 +12,12 @@ from torch import nn
 
 from tsconv.config import ModelConfig
 from tsconv.models import (
-    TCN, CausalConv1d, MultiScaleConv1d, build_model, count_parameters, receptive_field,
+    TCN,
+    CausalConv1d,
+    MultiScaleConv1d,
+    build_model,
+    count_parameters,
+    receptive_field,
     tcn_receptive_field,
 )
 from tsconv.models.streaming import StreamingTCN
@@ -29,7 +34,9 @@ def np_conv1d(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return np.array([np.dot(x[i : i + k], w) for i in range(len(x) - k + 1)])
 
 
-def np_conv1d_backward(x: np.ndarray, w: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def np_conv1d_backward(
+    x: np.ndarray, w: np.ndarray, g: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """dL/dx = full convolution of g with flip(w); dL/dw[j] = sum_i g[i] x[i + j]."""
     k = len(w)
     gp = np.pad(g, (k - 1, k - 1))
@@ -92,7 +99,9 @@ def test_input_gradient_is_transposed_convolution_and_transpose_of_toeplitz():
     np.testing.assert_allclose(x.grad, F.conv_transpose1d(g, w), atol=1e-12)
     t = toeplitz(w.numpy().ravel(), 8)
     np.testing.assert_allclose(x.grad.numpy().ravel(), t.T @ g.numpy().ravel(), atol=1e-12)
-    grad_x, grad_w = np_conv1d_backward(x.detach().numpy().ravel(), w.numpy().ravel(), g.numpy().ravel())
+    grad_x, grad_w = np_conv1d_backward(
+        x.detach().numpy().ravel(), w.numpy().ravel(), g.numpy().ravel()
+    )
     np.testing.assert_allclose(grad_x, x.grad.numpy().ravel(), atol=1e-12)
 
 
@@ -217,7 +226,9 @@ def test_causality_under_future_perturbation(cfg, t, seed):
         torch.testing.assert_close(model(x)[..., : t + 1], model(y)[..., : t + 1])
 
 
-@pytest.mark.parametrize("cfg", CAUSAL_KINDS[:2] + [ModelConfig(kind="multiscale", channels=4, kernels=[3, 7])])
+@pytest.mark.parametrize(
+    "cfg", CAUSAL_KINDS[:2] + [ModelConfig(kind="multiscale", channels=4, kernels=[3, 7])]
+)
 def test_receptive_field_is_tight(cfg):
     torch.manual_seed(0)
     model = open_relus(build_model(cfg, 2))

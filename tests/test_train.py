@@ -26,15 +26,21 @@ runner = CliRunner()
 def test_ar1_model_reaches_r2_of_0_2_out_of_sample():
     # r[t+1] = 0.5 r[t] + e: the best achievable R^2 is phi^2 = 0.25.
     frame = ohlcv_from_returns(ar1_returns(3000, phi=0.5, seed=7))
-    cfg = tiny_config(features=["log_return"], window=32,
-                      model={"channels": 8, "layers": 2},
-                      train={"epochs": 12, "lr": 0.005, "patience": 4, "batch_size": 16})
+    cfg = tiny_config(
+        features=["log_return"],
+        window=32,
+        model={"channels": 8, "layers": 2},
+        train={"epochs": 12, "lr": 0.005, "patience": 4, "batch_size": 16},
+    )
     prep = prepare(cfg, {"AR": frame})
-    model, scalers, panel, _ = fit_span(prep, {"AR": (0, 2000)}, {"AR": (2000, 2400)}, seed=0,
-                                        device=torch.device("cpu"))
+    model, scalers, panel, _ = fit_span(
+        prep, {"AR": (0, 2000)}, {"AR": (2000, 2400)}, seed=0, device=torch.device("cpu")
+    )
     rows = np.arange(2400, 2998)
-    pred = predict_rows(model, panel, global_rows(panel, "AR", rows), cfg.window,
-                        torch.device("cpu")) * scalers["AR"].y_scale
+    pred = (
+        predict_rows(model, panel, global_rows(panel, "AR", rows), cfg.window, torch.device("cpu"))
+        * scalers["AR"].y_scale
+    )
     y = prep.data["AR"].y[rows]
     r2 = 1 - np.sum((y - pred) ** 2) / np.sum((y - y.mean()) ** 2)
     assert r2 >= 0.2, r2
@@ -42,11 +48,31 @@ def test_ar1_model_reaches_r2_of_0_2_out_of_sample():
 
 def test_train_cli_end_to_end_writes_a_complete_run(tmp_path):
     out = tmp_path / "run"
-    result = runner.invoke(app, ["train", "--config", str(ROOT / "configs/quick.yaml"), "--out", str(out),
-                                 "--set", "train.epochs=2", "--set", "data.tickers=[MSFT]"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--config",
+            str(ROOT / "configs/quick.yaml"),
+            "--out",
+            str(out),
+            "--set",
+            "train.epochs=2",
+            "--set",
+            "data.tickers=[MSFT]",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "receptive field 61 steps" in result.output
-    for name in ["model.pt", "config.yaml", "metrics.csv", "summary.json", "loss.png", "versions.json", "manifest.json"]:
+    for name in [
+        "model.pt",
+        "config.yaml",
+        "metrics.csv",
+        "summary.json",
+        "loss.png",
+        "versions.json",
+        "manifest.json",
+    ]:
         assert (out / name).exists(), name
     assert not (out / "state.pt").exists()
     payload = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
@@ -84,8 +110,7 @@ def test_same_seed_gives_bit_identical_validation_loss(tmp_path):
 
 
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
-    cfg = tiny_config(train={"epochs": 4},
-                      model={"dropout": 0.2})
+    cfg = tiny_config(train={"epochs": 4}, model={"dropout": 0.2})
     _train(tmp_path, "full", cfg)
 
     def interrupt(state):
@@ -101,8 +126,10 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     full = torch.load(tmp_path / "full/model.pt", weights_only=True)["state_dict"]
     resumed = torch.load(tmp_path / "cut/model.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(full[k], resumed[k]) for k in full)
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "full/metrics.csv").drop(columns=["seconds", "samples_per_s"]),
-                                  pd.read_csv(tmp_path / "cut/metrics.csv").drop(columns=["seconds", "samples_per_s"]))
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "full/metrics.csv").drop(columns=["seconds", "samples_per_s"]),
+        pd.read_csv(tmp_path / "cut/metrics.csv").drop(columns=["seconds", "samples_per_s"]),
+    )
 
 
 def test_ctrl_c_in_cli_exits_130(tmp_path, monkeypatch):
@@ -112,15 +139,21 @@ def test_ctrl_c_in_cli_exits_130(tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(experiment, "fit_span", boom)
-    result = runner.invoke(app, ["train", "--config", str(ROOT / "configs/quick.yaml"), "--out", str(tmp_path / "r")])
+    result = runner.invoke(
+        app, ["train", "--config", str(ROOT / "configs/quick.yaml"), "--out", str(tmp_path / "r")]
+    )
     assert result.exit_code == 130 and "--resume" in result.output
 
 
 def test_nan_loss_stops_with_a_message_naming_the_epoch():
     cfg = tiny_config(train={"lr": 1e30, "epochs": 3, "clip_grad": 0.0})
     prep = prepare(cfg)
-    with pytest.raises(TrainingError, match=r"loss became (nan|inf) in epoch \d; try a lower train.lr"):
-        fit_span(prep, {"MSFT": (0, 1500)}, {"MSFT": (1600, 2000)}, seed=0, device=torch.device("cpu"))
+    with pytest.raises(
+        TrainingError, match=r"loss became (nan|inf) in epoch \d; try a lower train.lr"
+    ):
+        fit_span(
+            prep, {"MSFT": (0, 1500)}, {"MSFT": (1600, 2000)}, seed=0, device=torch.device("cpu")
+        )
 
 
 def test_constant_price_series_trains_without_nan():
@@ -129,8 +162,9 @@ def test_constant_price_series_trains_without_nan():
     frame["volume"] = 1000.0
     cfg = tiny_config(train={"epochs": 1})
     prep = prepare(cfg, {"FLAT": frame})
-    _, scalers, _, result = fit_span(prep, {"FLAT": (0, 300)}, {"FLAT": (300, 390)}, seed=0,
-                                     device=torch.device("cpu"))
+    _, scalers, _, result = fit_span(
+        prep, {"FLAT": (0, 300)}, {"FLAT": (300, 390)}, seed=0, device=torch.device("cpu")
+    )
     assert np.isfinite(result.best_val) and scalers["FLAT"].y_scale == 1.0
 
 
@@ -140,9 +174,17 @@ def test_corrupt_and_mismatched_checkpoints_are_refused(tmp_path):
     path = tmp_path / "r/model.pt"
     payload = checkpoint.load(path)
     with pytest.raises(CheckpointError, match="trained on features"):
-        checkpoint.check_compatible(payload, cfg.model_copy(update={"features": ["log_return"]}), path)
-    with pytest.raises(CheckpointError, match="model.channels is 8 in the checkpoint, 16 in the config"):
-        checkpoint.check_compatible(payload, cfg.model_copy(update={"model": cfg.model.model_copy(update={"channels": 16})}), path)
+        checkpoint.check_compatible(
+            payload, cfg.model_copy(update={"features": ["log_return"]}), path
+        )
+    with pytest.raises(
+        CheckpointError, match="model.channels is 8 in the checkpoint, 16 in the config"
+    ):
+        checkpoint.check_compatible(
+            payload,
+            cfg.model_copy(update={"model": cfg.model.model_copy(update={"channels": 16})}),
+            path,
+        )
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="not a readable tsconv checkpoint"):
@@ -163,8 +205,22 @@ def test_corrupt_and_mismatched_checkpoints_are_refused(tmp_path):
 
 
 def test_window_shorter_than_receptive_field_warns(tmp_path):
-    result = runner.invoke(app, ["train", "--config", str(ROOT / "configs/quick.yaml"), "--out", str(tmp_path / "w"),
-                                 "--set", "window=40", "--set", "train.epochs=1", "--set", "data.tickers=[IBM]"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--config",
+            str(ROOT / "configs/quick.yaml"),
+            "--out",
+            str(tmp_path / "w"),
+            "--set",
+            "window=40",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "data.tickers=[IBM]",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "window 40 is shorter than the receptive field 61 by 21 steps" in result.output
 

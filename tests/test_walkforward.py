@@ -30,11 +30,15 @@ def test_fold_bounds_and_training_ranges():
     assert train_rows(300, gap=0, scheme="sliding", train_span=500) == (0, 300)
 
 
-@pytest.mark.parametrize("scheme,gap,horizon", [("expanding", 0, 1), ("sliding", 2, 3), ("expanding", 5, 1)])
+@pytest.mark.parametrize(
+    "scheme,gap,horizon", [("expanding", 0, 1), ("sliding", 2, 3), ("expanding", 5, 1)]
+)
 def test_fold_spans_respect_gap_horizon_and_cadence(scheme, gap, horizon):
     frame = ohlcv_from_returns(random_walk_returns(900))
-    cfg = tiny_config(target={"horizon": horizon},
-                      backtest={"scheme": scheme, "gap": gap, "train_span": 300, "test_span": 100})
+    cfg = tiny_config(
+        target={"horizon": horizon},
+        backtest={"scheme": scheme, "gap": gap, "train_span": 300, "test_span": 100},
+    )
     prep = prepare(cfg, {"X": frame})
     td = prep.data["X"]
     folds = make_folds(prep)
@@ -62,20 +66,27 @@ def test_no_look_ahead_truncating_the_future_changes_no_past_prediction(tmp_path
     other = ohlcv_from_returns(random_walk_returns(1100, seed=4), price0=30)
     cut = frame.index[800]
     _, full_dir = _synthetic_backtest(tmp_path, "full", {"A": frame, "B": other}, **cfg_kw)
-    _, cut_dir = _synthetic_backtest(tmp_path, "cut", {"A": frame.loc[:cut], "B": other.loc[:cut]}, **cfg_kw)
+    _, cut_dir = _synthetic_backtest(
+        tmp_path, "cut", {"A": frame.loc[:cut], "B": other.loc[:cut]}, **cfg_kw
+    )
     full = pd.read_parquet(full_dir / "predictions.parquet")
     short = pd.read_parquet(cut_dir / "predictions.parquet")
     # rows whose target was realised before the cut exist in both runs and must agree exactly
     merged = full.merge(short, on=["date", "ticker"], suffixes=("", "_cut"))
     assert len(merged) == len(short) > 300
     for col in ["prediction", "realized", "persistence", "trailing_mean", "ridge_ar"]:
-        np.testing.assert_array_equal(merged[col].to_numpy(), merged[f"{col}_cut"].to_numpy(), err_msg=col)
+        np.testing.assert_array_equal(
+            merged[col].to_numpy(), merged[f"{col}_cut"].to_numpy(), err_msg=col
+        )
 
 
 def test_no_look_ahead_on_the_sample_with_a_shocked_future(tmp_path):
     """Same check on real data, perturbing the future instead of deleting it."""
-    cfg_kw = {"data": {"tickers": ["IBM"]}, "backtest": {"train_span": 1500, "test_span": 250},
-              "train": {"epochs": 1}}
+    cfg_kw = {
+        "data": {"tickers": ["IBM"]},
+        "backtest": {"train_span": 1500, "test_span": 250},
+        "train": {"epochs": 1},
+    }
     from tsconv.data.sources import load_sample
 
     ibm = load_sample(["IBM"])["IBM"]
@@ -95,8 +106,14 @@ def test_no_look_ahead_on_the_sample_with_a_shocked_future(tmp_path):
 
 def test_random_walk_has_no_edge(tmp_path):
     frames = {f"R{i}": ohlcv_from_returns(random_walk_returns(1200, seed=10 + i)) for i in range(3)}
-    m, _ = _synthetic_backtest(tmp_path, "rw", frames, features=["log_return", "hl_range"],
-                               backtest={"train_span": 400, "test_span": 200}, train={"epochs": 3})
+    m, _ = _synthetic_backtest(
+        tmp_path,
+        "rw",
+        frames,
+        features=["log_return", "hl_range"],
+        backtest={"train_span": 400, "test_span": 200},
+        train={"epochs": 3},
+    )
     f = m["forecast"]["prediction"]
     assert abs(f["directional_accuracy"] - 0.5) <= 3 * f["directional_accuracy_se"]
     assert f["dm_vs_zero"]["p_value"] > 0.05 or f["dm_vs_zero"]["stat"] > 0
@@ -104,10 +121,15 @@ def test_random_walk_has_no_edge(tmp_path):
 
 def test_ar1_model_beats_zero_with_dm_p_below_0_01(tmp_path):
     frames = {"AR": ohlcv_from_returns(ar1_returns(2200, phi=0.5, seed=1))}
-    m, out = _synthetic_backtest(tmp_path, "ar", frames, features=["log_return"],
-                                 model={"channels": 8, "layers": 2},
-                                 backtest={"train_span": 800, "test_span": 350},
-                                 train={"epochs": 10, "lr": 0.005, "patience": 3, "batch_size": 16})
+    m, out = _synthetic_backtest(
+        tmp_path,
+        "ar",
+        frames,
+        features=["log_return"],
+        model={"channels": 8, "layers": 2},
+        backtest={"train_span": 800, "test_span": 350},
+        train={"epochs": 10, "lr": 0.005, "patience": 3, "batch_size": 16},
+    )
     dm = m["forecast"]["prediction"]["dm_vs_zero"]
     assert dm["stat"] < 0 and dm["p_value"] < 0.01, dm
     assert m["forecast"]["prediction"]["r2_oos"] > 0.15
@@ -117,18 +139,44 @@ def test_ar1_model_beats_zero_with_dm_p_below_0_01(tmp_path):
 
 
 def test_backtest_cli_outputs_resume_and_determinism(tmp_path):
-    args = ["backtest", "--config", str(ROOT / "configs/quick.yaml"), "--set", "train.epochs=1",
-            "--set", "backtest.train_span=2800", "--set", "backtest.test_span=150"]
+    args = [
+        "backtest",
+        "--config",
+        str(ROOT / "configs/quick.yaml"),
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "backtest.train_span=2800",
+        "--set",
+        "backtest.test_span=150",
+    ]
     out = tmp_path / "bt"
     result = runner.invoke(app, [*args, "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "walk-forward:" in result.output and "buy_and_hold" in result.output
-    for name in ["predictions.parquet", "folds.csv", "metrics.json", "report.html", "config.yaml",
-                 "versions.json", "manifest.json", "timing.json"]:
+    for name in [
+        "predictions.parquet",
+        "folds.csv",
+        "metrics.json",
+        "report.html",
+        "config.yaml",
+        "versions.json",
+        "manifest.json",
+        "timing.json",
+    ]:
         assert (out / name).exists(), name
     pred = pd.read_parquet(out / "predictions.parquet")
-    assert {"date", "ticker", "fold", "prediction", "realized", "zero", "persistence",
-            "trailing_mean", "ridge_ar"} <= set(pred.columns)
+    assert {
+        "date",
+        "ticker",
+        "fold",
+        "prediction",
+        "realized",
+        "zero",
+        "persistence",
+        "trailing_mean",
+        "ridge_ar",
+    } <= set(pred.columns)
     assert set(pred["ticker"]) == {"MSFT", "AAPL"} and np.isfinite(pred["prediction"]).all()
     folds = pd.read_csv(out / "folds.csv")
     assert (pd.to_datetime(folds["train_end"]) < pd.to_datetime(folds["test_start"])).all()
@@ -170,9 +218,19 @@ def test_backtest_cli_outputs_resume_and_determinism(tmp_path):
 
 def test_warm_retrain_and_sliding_scheme_run(tmp_path):
     frames = {"X": ohlcv_from_returns(random_walk_returns(900, seed=5))}
-    m, out = _synthetic_backtest(tmp_path, "warm", frames,
-                                 backtest={"scheme": "sliding", "retrain": "warm", "warm_epochs": 1,
-                                           "train_span": 300, "test_span": 200, "position": "scaled"})
+    m, out = _synthetic_backtest(
+        tmp_path,
+        "warm",
+        frames,
+        backtest={
+            "scheme": "sliding",
+            "retrain": "warm",
+            "warm_epochs": 1,
+            "train_span": 300,
+            "test_span": 200,
+            "position": "scaled",
+        },
+    )
     folds = pd.read_csv(out / "folds.csv")
     assert list(folds["epochs"])[1:] == [1] * (len(folds) - 1)
     assert math.isfinite(m["trading"]["prediction"]["sharpe"])

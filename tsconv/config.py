@@ -66,7 +66,9 @@ class ModelConfig(_Section):
     def _symmetric_needs_odd(self) -> ModelConfig:
         # causal: false reproduces the seed's symmetric padding (and sees the future)
         if self.kind == "multiscale" and not self.causal and any(k % 2 == 0 for k in self.kernels):
-            raise ValueError(f"symmetric padding needs odd kernels (causal: false), got {self.kernels}")
+            raise ValueError(
+                f"symmetric padding needs odd kernels (causal: false), got {self.kernels}"
+            )
         return self
 
 
@@ -158,13 +160,30 @@ class Config(_Section):
 
 # Names other tools use for our keys: a typo check by spelling alone would miss these.
 _SYNONYMS = {
-    "learning_rate": "lr", "n_epochs": "epochs", "num_epochs": "epochs", "max_epochs": "epochs",
-    "batch": "batch_size", "lr_schedule": "schedule", "scheduler": "schedule",
-    "grad_clip": "clip_grad", "gradient_clip_val": "clip_grad", "early_stopping": "patience",
-    "hidden": "channels", "hidden_channels": "channels", "num_channels": "channel_list",
-    "num_layers": "layers", "n_layers": "layers", "blocks": "layers", "kernel": "kernel_size",
-    "seq_len": "window", "lookback": "window", "input_chunk_length": "window",
-    "symbols": "tickers", "ticker": "tickers", "cost": "cost_bps", "fee_bps": "cost_bps",
+    "learning_rate": "lr",
+    "n_epochs": "epochs",
+    "num_epochs": "epochs",
+    "max_epochs": "epochs",
+    "batch": "batch_size",
+    "lr_schedule": "schedule",
+    "scheduler": "schedule",
+    "grad_clip": "clip_grad",
+    "gradient_clip_val": "clip_grad",
+    "early_stopping": "patience",
+    "hidden": "channels",
+    "hidden_channels": "channels",
+    "num_channels": "channel_list",
+    "num_layers": "layers",
+    "n_layers": "layers",
+    "blocks": "layers",
+    "kernel": "kernel_size",
+    "seq_len": "window",
+    "lookback": "window",
+    "input_chunk_length": "window",
+    "symbols": "tickers",
+    "ticker": "tickers",
+    "cost": "cost_bps",
+    "fee_bps": "cost_bps",
 }
 
 
@@ -188,7 +207,11 @@ def _format_error(err: dict[str, Any]) -> str:
         if section is not None:
             fields = list(section.model_fields)
             synonym = _SYNONYMS.get(str(loc[-1]).lower())
-            close = [synonym] if synonym in fields else difflib.get_close_matches(str(loc[-1]), fields, n=1)
+            close = (
+                [synonym]
+                if synonym in fields
+                else difflib.get_close_matches(str(loc[-1]), fields, n=1)
+            )
             if close:
                 hint = f"; did you mean {'.'.join([*map(str, loc[:-1]), close[0]])}?"
             else:

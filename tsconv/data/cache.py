@@ -46,7 +46,7 @@ def locked(data_dir: Path) -> Iterator[None]:
     data_dir = Path(data_dir)
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
-        fh = open(data_dir / ".lock", "a+")
+        fh = open(data_dir / ".lock", "a+")  # noqa: SIM115 - closed by the with below
     except OSError as exc:
         raise OutputError(f"cannot write to {data_dir}: {exc.strerror or exc}") from None
     with fh:

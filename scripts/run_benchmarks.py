@@ -1,0 +1,41 @@
+"""Run every benchmark and write docs/benchmarks.md (`make bench`)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BENCHES = [
+    ["bench_train.py"],
+    ["bench_windows.py"],
+    ["bench_streaming.py"],
+    ["bench_walkforward.py"],
+]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, default=HERE.parent / "docs" / "benchmarks.md")
+    args = ap.parse_args()
+    parts = [
+        f"# Benchmarks\n\nWritten by `make bench` on {dt.date.today()}. Each table is one "
+        "process; ratios compare rows measured side by side in it. Median of the repeats after "
+        "a warm-up.\n"
+    ]
+    for bench in BENCHES:
+        cmd = [sys.executable, str(HERE / bench[0]), *bench[1:]]
+        print("running", " ".join(cmd), flush=True)
+        res = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE, check=True)
+        parts.append(f"## `python scripts/{' '.join(bench)}`\n\n{res.stdout}")
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text("\n".join(parts))
+    tmp.replace(args.out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
