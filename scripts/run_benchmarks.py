@@ -31,6 +31,13 @@ def main() -> None:
         print("running", " ".join(cmd), flush=True)
         res = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE, check=True)
         parts.append(f"## `python scripts/{' '.join(bench)}`\n\n{res.stdout}")
+    import torch
+
+    if not torch.cuda.is_available():
+        parts.append(
+            "## CUDA\n\nNot measured: no GPU on the machine that wrote this file. On a GPU "
+            "machine run `python scripts/bench_train.py --device cuda`.\n"
+        )
     tmp = args.out.with_suffix(".tmp")
     tmp.write_text("\n".join(parts))
     tmp.replace(args.out)

@@ -11,19 +11,11 @@ from hypothesis import strategies as st
 
 from tests.conftest import ohlcv_from_returns, random_walk_returns
 from tsconv import features
+from tsconv.config import Config
 from tsconv.features import build, compute_features, make_target
 from tsconv.windows import Scaler, WindowDataset, make_panel, window_segments
 
-ALL = [
-    "log_return",
-    "oc_return",
-    "hl_range",
-    "close_loc",
-    "log_volume_chg",
-    "vol_20",
-    "volume_z_20",
-    "mom_5",
-]
+ALL = Config().features  # the default set: every fixed and parametric feature kind
 
 
 @settings(max_examples=25, deadline=None)

@@ -72,7 +72,11 @@ def main_callback(
 def _config(config: Path | None, overrides: list[str] | None):
     from tsconv.config import load_config
 
-    return load_config(config, overrides or [])
+    cfg = load_config(config, overrides or [])
+    if cfg.data.source == "csv" and cfg.data.path is not None:
+        # Paths outside the project are allowed; say which file is actually read.
+        err.print(f"data: {cfg.data.path.resolve()}", highlight=False, soft_wrap=True)
+    return cfg
 
 
 # --------------------------------------------------------------------------- fetch
