@@ -234,3 +234,21 @@ def test_warm_retrain_and_sliding_scheme_run(tmp_path):
     folds = pd.read_csv(out / "folds.csv")
     assert list(folds["epochs"])[1:] == [1] * (len(folds) - 1)
     assert math.isfinite(m["trading"]["prediction"]["sharpe"])
+
+
+def test_a_ticker_listed_mid_backtest_is_traded_only_once_it_has_training_history(tmp_path):
+    old = ohlcv_from_returns(random_walk_returns(1000, seed=1))
+    new = ohlcv_from_returns(random_walk_returns(500, seed=2)).set_axis(old.index[500:], axis=0)
+    m, out = _synthetic_backtest(
+        tmp_path,
+        "ipo",
+        {"OLD": old, "NEW": new},
+        backtest={"train_span": 300, "test_span": 100},
+        train={"epochs": 1},
+    )
+    pred = pd.read_parquet(out / "predictions.parquet")
+    first_new = pred.loc[pred["ticker"] == "NEW", "date"].min()
+    # NEW lists at bar 500 and needs more than `window` training bars before its first test bar
+    assert first_new >= old.index[500 + 32]
+    folds = pd.read_csv(out / "folds.csv")
+    assert folds["test_rows"].iloc[0] == 100  # only OLD in the first fold

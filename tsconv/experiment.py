@@ -122,7 +122,10 @@ def fit_span(
     for t, td in prep.data.items():
         lo, hi = train.get(t, (0, 0))
         if hi - lo < 2:
-            lo, hi = 0, max(2, min(len(td.x), cfg.window))  # ticker unused in training
+            # Not trained on (and not predicted by the caller): any finite scaling will do, and
+            # none of its targets are looked at.
+            scalers[t] = Scaler.fit(td.x[: cfg.window], np.array([]))
+            continue
         scalers[t] = Scaler.fit(td.x[lo:hi], td.y[lo:hi])
     panel = make_panel(prep.data, scalers)
     index = {t: i for i, t in enumerate(panel.tickers)}

@@ -88,12 +88,13 @@ def fold_spans(
     for t, td in prep.data.items():
         t_lo = int(td.dates.searchsorted(fold.test_start))
         t_hi = min(int(td.dates.searchsorted(fold.test_end)), known_rows(td))
+        lo, hi = train_rows(t_lo, cfg.backtest.gap, cfg.backtest.scheme, cfg.backtest.train_span)
+        if hi - lo <= cfg.window:
+            continue  # too little history to fit this ticker's scaler: not traded this fold
+        train[t] = (lo, hi)
         rows = np.arange(max(t_lo, cfg.window - 1), t_hi)
         if len(rows):
             test[t] = rows
-        lo, hi = train_rows(t_lo, cfg.backtest.gap, cfg.backtest.scheme, cfg.backtest.train_span)
-        if hi - lo > cfg.window:
-            train[t] = (lo, hi)
     return train, test
 
 
@@ -198,8 +199,9 @@ def run_backtest(
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     resolved = config_to_dict(cfg)
-    if resume and (out / "config.yaml").exists():
-        stored = json.loads((out / "folds" / "config.json").read_text())
+    stored_path = out / "folds" / "config.json"
+    if resume and stored_path.exists():
+        stored = json.loads(stored_path.read_text())
         if stored != resolved:
             raise TsconvError(f"{out}: --resume with a different config than the interrupted run")
     elif (out / "folds").exists() and not resume:
