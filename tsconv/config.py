@@ -6,6 +6,7 @@ key path and suggest the closest valid key, so a typo never silently falls back 
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import difflib
 from pathlib import Path
@@ -262,7 +263,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply `a.b.c=value` strings; values are parsed as YAML scalars/lists and typed by the schema."""
-    out = _deepcopy(raw)
+    out = copy.deepcopy(raw)
     for item in overrides:
         key, sep, value = item.partition("=")
         key = key.strip()
@@ -283,14 +284,6 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             node = child
         node[parts[-1]] = parsed
     return out
-
-
-def _deepcopy(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _deepcopy(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_deepcopy(v) for v in obj]
-    return obj
 
 
 def load_config(path: Path | None, overrides: list[str] | None = None) -> Config:

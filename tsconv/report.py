@@ -68,17 +68,15 @@ def _per_date_mean(frame: pd.DataFrame, column: str) -> np.ndarray:
 def _trading(frame: pd.DataFrame, column: str, cfg: Config) -> tuple[dict[str, Any], pd.Series]:
     bt = cfg.backtest
     nets, turns = [], []
-    for _, g in frame.groupby("ticker", sort=False):
-        pred = g.set_index("date")[column]
-        pos = (
-            pd.Series(1.0, index=pred.index)
-            if column == "buy_and_hold"
-            else metrics.positions(pred, bt.position)
-        )
-        net = metrics.trading_returns(pos, g.set_index("date")["realized_1"], bt.cost_bps)
-        if column == "buy_and_hold":
-            net = np.expm1(g.set_index("date")["realized_1"])  # held throughout, no trading costs
-        nets.append(net.rename(g["ticker"].iloc[0]))
+    for ticker, g in frame.groupby("ticker", sort=False):
+        g = g.set_index("date")
+        if column == "buy_and_hold":  # held throughout, no trading costs
+            pos = pd.Series(1.0, index=g.index)
+            net = np.expm1(g["realized_1"])
+        else:
+            pos = metrics.positions(g[column], bt.position)
+            net = metrics.trading_returns(pos, g["realized_1"], bt.cost_bps)
+        nets.append(net.rename(ticker))
         turns.append(pos.diff().abs().fillna(pos.abs()))
     net = pd.concat(nets, axis=1).mean(axis=1).sort_index()
     turnover = pd.concat(turns, axis=1).mean(axis=1).sort_index()

@@ -135,11 +135,7 @@ def import_sample(data_dir: Path, tickers: list[str]) -> dict[str, dict[str, Any
     out = {}
     with cache.locked(data_dir):
         for symbol, frame in frames.items():
-            old = (
-                cache.read_cached(data_dir, symbol)
-                if cache.ticker_path(data_dir, symbol).exists()
-                else None
-            )
+            old = cache.read_cached(data_dir, symbol)  # None when not cached yet
             if old is not None and old.equals(frame):
                 out[symbol] = {"rows": len(frame), "note": "already in cache"}
                 continue
