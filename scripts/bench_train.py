@@ -7,8 +7,10 @@ fp32 vs bf16 autocast, and dense vs last-step targets on the sample data.
 from __future__ import annotations
 
 import argparse
-import time
+import math
+import statistics
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from _bench import machine, table, timeit
@@ -17,6 +19,7 @@ from torch import nn
 from tsconv.config import validate_config
 from tsconv.experiment import fit_span, prepare, training_spans
 from tsconv.models.tcn import TCN
+from tsconv.windows import Scaler
 
 
 class SeedTCNBlock(nn.Module):
@@ -78,6 +81,29 @@ def step_fn(model, x, y, amp: bool, device, last_only: bool):
     return step
 
 
+def convs_only_step(model: TCN, x: torch.Tensor):
+    """The TCN's convolutions alone, forward and backward on pre-padded inputs: what the
+    convolution kernels allow, so the step's overhead (activations, dropout, padding copies,
+    optimizer) is the difference between this row and the model's."""
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv1d)]
+    shapes = [(c.weight.shape, c.dilation[0]) for c in convs]
+    ws = [torch.randn(s, device=x.device, requires_grad=True) for s, _ in shapes]
+    batch, length = x.shape[0], x.shape[2]
+    ins = [
+        torch.randn(batch, s[1], length + (s[2] - 1) * d, device=x.device, requires_grad=i > 0)
+        for i, (s, d) in enumerate(shapes)
+    ]
+    grads = [torch.randn(batch, s[0], length, device=x.device) for s, _ in shapes]
+
+    def step():
+        for w, xi, g, (_, d) in zip(ws, ins, grads, shapes, strict=True):
+            F.conv1d(xi, w, dilation=d).backward(g)
+        if x.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    return step
+
+
 def speed_rows(device, repeats):
     n, c, k, layers, L, B = 8, 64, 3, 8, 256, 32
     x, y = torch.randn(B, n, L, device=device), torch.randn(B, device=device)
@@ -95,12 +121,16 @@ def speed_rows(device, repeats):
     ours = TCN(n, [c] * layers, k, 2, 0.2).to(device)
     seed = SeedTCN(n, c, k, layers, 0.2).to(device)
     base = None
-    for name, model, amp in [
-        ("seed recipe (pad both sides + trim), fp32", seed, False),
-        ("tsconv TCN, fp32", ours, False),
-        ("tsconv TCN, bf16 autocast", ours, True),
+    for name, step in [
+        (
+            "seed recipe (pad both sides + trim, nn.Dropout), fp32",
+            step_fn(seed, x, y, False, device, True),
+        ),
+        ("tsconv TCN, fp32", step_fn(ours, x, y, False, device, True)),
+        ("tsconv TCN, bf16 autocast", step_fn(ours, x, y, True, device, True)),
+        ("its convolutions alone (no activations/optimizer), fp32", convs_only_step(ours, x)),
     ]:
-        t = timeit(step_fn(model, x, y, amp, device, True), repeats)
+        t = timeit(step, repeats)
         base = base or t["median"]
         gflops = flops / t["median"] / 1e9
         rows.append(
@@ -121,81 +151,120 @@ def speed_rows(device, repeats):
     )
 
 
-def dense_vs_last(repeats_unused: int, device) -> str:
-    base = {
-        "seed": 0,
-        "data": {"source": "sample", "tickers": ["MSFT", "AAPL"]},
-        "window": 64,
-        "model": {"kind": "tcn", "channels": 16, "layers": 4, "dropout": 0.1},
-        "train": {
-            "epochs": 12,
-            "batch_size": 32,
-            "lr": 0.002,
-            "patience": 3,
-            "device": device.type,
-        },
-    }
-    rows, epoch_last = [], None
-    for targets in ["last", "all"]:
-        cfg = validate_config({**base, "train": {**base["train"], "targets": targets}})
-        prep = prepare(cfg)
-        train, val = training_spans(prep)
-        t0 = time.perf_counter()
-        _, _, _, res = fit_span(prep, train, val, seed=0, device=device)
-        total = time.perf_counter() - t0
-        ep = sorted(h["seconds"] for h in res.history)
-        med = ep[len(ep) // 2]
-        epoch_last = epoch_last or med
+def dense_config(window: int, targets: str, seed: int, device, epochs: int, patience: int):
+    return validate_config(
+        {
+            "seed": seed,
+            "data": {"source": "sample", "tickers": ["MSFT", "AAPL"]},
+            "window": window,
+            "model": {"kind": "tcn", "channels": 16, "layers": 4, "dropout": 0.1},
+            "train": {
+                "epochs": epochs,
+                "batch_size": 32,
+                "lr": 0.002,
+                "patience": patience,
+                "targets": targets,
+                "device": device.type,
+            },
+        }
+    )
+
+
+def zero_forecast_val_mse(prep, val) -> float:
+    """Validation MSE of predicting 0, in the same scaled units as the models' val loss."""
+    errs = []
+    for t, td in prep.data.items():
+        lo, hi = training_spans(prep)[0][t]
+        scale = Scaler.fit(td.x[lo:hi], td.y[lo:hi]).y_scale
+        y = td.y[val[t][0] : val[t][1]] / scale
+        errs.append(y[np.isfinite(y)] ** 2)
+    return float(np.concatenate(errs).mean())
+
+
+def seconds_to_reach(history: list[dict[str, float]], level: float) -> float:
+    spent = 0.0
+    for h in history:
+        spent += h["seconds"]
+        if h["val_loss"] <= level:
+            return spent
+    return math.inf
+
+
+def dense_vs_last(device, window: int, seeds: int) -> str:
+    """Both target modes trained to early stopping on the same spans, several seeds.
+
+    "epoch s" is training time only (validation costs the same in both modes); "time to equal
+    val" is, per seed, the training time until the validation loss first reaches
+    the worse of the two modes' best: how long each takes to get as good as both end up."""
+    runs: dict[str, list] = {"last": [], "all": []}
+    for seed in range(seeds):
+        for targets in runs:
+            prep = prepare(dense_config(window, targets, seed, device, 200, 5))
+            train, val = training_spans(prep)
+            _, _, _, res = fit_span(prep, train, val, seed=seed, device=device)
+            runs[targets].append(res)
+    zero = zero_forecast_val_mse(prep, val)
+    reach = {t: [] for t in runs}
+    for last, dense in zip(runs["last"], runs["all"], strict=True):
+        level = max(last.best_val, dense.best_val)
+        reach["last"].append(seconds_to_reach(last.history, level))
+        reach["all"].append(seconds_to_reach(dense.history, level))
+    rows, base_epoch, base_reach = [], None, None
+    for targets, results in runs.items():
+        epoch_s = statistics.median(h["train_seconds"] for r in results for h in r.history)
+        best = [r.best_val for r in results]
+        to_equal = statistics.median(reach[targets])
+        base_epoch, base_reach = base_epoch or epoch_s, base_reach or to_equal
         rows.append(
-            [targets, med, ep[0], ep[-1], epoch_last / med, len(res.history), total, res.best_val]
+            [
+                targets,
+                epoch_s,
+                base_epoch / epoch_s,
+                statistics.median(len(r.history) for r in results),
+                statistics.median(sum(h["seconds"] for h in r.history) for r in results),
+                to_equal,
+                base_reach / to_equal,
+                statistics.fmean(best),
+                statistics.stdev(best) if len(best) > 1 else math.nan,
+            ]
         )
     return table(
-        "Dense vs last-step targets on the sample (MSFT+AAPL, window 64, TCN 16x4), "
-        "each trained to early stopping",
+        f"Dense vs last-step targets on the sample (MSFT+AAPL, window {window}, TCN 16x4), "
+        f"each trained to early stopping (patience 5), {seeds} seeds; medians over seeds. "
+        f"Predicting 0 scores val MSE {zero:.4f}",
         [
             "targets",
-            "epoch s (median)",
-            "min",
-            "max",
+            "epoch s",
             "epoch speedup",
             "epochs",
             "total s",
-            "best val MSE",
+            "s to equal val",
+            "speedup",
+            "best val MSE (mean)",
+            "sd",
         ],
         rows,
     )
 
 
-def dense_epoch_256(device) -> str:
-    """One epoch over the same training targets at window 256 (the seed's window)."""
-    rows, base_t = [], None
-    for targets in ["last", "all"]:
-        cfg = validate_config(
-            {
-                "seed": 0,
-                "data": {"source": "sample", "tickers": ["MSFT", "AAPL"]},
-                "window": 256,
-                "model": {"kind": "tcn", "channels": 16, "layers": 4, "dropout": 0.1},
-                "train": {
-                    "epochs": 1,
-                    "batch_size": 32,
-                    "patience": 0,
-                    "targets": targets,
-                    "val_fraction": 0.05,
-                    "device": device.type,
-                },
-            }
+def dense_epoch_by_window(device, repeats: int) -> str:
+    """Training time of one epoch over the sample's training targets (validation excluded),
+    median of `repeats` epochs after the first: the saving grows with window - burn-in."""
+    rows = []
+    for window in (64, 128, 256):
+        times = {}
+        for mode in ("last", "all"):
+            prep = prepare(dense_config(window, mode, 0, device, repeats + 1, 0))
+            train, val = training_spans(prep)
+            _, _, _, res = fit_span(prep, train, val, seed=0, device=device)
+            times[mode] = statistics.median(h["train_seconds"] for h in res.history[1:])
+        rows.append(
+            [window, prep.burn_in, times["last"], times["all"], times["last"] / times["all"]]
         )
-        prep = prepare(cfg)
-        train, val = training_spans(prep)
-        t0 = time.perf_counter()
-        fit_span(prep, train, val, seed=0, device=device)
-        t = time.perf_counter() - t0
-        base_t = base_t or t
-        rows.append([targets, prep.burn_in, t, base_t / t])
     return table(
-        "One epoch (incl. validation) at window 256, TCN 16x4 (receptive field 61)",
-        ["targets", "burn-in", "seconds", "speedup"],
+        "Training time of one epoch over the sample's training targets, TCN 16x4 "
+        "(receptive field 61), median of the epochs after the first",
+        ["window", "burn-in", "last s", "all s", "speedup"],
         rows,
     )
 
@@ -206,13 +275,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--skip-dense", action="store_true")
+    ap.add_argument("--dense-window", type=int, default=256)
+    ap.add_argument("--seeds", type=int, default=5)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(speed_rows(device, args.repeats))
     if not args.skip_dense:
-        print(dense_vs_last(args.repeats, device))
-        print(dense_epoch_256(device))
+        print(dense_epoch_by_window(device, args.repeats))
+        print(dense_vs_last(device, args.dense_window, args.seeds))
 
 
 if __name__ == "__main__":

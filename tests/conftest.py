@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from tsconv.config import validate_config
 
@@ -70,3 +71,13 @@ def tiny_config(**sections):
         else:
             raw[key] = value
     return validate_config(raw)
+
+
+def random_head(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Models start with a zero head (an untrained model is the zero forecast), which would make
+    any test of what the body computes pass trivially; give the head random weights."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        model.head.weight.copy_(torch.randn(model.head.weight.shape, generator=g))
+        model.head.bias.copy_(torch.randn(model.head.bias.shape, generator=g))
+    return model

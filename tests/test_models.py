@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from tests.conftest import random_head
 from tsconv.config import ModelConfig
 from tsconv.models import (
     TCN,
@@ -20,6 +21,7 @@ from tsconv.models import (
     receptive_field,
     tcn_receptive_field,
 )
+from tsconv.models.layers import Dropout
 from tsconv.models.streaming import StreamingTCN
 
 torch.set_default_dtype(torch.float32)
@@ -182,7 +184,7 @@ def empirical_rf(model: nn.Module, channels: int, length: int) -> int:
 
 
 def test_seed_multiscale_extractor_shape_and_leak():
-    ms = MultiScaleConv1d(6, hidden=32, kernels=(3, 5, 21), causal=False)
+    ms = random_head(MultiScaleConv1d(6, hidden=32, kernels=(3, 5, 21), causal=False))
     assert ms.features(torch.randn(16, 6, 252)).shape == (16, 96, 252)
     # Symmetric padding: output t changes when input t+10 changes -> it sees the future.
     ms.eval()
@@ -190,9 +192,26 @@ def test_seed_multiscale_extractor_shape_and_leak():
     y = x.clone()
     y[0, :, 40] += 1.0
     assert not torch.allclose(ms(x)[..., 30], ms(y)[..., 30])
-    causal = MultiScaleConv1d(6, hidden=32, kernels=(3, 5, 21)).eval()
+    causal = random_head(MultiScaleConv1d(6, hidden=32, kernels=(3, 5, 21))).eval()
     assert causal.features(torch.randn(16, 6, 252)).shape == (16, 96, 252)
     torch.testing.assert_close(causal(x)[..., :40], causal(y)[..., :40])
+
+
+@pytest.mark.parametrize("kind", ["tcn", "multiscale"])
+def test_untrained_model_is_the_zero_forecast_and_still_learns(kind):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(kind=kind, channels=4, layers=2, dropout=0.0), 3)
+    x, y = torch.randn(8, 3, 40), torch.randn(8, 1, 40)
+    assert torch.all(model(x) == 0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    body = [p for n, p in model.named_parameters() if not n.startswith("head")]
+    before = [p.detach().clone() for p in body]
+    for _ in range(2):  # step 1 moves the head off zero, step 2 reaches the body
+        opt.zero_grad()
+        ((model(x) - y) ** 2).mean().backward()
+        opt.step()
+    assert model(x).abs().sum() > 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, body, strict=True))
 
 
 def test_tcn_predicts_every_step_and_counts_parameters():
@@ -218,7 +237,7 @@ CAUSAL_KINDS = [
 @given(t=st.integers(0, 59), seed=st.integers(0, 2**16))
 def test_causality_under_future_perturbation(cfg, t, seed):
     torch.manual_seed(seed)
-    model = build_model(cfg, 3).eval()
+    model = random_head(build_model(cfg, 3), seed).eval()
     x = torch.randn(2, 3, 60)
     y = x.clone()
     y[:, :, t + 1 :] += torch.randn_like(y[:, :, t + 1 :]) * 5
@@ -247,7 +266,7 @@ def test_receptive_field_is_tight(cfg):
 @pytest.mark.parametrize("length", [1, 17, 130])
 def test_streaming_equals_full_forward(k, base, layers, length):
     torch.manual_seed(k * 10 + base)
-    model = TCN(3, [6, 6, 4, 8, 5][:layers], k, base, dropout=0.3).eval()
+    model = random_head(TCN(3, [6, 6, 4, 8, 5][:layers], k, base, dropout=0.3)).eval()
     x = torch.randn(4, 3, length)
     with torch.no_grad():
         full = model(x)[:, 0].numpy()
@@ -261,19 +280,70 @@ def test_streaming_equals_full_forward(k, base, layers, length):
 
 def test_streaming_survives_many_compactions():
     torch.manual_seed(3)
-    model = TCN(2, [4, 4], 3, 2, dropout=0.0).eval()
+    model = random_head(TCN(2, [4, 4], 3, 2, dropout=0.0)).eval()
     x = torch.randn(1, 2, 1000)
     with torch.no_grad():
         full = model(x)[:, 0].numpy()
     np.testing.assert_allclose(StreamingTCN(model).run(x), full, atol=1e-5)
 
 
+# --------------------------------------------------------------------------- dropout
+
+
+@pytest.mark.parametrize("p", [0.05, 0.2, 0.5, 0.9])
+def test_fast_dropout_drops_p_of_elements_and_is_unbiased(p):
+    torch.manual_seed(0)
+    drop = Dropout(p).train()
+    x = torch.ones(64, 32, 257)  # numel not a multiple of the 4 lanes per draw
+    out = drop(x)
+    n = x.numel()
+    zeros = (out == 0).double().mean().item()
+    assert abs(zeros - p) < 4 * (p * (1 - p) / n) ** 0.5
+    kept = out[out != 0]
+    assert torch.allclose(kept, torch.full_like(kept, 1 / (1 - round(p * 65536) / 65536)))
+    assert abs(out.double().mean().item() - 1.0) < 4 * (p / (1 - p) / n) ** 0.5
+
+
+def test_fast_dropout_lanes_are_independent_and_positions_uniform():
+    """Each of the four 16-bit lanes of a 64-bit draw must drop at the same rate; a biased
+    lane (e.g. a sign bit never set) would show up as a period-4 pattern in positions."""
+    torch.manual_seed(1)
+    out = Dropout(0.3).train()(torch.ones(400_000))
+    rates = (out.view(-1, 4) == 0).double().mean(0)
+    assert torch.all((rates - 0.3).abs() < 4 * (0.3 * 0.7 / 100_000) ** 0.5)
+    pair = ((out.view(-1, 2) == 0).all(1)).double().mean().item()  # neighbours independent
+    assert abs(pair - 0.09) < 4 * (0.09 * 0.91 / 200_000) ** 0.5
+
+
+def test_fast_dropout_gradient_is_the_mask_eval_is_identity_and_seeded():
+    drop = Dropout(0.25).train()
+    x = torch.randn(8, 4, 33, requires_grad=True)
+    torch.manual_seed(3)
+    out = drop(x)
+    out.sum().backward()
+    mask = out.detach() / x.detach()
+    torch.testing.assert_close(x.grad, mask)
+    torch.manual_seed(3)
+    torch.testing.assert_close(drop(x), out)
+    assert drop.eval()(x) is x
+    assert Dropout(0.0).train()(x) is x
+    assert torch.all(Dropout(1.0).train()(x) == 0)
+
+
+def test_fast_dropout_keeps_bf16():
+    out = Dropout(0.5).train()(torch.ones(100, dtype=torch.bfloat16))
+    assert out.dtype == torch.bfloat16 and set(out.unique().tolist()) <= {0.0, 2.0}
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_models_run_on_cuda():
     for cfg in CAUSAL_KINDS:
-        model = build_model(cfg, 3).eval()
+        model = random_head(build_model(cfg, 3)).eval()
         x = torch.randn(2, 3, 50)
         with torch.no_grad():
             cpu = model(x)
             gpu = model.to("cuda")(x.to("cuda")).cpu()
         torch.testing.assert_close(cpu, gpu, atol=1e-4, rtol=1e-4)
+    drop = Dropout(0.3).train()
+    out = drop(torch.ones(100_000, device="cuda"))
+    assert abs((out == 0).float().mean().item() - 0.3) < 0.01

@@ -11,13 +11,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tests.conftest import ar1_returns, ohlcv_from_returns, tiny_config
+from tests.conftest import ar1_returns, ohlcv_from_returns, random_head, tiny_config
 from tsconv import checkpoint
 from tsconv.cli import app
 from tsconv.config import load_config
 from tsconv.errors import CheckpointError, TrainingError
 from tsconv.experiment import fit_span, global_rows, prepare, run_training
-from tsconv.train import predict_rows
+from tsconv.models import TCN, MultiScaleConv1d
+from tsconv.train import _predict_windows, evaluate, predict_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -127,8 +128,12 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     resumed = torch.load(tmp_path / "cut/model.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(full[k], resumed[k]) for k in full)
     pd.testing.assert_frame_equal(
-        pd.read_csv(tmp_path / "full/metrics.csv").drop(columns=["seconds", "samples_per_s"]),
-        pd.read_csv(tmp_path / "cut/metrics.csv").drop(columns=["seconds", "samples_per_s"]),
+        pd.read_csv(tmp_path / "full/metrics.csv").drop(
+            columns=["seconds", "train_seconds", "samples_per_s"]
+        ),
+        pd.read_csv(tmp_path / "cut/metrics.csv").drop(
+            columns=["seconds", "train_seconds", "samples_per_s"]
+        ),
     )
 
 
@@ -231,3 +236,92 @@ def test_cuda_training_with_amp_and_cpu_reload(tmp_path):
     _train(tmp_path, "g", cfg)
     payload = checkpoint.load(tmp_path / "g/model.pt")
     assert all(v.device.type == "cpu" for v in payload["state_dict"].values())
+
+
+# --------------------------------------------------------------------------- chunked prediction
+
+
+def _panel(lengths: list[int], seed: int = 0, features: int = 3):
+    from tsconv.windows import Panel
+
+    g = torch.Generator().manual_seed(seed)
+    n = sum(lengths)
+    y = torch.randn(n, generator=g)
+    y[torch.rand(n, generator=g) < 0.05] = float("nan")
+    return Panel(
+        torch.randn(n, features, generator=g),
+        y,
+        np.cumsum([0, *lengths]),
+        [f"T{i}" for i in range(len(lengths))],
+    )
+
+
+CHUNK_MODELS = [
+    lambda: random_head(TCN(3, [6, 6, 6], 3, 2, dropout=0.3)),  # receptive field 29
+    lambda: random_head(MultiScaleConv1d(3, 5, (3, 5, 9), dropout=0.3)),
+]
+
+
+@pytest.mark.parametrize("make", CHUNK_MODELS)
+@pytest.mark.parametrize("rows_per_chunk", [1, 7, 256])
+def test_chunked_prediction_equals_one_window_per_row(make, rows_per_chunk):
+    torch.manual_seed(0)
+    model, window = make(), 40
+    panel = _panel([300, 250])
+    # unsorted, with gaps, runs in both tickers, one run touching the panel's last row
+    rows = torch.cat([torch.arange(39, 120), torch.arange(200, 205), torch.arange(339, 550)])
+    rows = rows[torch.randperm(len(rows))]
+    chunked = predict_rows(
+        model, panel, rows, window, torch.device("cpu"), 64, False, rows_per_chunk
+    )
+    windows = _predict_windows(model, panel, rows, window, torch.device("cpu"), 64, False)
+    np.testing.assert_allclose(chunked, windows, atol=1e-5, rtol=1e-5)
+
+
+def test_chunked_prediction_is_bit_identical_whatever_follows():
+    """A chunk's inputs have a fixed length (zeros past the data), so cutting or changing the
+    future leaves every earlier prediction bit-identical, not just close."""
+    torch.manual_seed(0)
+    model, window = CHUNK_MODELS[0](), 40
+    panel = _panel([600])
+    rows = torch.arange(100, 600)
+    full = predict_rows(model, panel, rows, window, torch.device("cpu"), rows_per_chunk=64)
+    for cut in (101, 163, 164, 420, 599):
+        from tsconv.windows import Panel
+
+        short = Panel(panel.x[:cut].clone(), panel.y[:cut].clone(), np.array([0, cut]), ["T0"])
+        part = predict_rows(
+            model, short, torch.arange(100, cut), window, torch.device("cpu"), rows_per_chunk=64
+        )
+        np.testing.assert_array_equal(part, full[: cut - 100])
+        shocked = Panel(panel.x.clone(), panel.y, panel.offsets, panel.tickers)
+        shocked.x[cut:] *= 3.0
+        again = predict_rows(model, shocked, rows, window, torch.device("cpu"), rows_per_chunk=64)
+        np.testing.assert_array_equal(again[: cut - 100], full[: cut - 100])
+
+
+def test_window_shorter_than_receptive_field_predicts_window_by_window():
+    torch.manual_seed(0)
+    model, window = random_head(TCN(3, [4] * 4, 3, 2, dropout=0.0)), 40  # receptive field 61 > 40
+    panel = _panel([200])
+    rows = torch.arange(39, 200)
+    got = predict_rows(model, panel, rows, window, torch.device("cpu"))
+    want = _predict_windows(model, panel, rows, window, torch.device("cpu"), 1024, False)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("make", CHUNK_MODELS)
+def test_fast_validation_equals_the_mean_over_last_step_windows(make):
+    from tsconv.windows import WindowDataset
+
+    torch.manual_seed(0)
+    model, window = make(), 40
+    panel = _panel([300, 250], seed=1)
+    ds = WindowDataset(panel, [(0, 200, 300), (1, 10, 250)], window, "last", 0)
+    fast = evaluate(model, ds, torch.device("cpu"))
+    x, y, mask = ds.batch(torch.arange(len(ds)))
+    with torch.no_grad():
+        pred = model.eval()(x)[:, 0]
+    slow = float(((pred - torch.nan_to_num(y))[mask] ** 2).mean())
+    assert mask.sum() > 250
+    assert fast == pytest.approx(slow, rel=1e-5)

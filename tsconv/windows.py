@@ -163,6 +163,17 @@ class WindowDataset(Dataset):
         y = self._yw[starts]
         return self._xw[starts], y, mask & torch.isfinite(y)
 
+    def target_rows(self) -> torch.Tensor:
+        """Global rows scored in "last" mode: the row each window ends at."""
+        if self.mode != "last":
+            raise ValueError("target_rows is defined for last-step windows only")
+        ends = [
+            torch.arange(int(f), int(f) + int(c))
+            for f, c in zip(self.first, self.count, strict=True)
+        ]
+        rows = torch.cat(ends) + self.window - 1 if ends else torch.zeros(0, dtype=torch.int64)
+        return rows
+
     def n_targets(self) -> int:
         return int(((self.window - self.loss_from) * self.count).sum()) if len(self.count) else 0
 
@@ -170,3 +181,34 @@ class WindowDataset(Dataset):
 def last_step_inputs(panel: Panel, rows: torch.Tensor, window: int) -> torch.Tensor:
     """Windows ending at each global row (for prediction): (len(rows), F, window)."""
     return panel.x.unfold(0, window, 1)[rows - window + 1]
+
+
+def chunk_plan(rows: torch.Tensor, per_chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Group sorted global rows into chunks of up to `per_chunk` consecutive rows.
+
+    Chunks are anchored at the start of each run of consecutive rows, so a row's chunk does not
+    depend on how many rows follow it: cutting the future off changes no earlier chunk.
+    Returns (first row of each chunk, chunk index of each row).
+    """
+    if len(rows) == 0:
+        return torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)
+    new_run = torch.ones(len(rows), dtype=torch.bool)
+    new_run[1:] = rows[1:] != rows[:-1] + 1
+    run_start = rows[new_run][torch.cumsum(new_run, 0) - 1]
+    offset = rows - run_start
+    new_chunk = new_run | (offset % per_chunk == 0)
+    chunk = torch.cumsum(new_chunk, 0) - 1
+    return rows[new_chunk], chunk
+
+
+def chunk_inputs(panel: Panel, firsts: torch.Tensor, context: int, length: int) -> torch.Tensor:
+    """(len(firsts), F, length) inputs whose position `context` is each chunk's first row.
+
+    Rows past the end of the panel are zeros: a causal model never reads them for the rows
+    it is asked about, and a fixed length keeps the arithmetic identical however much data
+    follows."""
+    need = int(firsts.max()) - context + length if len(firsts) else 0
+    x = panel.x
+    if need > len(x):
+        x = torch.cat([x, x.new_zeros(need - len(x), x.shape[1])])
+    return x.unfold(0, length, 1)[firsts - context]

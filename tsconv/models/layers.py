@@ -31,5 +31,48 @@ class CausalConv1d(nn.Conv1d):
         return super().forward(F.pad(x, (self.left_pad, 0)) if self.left_pad else x)
 
 
+def zero_head(in_channels: int) -> nn.Conv1d:
+    """1x1 output convolution initialised to zero, so an untrained model is the zero forecast.
+
+    Next-step returns are mostly noise, and zero is the forecast to beat; a random head starts
+    worse than that, and early stopping on noisy returns often stops before it is undone
+    (on the sample, validation MSE 0.340 with a random head against 0.332 with this one,
+    `scripts/bench_train.py`). Gradients reach the body from the second step on.
+    """
+    head = nn.Conv1d(in_channels, 1, 1)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    return head
+
+
 def maybe_weight_norm(conv: nn.Conv1d, enabled: bool) -> nn.Conv1d:
     return nn.utils.parametrizations.weight_norm(conv) if enabled else conv
+
+
+class Dropout(nn.Dropout):
+    """Element-wise dropout with the same semantics as `nn.Dropout`, cheaper on CPU.
+
+    On CPU, `nn.Dropout` draws one Bernoulli sample per element through a scalar generator:
+    about 4 ms for a 32 x 64 x 256 activation, a third of a TCN train step, more than the
+    convolutions around it. Here one 64-bit draw gives four 16-bit lanes, so the keep
+    probability is quantised to 1/65536 and the scale uses the quantised value (the output
+    stays unbiased). CUDA keeps PyTorch's fused kernel.
+    """
+
+    LANES = 4  # int16 lanes per int64 draw
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if x.device.type != "cpu" or self.p == 1.0:
+            return F.dropout(x, self.p, True, self.inplace)
+        return x * dropout_mask(x, self.p)
+
+
+def dropout_mask(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Keep mask scaled by 1 / keep-probability, shaped and typed like `x`."""
+    drop = round(p * 65536)
+    n = x.numel()
+    bits = torch.empty(-(-n // Dropout.LANES), dtype=torch.int64).random_(-(2**63), None)
+    keep = bits.view(torch.int16)[:n].view(x.shape) >= drop - 32768
+    return keep.to(x.dtype).mul_(65536 / (65536 - drop))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tsconv.models.layers import CausalConv1d
+from tsconv.models.layers import CausalConv1d, Dropout, zero_head
 
 
 class MultiScaleConv1d(nn.Module):
@@ -36,8 +36,8 @@ class MultiScaleConv1d(nn.Module):
         self.branches = nn.ModuleList(
             nn.Sequential(conv(k), nn.BatchNorm1d(hidden), nn.ReLU()) for k in self.kernels
         )
-        self.dropout = nn.Dropout(dropout)
-        self.head = nn.Conv1d(hidden * len(self.kernels), 1, 1)
+        self.dropout = Dropout(dropout)
+        self.head = zero_head(hidden * len(self.kernels))
 
     @property
     def receptive_field(self) -> int:

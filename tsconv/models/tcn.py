@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tsconv.models.layers import CausalConv1d, maybe_weight_norm
+from tsconv.models.layers import CausalConv1d, Dropout, maybe_weight_norm, zero_head
 
 
 class TemporalBlock(nn.Module):
@@ -31,7 +31,7 @@ class TemporalBlock(nn.Module):
             CausalConv1d(c_out, c_out, kernel_size, dilation), weight_norm
         )
         self.relu = nn.ReLU()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.downsample = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -60,7 +60,7 @@ class TCN(nn.Module):
             )
             c_in = c_out
         self.blocks = nn.Sequential(*blocks)
-        self.head = nn.Conv1d(c_in, 1, 1)
+        self.head = zero_head(c_in)
 
     @property
     def receptive_field(self) -> int:
