@@ -140,6 +140,37 @@ def test_causal_conv_pads_left_only_and_equals_seed_pad_and_trim():
     assert ours(x).shape == (2, 4, 30)
 
 
+@pytest.mark.parametrize("k,d", [(1, 1), (3, 1), (3, 4), (2, 8)])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_cpu_channels_last_path_equals_conv1d_in_values_and_gradients(k, d, layout):
+    """On CPU CausalConv1d runs a (1, k) conv2d over channels-last memory; it must be the same
+    function, with the same gradients, as F.conv1d on the left-padded input."""
+    torch.manual_seed(k + d)
+    conv = CausalConv1d(5, 6, k, dilation=d)
+    base = torch.randn(3, 40, 5) if layout == "channels_last" else torch.randn(3, 5, 40)
+    x = (base.transpose(1, 2) if layout == "channels_last" else base).requires_grad_()
+    ref_x = x.detach().clone().requires_grad_()
+    out = conv(x)
+    ref = F.conv1d(F.pad(ref_x, ((k - 1) * d, 0)), conv.weight, conv.bias, dilation=d)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    assert out.shape == (3, 6, 40) and out.stride()[1] == 1  # channels-last view
+    g = torch.randn_like(ref)
+    (wa,) = torch.autograd.grad(out, conv.weight, g, retain_graph=True)
+    out.backward(g)
+    (wb,) = torch.autograd.grad(ref, conv.weight, g, retain_graph=True)
+    ref.backward(g)
+    torch.testing.assert_close(x.grad, ref_x.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(wa, wb, atol=1e-5, rtol=1e-5)
+
+
+def test_dropout_mask_follows_the_input_memory_layout():
+    torch.manual_seed(0)
+    x = torch.ones(4, 200, 16).transpose(1, 2)  # (N, C, L) over channels-last memory
+    out = Dropout(0.5).train()(x)
+    assert out.stride() == x.stride()
+    assert abs((out == 0).double().mean().item() - 0.5) < 0.02
+
+
 def test_weight_norm_is_the_parametrization():
     block = build_model(ModelConfig(channels=4, layers=1), 2).blocks[0]
     assert nn.utils.parametrize.is_parametrized(block.conv1, "weight")

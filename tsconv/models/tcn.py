@@ -32,7 +32,7 @@ class TemporalBlock(nn.Module):
         )
         self.relu = nn.ReLU()
         self.dropout = Dropout(dropout)
-        self.downsample = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else None
+        self.downsample = CausalConv1d(c_in, c_out, 1) if c_in != c_out else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.dropout(self.relu(self.conv1(x)))
