@@ -110,6 +110,16 @@ def test_same_seed_gives_bit_identical_validation_loss(tmp_path):
     assert c["best_val_loss"] != a["best_val_loss"]
 
 
+def test_progress_hook_sees_every_step_of_every_epoch(tmp_path):
+    steps = []
+    cfg = tiny_config(train={"epochs": 2, "patience": 0, "batch_size": 4})
+    run_training(cfg, tmp_path / "p", on_step=steps.append)
+    assert [s["epoch"] for s in steps].count(1) == [s["epoch"] for s in steps].count(2) > 1
+    ends = [s for s in steps if s["seen"] == s["of"]]
+    assert [s["epoch"] for s in ends] == [1, 2]
+    assert all(np.isfinite(s["loss"]) for s in steps)
+
+
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     cfg = tiny_config(train={"epochs": 4}, model={"dropout": 0.2})
     _train(tmp_path, "full", cfg)

@@ -182,6 +182,13 @@ def train(
     with _progress() as progress:
         task = progress.add_task("train", total=cfg.train.epochs, info="")
 
+        def on_step(s: dict[str, float]) -> None:
+            progress.update(
+                task,
+                completed=s["epoch"] - 1 + s["seen"] / s["of"],
+                info=f"epoch {s['epoch']:.0f} loss {s['loss']:.4f}",
+            )
+
         def on_epoch(state: Any) -> None:
             h = state.result.history[-1]
             progress.update(
@@ -193,7 +200,9 @@ def train(
                 ),
             )
 
-        summary = run_training(cfg, target, resume=resume is not None, on_epoch_done=on_epoch)
+        summary = run_training(
+            cfg, target, resume=resume is not None, on_step=on_step, on_epoch_done=on_epoch
+        )
     out.print(
         f"best epoch {summary['best_epoch']}/{summary['epochs_run']}: validation MSE "
         f"{summary['best_val_loss']:.4f} (scaled target) on {summary['device']} -> {target}"

@@ -261,7 +261,7 @@ def fit(
             loss_value = loss.item()
             total += loss_value * len(idx)
             if on_step is not None:
-                on_step({"epoch": epoch + 1, "loss": loss_value, "seen": seen})
+                on_step({"epoch": epoch + 1, "loss": loss_value, "seen": seen, "of": len(train_ds)})
         train_loss = total / max(seen, 1)
         train_seconds = time.perf_counter() - t0
         val = evaluate(model, val_ds, device, amp=use_amp) if val_ds is not None else math.nan
