@@ -335,3 +335,14 @@ def test_fast_validation_equals_the_mean_over_last_step_windows(make):
     slow = float(((pred - torch.nan_to_num(y))[mask] ** 2).mean())
     assert mask.sum() > 250
     assert fast == pytest.approx(slow, rel=1e-5)
+
+
+def test_predicting_a_row_without_a_full_window_of_its_own_ticker_is_refused():
+    model = random_head(TCN(3, [4, 4], 3, 2, dropout=0.0))
+    panel = _panel([100, 100])
+    for bad in ([38], [100 + 38], [200]):  # window 40: rows 39.. and 139.. are predictable
+        with pytest.raises(ValueError, match="window - 1 bars"):
+            predict_rows(model, panel, torch.tensor(bad), 40, torch.device("cpu"))
+    assert (
+        len(predict_rows(model, panel, torch.tensor([39, 139, 199]), 40, torch.device("cpu"))) == 3
+    )

@@ -184,6 +184,11 @@ def test_backtest_cli_outputs_resume_and_determinism(tmp_path):
     assert html.count("data:image/png;base64,") == 4 and "Diebold-Mariano" in html
     m = json.loads((out / "metrics.json").read_text())
     assert m["folds"] == len(folds) and m["trading"]["buy_and_hold"]["bars"] > 0
+    timing = json.loads((out / "timing.json").read_text())
+    assert timing["folds"] == len(folds)
+    parts = timing["prepare_seconds"] + timing["fit_seconds"] + timing["predict_seconds"]
+    assert 0 < parts <= timing["prepare_seconds"] + timing["folds_seconds"]
+    assert (folds["fit_seconds"] > 0).all() and (folds["predict_seconds"] > 0).all()
 
     # same config and seed -> byte-identical metrics.json
     again = tmp_path / "again"

@@ -295,7 +295,8 @@ def backtest(
     out.print(m["verdict"])
     t = m["timing"]
     out.print(
-        f"{t['folds']} folds in {t['folds_seconds']:.1f} s ({t['seconds_per_fold']:.2f} s/fold, "
+        f"{t['folds']} folds in {t['folds_seconds']:.1f} s ({t['seconds_per_fold']:.2f} s/fold: "
+        f"training {t['fit_seconds']:.1f} s, prediction {t['predict_seconds']:.2f} s; "
         f"data prep {t['prepare_seconds']:.2f} s) -> {target / 'report.html'}"
     )
 

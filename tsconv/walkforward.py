@@ -126,15 +126,17 @@ def run_fold(
         epochs=epochs,
     )
     t_fit = time.perf_counter() - t0
+    preds_by_ticker = {
+        t: predict_rows(
+            model, panel, global_rows(panel, t, rows), cfg.window, device, amp=cfg.train.amp
+        )
+        * scalers[t].y_scale
+        for t, rows in test.items()
+    }
+    t_predict = time.perf_counter() - t0 - t_fit
     frames = []
     for t, rows in test.items():
-        td, s = prep.data[t], scalers[t]
-        pred = (
-            predict_rows(
-                model, panel, global_rows(panel, t, rows), cfg.window, device, amp=cfg.train.amp
-            )
-            * s.y_scale
-        )
+        td, s, pred = prep.data[t], scalers[t], preds_by_ticker[t]
         lo, hi = train.get(t, (0, 0))
         frames.append(
             pd.DataFrame(
@@ -171,6 +173,7 @@ def run_fold(
         "best_epoch": result.best_epoch,
         "best_val_loss": result.best_val,
         "fit_seconds": t_fit,
+        "predict_seconds": t_predict,
     }
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return preds, info, state
@@ -242,6 +245,7 @@ def run_backtest(
         "folds": len(folds),
         "seconds_per_fold": t_folds / len(folds),
         "fit_seconds": float(sum(i.get("fit_seconds", 0.0) for i in infos)),
+        "predict_seconds": float(sum(i.get("predict_seconds", 0.0) for i in infos)),
     }
     io.write_with(out / "predictions.parquet", lambda tmp: predictions.to_parquet(tmp, index=False))
     io.write_text(out / "folds.csv", pd.DataFrame(infos).to_csv(index=False))
