@@ -81,25 +81,32 @@ def step_fn(model, x, y, amp: bool, device, last_only: bool):
     return step
 
 
-def convs_only_step(model: TCN, x: torch.Tensor):
+def convs_only_step(model: TCN, x: torch.Tensor, via_conv1d: bool = False):
     """The TCN's own convolution modules alone (padding, weight norm and the kernels), forward
     and backward on inputs laid out as the model passes them: what the convolutions allow, so
     the step's overhead (activations, dropout, residuals, optimizer) is the difference between
-    this row and the model's."""
+    this row and the model's. `via_conv1d` runs the same modules the plain way, conv1d on
+    (N, C, L) memory, to measure what the channels-last conv2d route in CausalConv1d buys."""
     convs = [m for m in model.modules() if isinstance(m, nn.Conv1d)]
     batch, length = x.shape[0], x.shape[2]
 
     def activation(c: int, grad: bool) -> torch.Tensor:
-        # (N, C, L) viewed over channels-last memory, as CausalConv1d returns it on CPU
-        t = torch.randn(batch, length, c, device=x.device).transpose(1, 2)
+        if via_conv1d:
+            t = torch.randn(batch, c, length, device=x.device)
+        else:  # (N, C, L) viewed over channels-last memory, as CausalConv1d returns it on CPU
+            t = torch.randn(batch, length, c, device=x.device).transpose(1, 2)
         return t.requires_grad_(grad)
+
+    def plain(conv: nn.Conv1d, xi: torch.Tensor) -> torch.Tensor:
+        pad = (conv.kernel_size[0] - 1) * conv.dilation[0]
+        return nn.Conv1d.forward(conv, F.pad(xi, (pad, 0)))
 
     ins = [activation(c.in_channels, i > 0) for i, c in enumerate(convs)]
     grads = [torch.randn(batch, c.out_channels, length, device=x.device) for c in convs]
 
     def step():
         for conv, xi, g in zip(convs, ins, grads, strict=True):
-            conv(xi).backward(g)
+            (plain(conv, xi) if via_conv1d else conv(xi)).backward(g)
         if x.device.type == "cuda":
             torch.cuda.synchronize()
 
@@ -131,6 +138,10 @@ def speed_rows(device, repeats):
         ("tsconv TCN, fp32", step_fn(ours, x, y, False, device, True)),
         ("tsconv TCN, bf16 autocast", step_fn(ours, x, y, True, device, True)),
         ("its convolution modules alone, fp32", convs_only_step(ours, x)),
+        (
+            "the same, as conv1d on (N, C, L) memory, fp32",
+            convs_only_step(ours, x, via_conv1d=True),
+        ),
     ]:
         t = timeit(step, repeats)
         base = base or t["median"]

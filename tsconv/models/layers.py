@@ -30,10 +30,10 @@ class CausalConv1d(nn.Conv1d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu":
             return super().forward(F.pad(x, (self.left_pad, 0)) if self.left_pad else x)
-        # On CPU, oneDNN runs a (1, k) conv2d on channels-last (N, 1, L, C) memory about 1.5x
-        # faster than conv1d on (N, C, L), which it reorders on every call
-        # (scripts/bench_train.py). The output keeps that layout as an (N, C, L) view, so the
-        # activations between convolutions never get reordered.
+        # On CPU, oneDNN runs a (1, k) conv2d on channels-last (N, 1, L, C) memory faster than
+        # conv1d on (N, C, L), which it reorders on every call: about 1.2x for the seed's TCN,
+        # forward and backward (scripts/bench_train.py). The output keeps that layout as an
+        # (N, C, L) view, so activations between convolutions are never reordered.
         x4 = x.unsqueeze(2)
         if not x4.is_contiguous(memory_format=torch.channels_last):
             x4 = x4.contiguous(memory_format=torch.channels_last)
