@@ -288,7 +288,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--skip-dense", action="store_true")
-    ap.add_argument("--dense-window", type=int, default=256)
+    ap.add_argument("--dense-windows", default="64,256", help="comma-separated windows")
     ap.add_argument("--seeds", type=int, default=5)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -296,7 +296,8 @@ def main() -> None:
     print(speed_rows(device, args.repeats))
     if not args.skip_dense:
         print(dense_epoch_by_window(device, args.repeats))
-        print(dense_vs_last(device, args.dense_window, args.seeds))
+        for window in args.dense_windows.split(","):
+            print(dense_vs_last(device, int(window), args.seeds))
 
 
 if __name__ == "__main__":
