@@ -183,11 +183,11 @@ def dense_config(window: int, targets: str, seed: int, device, epochs: int, pati
     )
 
 
-def zero_forecast_val_mse(prep, val) -> float:
+def zero_forecast_val_mse(prep, train, val) -> float:
     """Validation MSE of predicting 0, in the same scaled units as the models' val loss."""
     errs = []
     for t, td in prep.data.items():
-        lo, hi = training_spans(prep)[0][t]
+        lo, hi = train[t]
         scale = Scaler.fit(td.x[lo:hi], td.y[lo:hi]).y_scale
         y = td.y[val[t][0] : val[t][1]] / scale
         errs.append(y[np.isfinite(y)] ** 2)
@@ -216,7 +216,7 @@ def dense_vs_last(device, window: int, seeds: int) -> str:
             train, val = training_spans(prep)
             _, _, _, res = fit_span(prep, train, val, seed=seed, device=device)
             runs[targets].append(res)
-    zero = zero_forecast_val_mse(prep, val)
+    zero = zero_forecast_val_mse(prep, train, val)
     reach = {t: [] for t in runs}
     for last, dense in zip(runs["last"], runs["all"], strict=True):
         level = max(last.best_val, dense.best_val)

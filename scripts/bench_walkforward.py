@@ -10,6 +10,7 @@ The bf16 row decides the `train.amp` default on CPU: it stays off unless it wins
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -40,18 +41,14 @@ def run(config: str, repeats: int, overrides: list[str] | None = None) -> list[o
             predicts.append(m["timing"]["predict_seconds"])
             preps.append(t_prep)
             folds, n = m["timing"]["folds"], m["n_predictions"]
-    walls.sort()
-    med = walls[len(walls) // 2]
-    fit = sorted(fits)[len(fits) // 2]
-    prep_s = sorted(preps)[len(preps) // 2]
-    predict = sorted(predicts)[len(predicts) // 2]
+    med, fit, prep_s, predict = (statistics.median(v) for v in (walls, fits, preps, predicts))
     return [
         " ".join([config, *(overrides or [])]),
         folds,
         n,
         med,
         walls[0],
-        walls[-1],
+        max(walls),
         prep_s,
         fit,
         predict,

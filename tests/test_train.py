@@ -19,6 +19,7 @@ from tsconv.errors import CheckpointError, TrainingError
 from tsconv.experiment import fit_span, global_rows, prepare, run_training
 from tsconv.models import TCN, MultiScaleConv1d
 from tsconv.train import _predict_windows, evaluate, predict_rows
+from tsconv.windows import Panel, WindowDataset
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -137,13 +138,10 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     full = torch.load(tmp_path / "full/model.pt", weights_only=True)["state_dict"]
     resumed = torch.load(tmp_path / "cut/model.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(full[k], resumed[k]) for k in full)
+    timings = ["seconds", "train_seconds", "samples_per_s"]
     pd.testing.assert_frame_equal(
-        pd.read_csv(tmp_path / "full/metrics.csv").drop(
-            columns=["seconds", "train_seconds", "samples_per_s"]
-        ),
-        pd.read_csv(tmp_path / "cut/metrics.csv").drop(
-            columns=["seconds", "train_seconds", "samples_per_s"]
-        ),
+        pd.read_csv(tmp_path / "full/metrics.csv").drop(columns=timings),
+        pd.read_csv(tmp_path / "cut/metrics.csv").drop(columns=timings),
     )
 
 
@@ -251,9 +249,7 @@ def test_cuda_training_with_amp_and_cpu_reload(tmp_path):
 # --------------------------------------------------------------------------- chunked prediction
 
 
-def _panel(lengths: list[int], seed: int = 0, features: int = 3):
-    from tsconv.windows import Panel
-
+def _panel(lengths: list[int], seed: int = 0, features: int = 3) -> Panel:
     g = torch.Generator().manual_seed(seed)
     n = sum(lengths)
     y = torch.randn(n, generator=g)
@@ -297,8 +293,6 @@ def test_chunked_prediction_is_bit_identical_whatever_follows():
     rows = torch.arange(100, 600)
     full = predict_rows(model, panel, rows, window, torch.device("cpu"), rows_per_chunk=64)
     for cut in (101, 163, 164, 420, 599):
-        from tsconv.windows import Panel
-
         short = Panel(panel.x[:cut].clone(), panel.y[:cut].clone(), np.array([0, cut]), ["T0"])
         part = predict_rows(
             model, short, torch.arange(100, cut), window, torch.device("cpu"), rows_per_chunk=64
@@ -322,8 +316,6 @@ def test_window_shorter_than_receptive_field_predicts_window_by_window():
 
 @pytest.mark.parametrize("make", CHUNK_MODELS)
 def test_fast_validation_equals_the_mean_over_last_step_windows(make):
-    from tsconv.windows import WindowDataset
-
     torch.manual_seed(0)
     model, window = make(), 40
     panel = _panel([300, 250], seed=1)

@@ -329,10 +329,8 @@ def predict_rows(
     if len(rows) == 0:
         return np.zeros(0, dtype=np.float32)
     offsets = torch.as_tensor(panel.offsets, dtype=torch.int64)
-    owner = torch.searchsorted(offsets, rows, right=True) - 1
-    if (rows - offsets[owner.clamp(0, len(offsets) - 2)] < window - 1).any() or (
-        rows >= offsets[-1]
-    ).any():
+    ticker = torch.searchsorted(offsets, rows, right=True).clamp(max=len(offsets) - 1) - 1
+    if (rows >= offsets[-1]).any() or (rows - offsets[ticker] < window - 1).any():
         raise ValueError("predict_rows: a row has fewer than window - 1 bars of its own before it")
     if not fits_in_window(model, window):
         return _predict_windows(model, panel, rows, window, device, batch_size, amp)

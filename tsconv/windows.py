@@ -171,8 +171,7 @@ class WindowDataset(Dataset):
             torch.arange(int(f), int(f) + int(c))
             for f, c in zip(self.first, self.count, strict=True)
         ]
-        rows = torch.cat(ends) + self.window - 1 if ends else torch.zeros(0, dtype=torch.int64)
-        return rows
+        return torch.cat(ends) + self.window - 1 if ends else torch.zeros(0, dtype=torch.int64)
 
     def n_targets(self) -> int:
         return int(((self.window - self.loss_from) * self.count).sum()) if len(self.count) else 0
