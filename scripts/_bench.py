@@ -21,6 +21,29 @@ def timeit(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> dict[
     return {"median": statistics.median(times), "min": min(times), "max": max(times)}
 
 
+def timeit_interleaved(
+    fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1
+) -> dict[str, dict[str, float]]:
+    """Time several functions round-robin, so a slow spell of a shared machine hits all of them
+    alike and their ratios stay meaningful. Each timed call follows an untimed one of the same
+    function, as in a training loop, so it does not pay for the caches and allocator state the
+    previous function left behind."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            fn()
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {
+        name: {"median": statistics.median(t), "min": min(t), "max": max(t)}
+        for name, t in times.items()
+    }
+
+
 def machine() -> str:
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (

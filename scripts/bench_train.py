@@ -7,18 +7,21 @@ fp32 vs bf16 autocast, and dense vs last-step targets on the sample data.
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import statistics
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _bench import machine, table, timeit
+from _bench import machine, table, timeit_interleaved
 from torch import nn
 
 from tsconv.config import validate_config
 from tsconv.experiment import fit_span, prepare, training_spans
 from tsconv.models.tcn import TCN
+from tsconv.models.timemajor import conv_rows, conv_rows_backward, taps
+from tsconv.train import make_optimizer
 from tsconv.windows import Scaler
 
 
@@ -64,8 +67,12 @@ def tcn_macs(c_in: int, hidden: int, k: int, layers: int, length: int) -> int:
     return macs + hidden * length
 
 
-def step_fn(model, x, y, amp: bool, device, last_only: bool):
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+def step_fn(model, x, y, amp: bool, device, last_only: bool, tsconv_optimizer: bool = True):
+    """One train step; tsconv's optimizer (fused AdamW) or PyTorch's default AdamW."""
+    if tsconv_optimizer:
+        opt = make_optimizer(model.parameters(), 1e-3, 0.0, device)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
 
     def step():
         with torch.autocast(device.type, torch.bfloat16, enabled=amp):
@@ -81,36 +88,59 @@ def step_fn(model, x, y, amp: bool, device, last_only: bool):
     return step
 
 
-def convs_only_step(model: TCN, x: torch.Tensor, via_conv1d: bool = False):
-    """The TCN's own convolution modules alone (padding, weight norm and the kernels), forward
-    and backward on inputs laid out as the model passes them: what the convolutions allow, so
-    the step's overhead (activations, dropout, residuals, optimizer) is the difference between
-    this row and the model's. `via_conv1d` runs the same modules the plain way, conv1d on
-    (N, C, L) memory, to measure what the channels-last conv2d route in CausalConv1d buys."""
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv1d)]
-    batch, length = x.shape[0], x.shape[2]
+def convs_only_step(model: TCN, x: torch.Tensor, route: str):
+    """The TCN's convolutions alone (weight norm and the kernels), forward and backward, on
+    inputs laid out as each route keeps them: what the convolutions allow, so the rest of the
+    step (ReLU, dropout, residuals, optimizer) is the difference to the model's row.
 
-    def activation(c: int, grad: bool) -> torch.Tensor:
-        if via_conv1d:
-            t = torch.randn(batch, c, length, device=x.device)
-        else:  # (N, C, L) viewed over channels-last memory, as CausalConv1d returns it on CPU
-            t = torch.randn(batch, length, c, device=x.device).transpose(1, 2)
-        return t.requires_grad_(grad)
+    route "rows": the time-major matrix products the CPU block runs (timemajor.py);
+    "conv2d": (1, k) conv2d over channels-last memory (CausalConv1d's CPU route);
+    "conv1d": left padding, then conv1d on (N, C, L) memory, the plain PyTorch way."""
+    blocks = list(model.blocks)
+    convs = [(c, b.conv1.dilation[0]) for b in blocks for c in (b.conv1, b.conv2)]
+    convs += [(b.downsample, 1) for b in blocks if b.downsample is not None]
+    batch, length, dev = x.shape[0], x.shape[2], x.device
+
+    def activation(c: int) -> torch.Tensor:
+        if route == "rows":
+            return torch.randn(length * batch, c, device=dev)
+        if route == "conv2d":  # (N, C, L) viewed over channels-last memory
+            return torch.randn(batch, length, c, device=dev).transpose(1, 2)
+        return torch.randn(batch, c, length, device=dev)
+
+    ins = [activation(c.in_channels).requires_grad_(i > 0) for i, (c, _) in enumerate(convs)]
+    grads = [activation(c.out_channels) for c, _ in convs]
+
+    def on_rows(conv, d, xi, g, need_x):
+        w = conv.weight  # recomputed through weight norm, as in the model
+        t = taps(w.detach())
+        conv_rows(xi.detach(), t, conv.bias.detach(), d * batch)
+        _, gw, _ = conv_rows_backward(g, xi.detach(), t, d * batch, need_x=need_x)
+        w.backward(gw)
 
     def plain(conv: nn.Conv1d, xi: torch.Tensor) -> torch.Tensor:
         pad = (conv.kernel_size[0] - 1) * conv.dilation[0]
         return nn.Conv1d.forward(conv, F.pad(xi, (pad, 0)))
 
-    ins = [activation(c.in_channels, i > 0) for i, c in enumerate(convs)]
-    grads = [torch.randn(batch, c.out_channels, length, device=x.device) for c in convs]
-
     def step():
-        for conv, xi, g in zip(convs, ins, grads, strict=True):
-            (plain(conv, xi) if via_conv1d else conv(xi)).backward(g)
-        if x.device.type == "cuda":
+        for i, ((conv, d), xi, g) in enumerate(zip(convs, ins, grads, strict=True)):
+            if route == "rows":
+                on_rows(conv, d, xi, g, i > 0)
+            else:
+                (conv(xi) if route == "conv2d" else plain(conv, xi)).backward(g)
+        if dev.type == "cuda":
             torch.cuda.synchronize()
 
     return step
+
+
+def blocks_via_autograd(model: TCN) -> TCN:
+    """A copy whose blocks compose their modules through autograd (TemporalBlock.forward_modules)
+    instead of the fused time-major CPU kernel, to measure what the fused block buys."""
+    twin = copy.deepcopy(model)
+    for block in twin.blocks:
+        block.forward = block.forward_modules
+    return twin
 
 
 def speed_rows(device, repeats):
@@ -123,28 +153,36 @@ def speed_rows(device, repeats):
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    peak = 2 * 2048**3 / timeit(mm, repeats)["median"] / 1e9
-    flops = 3 * 2 * tcn_macs(n, c, k, layers, L) * B  # forward + backward ~ 3x forward
-    rows = [["float32 matmul 2048^2 (peak)", "-", "-", "-", peak, 1.0, "-"]]
     torch.manual_seed(0)
     ours = TCN(n, [c] * layers, k, 2, 0.2).to(device)
     seed = SeedTCN(n, c, k, layers, 0.2).to(device)
-    base = None
-    for name, step in [
-        (
-            "seed recipe (pad both sides + trim, nn.Dropout), fp32",
-            step_fn(seed, x, y, False, device, True),
+    peak_name, seed_name = (
+        "float32 matmul 2048^2 (peak)",
+        "seed recipe (pad both sides + trim, nn.Dropout, AdamW), fp32",
+    )
+    steps = {
+        peak_name: mm,
+        seed_name: step_fn(seed, x, y, False, device, True, tsconv_optimizer=False),
+        "tsconv TCN, fp32": step_fn(ours, x, y, False, device, True),
+        "tsconv TCN, blocks composed through autograd, fp32": step_fn(
+            blocks_via_autograd(ours), x, y, False, device, True
         ),
-        ("tsconv TCN, fp32", step_fn(ours, x, y, False, device, True)),
-        ("tsconv TCN, bf16 autocast", step_fn(ours, x, y, True, device, True)),
-        ("its convolution modules alone, fp32", convs_only_step(ours, x)),
-        (
-            "the same, as conv1d on (N, C, L) memory, fp32",
-            convs_only_step(ours, x, via_conv1d=True),
+        "tsconv TCN, bf16 autocast": step_fn(ours, x, y, True, device, True),
+        "its convolutions alone: time-major matrix products, fp32": convs_only_step(
+            ours, x, "rows"
         ),
-    ]:
-        t = timeit(step, repeats)
-        base = base or t["median"]
+        "the same as (1, k) conv2d on channels-last memory, fp32": convs_only_step(
+            ours, x, "conv2d"
+        ),
+        "the same as conv1d on (N, C, L) memory, fp32": convs_only_step(ours, x, "conv1d"),
+    }
+    times = timeit_interleaved(steps, repeats)
+    peak = 2 * 2048**3 / times[peak_name]["median"] / 1e9
+    flops = 3 * 2 * tcn_macs(n, c, k, layers, L) * B  # forward + backward ~ 3x forward
+    rows, base = [[peak_name, "-", "-", "-", peak, 1.0, "-"]], times[seed_name]["median"]
+    for name, t in times.items():
+        if name == peak_name:
+            continue
         gflops = flops / t["median"] / 1e9
         rows.append(
             [
@@ -158,7 +196,8 @@ def speed_rows(device, repeats):
             ]
         )
     return table(
-        f"Train step, TCN 8x64 k3, window 256, batch 32 on {device}; {machine()}",
+        f"Train step, TCN 8x64 k3, window 256, batch 32 on {device}, timed round-robin "
+        f"({repeats} rounds after a warm-up); {machine()}",
         ["", "median ms", "min", "max", "GFLOP/s", "of peak", "vs seed recipe"],
         rows,
     )

@@ -47,7 +47,7 @@ def run(config: str, repeats: int, overrides: list[str] | None = None) -> list[o
         folds,
         n,
         med,
-        walls[0],
+        min(walls),
         max(walls),
         prep_s,
         fit,

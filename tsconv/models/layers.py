@@ -81,13 +81,19 @@ class Dropout(nn.Dropout):
         return x * dropout_mask(x, self.p)
 
 
+def keep_mask(n: int, p: float, dtype: torch.dtype) -> tuple[torch.Tensor, float]:
+    """n independent 0/1 keep flags with P(keep) = 1 - p quantised to 1/65536, and 1 / P(keep).
+
+    The flags are made as floats (int16 -> float, then an in-place compare): on CPU that is
+    several times faster than comparing into a bool tensor and converting it."""
+    drop = round(p * 65536)
+    bits = torch.empty(-(-n // Dropout.LANES), dtype=torch.int64).random_(-(2**63), None)
+    keep = torch.empty(n, dtype=dtype).copy_(bits.view(torch.int16)[:n]).ge_(drop - 32768)
+    return keep, 65536 / (65536 - drop)
+
+
 def dropout_mask(x: torch.Tensor, p: float) -> torch.Tensor:
     """Keep mask scaled by 1 / keep-probability, shaped and typed like `x`."""
-    drop = round(p * 65536)
-    n = x.numel()
-    bits = torch.empty(-(-n // Dropout.LANES), dtype=torch.int64).random_(-(2**63), None)
-    keep = bits.view(torch.int16)[:n] >= drop - 32768
-    # Written in x's memory order (e.g. channels-last), so `x * mask` runs as one flat pass.
-    mask = torch.empty_like(x)
-    mask.as_strided((n,), (1,)).copy_(keep)
-    return mask.mul_(65536 / (65536 - drop))
+    keep, scale = keep_mask(x.numel(), p, x.dtype)
+    # Laid out in x's memory order (e.g. time-major), so `x * mask` runs as one flat pass.
+    return keep.mul_(scale).as_strided(x.shape, x.stride())

@@ -8,9 +8,17 @@ convolution, so (N, C, L) -> (N, 1, L): a prediction at every step, "last step o
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from tsconv.models.layers import CausalConv1d, Dropout, maybe_weight_norm, zero_head
+from tsconv.models.layers import (
+    CausalConv1d,
+    Dropout,
+    keep_mask,
+    maybe_weight_norm,
+    zero_head,
+)
+from tsconv.models.timemajor import TemporalBlockFunction, compute_dtype, from_rows, to_rows
 
 
 class TemporalBlock(nn.Module):
@@ -35,10 +43,37 @@ class TemporalBlock(nn.Module):
         self.downsample = CausalConv1d(c_in, c_out, 1) if c_in != c_out else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and self.dropout.p < 1.0:
+            return self.forward_rows(x)
+        return self.forward_modules(x)
+
+    def forward_modules(self, x: torch.Tensor) -> torch.Tensor:
+        """The block as its modules compose it: the reference, and the route on GPUs."""
         out = self.dropout(self.relu(self.conv1(x)))
         out = self.dropout(self.relu(self.conv2(out)))
         res = x if self.downsample is None else self.downsample(x)
         return self.relu(out + res)
+
+    def forward_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """The same block as one time-major CPU kernel (timemajor.TemporalBlockFunction)."""
+        n, c1, c2 = x.shape[0], self.conv1, self.conv2
+        rows = to_rows(x)
+        params, keeps = [c1.weight, c1.bias, c2.weight, c2.bias], [None, None]
+        if self.training and self.dropout.p > 0:
+            dtype = compute_dtype(rows)[0].dtype
+            (keep1, scale), (keep2, _) = (
+                keep_mask(len(rows) * c2.out_channels, self.dropout.p, dtype) for _ in range(2)
+            )
+            keeps = [keep1.view(len(rows), -1), keep2.view(len(rows), -1)]
+            # ReLU commutes with a positive scale, so dropout's 1 / (1 - p) can scale the
+            # (small) convolution parameters instead of the (large) activations.
+            params = [t * scale for t in params]
+        down = self.downsample
+        rows, *params = compute_dtype(
+            rows, *params, down.weight if down else None, down.bias if down else None
+        )
+        out = TemporalBlockFunction.apply(rows, *params, *keeps, c1.dilation[0] * n)
+        return from_rows(out, n)
 
 
 class TCN(nn.Module):
@@ -67,7 +102,13 @@ class TCN(nn.Module):
         return tcn_receptive_field(self.kernel_size, len(self.blocks), self.dilation_base)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.blocks(x))
+        h = self.blocks(x)
+        if h.device.type != "cpu":
+            return self.head(h)
+        # The blocks leave time-major rows on CPU; the 1x1 head is a product over them, which
+        # avoids reordering the last activation (and its gradient) for a convolution.
+        rows, w, b = compute_dtype(to_rows(h), self.head.weight[:, :, 0], self.head.bias)
+        return from_rows(F.linear(rows, w, b), len(x))
 
 
 def tcn_receptive_field(

@@ -1,0 +1,143 @@
+"""The fused time-major CPU TCN block against the same block composed from its modules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tsconv.models.layers import keep_mask
+from tsconv.models.tcn import TCN, TemporalBlock
+from tsconv.models.timemajor import TemporalBlockFunction, from_rows, to_rows
+
+
+def block_pair(c_in: int, c_out: int, k: int, d: int, p: float, seed: int = 0):
+    torch.manual_seed(seed)
+    block = TemporalBlock(c_in, c_out, k, d, p).double()
+    # Random biases and weight-norm gains, so no part of the kernel sees a convenient zero.
+    with torch.no_grad():
+        for prm in block.parameters():
+            prm.add_(0.1 * torch.randn_like(prm))
+    return block
+
+
+def values_and_grads(fn, block: TemporalBlock, x: torch.Tensor, g: torch.Tensor):
+    x = x.detach().clone().requires_grad_()
+    out = fn(x)
+    grads = torch.autograd.grad(out, [x, *block.parameters()], g)
+    return out.detach(), grads
+
+
+@pytest.mark.parametrize(
+    "c_in,c_out,k,d,length",
+    [(3, 5, 3, 1, 17), (5, 5, 3, 4, 17), (4, 6, 2, 8, 9), (5, 5, 3, 16, 12), (2, 3, 1, 1, 6)],
+)
+def test_fused_block_equals_composed_modules_in_values_and_gradients(c_in, c_out, k, d, length):
+    """Without dropout (eval), the fused kernel is the block: same output, same gradients for
+    the input and every parameter (weight-norm direction and gain included), also when the
+    dilation reaches past the start of the window and for the 1x1 residual projection."""
+    block = block_pair(c_in, c_out, k, d, p=0.3).eval()
+    x = torch.randn(4, c_in, length, dtype=torch.float64)
+    g = torch.randn(4, c_out, length, dtype=torch.float64)
+    out_a, grads_a = values_and_grads(block.forward_rows, block, x, g)
+    out_b, grads_b = values_and_grads(block.forward_modules, block, x, g)
+    torch.testing.assert_close(out_a, out_b, rtol=1e-10, atol=1e-10)
+    for a, b in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def reference_block_with_masks(block, x, keep1, keep2, scale):
+    """The block written out with F.conv1d and explicit inverted-dropout masks."""
+
+    def conv(m, inp):
+        pad = (m.kernel_size[0] - 1) * m.dilation[0]
+        return F.conv1d(F.pad(inp, (pad, 0)), m.weight, m.bias, dilation=m.dilation[0])
+
+    a1 = F.relu(conv(block.conv1, x)) * keep1 * scale
+    a2 = F.relu(conv(block.conv2, a1)) * keep2 * scale
+    res = x if block.downsample is None else conv(block.downsample, x)
+    return F.relu(a2 + res)
+
+
+@pytest.mark.parametrize("c_in,p", [(3, 0.2), (5, 0.5)])
+def test_fused_block_dropout_is_inverted_dropout_with_its_masks(c_in, p):
+    """In training the fused block draws two keep masks and folds 1 / (1 - p) into the
+    convolutions; with the same masks it must equal textbook inverted dropout after each ReLU,
+    values and gradients."""
+    block = block_pair(c_in, 5, 3, 2, p).train()
+    n, length = 3, 20
+    x = torch.randn(n, c_in, length, dtype=torch.float64)
+    g = torch.randn(n, 5, length, dtype=torch.float64)
+    torch.manual_seed(7)
+    out_a, grads_a = values_and_grads(block.forward_rows, block, x, g)
+    torch.manual_seed(7)
+    masks = [keep_mask(length * n * 5, p, torch.float64) for _ in range(2)]
+    scale = masks[0][1]
+    keep1, keep2 = (from_rows(m.view(length * n, 5), n) for m, _ in masks)
+
+    out_b, grads_b = values_and_grads(
+        lambda inp: reference_block_with_masks(block, inp, keep1, keep2, scale), block, x, g
+    )
+    assert 0 < float((keep1 == 0).double().mean()) < 1
+    torch.testing.assert_close(out_a, out_b, rtol=1e-10, atol=1e-10)
+    for a, b in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("downsample", [False, True])
+def test_fused_block_function_passes_gradcheck(downsample):
+    torch.manual_seed(0)
+    n, length, c_in, c_out, d = 2, 7, 3 if downsample else 4, 4, 2
+    rows = length * n
+
+    def rnd(*shape):
+        return torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+
+    x = rnd(rows, c_in)
+    w1, b1, w2, b2 = rnd(c_out, c_in, 3), rnd(c_out), rnd(c_out, c_out, 3), rnd(c_out)
+    wd, bd = (rnd(c_out, c_in, 1), rnd(c_out)) if downsample else (None, None)
+    keep1, keep2 = ((torch.rand(rows, c_out) > 0.3).double() for _ in range(2))
+    inputs = (x, w1, b1, w2, b2, wd, bd, keep1, keep2, d * n)
+    assert torch.autograd.gradcheck(TemporalBlockFunction.apply, inputs)
+
+
+def test_blocks_pass_time_major_rows_without_copying():
+    """Each block returns an (N, C, L) view of time-major rows and the next block reads that
+    memory in place: no layout copy between blocks."""
+    model = TCN(3, [8, 8, 8], dropout=0.0).eval()
+    x = torch.randn(4, 3, 30)
+    h1 = model.blocks[0](x)
+    assert h1.shape == (4, 8, 30)
+    assert to_rows(h1).data_ptr() == h1.data_ptr() and to_rows(h1).is_contiguous()
+    h2 = model.blocks[1](h1)
+    assert to_rows(h2).data_ptr() == h2.data_ptr()
+
+
+def test_fused_block_under_bf16_autocast_matches_composed():
+    block = TemporalBlock(4, 8, 3, 2, 0.0).eval()
+    x = torch.randn(2, 4, 40)
+    with torch.autocast("cpu", torch.bfloat16):
+        a, b = block.forward_rows(x), block.forward_modules(x)
+    assert a.dtype == torch.bfloat16
+    torch.testing.assert_close(a.float(), b.float(), rtol=0.05, atol=0.05)
+
+
+def test_fused_block_drops_at_rate_p_and_is_unbiased():
+    """The dropout inside the fused kernel: a block whose first convolution is the identity
+    passes x > 0 through both dropouts, plus the residual x. Averaged over draws the dropout
+    part is x (unbiased), and it is dropped with probability 1 - (1 - p)^2."""
+    p, c = 0.3, 6
+    block = TemporalBlock(c, c, 1, 1, p, weight_norm=False).train()
+    with torch.no_grad():
+        block.conv1.weight.copy_(torch.eye(c)[:, :, None])
+        block.conv1.bias.zero_()
+        block.conv2.weight.copy_(torch.eye(c)[:, :, None])
+        block.conv2.bias.zero_()
+    torch.manual_seed(0)
+    x = torch.rand(64, c, 50) + 0.5  # positive, so relu(x) = x and the residual doubles it
+    outs = torch.stack([block(x) for _ in range(200)])
+    # out = relu(x * k1 * k2 * s^2 + x): zero-free, so count drops from the dropout part
+    dropped = ((outs - x) < 1e-6).double().mean().item()
+    assert abs(dropped - (1 - (1 - p) ** 2)) < 0.01
+    # unbiased: the dropout part x * k1 * k2 / (1 - p)^2 averages to x
+    assert abs(((outs - x) / x).mean().item() - 1) < 0.01
