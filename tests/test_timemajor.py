@@ -97,7 +97,7 @@ def test_fused_block_function_passes_gradcheck(downsample):
     w1, b1, w2, b2 = rnd(c_out, c_in, 3), rnd(c_out), rnd(c_out, c_out, 3), rnd(c_out)
     wd, bd = (rnd(c_out, c_in, 1), rnd(c_out)) if downsample else (None, None)
     keep1, keep2 = ((torch.rand(rows, c_out) > 0.3).double() for _ in range(2))
-    inputs = (x, w1, b1, w2, b2, wd, bd, keep1, keep2, d * n)
+    inputs = (x, w1, b1, w2, b2, wd, bd, keep1, keep2, d * n, 1.25)  # 1.25: dropout p = 0.2
     assert torch.autograd.gradcheck(TemporalBlockFunction.apply, inputs)
 
 

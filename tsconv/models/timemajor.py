@@ -85,13 +85,16 @@ def conv_rows_backward(gy, x, w, shift, gx=None, need_x=True):
 class TemporalBlockFunction(torch.autograd.Function):
     """relu(dropout(relu(conv2(dropout(relu(conv1(x)))))) + residual(x)) over time-major rows.
 
-    `keep1`/`keep2` are 0/1 keep masks shaped like the rows (None: no dropout) and w1, b1, w2,
-    b2 already carry the dropout scale, so a dropped ReLU output is a plain zero and the saved
-    activations `a1`, `a2` double as the masks of both ReLU and dropout in the backward pass."""
+    `keep1`/`keep2` are 0/1 keep masks shaped like the rows (None: no dropout) and `scale` is
+    dropout's 1 / (1 - p). ReLU commutes with a positive scale, so it multiplies the (small)
+    convolution weights and biases instead of the (large) activations; a dropped ReLU output
+    is then a plain zero, and the saved activations `a1`, `a2` double as the masks of both
+    ReLU and dropout in the backward pass."""
 
     @staticmethod
-    def forward(ctx, x, w1, b1, w2, b2, wd, bd, keep1, keep2, shift):
-        t1, t2 = taps(w1), taps(w2)
+    def forward(ctx, x, w1, b1, w2, b2, wd, bd, keep1, keep2, shift, scale=1.0):
+        t1, t2 = taps(w1).mul_(scale), taps(w2).mul_(scale)
+        b1, b2 = (b * scale if b is not None and scale != 1.0 else b for b in (b1, b2))
         a1 = conv_rows(x, t1, b1, shift).clamp_min_(0)
         if keep1 is not None:
             a1.mul_(keep1)
@@ -102,7 +105,7 @@ class TemporalBlockFunction(torch.autograd.Function):
         res = x if td is None else conv_rows(x, td, bd, 0)
         out = torch.add(a2, res).clamp_min_(0)
         ctx.save_for_backward(x, a1, a2, out, t1, t2, td)
-        ctx.shift = shift
+        ctx.shift, ctx.scale = shift, scale
         return out
 
     @staticmethod
@@ -112,18 +115,15 @@ class TemporalBlockFunction(torch.autograd.Function):
         g = torch.ops.aten.threshold_backward(gout, out, 0)
         g2 = torch.ops.aten.threshold_backward(g, a2, 0)
         ga1, gw2, gb2 = conv_rows_backward(g2, a1, t2, ctx.shift)
-        g1 = torch.ops.aten.threshold_backward(ga1, a1, 0)
+        g1 = torch.ops.aten.threshold_backward.grad_input(ga1, a1, 0, grad_input=ga1)
         gwd = gbd = None
         if td is None:
             gx = g if ctx.needs_input_grad[0] else None
         else:
             gx, gwd, gbd = conv_rows_backward(g, x, td, 0, need_x=ctx.needs_input_grad[0])
         gx, gw1, gb1 = conv_rows_backward(g1, x, t1, ctx.shift, gx, ctx.needs_input_grad[0])
+        for g in (gw1, gb1, gw2, gb2):  # d(scale * w) / dw
+            g.mul_(ctx.scale)
         grads = (gx, gw1, gb1, gw2, gb2, gwd, gbd)
         needs = ctx.needs_input_grad[: len(grads)]
-        return (
-            *(g if need else None for g, need in zip(grads, needs, strict=True)),
-            None,
-            None,
-            None,
-        )
+        return *(g if need else None for g, need in zip(grads, needs, strict=True)), *[None] * 4
