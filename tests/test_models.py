@@ -361,9 +361,29 @@ def test_fast_dropout_gradient_is_the_mask_eval_is_identity_and_seeded():
     assert torch.all(Dropout(1.0).train()(x) == 0)
 
 
-def test_fast_dropout_keeps_bf16():
+def test_fast_dropout_keeps_bf16_with_the_same_masks_as_float32():
+    """bf16 cannot hold every int16, so the keep decision is made in float32: the same seed
+    must drop the same elements in both dtypes."""
     out = Dropout(0.5).train()(torch.ones(100, dtype=torch.bfloat16))
     assert out.dtype == torch.bfloat16 and set(out.unique().tolist()) <= {0.0, 2.0}
+    torch.manual_seed(5)
+    a = Dropout(0.2).train()(torch.ones(100_000, dtype=torch.bfloat16))
+    torch.manual_seed(5)
+    b = Dropout(0.2).train()(torch.ones(100_000))
+    assert torch.equal(a == 0, b == 0)
+
+
+def test_fast_dropout_on_a_strided_view():
+    """A view with gaps (every other step) has strides that do not describe a dense block; the
+    mask must still be a plain elementwise mask of the view's shape."""
+    torch.manual_seed(2)
+    base = torch.randn(16, 8, 400)
+    x = base[:, :, ::2]
+    out = Dropout(0.3).train()(x)
+    assert out.shape == x.shape
+    kept = out != 0
+    torch.testing.assert_close(out[kept], x[kept] / (1 - round(0.3 * 65536) / 65536))
+    assert abs((~kept).double().mean().item() - 0.3) < 0.01
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

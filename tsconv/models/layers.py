@@ -84,16 +84,20 @@ class Dropout(nn.Dropout):
 def keep_mask(n: int, p: float, dtype: torch.dtype) -> tuple[torch.Tensor, float]:
     """n independent 0/1 keep flags with P(keep) = 1 - p quantised to 1/65536, and 1 / P(keep).
 
-    The flags are made as floats (int16 -> float, then an in-place compare): on CPU that is
-    several times faster than comparing into a bool tensor and converting it."""
+    The flags are made as float32 (int16 -> float, then an in-place compare, exact for every
+    int16): on CPU that is several times faster than comparing into a bool tensor and
+    converting it. Other dtypes get a converted copy (bf16 cannot hold every int16)."""
     drop = round(p * 65536)
     bits = torch.empty(-(-n // Dropout.LANES), dtype=torch.int64).random_(-(2**63), None)
-    keep = torch.empty(n, dtype=dtype).copy_(bits.view(torch.int16)[:n]).ge_(drop - 32768)
-    return keep, 65536 / (65536 - drop)
+    keep = torch.empty(n).copy_(bits.view(torch.int16)[:n]).ge_(drop - 32768)
+    return keep.to(dtype), 65536 / (65536 - drop)
 
 
 def dropout_mask(x: torch.Tensor, p: float) -> torch.Tensor:
     """Keep mask scaled by 1 / keep-probability, shaped and typed like `x`."""
     keep, scale = keep_mask(x.numel(), p, x.dtype)
-    # Laid out in x's memory order (e.g. time-major), so `x * mask` runs as one flat pass.
-    return keep.mul_(scale).as_strided(x.shape, x.stride())
+    # In x's memory order when x is dense (e.g. time-major or channels-last), so `x * mask`
+    # runs as one flat pass; `empty_like` on the meta device gives those strides, or
+    # contiguous ones for a strided view, without allocating.
+    strides = torch.empty_like(x, device="meta").stride()
+    return keep.mul_(scale).as_strided(x.shape, strides)
