@@ -57,21 +57,19 @@ class TemporalBlock(nn.Module):
     def forward_rows(self, x: torch.Tensor) -> torch.Tensor:
         """The same block as one time-major CPU kernel (timemajor.TemporalBlockFunction)."""
         n, c1, c2 = x.shape[0], self.conv1, self.conv2
-        rows = to_rows(x)
-        keeps, scale = [None, None], 1.0
-        if self.training and self.dropout.p > 0:
-            dtype = compute_dtype(rows)[0].dtype
-            (keep1, scale), (keep2, _) = (
-                keep_mask(len(rows) * c2.out_channels, self.dropout.p, dtype) for _ in range(2)
-            )
-            keeps = [keep1.view(len(rows), -1), keep2.view(len(rows), -1)]
         down = self.downsample
         rows, *params = compute_dtype(
-            rows,
+            to_rows(x),
             *(c1.weight, c1.bias, c2.weight, c2.bias),
             down.weight if down else None,
             down.bias if down else None,
         )
+        keeps, scale = [None, None], 1.0
+        if self.training and self.dropout.p > 0:
+            (keep1, scale), (keep2, _) = (
+                keep_mask(len(rows) * c2.out_channels, self.dropout.p, rows.dtype) for _ in range(2)
+            )
+            keeps = [keep1.view(len(rows), -1), keep2.view(len(rows), -1)]
         out = TemporalBlockFunction.apply(rows, *params, *keeps, c1.dilation[0] * n, scale)
         return from_rows(out, n)
 

@@ -93,8 +93,10 @@ class TemporalBlockFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w1, b1, w2, b2, wd, bd, keep1, keep2, shift, scale=1.0):
-        t1, t2 = taps(w1).mul_(scale), taps(w2).mul_(scale)
-        b1, b2 = (b * scale if b is not None and scale != 1.0 else b for b in (b1, b2))
+        t1, t2 = taps(w1), taps(w2)
+        if scale != 1.0:
+            t1.mul_(scale), t2.mul_(scale)
+            b1, b2 = (b * scale if b is not None else None for b in (b1, b2))
         a1 = conv_rows(x, t1, b1, shift).clamp_min_(0)
         if keep1 is not None:
             a1.mul_(keep1)
