@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -68,7 +69,9 @@ class Dropout(nn.Dropout):
     about 4 ms for a 32 x 64 x 256 activation, a third of a TCN train step, more than the
     convolutions around it. Here one 64-bit draw gives four 16-bit lanes, so the keep
     probability is quantised to 1/65536 and the scale uses the quantised value (the output
-    stays unbiased). CUDA keeps PyTorch's fused kernel.
+    stays unbiased). The draws come from numpy's SFC64, seeded from torch's generator (so
+    `torch.manual_seed` fixes the masks): it fills the bits 2.5x faster than torch's CPU
+    mt19937. CUDA keeps PyTorch's fused kernel.
     """
 
     LANES = 4  # int16 lanes per int64 draw
@@ -88,9 +91,15 @@ def keep_mask(n: int, p: float, dtype: torch.dtype) -> tuple[torch.Tensor, float
     int16): on CPU that is several times faster than comparing into a bool tensor and
     converting it. Other dtypes get a converted copy (bf16 cannot hold every int16)."""
     drop = round(p * 65536)
-    bits = torch.empty(-(-n // Dropout.LANES), dtype=torch.int64).random_(-(2**63), None)
-    keep = torch.empty(n).copy_(bits.view(torch.int16)[:n]).ge_(drop - 32768)
+    keep = torch.empty(n).copy_(random_lanes(n)).ge_(drop - 32768)
     return keep.to(dtype), 65536 / (65536 - drop)
+
+
+def random_lanes(n: int) -> torch.Tensor:
+    """n uniform random int16, four per 64-bit SFC64 draw, seeded from torch's generator."""
+    seed = int(torch.randint(0, 2**63 - 1, ()))
+    bits = np.random.SFC64(seed).random_raw(-(-n // Dropout.LANES))
+    return torch.from_numpy(bits.view(np.int16)[:n])
 
 
 def dropout_mask(x: torch.Tensor, p: float) -> torch.Tensor:
