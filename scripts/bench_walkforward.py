@@ -1,7 +1,7 @@
 """Walk-forward wall time, split into data prep, training and prediction:
 the quick config (about 20 folds on MSFT+AAPL) and the WF-MSFT peer task.
 
-    python scripts/bench_walkforward.py [--repeats 5]
+    python scripts/bench_walkforward.py [--repeats 5] [--device cpu|cuda]
 
 Each configuration runs once as a warm-up, then `--repeats` times; the table shows the median.
 The bf16 row decides the `train.amp` default on CPU: it stays off unless it wins here.
@@ -61,12 +61,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    on = [f"train.device={args.device}"] if args.device != "cpu" else []
     rows = [
-        run("wf_msft.yaml", args.repeats),
-        run("quick.yaml", args.repeats),
-        run("quick.yaml", args.repeats, ["train.amp=true"]),
+        run("wf_msft.yaml", args.repeats, on),
+        run("quick.yaml", args.repeats, on),
+        run("quick.yaml", args.repeats, [*on, "train.amp=true"]),
     ]
     print(
         table(

@@ -35,8 +35,9 @@ def main() -> None:
 
     if not torch.cuda.is_available():
         parts.append(
-            "## CUDA\n\nNot measured: no GPU on the machine that wrote this file. On a GPU "
-            "machine run `python scripts/bench_train.py --device cuda`.\n"
+            "## CUDA\n\nNot measured here: no GPU on the machine that wrote this file. GPU "
+            "figures are in `docs/benchmarks-gpu.md`, written from `bash scripts/gpu_checks.sh` "
+            "on a GPU machine.\n"
         )
     tmp = args.out.with_suffix(".tmp")
     tmp.write_text("\n".join(parts))

@@ -150,3 +150,17 @@ def test_window_dataset_memory_is_within_1_1x_of_raw():
     assert ds._xw.data_ptr() == panel.x.data_ptr() and ds._yw.data_ptr() == panel.y.data_ptr()
     assert (raw + index) / raw <= 1.1
     assert index < 1000  # O(segments), not O(windows)
+
+
+def test_moving_a_window_dataset_moves_rows_not_windows():
+    from tsconv.windows import Panel
+
+    g = torch.Generator().manual_seed(0)
+    panel = Panel(torch.randn(500, 3, generator=g), torch.randn(500, generator=g), [0, 500], ["X"])
+    ds = WindowDataset(panel, [(0, 10, 500)], 32, "all", 8)
+    moved = ds.to("cpu")  # on a GPU the same code gathers there (tests/test_cuda.py)
+    assert moved._xw.untyped_storage().nbytes() == panel.x.untyped_storage().nbytes()
+    idx = torch.arange(len(ds)).flip(0)
+    for a, b in zip(ds.batch(idx), moved.batch(idx), strict=True):
+        assert torch.equal(a, b)
+    assert len(moved) == len(ds) and moved.panel is panel

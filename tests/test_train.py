@@ -18,7 +18,7 @@ from tsconv.config import load_config
 from tsconv.errors import CheckpointError, TrainingError
 from tsconv.experiment import fit_span, global_rows, prepare, run_training
 from tsconv.models import TCN, MultiScaleConv1d
-from tsconv.train import _predict_windows, evaluate, predict_rows
+from tsconv.train import _predict_windows, evaluate, predict_rows, select_device
 from tsconv.windows import Panel, WindowDataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,6 +84,9 @@ def test_train_cli_end_to_end_writes_a_complete_run(tmp_path):
     assert list(history["epoch"]) == [1, 2] and np.isfinite(history["val_loss"]).all()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["epochs_run"] == 2 and summary["seed"] == 0
+    run = json.loads((out / "versions.json").read_text())
+    assert run["seed"] == 0 and run["torch"] == torch.__version__
+    assert run["device"] == str(select_device("auto"))  # quick.yaml says auto
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["complete"] and "model.pt" in manifest["files"]
     assert load_config(out / "config.yaml").train.epochs == 2

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from tests.conftest import ar1_returns, ohlcv_from_returns, random_walk_returns, tiny_config
 from tsconv.cli import app
 from tsconv.experiment import prepare
+from tsconv.train import select_device
 from tsconv.walkforward import fold_bounds, fold_spans, make_folds, run_backtest, train_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,6 +166,8 @@ def test_backtest_cli_outputs_resume_and_determinism(tmp_path):
         "timing.json",
     ]:
         assert (out / name).exists(), name
+    run = json.loads((out / "versions.json").read_text())
+    assert run["device"] == str(select_device("auto")) and run["seed"] == 0
     pred = pd.read_parquet(out / "predictions.parquet")
     assert {
         "date",

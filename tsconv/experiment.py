@@ -236,7 +236,7 @@ def run_training(
         torch.set_num_threads(cfg.train.threads)
     train, val = training_spans(prep)
     io.write_text(out / "config.yaml", dump_yaml(cfg))
-    io.write_json(out / "versions.json", {**io.versions(), "seed": cfg.seed})
+    io.write_json(out / "versions.json", io.run_info(cfg.seed, device))
 
     def save_epoch(state: FitState) -> None:
         io.save_torch(state_path, {"fit": state.to_dict()})

@@ -79,6 +79,18 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def run_info(seed: int, device: Any) -> dict[str, Any]:
+    """What a run's numbers depend on besides its config: versions, seed and the device used
+    (the config may say "auto")."""
+    import torch
+
+    info: dict[str, Any] = {**versions(), "seed": seed, "device": str(device)}
+    if getattr(device, "type", None) == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = str(torch.version.cuda)
+    return info
+
+
 def versions() -> dict[str, str]:
     import numpy
     import pandas

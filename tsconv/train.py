@@ -24,6 +24,16 @@ from tsconv.windows import Panel, WindowDataset, chunk_inputs, chunk_plan, last_
 
 
 def select_device(name: str) -> torch.device:
+    device = _pick_device(name)
+    if device.type == "cuda":
+        # TF32 convolutions keep 10 mantissa bits: predictions would differ from CPU's in the
+        # third digit. The tiny models here gain nothing from it; train.amp is the speed knob.
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    return device
+
+
+def _pick_device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -45,6 +55,8 @@ def seed_everything(seed: int) -> torch.Generator:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+    # cuDNN may otherwise pick kernels whose sums run in a different order on every run.
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     return torch.Generator().manual_seed(seed)
 
 
@@ -227,7 +239,13 @@ def fit(
     sched = make_scheduler(opt, cfg, steps_per_epoch * epochs)
     step_model = torch.compile(model) if cfg.compile else model
     use_amp = cfg.amp
-    pin = device.type == "cuda"
+    # float16 (GPUs without bf16) needs loss scaling to keep small gradients from underflowing.
+    scaler = torch.amp.GradScaler(
+        device.type, enabled=use_amp and amp_dtype(device) == torch.float16
+    )
+    if device.type != "cpu":  # gather batches where the model runs
+        train_ds = train_ds.to(device)
+        val_ds = val_ds.to(device) if val_ds is not None and val_ds.mode != "last" else val_ds
 
     result, best_state, bad, start_epoch = FitResult(), _cpu_state(model), 0, 0
     if resume is not None:
@@ -243,33 +261,30 @@ def fit(
         if result.stopped_early:
             break
         model.train()
-        t0, seen, total = time.perf_counter(), 0, 0.0
+        t0, seen = time.perf_counter(), 0
+        # The loss stays on the device until the epoch ends: reading it every step would make
+        # the host wait for the GPU each time instead of queueing the next step.
+        total = torch.zeros((), dtype=_sum_dtype(device), device=device)
         for idx in torch.randperm(len(train_ds), generator=gen).split(cfg.batch_size):
             x, y, mask = train_ds.batch(idx)
-            if pin:
-                x, y, mask = x.pin_memory(), y.pin_memory(), mask.pin_memory()
-            x, y, mask = (t.to(device, non_blocking=True) for t in (x, y, mask))
             with torch.autocast(device.type, amp_dtype(device), enabled=use_amp):
                 pred = step_model(x)[:, 0]
             loss = masked_mse(pred, y, mask)
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"loss became {loss.item()} in epoch {epoch + 1}; try a lower train.lr "
-                    f"(now {cfg.lr}) or check the input data"
-                )
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
             if cfg.clip_grad > 0:
+                scaler.unscale_(opt)
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             if sched is not None:
                 sched.step()
             seen += len(idx)
-            loss_value = loss.item()
-            total += loss_value * len(idx)
+            total += loss.detach() * len(idx)
             if on_step is not None:
+                loss_value = _finite_loss(loss.item(), epoch, cfg)
                 on_step({"epoch": epoch + 1, "loss": loss_value, "seen": seen, "of": len(train_ds)})
-        train_loss = total / max(seen, 1)
+        train_loss = _finite_loss(total.item() / max(seen, 1), epoch, cfg)
         train_seconds = time.perf_counter() - t0
         val = evaluate(model, val_ds, device, amp=use_amp) if val_ds is not None else math.nan
         elapsed = time.perf_counter() - t0
@@ -306,6 +321,19 @@ def fit(
             )
     model.load_state_dict(best_state)
     return result
+
+
+def _sum_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+
+
+def _finite_loss(value: float, epoch: int, cfg: TrainConfig) -> float:
+    if not math.isfinite(value):
+        raise TrainingError(
+            f"loss became {value} in epoch {epoch + 1}; try a lower train.lr "
+            f"(now {cfg.lr}) or check the input data"
+        )
+    return value
 
 
 def fits_in_window(model: nn.Module, window: int) -> bool:

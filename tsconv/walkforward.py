@@ -212,7 +212,7 @@ def run_backtest(
             old.unlink()
     io.write_text(out / "config.yaml", dump_yaml(cfg))
     io.write_json(out / "folds" / "config.json", resolved)
-    io.write_json(out / "versions.json", {**io.versions(), "seed": cfg.seed})
+    io.write_json(out / "versions.json", io.run_info(cfg.seed, device))
 
     parts, infos, state = [], [], None
     for fold in folds:

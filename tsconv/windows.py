@@ -8,6 +8,7 @@ and a window never crosses a ticker or the end of its span.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -142,6 +143,18 @@ class WindowDataset(Dataset):
     def __len__(self) -> int:
         return int(self.cum[-1]) if len(self.cum) else 0
 
+    def to(self, device: torch.device | str) -> WindowDataset:
+        """The same windows with the data and index on `device`, so batches are gathered
+        there: on a GPU a step then moves no data from the host and waits for nothing."""
+        device = torch.device(device)
+        moved = copy.copy(self)
+        for name in ("first", "count", "stride", "loss_from", "cum"):
+            setattr(moved, name, getattr(self, name).to(device))
+        if self._xw is not None:  # move the rows, then view them again: moving a view copies
+            moved._xw = self.panel.x.to(device).unfold(0, self.window, 1)
+            moved._yw = self.panel.y.to(device).unfold(0, self.window, 1)
+        return moved
+
     def locate(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         seg = torch.searchsorted(self.cum, idx, right=True)
         before = self.cum[seg] - self.count[seg]
@@ -158,8 +171,9 @@ class WindowDataset(Dataset):
 
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Gather a batch of windows by index: (B, F, L), (B, L) targets, (B, L) loss mask."""
-        starts, loss_from = self.locate(idx)
-        mask = torch.arange(self.window).unsqueeze(0) >= loss_from.unsqueeze(1)
+        starts, loss_from = self.locate(idx.to(self.cum.device))
+        positions = torch.arange(self.window, device=loss_from.device)
+        mask = positions.unsqueeze(0) >= loss_from.unsqueeze(1)
         y = self._yw[starts]
         return self._xw[starts], y, mask & torch.isfinite(y)
 

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Everything that needs a GPU, in one run: the whole test suite (tests/test_cuda.py runs only
+# where a GPU is), then the train-step and walk-forward
+# benchmarks on the GPU, with the same walk-forward on this host's CPU for a same-machine ratio.
+#   bash scripts/gpu_checks.sh [OUTDIR]
+# Each step has its own time limit, so one slow step cannot eat the others' time.
+set -u
+out=${1:-gpu_checks_out}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+py=${PYTHON:-python3}
+step() {  # step NAME SECONDS CMD...
+    local name=$1 limit=$2
+    shift 2
+    echo "=== $name"
+    timeout "$limit" "$@" >"$out/$name.txt" 2>&1
+    echo "exit $? after ${SECONDS}s total" | tee -a "$out/$name.txt"
+    tail -n 40 "$out/$name.txt"
+}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+"$py" -c "import torch, pandas, numpy; print(torch.__version__, torch.version.cuda, \
+torch.cuda.get_device_name(), 'pandas', pandas.__version__, 'numpy', numpy.__version__)"
+step pytest 240 "$py" -m pytest -q -p no:cacheprovider -rs tests
+step bench_train_cuda 100 "$py" scripts/bench_train.py --device cuda --skip-dense --repeats 5
+step bench_walkforward_cuda 120 "$py" scripts/bench_walkforward.py --device cuda --repeats 3
+step bench_walkforward_cpu 100 "$py" scripts/bench_walkforward.py --device cpu --repeats 3 \
+    --threads 2

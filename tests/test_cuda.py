@@ -1,0 +1,105 @@
+"""CUDA code paths: device selection, batches gathered on the GPU, AMP (bf16, and float16 with
+loss scaling), reproducibility, CPU/GPU agreement and a whole backtest from the CLI.
+
+Skipped on machines without a GPU (CI has none); run them where one is lent:
+`python -m pytest tests/test_cuda.py`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from tests.conftest import random_head, tiny_config
+from tests.test_train import _panel
+from tsconv import train as train_module
+from tsconv.cli import app
+from tsconv.experiment import fit_span, prepare
+from tsconv.models import TCN, MultiScaleConv1d
+from tsconv.train import predict_rows, select_device
+from tsconv.windows import WindowDataset
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+ROOT = Path(__file__).resolve().parents[1]
+CUDA = torch.device("cuda")
+
+
+def _fit(cfg, seed: int = 0):
+    prep = prepare(cfg)
+    return fit_span(prep, {"MSFT": (0, 600)}, {"MSFT": (600, 800)}, seed=seed, device=CUDA)
+
+
+def test_auto_selects_cuda_and_turns_tf32_off():
+    torch.backends.cudnn.allow_tf32 = True
+    assert select_device("auto").type == "cuda"
+    assert torch.backends.cudnn.allow_tf32 is False
+    assert torch.backends.cuda.matmul.allow_tf32 is False
+
+
+@pytest.mark.parametrize("mode", ["all", "last"])
+def test_batches_gathered_on_the_gpu_equal_the_cpu_ones(mode):
+    panel = _panel([300, 200])
+    ds = WindowDataset(panel, [(0, 0, 300), (1, 20, 200)], 32, mode, 8)
+    gpu = ds.to(CUDA)
+    idx = torch.randperm(len(ds))[:50]
+    for a, b in zip(ds.batch(idx), gpu.batch(idx), strict=True):
+        assert b.device.type == "cuda"
+        torch.testing.assert_close(a, b.cpu(), rtol=0, atol=0, equal_nan=True)
+
+
+def test_same_seed_gives_identical_weights_on_cuda():
+    cfg = tiny_config(model={"dropout": 0.2}, train={"epochs": 2, "device": "cuda"})
+    a, b, c = _fit(cfg)[0], _fit(cfg)[0], _fit(cfg, seed=1)[0]
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+@pytest.mark.parametrize("kind", ["tcn", "multiscale"])
+def test_gpu_and_cpu_predictions_agree_to_float32_precision(kind):
+    select_device("cuda")
+    torch.manual_seed(0)
+    model = TCN(3, [16, 16, 16], 3, 2) if kind == "tcn" else MultiScaleConv1d(3, 8, (3, 5, 21))
+    model = random_head(model).eval()
+    panel = _panel([500])
+    rows = torch.arange(100, 500)
+    cpu = predict_rows(model, panel, rows, 40, torch.device("cpu"))
+    gpu = predict_rows(model, panel, rows, 40, CUDA)
+    np.testing.assert_allclose(gpu, cpu, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
+def test_amp_trains_in_both_half_types_with_loss_scaling_for_float16(monkeypatch, half):
+    built = []
+
+    class SpyScaler(torch.amp.GradScaler):
+        def __init__(self, *args, **kw):
+            super().__init__(*args, **kw)
+            built.append(self)
+
+    monkeypatch.setattr(train_module, "amp_dtype", lambda device: half)
+    monkeypatch.setattr(torch.amp, "GradScaler", SpyScaler)
+    cfg = tiny_config(train={"epochs": 2, "device": "cuda", "amp": True})
+    model, _, _, result = _fit(cfg)
+    assert built and built[0].is_enabled() == (half == torch.float16)
+    assert all(np.isfinite(h["train_loss"]) for h in result.history)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"] * 1.5
+
+
+def test_backtest_cli_on_cuda_writes_a_complete_run(tmp_path):
+    out = tmp_path / "bt"
+    args = ["backtest", "--config", str(ROOT / "configs/quick.yaml"), "--out", str(out)]
+    for override in ["train.device=auto", "train.epochs=2", "data.tickers=[MSFT]"]:
+        args += ["--set", override]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    run = json.loads((out / "versions.json").read_text())
+    assert run["device"].startswith("cuda") and run["gpu"] == torch.cuda.get_device_name()
+    assert json.loads((out / "metrics.json").read_text())["n_predictions"] > 0
+    assert np.isfinite(pd.read_parquet(out / "predictions.parquet")["prediction"]).all()
