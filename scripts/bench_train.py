@@ -10,6 +10,7 @@ import argparse
 import copy
 import math
 import statistics
+import time
 
 import numpy as np
 import torch
@@ -176,6 +177,16 @@ def speed_rows(device, repeats):
         ),
         "the same as conv1d on (N, C, L) memory, fp32": convs_only_step(ours, x, "conv1d"),
     }
+    if device.type == "cuda":  # what `train.cuda_graphs` does in training: replay the step
+        graphed = copy.deepcopy(ours).train()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        torch.cuda.make_graphed_callables(graphed, (x,))
+        torch.cuda.synchronize()
+        ms = (time.perf_counter() - t0) * 1e3
+        steps[f"tsconv TCN, fp32, as a CUDA graph (capture took {ms:.0f} ms)"] = step_fn(
+            graphed, x, y, False, device, True
+        )
     times = timeit_interleaved(steps, repeats)
     peak = 2 * 2048**3 / times[peak_name]["median"] / 1e9
     flops = 3 * 2 * tcn_macs(n, c, k, layers, L) * B  # forward + backward ~ 3x forward

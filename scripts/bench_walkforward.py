@@ -70,6 +70,11 @@ def main() -> None:
         run("quick.yaml", args.repeats, on),
         run("quick.yaml", args.repeats, [*on, "train.amp=true"]),
     ]
+    if args.device == "cuda":
+        rows += [
+            run("wf_msft.yaml", args.repeats, [*on, "train.cuda_graphs=false"]),
+            run("quick.yaml", args.repeats, [*on, "train.cuda_graphs=false"]),
+        ]
     print(
         table(
             f"Walk-forward wall time (seconds; the rest = baselines, metrics, report and "

@@ -103,3 +103,71 @@ def test_backtest_cli_on_cuda_writes_a_complete_run(tmp_path):
     assert run["device"].startswith("cuda") and run["gpu"] == torch.cuda.get_device_name()
     assert json.loads((out / "metrics.json").read_text())["n_predictions"] > 0
     assert np.isfinite(pd.read_parquet(out / "predictions.parquet")["prediction"]).all()
+
+
+# --------------------------------------------------------------------------- CUDA graphs
+
+
+def test_graphed_training_equals_eager_training_without_dropout(monkeypatch):
+    """With dropout off the graphed step must compute exactly what the eager one does,
+    including the smaller last batch of each epoch (37 windows, batches of 16), which runs
+    eagerly."""
+    captures = []
+    capture = torch.cuda.make_graphed_callables
+
+    def counting(*args, **kw):
+        captures.append(args[0])
+        return capture(*args, **kw)
+
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", counting)
+    _fit(tiny_config(train={"epochs": 2, "device": "cuda", "batch_size": 16}))
+    assert not captures  # 4 full batches: too few for a capture to pay off
+    monkeypatch.setattr(train_module, "GRAPH_MIN_STEPS", 1)
+    graphs = tiny_config(train={"epochs": 2, "device": "cuda", "batch_size": 16})
+    eager = tiny_config(
+        train={"epochs": 2, "device": "cuda", "batch_size": 16, "cuda_graphs": False}
+    )
+    a, _, _, ra = _fit(graphs)
+    assert len(captures) == 1 and "forward" not in vars(a)  # eager forward back after training
+    b, _, _, rb = _fit(eager)
+    assert len(captures) == 1
+    for k, v in a.state_dict().items():
+        torch.testing.assert_close(v, b.state_dict()[k], rtol=1e-4, atol=1e-6)
+    assert ra.history[-1]["train_loss"] == pytest.approx(rb.history[-1]["train_loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["tcn", "multiscale"])
+def test_graphed_steps_replay_with_fresh_dropout_and_leave_eval_eager(kind):
+    from tsconv.train import graphed_steps  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    model = TCN(3, [8, 8], 3, 2, dropout=0.3) if kind == "tcn" else MultiScaleConv1d(3, 4, (3, 5))
+    model = random_head(model).to(CUDA)
+    ds = WindowDataset(_panel([1000]), [(0, 0, 1000)], 32, "all", 8).to(CUDA)
+    x = ds.batch(torch.arange(16))[0]
+    with graphed_steps(model, ds, 16, False, CUDA, True) as graphed:
+        assert graphed and "forward" in vars(model)
+        model.train()
+        # A replay writes into the graph's static output: keep a copy of the first one.
+        first = model(x).detach().clone()
+        second = model(x)
+        assert first.shape == (16, 1, 32) and torch.isfinite(first).all()
+        if kind == "tcn":
+            assert not torch.equal(first, second)  # new dropout masks on each replay
+        second.sum().backward()
+        assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+        model.eval()
+        with torch.no_grad():
+            inside = model(x)
+    assert "forward" not in vars(model)
+    with torch.no_grad():
+        torch.testing.assert_close(inside, model.eval()(x))
+
+
+def test_graphs_are_skipped_without_a_full_batch():
+    from tsconv.train import graphed_steps  # noqa: PLC0415
+
+    model = TCN(3, [4], 3, 2).to(CUDA)
+    ds = WindowDataset(_panel([40]), [(0, 0, 40)], 32, "all", 8).to(CUDA)
+    with graphed_steps(model, ds, 64, False, CUDA, True) as graphed:
+        assert not graphed and "forward" not in vars(model)

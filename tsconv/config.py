@@ -88,6 +88,7 @@ class TrainConfig(_Section):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     amp: bool = False
     compile: bool = False
+    cuda_graphs: bool = Field(True, description="replay each full batch's step as a CUDA graph")
     threads: int | None = Field(None, ge=1)
 
 
