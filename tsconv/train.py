@@ -273,20 +273,11 @@ def fit(
             # the host wait for the GPU each time instead of queueing the next step.
             total = torch.zeros((), dtype=_sum_dtype(device), device=device)
             for idx in torch.randperm(len(train_ds), generator=gen).split(cfg.batch_size):
-                x, y, mask = train_ds.batch(idx)
                 run = eager if graphed and len(idx) < cfg.batch_size else step_model
-                with torch.autocast(
+                autocast = torch.autocast(
                     device.type, amp_dtype(device), enabled=use_amp, cache_enabled=not graphed
-                ):
-                    pred = run(x)[:, 0]
-                loss = masked_mse(pred, y, mask)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if cfg.clip_grad > 0:
-                    scaler.unscale_(opt)
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-                scaler.step(opt)
-                scaler.update()
+                )
+                loss = _train_step(run, train_ds.batch(idx), autocast, opt, scaler, cfg.clip_grad)
                 if sched is not None:
                     sched.step()
                 seen += len(idx)
@@ -373,6 +364,30 @@ def graphed_steps(
             yield True
         finally:
             del model.forward  # the instance attribute the capture set; the class's one remains
+
+
+def _train_step(
+    run: Callable[[torch.Tensor], torch.Tensor],
+    batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    autocast: torch.autocast,
+    opt: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    clip_grad: float,
+) -> torch.Tensor:
+    """One optimizer step on a batch; returns the loss, still on the device."""
+    x, y, mask = batch
+    with autocast:
+        pred = run(x)[:, 0]
+    loss = masked_mse(pred, y, mask)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if clip_grad > 0:
+        scaler.unscale_(opt)
+        params = [p for group in opt.param_groups for p in group["params"]]
+        nn.utils.clip_grad_norm_(params, clip_grad)
+    scaler.step(opt)
+    scaler.update()
+    return loss
 
 
 def _sum_dtype(device: torch.device) -> torch.dtype:
