@@ -110,7 +110,7 @@ def test_backtest_cli_on_cuda_writes_a_complete_run(tmp_path):
 
 def test_graphed_training_equals_eager_training_without_dropout(monkeypatch):
     """With dropout off the graphed step must compute exactly what the eager one does,
-    including the smaller last batch of each epoch (37 windows, batches of 16), which runs
+    including the smaller last batch of each epoch (21 sequences, batches of 16), which runs
     eagerly."""
     captures = []
     capture = torch.cuda.make_graphed_callables
@@ -121,7 +121,7 @@ def test_graphed_training_equals_eager_training_without_dropout(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "make_graphed_callables", counting)
     _fit(tiny_config(train={"epochs": 2, "device": "cuda", "batch_size": 16}))
-    assert not captures  # 4 full batches: too few for a capture to pay off
+    assert not captures  # 2 full batches: too few for a capture to pay off
     monkeypatch.setattr(train_module, "GRAPH_MIN_STEPS", 1)
     graphs = tiny_config(train={"epochs": 2, "device": "cuda", "batch_size": 16})
     eager = tiny_config(

@@ -15,13 +15,20 @@ from tests.conftest import ar1_returns, ohlcv_from_returns, random_head, tiny_co
 from tsconv import checkpoint
 from tsconv.cli import app
 from tsconv.config import load_config
-from tsconv.errors import CheckpointError, TrainingError
+from tsconv.errors import CheckpointError, DataError, TrainingError
 from tsconv.experiment import fit_span, global_rows, prepare, run_training
 from tsconv.models import TCN, MultiScaleConv1d
-from tsconv.train import _predict_windows, evaluate, predict_rows, select_device
+from tsconv.train import (
+    _predict_windows,
+    dense_sequence,
+    evaluate,
+    predict_rows,
+    select_device,
+)
 from tsconv.windows import Panel, WindowDataset
 
 ROOT = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
 runner = CliRunner()
 
 
@@ -239,6 +246,50 @@ def test_window_shorter_than_receptive_field_warns(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "window 40 is shorter than the receptive field 61 by 21 steps" in result.output
+
+
+@pytest.mark.parametrize(
+    "window,rf,burn_in,expected",
+    [
+        (64, 61, None, (120, 60)),  # window < 2 (rf - 1): lengthened
+        (256, 61, None, (256, 60)),
+        (32, 13, None, (32, 12)),
+        (40, 61, None, (40, 20)),  # rf > window: prediction pads too; windows, half burn-in
+        (64, 61, 10, (64, 10)),  # explicit burn-in: windows
+    ],
+)
+def test_dense_sequence_lengths(window, rf, burn_in, expected):
+    assert dense_sequence(window, rf, burn_in) == expected
+
+
+def test_every_dense_training_target_sees_its_full_receptive_field():
+    """The loss never reaches a position whose receptive field runs past the start of its
+    sequence: those would see zero padding where prediction sees real bars."""
+    cfg = tiny_config(window=64, model={"channels": 4, "layers": 4})  # receptive field 61
+    prep = prepare(cfg)
+    assert (prep.receptive_field, prep.sequence, prep.burn_in) == (61, 120, 60)
+    seen = {}
+
+    def spy(model, train_ds, *args, **kw):
+        seen["ds"] = train_ds
+        raise KeyboardInterrupt
+
+    import tsconv.experiment as experiment  # noqa: PLC0415
+
+    original, experiment.fit = experiment.fit, spy
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fit_span(prep, {"MSFT": (0, 900)}, {"MSFT": (900, 1000)}, seed=0, device=CPU)
+    finally:
+        experiment.fit = original
+    ds = seen["ds"]
+    x, y, mask = ds.batch(torch.arange(len(ds)))
+    assert x.shape[2] == 120 and not mask[:, :60].any() and mask[:, 60:].any()
+    starts, _ = ds.locate(torch.arange(len(ds)))
+    rows = (starts[:, None] + torch.arange(120))[mask]  # each training row once, none missed
+    assert torch.equal(rows.sort().values, torch.arange(60, 900))
+    with pytest.raises(DataError, match="no training sequence fits: dense targets train on 120"):
+        fit_span(prep, {"MSFT": (0, 100)}, {"MSFT": (100, 200)}, seed=0, device=CPU)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -27,7 +27,7 @@ from tsconv.models import build_model, count_parameters, receptive_field
 from tsconv.train import (
     FitResult,
     FitState,
-    default_burn_in,
+    dense_sequence,
     fit,
     predict_rows,
     select_device,
@@ -44,15 +44,14 @@ class Prepared:
     receptive_field: int
     burn_in: int
     calendar: pd.DatetimeIndex  # union of all tickers' usable dates
+    sequence: int  # length of a dense training sequence (train.dense_sequence)
 
 
 def prepare(cfg: Config, frames: dict[str, pd.DataFrame] | None = None) -> Prepared:
     frames = frames if frames is not None else load_frames(cfg.data)
     data = features.build(frames, cfg.features, cfg.target.horizon, cfg.data.price)
     rf = receptive_field(cfg.model)
-    burn_in = (
-        cfg.train.burn_in if cfg.train.burn_in is not None else default_burn_in(cfg.window, rf)
-    )
+    sequence, burn_in = dense_sequence(cfg.window, rf, cfg.train.burn_in)
     need = cfg.window + cfg.target.horizon + 1
     for t, td in data.items():
         if len(td.x) < need:
@@ -61,7 +60,7 @@ def prepare(cfg: Config, frames: dict[str, pd.DataFrame] | None = None) -> Prepa
                 f"= {need} are needed"
             )
     calendar = pd.DatetimeIndex(sorted(set().union(*(td.dates for td in data.values()))))
-    return Prepared(cfg, data, rf, burn_in, calendar)
+    return Prepared(cfg, data, rf, burn_in, calendar, sequence)
 
 
 def window_warning(cfg: Config, rf: int) -> str | None:
@@ -135,12 +134,19 @@ def fit_span(
         return WindowDataset(
             panel,
             [(index[t], lo, hi) for t, (lo, hi) in spans.items() if hi > lo],
-            cfg.window,
+            prep.sequence if m == "all" else cfg.window,
             m,
             prep.burn_in,
         )
 
     train_ds = dataset(train, mode)
+    if len(train_ds) == 0 and mode == "all":
+        raise DataError(
+            f"no training sequence fits: dense targets train on {prep.sequence} bars (window "
+            f"{cfg.window}, lengthened to twice the receptive field {prep.receptive_field}) "
+            "ending in the training span; set train.burn_in to train on windows instead, or "
+            "use more data"
+        )
     val_ds = dataset(val, "last")  # validate exactly as we predict: the window ending at the row
     torch.manual_seed(seed)
     model = build_model(cfg.model, len(cfg.features))
@@ -279,6 +285,7 @@ def run_training(
         "parameters": count_parameters(model),
         "receptive_field": prep.receptive_field,
         "burn_in": prep.burn_in,
+        "train_sequence": prep.sequence if cfg.train.targets == "all" else cfg.window,
         "epochs_run": len(result.history),
         "best_epoch": result.best_epoch,
         "best_val_loss": result.best_val,

@@ -68,12 +68,22 @@ def amp_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16
 
 
-def default_burn_in(window: int, receptive_field: int) -> int:
-    """Positions before the burn-in see mostly zero padding; skip them in the loss.
+def dense_sequence(window: int, receptive_field: int, burn_in: int | None) -> tuple[int, int]:
+    """(length, burn-in) of the sequences that dense targets train on.
 
-    The full receptive field when the window leaves room for targets, else half the window.
+    A position closer to a sequence's start than the receptive field reaches sees zero padding
+    where prediction will see real bars, so the loss skips it. By default the burn-in is the
+    whole receptive field (every training target then sees the context it sees at prediction
+    time), and a window shorter than twice that is lengthened to it, so at least half of each
+    sequence is targets and a bar is computed at most twice per epoch. When the receptive field
+    is longer than the window, prediction pads with zeros too: sequences are windows, with
+    half of each as burn-in. An explicit `train.burn_in` keeps sequences at `window`.
     """
-    return min(receptive_field - 1, window // 2)
+    if burn_in is not None:
+        return window, burn_in
+    if receptive_field <= window:
+        return max(window, 2 * (receptive_field - 1)), receptive_field - 1
+    return window, window // 2
 
 
 def masked_mse(pred: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
