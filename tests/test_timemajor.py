@@ -71,9 +71,8 @@ def test_fused_block_dropout_is_inverted_dropout_with_its_masks(c_in, p):
     torch.manual_seed(7)
     out_a, grads_a = values_and_grads(block.forward_rows, block, x, g)
     torch.manual_seed(7)
-    masks = [keep_mask(length * n * 5, p, torch.float64) for _ in range(2)]
-    scale = masks[0][1]
-    keep1, keep2 = (from_rows(m.view(length * n, 5), n) for m, _ in masks)
+    keep, scale = keep_mask(2 * length * n * 5, p, torch.float64)  # both masks in one draw
+    keep1, keep2 = (from_rows(m, n) for m in keep.view(2, length * n, 5).unbind(0))
 
     out_b, grads_b = values_and_grads(
         lambda inp: reference_block_with_masks(block, inp, keep1, keep2, scale), block, x, g
