@@ -11,6 +11,7 @@ import copy
 import math
 import statistics
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -184,6 +185,8 @@ def speed_rows(device, repeats):
         torch.cuda.make_graphed_callables(graphed, (x,))
         torch.cuda.synchronize()
         ms = (time.perf_counter() - t0) * 1e3
+        # the warning tsconv.train.graphed_steps silences too (see there)
+        warnings.filterwarnings("ignore", message="The AccumulateGrad node's stream")
         steps[f"tsconv TCN, fp32, as a CUDA graph (capture took {ms:.0f} ms)"] = step_fn(
             graphed, x, y, False, device, True
         )
