@@ -73,6 +73,7 @@ def test_train_cli_end_to_end_writes_a_complete_run(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "receptive field 61 steps" in result.output
+    assert "dense targets on 120-bar sequences after a 60-bar burn-in" in result.output
     for name in [
         "model.pt",
         "config.yaml",

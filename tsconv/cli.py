@@ -175,7 +175,8 @@ def train(
     info = describe_model(cfg)
     out.print(
         f"model {info['kind']}: {info['parameters']:,} parameters, receptive field "
-        f"{info['receptive_field']} steps, window {info['window']}"
+        f"{info['receptive_field']} steps, window {info['window']}; {info['training']}",
+        soft_wrap=True,
     )
     if info["warning"]:
         err.print(f"[yellow]warning:[/yellow] {info['warning']}", soft_wrap=True)

@@ -184,11 +184,18 @@ def training_spans(prep: Prepared) -> tuple[dict[str, Span], dict[str, Span]]:
 def describe_model(cfg: Config) -> dict[str, Any]:
     model = build_model(cfg.model, len(cfg.features))
     rf = receptive_field(cfg.model)
+    sequence, burn_in = dense_sequence(cfg.window, rf, cfg.train.burn_in)
+    dense = cfg.train.targets == "all"
     return {
         "kind": cfg.model.kind,
         "parameters": count_parameters(model),
         "receptive_field": rf,
         "window": cfg.window,
+        "training": (
+            f"dense targets on {sequence}-bar sequences after a {burn_in}-bar burn-in"
+            if dense
+            else f"last-step targets on {cfg.window}-bar windows"
+        ),
         "warning": window_warning(cfg, rf),
     }
 
