@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -291,6 +292,29 @@ def test_every_dense_training_target_sees_its_full_receptive_field():
     assert torch.equal(rows.sort().values, torch.arange(60, 900))
     with pytest.raises(DataError, match="no training sequence fits: dense targets train on 120"):
         fit_span(prep, {"MSFT": (0, 100)}, {"MSFT": (100, 200)}, seed=0, device=CPU)
+
+
+@pytest.mark.skipif(
+    shutil.which("c++") is None and shutil.which("g++") is None,
+    reason="torch.compile on CPU builds C++ kernels",
+)
+def test_compiled_training_matches_eager_training():
+    """train.compile puts the model, the fused time-major blocks included, through
+    torch.compile: the same maths as eager training, and dropout compiles too (its bits then
+    come from torch.randint, as numpy calls would break the graph)."""
+    spans = ({"MSFT": (0, 600)}, {"MSFT": (600, 800)})
+
+    def fit(**train):
+        cfg = tiny_config(train={"epochs": 2, **train})
+        return fit_span(prepare(cfg), *spans, seed=0, device=CPU)
+
+    compiled, *_ = fit(compile=True)
+    eager, *_ = fit()
+    for k, v in compiled.state_dict().items():
+        torch.testing.assert_close(v, eager.state_dict()[k], rtol=1e-4, atol=1e-6)
+    dropout = tiny_config(model={"dropout": 0.3}, train={"epochs": 1, "compile": True})
+    _, _, _, result = fit_span(prepare(dropout), *spans, seed=0, device=CPU)
+    assert np.isfinite(result.history[0]["train_loss"])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

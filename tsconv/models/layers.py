@@ -96,7 +96,12 @@ def keep_mask(n: int, p: float, dtype: torch.dtype) -> tuple[torch.Tensor, float
 
 
 def random_lanes(n: int) -> torch.Tensor:
-    """n uniform random int16, four per 64-bit SFC64 draw, seeded from torch's generator."""
+    """n uniform random int16, four per 64-bit SFC64 draw, seeded from torch's generator.
+
+    Under torch.compile they come from torch.randint instead, which the compiler generates
+    in its own kernels: numpy calls (and in-place `random_`) break the compiled graph."""
+    if torch.compiler.is_compiling():
+        return torch.randint(-(2**15), 2**15, (n,), dtype=torch.int16)
     seed = int(torch.randint(0, 2**63 - 1, ()))
     bits = np.random.SFC64(seed).random_raw(-(-n // Dropout.LANES))
     return torch.from_numpy(bits.view(np.int16)[:n])
