@@ -140,7 +140,7 @@ def fit_span(
         )
 
     train_ds = dataset(train, mode)
-    if len(train_ds) == 0 and mode == "all":
+    if len(train_ds) == 0 and prep.sequence > cfg.window and mode == "all":
         raise DataError(
             f"no training sequence fits: dense targets train on {prep.sequence} bars (window "
             f"{cfg.window}, lengthened to twice the receptive field {prep.receptive_field}) "
