@@ -56,22 +56,17 @@ def test_ar1_model_reaches_r2_of_0_2_out_of_sample():
     assert r2 >= 0.2, r2
 
 
+def _train_quick(out: Path, *overrides: str):
+    """`tsconv train` on configs/quick.yaml through the CLI, with `--set` overrides."""
+    args = ["train", "--config", str(ROOT / "configs/quick.yaml"), "--out", str(out)]
+    for override in overrides:
+        args += ["--set", override]
+    return runner.invoke(app, args)
+
+
 def test_train_cli_end_to_end_writes_a_complete_run(tmp_path):
     out = tmp_path / "run"
-    result = runner.invoke(
-        app,
-        [
-            "train",
-            "--config",
-            str(ROOT / "configs/quick.yaml"),
-            "--out",
-            str(out),
-            "--set",
-            "train.epochs=2",
-            "--set",
-            "data.tickers=[MSFT]",
-        ],
-    )
+    result = _train_quick(out, "train.epochs=2", "data.tickers=[MSFT]")
     assert result.exit_code == 0, result.output
     assert "receptive field 61 steps" in result.output
     assert "dense targets on 120-bar sequences after a 60-bar burn-in" in result.output
@@ -164,9 +159,7 @@ def test_ctrl_c_in_cli_exits_130(tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(experiment, "fit_span", boom)
-    result = runner.invoke(
-        app, ["train", "--config", str(ROOT / "configs/quick.yaml"), "--out", str(tmp_path / "r")]
-    )
+    result = _train_quick(tmp_path / "r")
     assert result.exit_code == 130 and "--resume" in result.output
 
 
@@ -230,22 +223,7 @@ def test_corrupt_and_mismatched_checkpoints_are_refused(tmp_path):
 
 
 def test_window_shorter_than_receptive_field_warns(tmp_path):
-    result = runner.invoke(
-        app,
-        [
-            "train",
-            "--config",
-            str(ROOT / "configs/quick.yaml"),
-            "--out",
-            str(tmp_path / "w"),
-            "--set",
-            "window=40",
-            "--set",
-            "train.epochs=1",
-            "--set",
-            "data.tickers=[IBM]",
-        ],
-    )
+    result = _train_quick(tmp_path / "w", "window=40", "train.epochs=1", "data.tickers=[IBM]")
     assert result.exit_code == 0, result.output
     assert "window 40 is shorter than the receptive field 61 by 21 steps" in result.output
 

@@ -273,7 +273,11 @@ def fit(
     full_steps = len(train_ds) // cfg.batch_size * (epochs - start_epoch)
     use_graphs = device.type == "cuda" and cfg.cuda_graphs and not cfg.compile
     use_graphs = use_graphs and full_steps >= GRAPH_MIN_STEPS
+    params = list(model.parameters())
     with graphed_steps(model, train_ds, cfg.batch_size, use_amp, device, use_graphs) as graphed:
+        autocast = torch.autocast(
+            device.type, amp_dtype(device), enabled=use_amp, cache_enabled=not graphed
+        )
         for epoch in range(start_epoch, epochs):
             if result.stopped_early:
                 break
@@ -284,10 +288,8 @@ def fit(
             total = torch.zeros((), dtype=_sum_dtype(device), device=device)
             for idx in torch.randperm(len(train_ds), generator=gen).split(cfg.batch_size):
                 run = eager if graphed and len(idx) < cfg.batch_size else step_model
-                autocast = torch.autocast(
-                    device.type, amp_dtype(device), enabled=use_amp, cache_enabled=not graphed
-                )
-                loss = _train_step(run, train_ds.batch(idx), autocast, opt, scaler, cfg.clip_grad)
+                batch = train_ds.batch(idx)
+                loss = _train_step(run, batch, autocast, opt, scaler, params, cfg.clip_grad)
                 if sched is not None:
                     sched.step()
                 seen += len(idx)
@@ -382,9 +384,11 @@ def _train_step(
     autocast: torch.autocast,
     opt: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
+    params: list[nn.Parameter],
     clip_grad: float,
 ) -> torch.Tensor:
-    """One optimizer step on a batch; returns the loss, still on the device."""
+    """One optimizer step on a batch (gradients of `params` clipped to norm `clip_grad` when
+    it is positive); returns the loss, still on the device."""
     x, y, mask = batch
     with autocast:
         pred = run(x)[:, 0]
@@ -393,7 +397,6 @@ def _train_step(
     scaler.scale(loss).backward()
     if clip_grad > 0:
         scaler.unscale_(opt)
-        params = [p for group in opt.param_groups for p in group["params"]]
         nn.utils.clip_grad_norm_(params, clip_grad)
     scaler.step(opt)
     scaler.update()
