@@ -21,6 +21,7 @@ from torch import nn
 
 from tsconv.config import validate_config
 from tsconv.experiment import fit_span, prepare, training_spans
+from tsconv.models import timemajor
 from tsconv.models.tcn import TCN
 from tsconv.models.timemajor import conv_rows, conv_rows_backward, taps
 from tsconv.train import make_optimizer
@@ -145,6 +146,25 @@ def blocks_via_autograd(model: TCN) -> TCN:
     return twin
 
 
+def one_product_weight_grad(x, gy, out):
+    """The weight gradient as a single x.t() @ gy, as before timemajor.weight_grad split it."""
+    return torch.mm(x.t(), gy, out=out)
+
+
+def patched(step, module, name, value):
+    """Run `step` with module.name replaced by value (restored after every call)."""
+
+    def run():
+        old = getattr(module, name)
+        setattr(module, name, value)
+        try:
+            step()
+        finally:
+            setattr(module, name, old)
+
+    return run
+
+
 def speed_rows(device, repeats):
     n, c, k, layers, L, B = 8, 64, 3, 8, 256, 32
     x, y = torch.randn(B, n, L, device=device), torch.randn(B, device=device)
@@ -168,6 +188,12 @@ def speed_rows(device, repeats):
         "tsconv TCN, fp32": step_fn(ours, x, y, False, device, True),
         "tsconv TCN, blocks composed through autograd, fp32": step_fn(
             blocks_via_autograd(ours), x, y, False, device, True
+        ),
+        "tsconv TCN, weight gradients as one product (no split), fp32": patched(
+            step_fn(ours, x, y, False, device, True),
+            timemajor,
+            "weight_grad",
+            one_product_weight_grad,
         ),
         "tsconv TCN, bf16 autocast": step_fn(ours, x, y, True, device, True),
         "its convolutions alone: time-major matrix products, fp32": convs_only_step(

@@ -16,7 +16,7 @@ import torch
 from typer.testing import CliRunner
 
 from tests.conftest import random_head, tiny_config
-from tests.test_train import _panel
+from tests.test_train import _panel, _train
 from tsconv import train as train_module
 from tsconv.cli import app
 from tsconv.experiment import fit_span, prepare
@@ -171,3 +171,27 @@ def test_graphs_are_skipped_without_a_full_batch():
     ds = WindowDataset(_panel([40]), [(0, 0, 40)], 32, "all", 8).to(CUDA)
     with graphed_steps(model, ds, 64, False, CUDA, True) as graphed:
         assert not graphed and "forward" not in vars(model)
+
+
+@pytest.mark.parametrize("graphs", [False, True])
+def test_interrupted_gpu_run_with_dropout_resumes_to_the_same_weights(
+    tmp_path, monkeypatch, graphs
+):
+    """The CUDA generator's state is saved with the others, and a capture's warm-up draws
+    do not shift it, so the resumed run draws the same dropout masks as the whole one."""
+    monkeypatch.setattr(train_module, "GRAPH_MIN_STEPS", 1)
+    train = {"epochs": 4, "device": "cuda", "batch_size": 16, "cuda_graphs": graphs}
+    cfg = tiny_config(train=train, model={"dropout": 0.2})
+    _train(tmp_path, "full", cfg)
+
+    def interrupt(state):
+        if state.epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _train(tmp_path, "cut", cfg, on_epoch_done=interrupt)
+    result = CliRunner().invoke(app, ["train", "--resume", str(tmp_path / "cut")])
+    assert result.exit_code == 0, result.output
+    full = torch.load(tmp_path / "full/model.pt", weights_only=True)["state_dict"]
+    resumed = torch.load(tmp_path / "cut/model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(full[k], resumed[k]) for k in full)

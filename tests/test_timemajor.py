@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from tsconv.models.layers import keep_mask
 from tsconv.models.tcn import TCN, TemporalBlock
-from tsconv.models.timemajor import TemporalBlockFunction, from_rows, to_rows
+from tsconv.models.timemajor import TemporalBlockFunction, from_rows, to_rows, weight_grad
 
 
 def block_pair(c_in: int, c_out: int, k: int, d: int, p: float, seed: int = 0):
@@ -140,3 +140,12 @@ def test_fused_block_drops_at_rate_p_and_is_unbiased():
     assert abs(dropped - (1 - (1 - p) ** 2)) < 0.01
     # unbiased: the dropout part x * k1 * k2 / (1 - p)^2 averages to x
     assert abs(((outs - x) / x).mean().item() - 1) < 0.01
+
+
+@pytest.mark.parametrize("rows", [1, 2, 7, 64, 513])
+def test_weight_grad_split_in_halves_equals_one_product(rows):
+    x, gy = torch.randn(rows, 5, dtype=torch.float64), torch.randn(rows, 3, dtype=torch.float64)
+    out = torch.full((2, 5, 3), float("nan"), dtype=torch.float64)
+    weight_grad(x, gy, out[1])  # into a slice of a larger tensor, as the backward pass does
+    torch.testing.assert_close(out[1], x.t() @ gy)
+    assert out[0].isnan().all()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import shutil
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from tsconv.experiment import fit_span, global_rows, prepare, run_training
 from tsconv.models import TCN, MultiScaleConv1d
 from tsconv.train import (
     _predict_windows,
+    _rng_state,
+    _set_rng_state,
     dense_sequence,
     evaluate,
     predict_rows,
@@ -150,6 +153,18 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
         pd.read_csv(tmp_path / "full/metrics.csv").drop(columns=timings),
         pd.read_csv(tmp_path / "cut/metrics.csv").drop(columns=timings),
     )
+
+
+def test_rng_state_round_trips_and_a_gpu_state_is_ignored_on_the_cpu():
+    cpu, gen = torch.device("cpu"), torch.Generator().manual_seed(3)
+    state = _rng_state(gen, cpu)
+    assert "cuda" not in state  # a CPU run has no device generator to save
+    expected = (torch.rand(3), torch.rand(3, generator=gen), np.random.rand(), random.random())
+    state["cuda"] = torch.zeros(16, dtype=torch.uint8)  # as saved by a GPU run
+    _set_rng_state(state, gen, cpu)  # resuming that run on a CPU-only machine
+    again = (torch.rand(3), torch.rand(3, generator=gen), np.random.rand(), random.random())
+    assert all(torch.equal(a, b) for a, b in zip(expected[:2], again[:2], strict=True))
+    assert expected[2:] == again[2:]
 
 
 def test_ctrl_c_in_cli_exits_130(tmp_path, monkeypatch):

@@ -147,14 +147,17 @@ class FitState:
         )
 
 
-def _rng_state(gen: torch.Generator) -> dict[str, Any]:
+def _rng_state(gen: torch.Generator, device: torch.device) -> dict[str, Any]:
     np_state = np.random.get_state()
-    return {
+    state = {
         "torch": torch.get_rng_state(),
         "gen": gen.get_state(),
         "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
         "python": _py_state(),
     }
+    if device.type == "cuda":  # dropout on a GPU draws from the device's own generator
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
 
 
 def _py_state() -> list[Any]:
@@ -162,8 +165,10 @@ def _py_state() -> list[Any]:
     return [version, torch.tensor(internal, dtype=torch.int64), gauss]
 
 
-def _set_rng_state(state: dict[str, Any], gen: torch.Generator) -> None:
+def _set_rng_state(state: dict[str, Any], gen: torch.Generator, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
+    if "cuda" in state and device.type == "cuda":  # not when a GPU run resumes on the CPU
+        torch.cuda.set_rng_state(state["cuda"], device)
     gen.set_state(state["gen"])
     n = state["numpy"]
     np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
@@ -267,7 +272,7 @@ def fit(
             sched.load_state_dict(resume.scheduler)
         best_state, bad, result = resume.best_model, resume.bad_epochs, resume.result
         start_epoch = resume.epoch
-        _set_rng_state(resume.rng, gen)
+        _set_rng_state(resume.rng, gen, device)
 
     eager = model.forward
     full_steps = len(train_ds) // cfg.batch_size * (epochs - start_epoch)
@@ -331,7 +336,7 @@ def fit(
                         best_state,
                         result,
                         bad,
-                        _rng_state(gen),
+                        _rng_state(gen, device),
                     )
                 )
     model.load_state_dict(best_state)
@@ -357,7 +362,9 @@ def graphed_steps(
     context `model.forward` replays its training forward and backward for a full batch as
     CUDA graphs (`torch.cuda.make_graphed_callables`); in eval mode it runs eagerly, and a
     batch of another size must go through the eager forward saved before (as `fit` does).
-    Dropout still draws new masks on every replay. Yields whether graphs were captured (not
+    Dropout still draws new masks on every replay. The capture's warm-up passes draw masks
+    too, so the CUDA generator is put back to where it was before them: a resumed run then
+    replays the same masks as the uninterrupted one. Yields whether graphs were captured (not
     when disabled or without a full batch); the eager forward is back on exit, also after an
     error."""
     if not enabled or len(ds) < batch_size:
@@ -370,8 +377,10 @@ def graphed_steps(
         # stream; PyTorch warns when replayed gradients arrive from the main stream. Values
         # are unaffected (tests/test_cuda.py compares graphed and eager training).
         warnings.filterwarnings("ignore", message="The AccumulateGrad node's stream")
+        rng = torch.cuda.get_rng_state(device)
         with torch.autocast(device.type, amp_dtype(device), enabled=amp, cache_enabled=False):
             torch.cuda.make_graphed_callables(model, (sample,))
+        torch.cuda.set_rng_state(rng, device)
         try:
             yield True
         finally:

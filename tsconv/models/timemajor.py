@@ -71,15 +71,29 @@ def conv_rows_backward(gy, x, w, shift, gx=None, need_x=True):
     if need_x:
         gx = torch.mm(gy, w[k - 1].t()) if gx is None else gx.addmm_(gy, w[k - 1].t())
     gw = torch.zeros_like(w) if len(x) < (k - 1) * shift + 1 else torch.empty_like(w)
-    torch.mm(x.t(), gy, out=gw[k - 1])
+    weight_grad(x, gy, gw[k - 1])
     for s in range(1, k):
         r = s * shift
         if r >= len(x):
             break
         if need_x:
             gx[:-r].addmm_(gy[r:], w[k - 1 - s].t())
-        torch.mm(x[:-r].t(), gy[r:], out=gw[k - 1 - s])
+        weight_grad(x[:-r], gy[r:], gw[k - 1 - s])
     return gx, gw.permute(2, 1, 0), gy.sum(0)
+
+
+def weight_grad(x: torch.Tensor, gy: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """x.t() @ gy into `out`, as one batched product over the two halves of the rows, summed.
+
+    The product is (C, rows) by (rows, C): a tiny output and a long reduction. Batched, each
+    thread reduces its own half of the rows, reading each input once; the single product is
+    split across threads some other way. Measured on the seed's TCN: the train step 1.03-1.09x
+    faster, more while the shared machine's memory is slow (scripts/bench_train.py)."""
+    n = len(x)
+    if n % 2 or n < 2:
+        return torch.mm(x.t(), gy, out=out)
+    halves = torch.bmm(x.reshape(2, n // 2, -1).transpose(1, 2), gy.reshape(2, n // 2, -1))
+    return torch.sum(halves, 0, out=out)
 
 
 class TemporalBlockFunction(torch.autograd.Function):
