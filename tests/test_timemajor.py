@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tsconv.models import timemajor
 from tsconv.models.layers import keep_mask
 from tsconv.models.tcn import TCN, TemporalBlock
 from tsconv.models.timemajor import TemporalBlockFunction, from_rows, to_rows, weight_grad
@@ -143,7 +144,8 @@ def test_fused_block_drops_at_rate_p_and_is_unbiased():
 
 
 @pytest.mark.parametrize("rows", [1, 2, 7, 64, 513])
-def test_weight_grad_split_in_halves_equals_one_product(rows):
+def test_weight_grad_split_in_halves_equals_one_product(rows, monkeypatch):
+    monkeypatch.setattr(timemajor, "SPLIT_MIN_MACS", 1)  # split even these small products
     x, gy = torch.randn(rows, 5, dtype=torch.float64), torch.randn(rows, 3, dtype=torch.float64)
     out = torch.full((2, 5, 3), float("nan"), dtype=torch.float64)
     weight_grad(x, gy, out[1])  # into a slice of a larger tensor, as the backward pass does

@@ -82,15 +82,20 @@ def conv_rows_backward(gy, x, w, shift, gx=None, need_x=True):
     return gx, gw.permute(2, 1, 0), gy.sum(0)
 
 
+SPLIT_MIN_MACS = 2**24  # about 100 us of one product on 2 cores; the split costs a few ops
+
+
 def weight_grad(x: torch.Tensor, gy: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """x.t() @ gy into `out`, as one batched product over the two halves of the rows, summed.
 
     The product is (C, rows) by (rows, C): a tiny output and a long reduction. Batched, each
     thread reduces its own half of the rows, reading each input once; the single product is
     split across threads some other way. Measured on the seed's TCN: the train step 1.03-1.09x
-    faster, more while the shared machine's memory is slow (scripts/bench_train.py)."""
+    faster, more while the shared machine's memory is slow (scripts/bench_train.py). Small
+    products keep the single call: on a 16-channel TCN the extra ops made the step 1.07x
+    slower."""
     n = len(x)
-    if n % 2 or n < 2:
+    if n % 2 or n * x.shape[1] * gy.shape[1] < SPLIT_MIN_MACS:
         return torch.mm(x.t(), gy, out=out)
     halves = torch.bmm(x.reshape(2, n // 2, -1).transpose(1, 2), gy.reshape(2, n // 2, -1))
     return torch.sum(halves, 0, out=out)
