@@ -151,3 +151,11 @@ def test_weight_grad_split_in_halves_equals_one_product(rows, monkeypatch):
     weight_grad(x, gy, out[1])  # into a slice of a larger tensor, as the backward pass does
     torch.testing.assert_close(out[1], x.t() @ gy)
     assert out[0].isnan().all()
+
+
+def test_weight_grad_keeps_bf16_products_whole(monkeypatch):
+    """Summing two bf16 halves would round the gradient once more than one product does."""
+    monkeypatch.setattr(timemajor, "SPLIT_MIN_MACS", 1)
+    x, gy = torch.randn(64, 5).bfloat16(), torch.randn(64, 3).bfloat16()
+    out = torch.empty(5, 3, dtype=torch.bfloat16)
+    assert torch.equal(weight_grad(x, gy, out), x.t() @ gy)

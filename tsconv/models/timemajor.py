@@ -93,9 +93,10 @@ def weight_grad(x: torch.Tensor, gy: torch.Tensor, out: torch.Tensor) -> torch.T
     split across threads some other way. Measured on the seed's TCN: the train step 1.03-1.09x
     faster, more while the shared machine's memory is slow (scripts/bench_train.py). Small
     products keep the single call: on a 16-channel TCN the extra ops made the step 1.07x
-    slower."""
+    slower. So do bf16 ones, which would be rounded to bf16 once more, per half."""
     n = len(x)
-    if n % 2 or n * x.shape[1] * gy.shape[1] < SPLIT_MIN_MACS:
+    small = n * x.shape[1] * gy.shape[1] < SPLIT_MIN_MACS
+    if n % 2 or small or x.dtype not in (torch.float32, torch.float64):
         return torch.mm(x.t(), gy, out=out)
     halves = torch.bmm(x.reshape(2, n // 2, -1).transpose(1, 2), gy.reshape(2, n // 2, -1))
     return torch.sum(halves, 0, out=out)
