@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _bench import machine, table, timeit_interleaved
+from _bench import machine, table, timeit, timeit_interleaved
 from torch import nn
 
 from tsconv.config import validate_config
@@ -189,12 +189,6 @@ def speed_rows(device, repeats):
         "tsconv TCN, blocks composed through autograd, fp32": step_fn(
             blocks_via_autograd(ours), x, y, False, device, True
         ),
-        "tsconv TCN, weight gradients as one product (no split), fp32": patched(
-            step_fn(ours, x, y, False, device, True),
-            timemajor,
-            "weight_grad",
-            one_product_weight_grad,
-        ),
         "tsconv TCN, bf16 autocast": step_fn(ours, x, y, True, device, True),
         "its convolutions alone: time-major matrix products, fp32": convs_only_step(
             ours, x, "rows"
@@ -239,6 +233,36 @@ def speed_rows(device, repeats):
         f"Train step, TCN 8x64 k3, window 256, batch 32 on {device}, timed round-robin "
         f"({repeats} rounds after a warm-up); {machine()}",
         ["", "median ms", "min", "max", "GFLOP/s", "of peak", "vs seed recipe"],
+        rows,
+    )
+
+
+def split_weight_grad_rows(rounds: int) -> str:
+    """timemajor.weight_grad (two half-length products) against one product, as paired rounds:
+    each round times a few steps of both, back to back, and the table gives the distribution of
+    the per-round ratio. A slow spell of the shared machine then moves both sides of a ratio,
+    where it moves a median of separately timed steps by several percent."""
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 8, 256), torch.randn(32)
+    step = step_fn(TCN(8, [64] * 8, 3, 2, 0.2), x, y, False, torch.device("cpu"), True)
+    sides = {"one product": patched(step, timemajor, "weight_grad", one_product_weight_grad)}
+    sides["two halves (tsconv)"] = step
+    ms = {name: [] for name in sides}
+    for _ in range(rounds):
+        for name, fn in sides.items():
+            fn()  # untimed, as in timeit_interleaved
+            t = timeit(fn, repeats=3, warmup=0)
+            ms[name].append(t["median"] * 1e3)
+    ratios = [a / b for a, b in zip(ms["one product"], ms["two halves (tsconv)"], strict=True)]
+    q1, med, q3 = statistics.quantiles(ratios, n=4)
+    faster = sum(r > 1 for r in ratios)
+    rows = [[name, statistics.median(v), min(v), max(v)] for name, v in ms.items()]
+    rows[1] += [f"{med:.3f}x (middle half {q1:.3f}-{q3:.3f}; faster in {faster} of {rounds})"]
+    rows[0] += ["1"]
+    return table(
+        f"Weight gradients of the train step above (fp32): one product against two half-length "
+        f"products, {rounds} paired rounds of 3 steps each; {machine()}",
+        ["weight gradients", "median ms", "min", "max", "speedup per round (median)"],
         rows,
     )
 
@@ -373,14 +397,20 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=5, help="epochs timed per dense setting")
+    # Rounds are cheap (about 1.5 s for all rows) and the shared machine's slow spells move a
+    # 5-round median by several percent.
+    ap.add_argument("--step-rounds", type=int, default=15, help="round-robin rounds of steps")
+    ap.add_argument("--paired-rounds", type=int, default=40, help="rounds of the split A/B")
     ap.add_argument("--skip-dense", action="store_true")
     ap.add_argument("--dense-windows", default="64,256", help="comma-separated windows")
     ap.add_argument("--seeds", type=int, default=5)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    print(speed_rows(device, args.repeats))
+    print(speed_rows(device, args.step_rounds))
+    if device.type == "cpu":
+        print(split_weight_grad_rows(args.paired_rounds))
     if not args.skip_dense:
         print(dense_epoch_by_window(device, args.repeats))
         for window in args.dense_windows.split(","):

@@ -21,7 +21,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 "$py" -c "import torch, pandas, numpy; print(torch.__version__, torch.version.cuda, \
 torch.cuda.get_device_name(), 'pandas', pandas.__version__, 'numpy', numpy.__version__)"
 step pytest 240 "$py" -m pytest -q -p no:cacheprovider -rs tests
-step bench_train_cuda 100 "$py" scripts/bench_train.py --device cuda --skip-dense --repeats 5
+step bench_train_cuda 100 "$py" scripts/bench_train.py --device cuda --skip-dense --step-rounds 5
 step bench_walkforward_cuda 120 "$py" scripts/bench_walkforward.py --device cuda --repeats 3
 step bench_walkforward_cpu 100 "$py" scripts/bench_walkforward.py --device cpu --repeats 3 \
     --threads 2

@@ -89,11 +89,11 @@ def weight_grad(x: torch.Tensor, gy: torch.Tensor, out: torch.Tensor) -> torch.T
     """x.t() @ gy into `out`, as one batched product over the two halves of the rows, summed.
 
     The product is (C, rows) by (rows, C): a tiny output and a long reduction. Batched, each
-    thread reduces its own half of the rows, reading each input once; the single product is
-    split across threads some other way. Measured on the seed's TCN: the train step 1.03-1.09x
-    faster, more while the shared machine's memory is slow (scripts/bench_train.py). Small
-    products keep the single call: on a 16-channel TCN the extra ops made the step 1.07x
-    slower. So do bf16 ones, which would be rounded to bf16 once more, per half."""
+    thread presumably reduces its own half of the rows and reads each input once. On the seed's
+    TCN the train step is 1.04-1.05x faster (medians of 40 paired rounds in three runs, faster
+    in 29-33 of them; scripts/bench_train.py). Small products keep the single call: on a
+    16-channel TCN the extra ops made the step 1.07x slower. So do bf16 ones, which would be
+    rounded to bf16 once more, per half."""
     n = len(x)
     small = n * x.shape[1] * gy.shape[1] < SPLIT_MIN_MACS
     if n % 2 or small or x.dtype not in (torch.float32, torch.float64):
