@@ -1,0 +1,31 @@
+"""The benchmark scripts still run: one or two rounds of the train-step tables, checked for
+their rows and finite positive figures (never for a time)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import bench_train  # noqa: E402
+
+
+def _rows(table: str) -> list[list[str]]:
+    lines = [ln for ln in table.splitlines() if ln.startswith("| ")]
+    return [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[1:]]
+
+
+def test_train_step_table_has_every_row_with_positive_rates():
+    rows = _rows(bench_train.speed_rows(torch.device("cpu"), 1))
+    names = [r[0] for r in rows]
+    assert names[0].startswith("float32 matmul") and "tsconv TCN, fp32" in names
+    assert "tsconv TCN, bf16 autocast" in names and len(rows) == 8
+    assert all(float(r[4]) > 0 for r in rows)  # GFLOP/s
+
+
+def test_split_weight_grad_table_pairs_both_sides():
+    rows = _rows(bench_train.split_weight_grad_rows(2))
+    assert [r[0] for r in rows] == ["one product", "two halves (tsconv)"]
+    assert all(float(r[1]) > 0 for r in rows) and "faster in" in rows[1][4]
