@@ -9,7 +9,7 @@ import argparse
 
 import numpy as np
 import torch
-from _bench import machine, table, timeit
+from _bench import machine, table, timeit, timeit_interleaved
 
 from tsconv.windows import Panel, WindowDataset
 
@@ -45,8 +45,8 @@ def main() -> None:
         for idx in order.split(args.batch):
             mat["x"][idx], mat["y"][idx]
 
-    v = timeit(epoch_views, 3)
-    m = timeit(epoch_materialised, 3)
+    times = timeit_interleaved({"views": epoch_views, "materialised": epoch_materialised}, 7)
+    v, m = times["views"], times["materialised"]
     index = sum(t.nelement() * 8 for t in (ds.first, ds.count, ds.stride, ds.loss_from, ds.cum))
     rows = [
         ["materialised", mat_bytes / 2**20, mat_bytes / raw, m["median"], m["min"], m["max"], 1.0],
