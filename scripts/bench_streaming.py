@@ -9,7 +9,7 @@ import argparse
 
 import numpy as np
 import torch
-from _bench import machine, table, timeit
+from _bench import machine, table, timeit_interleaved
 
 from tsconv.models.streaming import StreamingTCN
 from tsconv.models.tcn import TCN
@@ -30,14 +30,19 @@ def main() -> None:
         bar = np.random.default_rng(0).normal(size=(batch, 8)).astype(np.float32)
         for _ in range(rf):  # fill the buffers as a live feed would
             stream.step(bar)
-        s = timeit(lambda st=stream, b=bar, n=steps: [st.step(b) for _ in range(n)], args.repeats)
         window = torch.randn(batch, 8, rf)
 
         def full(w=window):
             with torch.inference_mode():
                 return model(w)[:, 0, -1]
 
-        f = timeit(full, max(3, args.repeats // 2 if batch > 1 else args.repeats))
+        def streamed(st=stream, b=bar, n=steps):
+            return [st.step(b) for _ in range(n)]
+
+        # Round-robin, so a slow spell of the shared machine falls on both sides of the ratio.
+        rounds = max(3, args.repeats // 2) if batch > 1 else args.repeats
+        times = timeit_interleaved({"stream": streamed, "full": full}, rounds)
+        s, f = times["stream"], times["full"]
         per = {k: v / steps * 1e3 for k, v in s.items()}
         rows.append(
             [batch, "full recompute", f["median"] * 1e3, f["min"] * 1e3, f["max"] * 1e3, 1.0]
