@@ -90,8 +90,8 @@ def weight_grad(x: torch.Tensor, gy: torch.Tensor, out: torch.Tensor) -> torch.T
 
     The product is (C, rows) by (rows, C): a tiny output and a long reduction. Batched, each
     thread presumably reduces its own half of the rows and reads each input once. On the seed's
-    TCN the train step is 1.02-1.05x faster (medians of 40 paired rounds in four runs, faster
-    in 29-33 of them; scripts/bench_train.py). Small products keep the single call: on a
+    TCN the train step is 1.02-1.07x faster (medians of 40 paired rounds in five runs, faster
+    in 29-36 of them; scripts/bench_train.py). Small products keep the single call: on a
     16-channel TCN the extra ops made the step 1.07x slower. So do bf16 ones, which would be
     rounded to bf16 once more, per half."""
     n = len(x)
