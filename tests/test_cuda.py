@@ -173,15 +173,17 @@ def test_graphs_are_skipped_without_a_full_batch():
         assert not graphed and "forward" not in vars(model)
 
 
-@pytest.mark.parametrize("graphs", [False, True])
+@pytest.mark.parametrize("kind, graphs", [("tcn", False), ("tcn", True), ("multiscale", True)])
 def test_interrupted_gpu_run_with_dropout_resumes_to_the_same_weights(
-    tmp_path, monkeypatch, graphs
+    tmp_path, monkeypatch, kind, graphs
 ):
-    """The CUDA generator's state is saved with the others, and a capture's warm-up draws
-    do not shift it, so the resumed run draws the same dropout masks as the whole one."""
+    """The CUDA generator's state is saved with the others, and a capture's warm-up passes
+    shift neither it nor BatchNorm's running statistics, so the resumed run draws the same
+    dropout masks and keeps the same statistics as the whole one."""
     monkeypatch.setattr(train_module, "GRAPH_MIN_STEPS", 1)
     train = {"epochs": 4, "device": "cuda", "batch_size": 16, "cuda_graphs": graphs}
-    cfg = tiny_config(train=train, model={"dropout": 0.2})
+    model = {"dropout": 0.2} if kind == "tcn" else {"kind": kind, "kernels": [3, 5], "dropout": 0.2}
+    cfg = tiny_config(train=train, model=model)
     _train(tmp_path, "full", cfg)
 
     def interrupt(state):
@@ -195,3 +197,19 @@ def test_interrupted_gpu_run_with_dropout_resumes_to_the_same_weights(
     full = torch.load(tmp_path / "full/model.pt", weights_only=True)["state_dict"]
     resumed = torch.load(tmp_path / "cut/model.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(full[k], resumed[k]) for k in full)
+
+
+def test_graph_capture_leaves_batchnorm_statistics_and_the_generator_as_they_were():
+    from tsconv.train import graphed_steps  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    model = MultiScaleConv1d(3, 4, (3, 5), dropout=0.2).to(CUDA)
+    ds = WindowDataset(_panel([1000]), [(0, 0, 1000)], 32, "all", 8).to(CUDA)
+    stats = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    rng = torch.cuda.get_rng_state()
+    with graphed_steps(model, ds, 16, False, CUDA, True) as graphed:
+        assert graphed
+        assert torch.equal(torch.cuda.get_rng_state(), rng)
+        assert all(torch.equal(model.state_dict()[k], v) for k, v in stats.items())
+        model(ds.batch(torch.arange(16))[0])  # a replay does update them, as training should
+        assert not all(torch.equal(model.state_dict()[k], v) for k, v in stats.items())

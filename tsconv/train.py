@@ -363,7 +363,8 @@ def graphed_steps(
     CUDA graphs (`torch.cuda.make_graphed_callables`); in eval mode it runs eagerly, and a
     batch of another size must go through the eager forward saved before (as `fit` does).
     Dropout still draws new masks on every replay. The capture's warm-up passes draw masks
-    too, so the CUDA generator is put back to where it was before them: a resumed run then
+    and update BatchNorm's running statistics; both are put back to where they were before
+    them, so the capture leaves no trace in training, and a resumed run (which captures again)
     replays the same masks as the uninterrupted one. Yields whether graphs were captured (not
     when disabled or without a full batch); the eager forward is back on exit, also after an
     error."""
@@ -378,9 +379,12 @@ def graphed_steps(
         # are unaffected (tests/test_cuda.py compares graphed and eager training).
         warnings.filterwarnings("ignore", message="The AccumulateGrad node's stream")
         rng = torch.cuda.get_rng_state(device)
+        buffers = [(b, b.clone()) for b in model.buffers()]
         with torch.autocast(device.type, amp_dtype(device), enabled=amp, cache_enabled=False):
             torch.cuda.make_graphed_callables(model, (sample,))
         torch.cuda.set_rng_state(rng, device)
+        for live, saved in buffers:  # in place: the graphs read and write these addresses
+            live.copy_(saved)
         try:
             yield True
         finally:
