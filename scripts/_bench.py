@@ -18,6 +18,10 @@ def timeit(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> dict[
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
+    return summary(times)
+
+
+def summary(times: list[float]) -> dict[str, float]:
     return {"median": statistics.median(times), "min": min(times), "max": max(times)}
 
 
@@ -38,10 +42,7 @@ def timeit_interleaved(
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
-    return {
-        name: {"median": statistics.median(t), "min": min(t), "max": max(t)}
-        for name, t in times.items()
-    }
+    return {name: summary(t) for name, t in times.items()}
 
 
 def machine() -> str:

@@ -16,7 +16,7 @@ import torch
 from typer.testing import CliRunner
 
 from tests.conftest import random_head, tiny_config
-from tests.test_train import _panel, _train
+from tests.test_train import _panel, _resume_cut_run, _train_cut_after_epoch_2
 from tsconv import train as train_module
 from tsconv.cli import app
 from tsconv.experiment import fit_span, prepare
@@ -183,19 +183,8 @@ def test_interrupted_gpu_run_with_dropout_resumes_to_the_same_weights(
     monkeypatch.setattr(train_module, "GRAPH_MIN_STEPS", 1)
     train = {"epochs": 4, "device": "cuda", "batch_size": 16, "cuda_graphs": graphs}
     model = {"dropout": 0.2} if kind == "tcn" else {"kind": kind, "kernels": [3, 5], "dropout": 0.2}
-    cfg = tiny_config(train=train, model=model)
-    _train(tmp_path, "full", cfg)
-
-    def interrupt(state):
-        if state.epoch == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        _train(tmp_path, "cut", cfg, on_epoch_done=interrupt)
-    result = CliRunner().invoke(app, ["train", "--resume", str(tmp_path / "cut")])
-    assert result.exit_code == 0, result.output
-    full = torch.load(tmp_path / "full/model.pt", weights_only=True)["state_dict"]
-    resumed = torch.load(tmp_path / "cut/model.pt", weights_only=True)["state_dict"]
+    _train_cut_after_epoch_2(tmp_path, tiny_config(train=train, model=model))
+    full, resumed = _resume_cut_run(tmp_path)
     assert all(torch.equal(full[k], resumed[k]) for k in full)
 
 

@@ -131,8 +131,9 @@ def test_progress_hook_sees_every_step_of_every_epoch(tmp_path):
     assert all(np.isfinite(s["loss"]) for s in steps)
 
 
-def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
-    cfg = tiny_config(train={"epochs": 4}, model={"dropout": 0.2})
+def _train_cut_after_epoch_2(tmp_path: Path, cfg) -> None:
+    """Train `cfg` into tmp_path/full, then again into tmp_path/cut, interrupted (as by
+    Ctrl-C) once epoch 2 is saved."""
     _train(tmp_path, "full", cfg)
 
     def interrupt(state):
@@ -141,12 +142,24 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         _train(tmp_path, "cut", cfg, on_epoch_done=interrupt)
-    assert (tmp_path / "cut/state.pt").exists() and not (tmp_path / "cut/model.pt").exists()
-    assert len(pd.read_csv(tmp_path / "cut/metrics.csv")) == 2
+
+
+def _resume_cut_run(tmp_path: Path) -> tuple[dict, dict]:
+    """`tsconv train --resume` on tmp_path/cut; the final weights of the full and the resumed
+    run."""
     result = runner.invoke(app, ["train", "--resume", str(tmp_path / "cut")])
     assert result.exit_code == 0, result.output
     full = torch.load(tmp_path / "full/model.pt", weights_only=True)["state_dict"]
     resumed = torch.load(tmp_path / "cut/model.pt", weights_only=True)["state_dict"]
+    return full, resumed
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
+    cfg = tiny_config(train={"epochs": 4}, model={"dropout": 0.2})
+    _train_cut_after_epoch_2(tmp_path, cfg)
+    assert (tmp_path / "cut/state.pt").exists() and not (tmp_path / "cut/model.pt").exists()
+    assert len(pd.read_csv(tmp_path / "cut/metrics.csv")) == 2
+    full, resumed = _resume_cut_run(tmp_path)
     assert all(torch.equal(full[k], resumed[k]) for k in full)
     timings = ["seconds", "train_seconds", "samples_per_s"]
     pd.testing.assert_frame_equal(
