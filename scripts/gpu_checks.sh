@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Everything that needs a GPU, in one run: the whole test suite (tests/test_cuda.py runs only
-# where a GPU is), then the train-step and walk-forward
+# Everything that needs a GPU, in one run: tests/test_cuda.py (skipped where no GPU is), then the
+# rest of the test suite, then the train-step and walk-forward
 # benchmarks on the GPU, with the same walk-forward on this host's CPU for a same-machine ratio.
 #   bash scripts/gpu_checks.sh [OUTDIR]
 # Each step has its own time limit, so one slow step cannot eat the others' time.
@@ -20,8 +20,9 @@ step() {  # step NAME SECONDS CMD...
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 "$py" -c "import torch, pandas, numpy; print(torch.__version__, torch.version.cuda, \
 torch.cuda.get_device_name(), 'pandas', pandas.__version__, 'numpy', numpy.__version__)"
-step pytest 240 "$py" -m pytest -q -p no:cacheprovider -rs tests
-step bench_train_cuda 100 "$py" scripts/bench_train.py --device cuda --skip-dense --step-rounds 5
-step bench_walkforward_cuda 120 "$py" scripts/bench_walkforward.py --device cuda --repeats 3
-step bench_walkforward_cpu 100 "$py" scripts/bench_walkforward.py --device cpu --repeats 3 \
+step pytest_cuda 120 "$py" -m pytest -v -p no:cacheprovider -rs tests/test_cuda.py
+step pytest 180 "$py" -m pytest -q -p no:cacheprovider -rs tests --ignore tests/test_cuda.py
+step bench_train_cuda 80 "$py" scripts/bench_train.py --device cuda --skip-dense --step-rounds 5
+step bench_walkforward_cuda 90 "$py" scripts/bench_walkforward.py --device cuda --repeats 3
+step bench_walkforward_cpu 90 "$py" scripts/bench_walkforward.py --device cpu --repeats 3 \
     --threads 2

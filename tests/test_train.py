@@ -20,6 +20,7 @@ from tsconv.config import load_config
 from tsconv.errors import CheckpointError, DataError, TrainingError
 from tsconv.experiment import fit_span, global_rows, prepare, run_training
 from tsconv.models import TCN, MultiScaleConv1d
+from tsconv.models.tcn import TemporalBlock
 from tsconv.train import (
     _predict_windows,
     _rng_state,
@@ -304,10 +305,34 @@ def test_every_dense_training_target_sees_its_full_receptive_field():
     shutil.which("c++") is None and shutil.which("g++") is None,
     reason="torch.compile on CPU builds C++ kernels",
 )
-def test_compiled_training_matches_eager_training():
-    """train.compile puts the model, the fused time-major blocks included, through
-    torch.compile: the same maths as eager training, and dropout compiles too (its bits then
-    come from torch.randint, as numpy calls would break the graph)."""
+def test_compiled_training_matches_eager_training(monkeypatch):
+    """train.compile puts the model through torch.compile: the same maths as eager training,
+    and dropout compiles too (its bits then come from torch.randint, as numpy calls would break
+    the graph).
+
+    Compiled blocks take the composed modules, not the hand-written time-major backward: with
+    torch 2.11 (on an H200 host) compiling that backward gave wrong gradients for every
+    parameter of the blocks while the forward agreed, and this test failed there."""
+    torch.manual_seed(0)
+    model = random_head(TCN(3, [8, 8, 8], 3, 2, dropout=0.0)).train()
+    x = torch.randn(21, 3, 56)  # a batch of the fit below: its compiled kernels are reused
+    eager_out = model(x)
+    eager_out.square().mean().backward()
+    eager_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+
+    def not_compiled(*args):
+        raise AssertionError("torch.compile traced the time-major block")
+
+    with monkeypatch.context() as m:
+        m.setattr(TemporalBlock, "forward_rows", not_compiled)
+        out = torch.compile(model)(x)
+        out.square().mean().backward()
+    torch.testing.assert_close(out, eager_out, rtol=1e-5, atol=1e-6)
+    for n, p in model.named_parameters():
+        g = eager_grads[n]
+        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6 * g.abs().max().item())
+
     spans = ({"MSFT": (0, 600)}, {"MSFT": (600, 800)})
 
     def fit(**train):
