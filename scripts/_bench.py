@@ -21,13 +21,19 @@ def timeit(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> dict[
     return summary(times)
 
 
-def summary(times: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(times), "min": min(times), "max": max(times)}
+def summary(times: list[float]) -> dict:
+    """median, min and max, plus the times themselves in the order taken ("times")."""
+    return {
+        "median": statistics.median(times),
+        "min": min(times),
+        "max": max(times),
+        "times": times,
+    }
 
 
 def timeit_interleaved(
     fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1
-) -> dict[str, dict[str, float]]:
+) -> dict[str, dict]:
     """Time several functions round-robin, so a slow spell of a shared machine hits all of them
     alike and their ratios stay meaningful. Each timed call follows an untimed one of the same
     function, as in a training loop, so it does not pay for the caches and allocator state the

@@ -234,7 +234,29 @@ def speed_rows(device, repeats):
         f"({repeats} rounds after a warm-up); {machine()}",
         ["", "median ms", "min", "max", "GFLOP/s", "of peak", "vs seed recipe"],
         rows,
+    ) + per_round_of_peak(times[peak_name]["times"], times["tsconv TCN, fp32"]["times"], flops)
+
+
+def per_round_of_peak(matmul: list[float], step: list[float], flops: float) -> str:
+    """The fp32 step's share of the matmul rate round by round: each round times the matmul
+    and the step within a second of each other, so a slow spell of the shared machine that
+    outlasts a round moves both sides of that round's ratio."""
+    shares = [flops / s / (2 * 2048**3 / m) for m, s in zip(matmul, step, strict=True)]
+    q1, med, q3 = quartiles(shares)
+    at_70 = sum(share >= 0.70 for share in shares)
+    return (
+        f"\nRound by round, tsconv TCN fp32 reached {med:.1%} of that round's matmul rate "
+        f"(median; middle half {q1:.1%}-{q3:.1%}), 70% or more in {at_70} of {len(shares)} "
+        "rounds.\n"
     )
+
+
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    """(first quartile, median, third quartile); one value is all three."""
+    if len(values) < 2:
+        return values[0], values[0], values[0]
+    q1, med, q3 = statistics.quantiles(values, n=4)
+    return q1, med, q3
 
 
 def split_weight_grad_rows(rounds: int) -> str:
@@ -254,7 +276,7 @@ def split_weight_grad_rows(rounds: int) -> str:
             t = timeit(fn, repeats=3, warmup=0)
             ms[name].append(t["median"] * 1e3)
     ratios = [a / b for a, b in zip(ms["one product"], ms["two halves (tsconv)"], strict=True)]
-    q1, med, q3 = statistics.quantiles(ratios, n=4)
+    q1, med, q3 = quartiles(ratios)
     faster = sum(r > 1 for r in ratios)
     rows = [[name, statistics.median(v), min(v), max(v)] for name, v in ms.items()]
     rows[1] += [f"{med:.3f}x (middle half {q1:.3f}-{q3:.3f}; faster in {faster} of {rounds})"]

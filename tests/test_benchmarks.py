@@ -18,7 +18,9 @@ def _rows(table: str) -> list[list[str]]:
 
 
 def test_train_step_table_has_every_row_with_positive_rates():
-    rows = _rows(bench_train.speed_rows(torch.device("cpu"), 1))
+    text = bench_train.speed_rows(torch.device("cpu"), 1)
+    assert "70% or more in" in text and " of 1 rounds." in text  # the per-round share
+    rows = _rows(text)
     names = [r[0] for r in rows]
     assert names[0].startswith("float32 matmul") and "tsconv TCN, fp32" in names
     assert "tsconv TCN, bf16 autocast" in names and len(rows) == 8
@@ -26,6 +28,12 @@ def test_train_step_table_has_every_row_with_positive_rates():
 
 
 def test_split_weight_grad_table_pairs_both_sides():
-    rows = _rows(bench_train.split_weight_grad_rows(2))
+    rows = _rows(bench_train.split_weight_grad_rows(1))
     assert [r[0] for r in rows] == ["one product", "two halves (tsconv)"]
     assert all(float(r[1]) > 0 for r in rows) and "faster in" in rows[1][4]
+
+
+def test_quartiles_of_one_value_and_of_several():
+    assert bench_train.quartiles([2.0]) == (2.0, 2.0, 2.0)
+    q1, med, q3 = bench_train.quartiles([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert q1 < med == 3.0 < q3
