@@ -21,23 +21,24 @@ def timeit(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> dict[
     return summary(times)
 
 
-def summary(times: list[float]) -> dict:
-    """median, min and max, plus the times themselves in the order taken ("times")."""
-    return {
-        "median": statistics.median(times),
-        "min": min(times),
-        "max": max(times),
-        "times": times,
-    }
+def summary(times: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(times), "min": min(times), "max": max(times)}
 
 
 def timeit_interleaved(
     fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1
-) -> dict[str, dict]:
-    """Time several functions round-robin, so a slow spell of a shared machine hits all of them
-    alike and their ratios stay meaningful. Each timed call follows an untimed one of the same
-    function, as in a training loop, so it does not pay for the caches and allocator state the
-    previous function left behind."""
+) -> dict[str, dict[str, float]]:
+    """Time several functions round-robin (see `time_rounds`); median, min and max of each."""
+    return {name: summary(t) for name, t in time_rounds(fns, repeats, warmup).items()}
+
+
+def time_rounds(
+    fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Each function's times, round by round: a slow spell of a shared machine then hits all of
+    them alike and their ratios stay meaningful. Each timed call follows an untimed one of the
+    same function, as in a training loop, so it does not pay for the caches and allocator state
+    the previous function left behind."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -48,7 +49,7 @@ def timeit_interleaved(
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
-    return {name: summary(t) for name, t in times.items()}
+    return times
 
 
 def machine() -> str:

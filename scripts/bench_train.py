@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _bench import machine, table, timeit, timeit_interleaved
+from _bench import machine, summary, table, time_rounds, timeit
 from torch import nn
 
 from tsconv.config import validate_config
@@ -210,7 +210,8 @@ def speed_rows(device, repeats):
         steps[f"tsconv TCN, fp32, as a CUDA graph (capture took {ms:.0f} ms)"] = step_fn(
             graphed, x, y, False, device, True
         )
-    times = timeit_interleaved(steps, repeats)
+    rounds = time_rounds(steps, repeats)
+    times = {name: summary(t) for name, t in rounds.items()}
     peak = 2 * 2048**3 / times[peak_name]["median"] / 1e9
     flops = 3 * 2 * tcn_macs(n, c, k, layers, L) * B  # forward + backward ~ 3x forward
     rows, base = [[peak_name, "-", "-", "-", peak, 1.0, "-"]], times[seed_name]["median"]
@@ -234,7 +235,7 @@ def speed_rows(device, repeats):
         f"({repeats} rounds after a warm-up); {machine()}",
         ["", "median ms", "min", "max", "GFLOP/s", "of peak", "vs seed recipe"],
         rows,
-    ) + per_round_of_peak(times[peak_name]["times"], times["tsconv TCN, fp32"]["times"], flops)
+    ) + per_round_of_peak(rounds[peak_name], rounds["tsconv TCN, fp32"], flops)
 
 
 def per_round_of_peak(matmul: list[float], step: list[float], flops: float) -> str:

@@ -29,7 +29,10 @@ def main() -> None:
     for bench in BENCHES:
         cmd = [sys.executable, str(HERE / bench[0]), *bench[1:]]
         print("running", " ".join(cmd), flush=True)
-        res = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE, check=True)
+        res = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE)
+        if res.returncode != 0:
+            sys.stderr.write(res.stderr)
+            sys.exit(f"{bench[0]} failed (exit {res.returncode}); {args.out} left as it was")
         parts.append(f"## `python scripts/{' '.join(bench)}`\n\n{res.stdout}")
     import torch
 

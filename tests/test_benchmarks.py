@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import _bench  # noqa: E402
 import bench_train  # noqa: E402
 
 
@@ -37,3 +38,12 @@ def test_quartiles_of_one_value_and_of_several():
     assert bench_train.quartiles([2.0]) == (2.0, 2.0, 2.0)
     q1, med, q3 = bench_train.quartiles([1.0, 2.0, 3.0, 4.0, 5.0])
     assert q1 < med == 3.0 < q3
+
+
+def test_round_robin_timing_gives_each_function_its_rounds_and_plain_summaries():
+    calls = []
+    rounds = _bench.time_rounds({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 3)
+    assert calls == ["a", "b"] + ["a", "a", "b", "b"] * 3  # warm-up, then untimed + timed
+    assert [len(t) for t in rounds.values()] == [3, 3]
+    summaries = _bench.timeit_interleaved({"a": lambda: None}, 2)
+    assert set(summaries["a"]) == {"median", "min", "max"}  # numbers only, for the tables
