@@ -165,10 +165,14 @@ def patched(step, module, name, value):
     return run
 
 
+PEAK_N = 2048  # the peak row times one PEAK_N x PEAK_N float32 matmul
+PEAK_FLOPS = 2 * PEAK_N**3
+
+
 def speed_rows(device, repeats):
     n, c, k, layers, L, B = 8, 64, 3, 8, 256, 32
     x, y = torch.randn(B, n, L, device=device), torch.randn(B, device=device)
-    a = torch.randn(2048, 2048, device=device)
+    a = torch.randn(PEAK_N, PEAK_N, device=device)
 
     def mm():
         a @ a
@@ -179,7 +183,7 @@ def speed_rows(device, repeats):
     ours = TCN(n, [c] * layers, k, 2, 0.2).to(device)
     seed = SeedTCN(n, c, k, layers, 0.2).to(device)
     peak_name, seed_name = (
-        "float32 matmul 2048^2 (peak)",
+        f"float32 matmul {PEAK_N}^2 (peak)",
         "seed recipe (pad both sides + trim, nn.Dropout, AdamW), fp32",
     )
     steps = {
@@ -212,7 +216,7 @@ def speed_rows(device, repeats):
         )
     rounds = time_rounds(steps, repeats)
     times = {name: summary(t) for name, t in rounds.items()}
-    peak = 2 * 2048**3 / times[peak_name]["median"] / 1e9
+    peak = PEAK_FLOPS / times[peak_name]["median"] / 1e9
     flops = 3 * 2 * tcn_macs(n, c, k, layers, L) * B  # forward + backward ~ 3x forward
     rows, base = [[peak_name, "-", "-", "-", peak, 1.0, "-"]], times[seed_name]["median"]
     for name, t in times.items():
@@ -242,7 +246,7 @@ def per_round_of_peak(matmul: list[float], step: list[float], flops: float) -> s
     """The fp32 step's share of the matmul rate round by round: each round times the matmul
     and the step within a second of each other, so a slow spell of the shared machine that
     outlasts a round moves both sides of that round's ratio."""
-    shares = [flops / s / (2 * 2048**3 / m) for m, s in zip(matmul, step, strict=True)]
+    shares = [flops / s / (PEAK_FLOPS / m) for m, s in zip(matmul, step, strict=True)]
     q1, med, q3 = quartiles(shares)
     at_70 = sum(share >= 0.70 for share in shares)
     return (

@@ -144,8 +144,9 @@ class TemporalBlockFunction(torch.autograd.Function):
         else:
             gx, gwd, gbd = conv_rows_backward(g, x, td, 0, need_x=ctx.needs_input_grad[0])
         gx, gw1, gb1 = conv_rows_backward(g1, x, t1, ctx.shift, gx, ctx.needs_input_grad[0])
-        for g in (gw1, gb1, gw2, gb2):  # d(scale * w) / dw
-            g.mul_(ctx.scale)
+        if ctx.scale != 1.0:  # d(scale * w) / dw
+            for grad in (gw1, gb1, gw2, gb2):
+                grad.mul_(ctx.scale)
         grads = (gx, gw1, gb1, gw2, gb2, gwd, gbd)
         needs = ctx.needs_input_grad[: len(grads)]
         return *(g if need else None for g, need in zip(grads, needs, strict=True)), *[None] * 4
