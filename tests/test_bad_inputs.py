@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -225,3 +226,22 @@ def test_import_csv_through_fetch(tmp_path):
         "missing column(s) high, low, close, volume",
     )
     assert not (tmp_path / "d/B.parquet").exists()
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["fetch", "--from-csv", "prices.csv"], "--from-csv needs --ticker NAME"),
+        (["fetch"], "name at least one ticker"),
+        (["train"], "--config is required"),
+        (["backtest"], "--config is required"),
+        (["predict", "--run", "nowhere"], "checkpoint not found"),
+        (["train", "--resume", "nowhere"], "not a run folder"),
+        (["train", "--resume", "unfinished"], "no state.pt to resume from"),
+    ],
+)
+def test_command_line_misuse_is_bad_input(tmp_path, monkeypatch, args, fragment):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "unfinished").mkdir()
+    shutil.copy(QUICK, tmp_path / "unfinished/config.yaml")  # a run folder without state.pt
+    assert_user_error(run(*args), 2, fragment)

@@ -15,7 +15,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 import tsconv
-from tsconv.errors import TsconvError
+from tsconv.errors import TsconvError, UsageError
 
 app = typer.Typer(
     add_completion=False,
@@ -106,7 +106,7 @@ def fetch(
 
     if from_csv is not None:
         if not ticker:
-            raise TsconvError("--from-csv needs --ticker NAME")
+            raise UsageError("--from-csv needs --ticker NAME")
         entry = fetching.import_file(data_dir, from_csv, ticker)
         out.print(
             f"imported {from_csv} as {ticker.upper()}: {entry['rows']} bars, "
@@ -119,7 +119,7 @@ def fetch(
             out.print(f"{symbol}: {entry['rows']} bars ({entry['note']})")
         return
     if not tickers:
-        raise TsconvError(
+        raise UsageError(
             "name at least one ticker, or use --from-csv FILE --ticker NAME, or --sample"
         )
     report = fetching.fetch_many(data_dir, tickers, start=start, end=end, interval=interval)
@@ -169,7 +169,7 @@ def train(
         target = resume
     else:
         if config is None:
-            raise TsconvError("--config is required (e.g. --config configs/quick.yaml)")
+            raise UsageError("--config is required (e.g. --config configs/quick.yaml)")
         cfg = _config(config, set_)
         target = out_dir or Path("runs") / (cfg.name or config.stem)
     info = describe_model(cfg)
@@ -215,7 +215,7 @@ def _read_resolved(run: Path) -> dict[str, Any]:
 
     path = Path(run) / "config.yaml"
     if not path.exists():
-        raise TsconvError(f"{run}: not a run folder (no config.yaml)")
+        raise UsageError(f"{run}: not a run folder (no config.yaml)")
     return yaml.safe_load(path.read_text())
 
 
@@ -270,7 +270,7 @@ def backtest(
     from tsconv.walkforward import run_backtest
 
     if config is None:
-        raise TsconvError("--config is required (e.g. --config configs/quick.yaml)")
+        raise UsageError("--config is required (e.g. --config configs/quick.yaml)")
     cfg = _config(config, set_)
     target = out_dir or Path("runs") / f"{cfg.name or config.stem}-bt"
     with _progress() as progress:

@@ -1,7 +1,7 @@
 """User-facing errors. The CLI prints `error: <message>` on one line and exits with `exit_code`.
 
-Exit codes: 2 for bad input (data, config, checkpoint), 1 for the environment (network, disk),
-130 for Ctrl-C.
+Exit codes: 2 for bad input (arguments, data, config, checkpoint), 1 for the environment
+(network, disk), 130 for Ctrl-C.
 """
 
 from __future__ import annotations
@@ -9,6 +9,13 @@ from __future__ import annotations
 
 class TsconvError(Exception):
     exit_code = 1
+
+
+class UsageError(TsconvError):
+    """The command line asks for something that cannot be done: a missing option, a folder
+    that is not a run, a resume that does not match the interrupted run."""
+
+    exit_code = 2
 
 
 class DataError(TsconvError):

@@ -21,7 +21,7 @@ import torch
 from tsconv import checkpoint, features, io
 from tsconv.config import Config, dump_yaml
 from tsconv.data.load import load_frames
-from tsconv.errors import DataError, TsconvError
+from tsconv.errors import DataError, UsageError
 from tsconv.features import TickerData
 from tsconv.models import build_model, count_parameters, receptive_field
 from tsconv.train import (
@@ -239,8 +239,8 @@ def run_training(
     if resume:
         if not state_path.exists():
             if (out / "model.pt").exists():
-                raise TsconvError(f"{out}: this run already finished; nothing to resume")
-            raise TsconvError(f"{out}: no state.pt to resume from")
+                raise UsageError(f"{out}: this run already finished; nothing to resume")
+            raise UsageError(f"{out}: no state.pt to resume from")
         payload = torch.load(state_path, map_location="cpu", weights_only=True)
         resume_state = FitState.from_dict(payload["fit"])
     prep = prepare(cfg)

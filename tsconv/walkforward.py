@@ -22,7 +22,7 @@ import torch
 
 from tsconv import baselines, io
 from tsconv.config import Config, config_to_dict, dump_yaml
-from tsconv.errors import DataError, TsconvError
+from tsconv.errors import DataError, UsageError
 from tsconv.experiment import (
     Prepared,
     fit_span,
@@ -206,7 +206,7 @@ def run_backtest(
     if resume and stored_path.exists():
         stored = json.loads(stored_path.read_text())
         if stored != resolved:
-            raise TsconvError(f"{out}: --resume with a different config than the interrupted run")
+            raise UsageError(f"{out}: --resume with a different config than the interrupted run")
     elif (out / "folds").exists() and not resume:
         for old in (out / "folds").glob("fold_*"):
             old.unlink()
