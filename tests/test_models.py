@@ -322,7 +322,7 @@ def test_streaming_survives_many_compactions():
 
 
 @pytest.mark.parametrize("p", [0.05, 0.2, 0.5, 0.9])
-def test_fast_dropout_drops_p_of_elements_and_is_unbiased(p):
+def test_fast_dropout_drops_p_of_elements_and_is_unbiased(p, dropout_generator):
     torch.manual_seed(0)
     drop = Dropout(p).train()
     x = torch.ones(64, 32, 257)  # numel not a multiple of the 4 lanes per draw
@@ -335,7 +335,7 @@ def test_fast_dropout_drops_p_of_elements_and_is_unbiased(p):
     assert abs(out.double().mean().item() - 1.0) < 4 * (p / (1 - p) / n) ** 0.5
 
 
-def test_fast_dropout_lanes_are_independent_and_positions_uniform():
+def test_fast_dropout_lanes_are_independent_and_positions_uniform(dropout_generator):
     """Each of the four 16-bit lanes of a 64-bit draw must drop at the same rate; a biased
     lane (e.g. a sign bit never set) would show up as a period-4 pattern in positions."""
     torch.manual_seed(1)
@@ -346,7 +346,7 @@ def test_fast_dropout_lanes_are_independent_and_positions_uniform():
     assert abs(pair - 0.09) < 4 * (0.09 * 0.91 / 200_000) ** 0.5
 
 
-def test_fast_dropout_gradient_is_the_mask_eval_is_identity_and_seeded():
+def test_fast_dropout_gradient_is_the_mask_eval_is_identity_and_seeded(dropout_generator):
     drop = Dropout(0.25).train()
     x = torch.randn(8, 4, 33, requires_grad=True)
     torch.manual_seed(3)
@@ -361,8 +361,8 @@ def test_fast_dropout_gradient_is_the_mask_eval_is_identity_and_seeded():
     assert torch.all(Dropout(1.0).train()(x) == 0)
 
 
-def test_fast_dropout_bits_come_from_torchs_seed_and_touch_no_global_numpy_state():
-    """The lanes are drawn by numpy's SFC64 from a seed taken from torch's generator: so
+def test_fast_dropout_bits_come_from_torchs_seed_and_touch_no_global_numpy_state(dropout_generator):
+    """The bits come from Philox or numpy's SFC64 keyed from torch's generator: so
     `torch.manual_seed` alone fixes every mask, each call gets fresh bits, and numpy's global
     random state (which users may rely on) is left alone."""
     drop = Dropout(0.5).train()
@@ -378,7 +378,7 @@ def test_fast_dropout_bits_come_from_torchs_seed_and_touch_no_global_numpy_state
     assert torch.equal(drop(torch.ones(10_000)), a)
 
 
-def test_fast_dropout_keeps_bf16_with_the_same_masks_as_float32():
+def test_fast_dropout_keeps_bf16_with_the_same_masks_as_float32(dropout_generator):
     """bf16 cannot hold every int16, so the keep decision is made in float32: the same seed
     must drop the same elements in both dtypes."""
     out = Dropout(0.5).train()(torch.ones(100, dtype=torch.bfloat16))
@@ -390,7 +390,7 @@ def test_fast_dropout_keeps_bf16_with_the_same_masks_as_float32():
     assert torch.equal(a == 0, b == 0)
 
 
-def test_fast_dropout_on_a_strided_view():
+def test_fast_dropout_on_a_strided_view(dropout_generator):
     """A view with gaps (every other step) has strides that do not describe a dense block; the
     mask must still be a plain elementwise mask of the view's shape."""
     torch.manual_seed(2)

@@ -7,8 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from tsconv.models import timemajor
-from tsconv.models.layers import keep_mask
-from tsconv.models.tcn import TCN, TemporalBlock
+from tsconv.models.tcn import TCN, TemporalBlock, block_ends
 from tsconv.models.timemajor import TemporalBlockFunction, from_rows, to_rows, weight_grad
 
 
@@ -60,28 +59,72 @@ def reference_block_with_masks(block, x, keep1, keep2, scale):
     return F.relu(a2 + res)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("c_in,p", [(3, 0.2), (5, 0.5)])
-def test_fused_block_dropout_is_inverted_dropout_with_its_masks(c_in, p):
+def test_fused_block_dropout_is_inverted_dropout_with_its_masks(c_in, p, dtype, dropout_generator):
     """In training the fused block draws two keep masks and folds 1 / (1 - p) into the
     convolutions; with the same masks it must equal textbook inverted dropout after each ReLU,
-    values and gradients."""
-    block = block_pair(c_in, 5, 3, 2, p).train()
+    values and gradients. In float32 with the Philox kernel the masks are made inside the
+    ReLU's pass and never exist as tensors: here they are recovered by applying the block's
+    `ends` to ones under the same seed."""
+    block = block_pair(c_in, 5, 3, 2, p).to(dtype).train()
     n, length = 3, 20
-    x = torch.randn(n, c_in, length, dtype=torch.float64)
-    g = torch.randn(n, 5, length, dtype=torch.float64)
+    x = torch.randn(n, c_in, length, dtype=dtype)
+    g = torch.randn(n, 5, length, dtype=dtype)
     torch.manual_seed(7)
     out_a, grads_a = values_and_grads(block.forward_rows, block, x, g)
     torch.manual_seed(7)
-    keep, scale = keep_mask(2 * length * n * 5, p, torch.float64)  # both masks in one draw
-    keep1, keep2 = (from_rows(m, n) for m in keep.view(2, length * n, 5).unbind(0))
-
+    ends, scale = block_ends((length * n, 5), p, dtype)
+    keep1, keep2 = (
+        from_rows(ends.end(torch.ones(length * n, 5, dtype=dtype), i, None), n) for i in (0, 1)
+    )
     out_b, grads_b = values_and_grads(
         lambda inp: reference_block_with_masks(block, inp, keep1, keep2, scale), block, x, g
     )
     assert 0 < float((keep1 == 0).double().mean()) < 1
-    torch.testing.assert_close(out_a, out_b, rtol=1e-10, atol=1e-10)
+    assert not torch.equal(keep1, keep2)
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(out_a, out_b, rtol=tol, atol=tol)
     for a, b in zip(grads_a, grads_b, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+def test_float32_block_ends_each_convolution_in_the_kernel(monkeypatch, fused_kernel):
+    """The fast route is taken: a float32 block calls the fused kernel once per convolution,
+    the second time with the residual, in training (masks made in the kernel, no mask
+    tensors) and in eval (no dropout), and its backward once per block."""
+    fused_cpu = fused_kernel
+    calls = []
+    epilogue, grads = fused_cpu.block_epilogue_, fused_cpu.block_grads
+
+    def spy(y, bias, drop, key, stream, residual=None):
+        calls.append((stream, drop > 0, residual is not None))
+        return epilogue(y, bias, drop, key, stream, residual)
+
+    monkeypatch.setattr(fused_cpu, "block_epilogue_", spy)
+    monkeypatch.setattr(fused_cpu, "block_grads", lambda *a: calls.append("grads") or grads(*a))
+    monkeypatch.setattr(fused_cpu, "keep_flags", None)  # would raise if called
+    model = TCN(3, [8, 8], dropout=0.2)
+    model.train()(torch.randn(4, 3, 30)).sum().backward()
+    assert calls == [(0, True, False), (1, True, True)] * 2 + ["grads"] * 2
+    calls.clear()
+    with torch.no_grad():
+        model.eval()(torch.randn(4, 3, 30))
+    assert calls == [(0, False, False), (1, False, True)] * 2
+
+
+@pytest.mark.parametrize("downsample", [False, True])
+def test_float32_kernel_block_equals_composed_modules(downsample, dropout_generator):
+    """Bias, ReLU and residual (eval: no dropout) against the modules in float32, by the
+    kernel and by torch operations."""
+    block = block_pair(3 if downsample else 5, 5, 3, 2, p=0.3).float().eval()
+    x = torch.randn(4, block.conv1.in_channels, 40)
+    g = torch.randn(4, 5, 40)
+    out_a, grads_a = values_and_grads(block.forward_rows, block, x, g)
+    out_b, grads_b = values_and_grads(block.forward_modules, block, x, g)
+    torch.testing.assert_close(out_a, out_b, rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("downsample", [False, True])
@@ -97,7 +140,8 @@ def test_fused_block_function_passes_gradcheck(downsample):
     w1, b1, w2, b2 = rnd(c_out, c_in, 3), rnd(c_out), rnd(c_out, c_out, 3), rnd(c_out)
     wd, bd = (rnd(c_out, c_in, 1), rnd(c_out)) if downsample else (None, None)
     keep1, keep2 = ((torch.rand(rows, c_out) > 0.3).double() for _ in range(2))
-    inputs = (x, w1, b1, w2, b2, wd, bd, keep1, keep2, d * n, 1.25)  # 1.25: dropout p = 0.2
+    ends = timemajor.TorchEnds(keep1, keep2)
+    inputs = (x, w1, b1, w2, b2, wd, bd, ends, d * n, 1.25)  # 1.25: dropout p = 0.2
     assert torch.autograd.gradcheck(TemporalBlockFunction.apply, inputs)
 
 

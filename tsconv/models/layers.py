@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tsconv.models import fused_cpu
+
 
 class CausalConv1d(nn.Conv1d):
     """Conv1d with (kernel_size - 1) * dilation zeros on the left and none on the right.
@@ -67,11 +69,12 @@ class Dropout(nn.Dropout):
 
     On CPU, `nn.Dropout` draws one Bernoulli sample per element through a scalar generator:
     about 4 ms for a 32 x 64 x 256 activation, a third of a TCN train step, more than the
-    convolutions around it. Here one 64-bit draw gives four 16-bit lanes, so the keep
-    probability is quantised to 1/65536 and the scale uses the quantised value (the output
-    stays unbiased). The draws come from numpy's SFC64, seeded from torch's generator (so
-    `torch.manual_seed` fixes the masks): it fills the bits 2.5x faster than torch's CPU
-    mt19937. CUDA keeps PyTorch's fused kernel.
+    convolutions around it. Here each element gets 16 random bits, so the keep probability is
+    quantised to 1/65536 and the scale uses the quantised value (the output stays unbiased).
+    The bits come from the Philox C kernel of fused_cpu.py where it compiled, else from
+    numpy's SFC64 (four lanes per 64-bit draw, 2.5x faster than torch's CPU mt19937); both are
+    keyed from torch's generator, so `torch.manual_seed` fixes the masks. CUDA keeps PyTorch's
+    fused kernel.
     """
 
     LANES = 4  # int16 lanes per int64 draw
@@ -87,11 +90,15 @@ class Dropout(nn.Dropout):
 def keep_mask(n: int, p: float, dtype: torch.dtype) -> tuple[torch.Tensor, float]:
     """n independent 0/1 keep flags with P(keep) = 1 - p quantised to 1/65536, and 1 / P(keep).
 
-    The flags are made as float32 (int16 -> float, then an in-place compare, exact for every
-    int16): on CPU that is several times faster than comparing into a bool tensor and
+    From the Philox kernel (fused_cpu.py) where it is available. Otherwise the flags are
+    made as float32 from numpy's bits (int16 -> float, then an in-place compare, exact for
+    every int16): on CPU that is several times faster than comparing into a bool tensor and
     converting it. Other dtypes get a converted copy (bf16 cannot hold every int16)."""
     drop = round(p * 65536)
-    keep = torch.empty(n).copy_(random_lanes(n)).ge_(drop - 32768)
+    if not torch.compiler.is_compiling() and fused_cpu.available():
+        keep = fused_cpu.keep_flags(n, drop, fused_cpu.new_key(), 0)
+    else:
+        keep = torch.empty(n).copy_(random_lanes(n)).ge_(drop - 32768)
     return keep.to(dtype), 65536 / (65536 - drop)
 
 

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tsconv.models import fused_cpu
 from tsconv.models.layers import (
     CausalConv1d,
     Dropout,
@@ -18,7 +19,14 @@ from tsconv.models.layers import (
     maybe_weight_norm,
     zero_head,
 )
-from tsconv.models.timemajor import TemporalBlockFunction, compute_dtype, from_rows, to_rows
+from tsconv.models.timemajor import (
+    KernelEnds,
+    TemporalBlockFunction,
+    TorchEnds,
+    compute_dtype,
+    from_rows,
+    to_rows,
+)
 
 
 class TemporalBlock(nn.Module):
@@ -67,13 +75,30 @@ class TemporalBlock(nn.Module):
             down.weight if down else None,
             down.bias if down else None,
         )
-        keeps, scale = [None, None], 1.0
-        if self.training and self.dropout.p > 0:
-            # Both masks in one draw: a draw's fixed cost is about that of 30,000 elements.
-            keep, scale = keep_mask(2 * len(rows) * c2.out_channels, self.dropout.p, rows.dtype)
-            keeps = list(keep.view(2, len(rows), -1).unbind(0))
-        out = TemporalBlockFunction.apply(rows, *params, *keeps, c1.dilation[0] * n, scale)
+        p = self.dropout.p if self.training else 0.0
+        ends, scale = block_ends((len(rows), c2.out_channels), p, rows.dtype)
+        out = TemporalBlockFunction.apply(rows, *params, ends, c1.dilation[0] * n, scale)
         return from_rows(out, n)
+
+
+def block_ends(shape: tuple[int, int], p: float, dtype: torch.dtype):
+    """(ends, dropout scale) for TemporalBlockFunction, with two dropout masks of `shape`
+    (rows, channels) when p > 0."""
+    if dtype == torch.float32 and fused_cpu.available():
+        # Bias, ReLU, dropout (masks made in the same pass) and residual: one C kernel.
+        key, drop = (fused_cpu.new_key(), fused_cpu.drop_threshold(p)) if p else (0, 0)
+        return KernelEnds(drop, key), 65536 / (65536 - drop)
+    if p == 0:
+        return TorchEnds(), 1.0
+    n = shape[0] * shape[1]
+    if not fused_cpu.available():
+        # Both masks in one draw: a draw's fixed cost is about that of 30,000 elements.
+        keep, scale = keep_mask(2 * n, p, dtype)
+        return TorchEnds(*keep.view(2, *shape).unbind(0)), scale
+    # Other dtypes (bf16 autocast) get the masks float32 would get, as tensors.
+    key, drop = fused_cpu.new_key(), fused_cpu.drop_threshold(p)
+    keeps = (fused_cpu.keep_flags(n, drop, key, i).to(dtype).view(shape) for i in (0, 1))
+    return TorchEnds(*keeps), 65536 / (65536 - drop)
 
 
 class TCN(nn.Module):

@@ -15,8 +15,10 @@ a hand-written backward, which lets it skip what autograd would do pass by pass 
 ReLU and dropout share one saved tensor (a kept, positive activation is exactly a non-zero
 one), the dropout scale is folded into the convolution weights (ReLU commutes with a positive
 scale), and the residual gradient is the accumulator the first convolution's input gradient is
-added into. On the seed's TCN this makes the CPU train step about 1.1x faster than the same
-block composed through autograd (`scripts/bench_train.py`). It is checked against that
+added into. The end of each convolution (bias, ReLU, dropout, and for the second the residual
+and last ReLU) is one pass of fused_cpu.py's C kernel where it compiled (`KernelEnds`), or torch
+operations (`TorchEnds`). On the seed's TCN the CPU train step is about 1.3x faster than the
+same block composed through autograd (`scripts/bench_train.py`). It is checked against that
 composition, against textbook inverted dropout with the same masks, and by gradcheck
 (`tests/test_timemajor.py`).
 """
@@ -25,6 +27,8 @@ from __future__ import annotations
 
 import torch
 from torch.autograd.function import once_differentiable
+
+from tsconv.models import fused_cpu
 
 
 def to_rows(x: torch.Tensor) -> torch.Tensor:
@@ -102,40 +106,84 @@ def weight_grad(x: torch.Tensor, gy: torch.Tensor, out: torch.Tensor) -> torch.T
     return torch.sum(halves, 0, out=out)
 
 
+class TorchEnds:
+    """How TemporalBlockFunction ends its two convolutions, in torch operations: bias, ReLU and
+    dropout with the given 0/1 keep masks (None: no dropout) without dropout's scale, then the
+    residual and the last ReLU. The activations themselves serve as the backward's masks."""
+
+    def __init__(self, keep1: torch.Tensor | None = None, keep2: torch.Tensor | None = None):
+        self.keeps = (keep1, keep2)
+
+    def end(self, y: torch.Tensor, i: int, bias: torch.Tensor | None) -> torch.Tensor:
+        """dropout_i(relu(y + bias)), in place."""
+        if bias is not None:
+            y.add_(bias)
+        y.clamp_min_(0)
+        return y if self.keeps[i] is None else y.mul_(self.keeps[i])
+
+    def end_block(self, y, bias, residual):
+        """(relu(end(y) + residual), what `grads` needs)."""
+        a2 = self.end(y, 1, bias)
+        out = torch.add(a2, residual).clamp_min_(0)
+        return out, (a2, out)
+
+    @staticmethod
+    def grads(gout: torch.Tensor, a2: torch.Tensor, out: torch.Tensor):
+        """(gradient below the last ReLU, gradient of the second convolution's output)."""
+        g = torch.ops.aten.threshold_backward(gout, out, 0)
+        return g, torch.ops.aten.threshold_backward(g, a2, 0)
+
+
+class KernelEnds:
+    """TorchEnds in fused_cpu.py's C kernel, float32 only: each convolution's end is one pass
+    over its output with the dropout masks made in it, and the backward keeps two byte masks
+    instead of the second activation and the output."""
+
+    def __init__(self, drop: int = 0, key: int = 0):
+        self.drop, self.key = drop, key
+
+    def end(self, y: torch.Tensor, i: int, bias: torch.Tensor | None) -> torch.Tensor:
+        fused_cpu.block_epilogue_(y, bias, self.drop, self.key, i)
+        return y
+
+    def end_block(self, y, bias, residual):
+        out, masks = fused_cpu.block_epilogue_(y, bias, self.drop, self.key, 1, residual)
+        return out, (masks,)
+
+    @staticmethod
+    def grads(gout: torch.Tensor, masks: torch.Tensor):
+        return fused_cpu.block_grads(gout, masks)
+
+
 class TemporalBlockFunction(torch.autograd.Function):
     """relu(dropout(relu(conv2(dropout(relu(conv1(x)))))) + residual(x)) over time-major rows.
 
-    `keep1`/`keep2` are 0/1 keep masks shaped like the rows (None: no dropout) and `scale` is
-    dropout's 1 / (1 - p). ReLU commutes with a positive scale, so it multiplies the (small)
-    convolution weights and biases instead of the (large) activations; a dropped ReLU output
-    is then a plain zero, and the saved activations `a1`, `a2` double as the masks of both
-    ReLU and dropout in the backward pass."""
+    `ends` (TorchEnds or KernelEnds) applies each convolution's bias, ReLU and dropout (with its
+    masks, without its scale), the residual and the last ReLU, and the gradients through them.
+    `scale` is dropout's 1 / (1 - p). ReLU commutes with a positive scale, so it multiplies
+    the (small) convolution weights and biases instead of the (large) activations; a dropped
+    ReLU output is then a plain zero, and the saved first activation `a1` doubles as the mask
+    of both ReLU and dropout in the backward pass (the second's are kept by `ends`)."""
 
     @staticmethod
-    def forward(ctx, x, w1, b1, w2, b2, wd, bd, keep1, keep2, shift, scale=1.0):
+    def forward(ctx, x, w1, b1, w2, b2, wd, bd, ends, shift, scale=1.0):
         t1, t2 = taps(w1), taps(w2)
         if scale != 1.0:
             t1.mul_(scale), t2.mul_(scale)
             b1, b2 = (b * scale if b is not None else None for b in (b1, b2))
-        a1 = conv_rows(x, t1, b1, shift).clamp_min_(0)
-        if keep1 is not None:
-            a1.mul_(keep1)
-        a2 = conv_rows(a1, t2, b2, shift).clamp_min_(0)
-        if keep2 is not None:
-            a2.mul_(keep2)
+        a1 = ends.end(conv_rows(x, t1, None, shift), 0, b1)
         td = taps(wd) if wd is not None else None
         res = x if td is None else conv_rows(x, td, bd, 0)
-        out = torch.add(a2, res).clamp_min_(0)
-        ctx.save_for_backward(x, a1, a2, out, t1, t2, td)
-        ctx.shift, ctx.scale = shift, scale
+        out, saved = ends.end_block(conv_rows(a1, t2, None, shift), b2, res)
+        ctx.save_for_backward(x, a1, t1, t2, td, *saved)
+        ctx.shift, ctx.scale, ctx.ends = shift, scale, ends
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gout):
-        x, a1, a2, out, t1, t2, td = ctx.saved_tensors
-        g = torch.ops.aten.threshold_backward(gout, out, 0)
-        g2 = torch.ops.aten.threshold_backward(g, a2, 0)
+        x, a1, t1, t2, td, *saved = ctx.saved_tensors
+        g, g2 = ctx.ends.grads(gout, *saved)
         ga1, gw2, gb2 = conv_rows_backward(g2, a1, t2, ctx.shift)
         g1 = torch.ops.aten.threshold_backward.grad_input(ga1, a1, 0, grad_input=ga1)
         gwd = gbd = None
@@ -149,4 +197,4 @@ class TemporalBlockFunction(torch.autograd.Function):
                 grad.mul_(ctx.scale)
         grads = (gx, gw1, gb1, gw2, gb2, gwd, gbd)
         needs = ctx.needs_input_grad[: len(grads)]
-        return *(g if need else None for g, need in zip(grads, needs, strict=True)), *[None] * 4
+        return *(g if need else None for g, need in zip(grads, needs, strict=True)), *[None] * 3
