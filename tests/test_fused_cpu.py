@@ -152,7 +152,7 @@ def test_the_kernel_refuses_tensors_it_cannot_write_in_place(kernel):
         kernel.relu_dropout_(torch.ones(10, 4).t(), 100, 1, 0)
     with pytest.raises(ValueError, match="one value per channel"):
         kernel.block_epilogue_(torch.ones(10, 4), torch.ones(3), 0, 1, 0)
-    with pytest.raises(ValueError, match="residual"):
+    with pytest.raises(ValueError, match="residual must"):
         kernel.block_epilogue_(torch.ones(10, 4), None, 0, 1, 0, torch.ones(10, 3))
 
 

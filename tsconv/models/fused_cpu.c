@@ -16,6 +16,7 @@
  * Compiled on first use by tsconv/models/fused_cpu.py; no Python or torch headers.
  */
 #include <stdint.h>
+#include <stdlib.h>
 
 #define M0 0xD2511F53u
 #define M1 0xCD9E8D57u
@@ -77,15 +78,25 @@ void tsc_philox4x32_10(const uint32_t *ctr, const uint32_t *key, uint32_t *out)
  * the 1 / (1 - p) scale, which the caller folds into the weights before the ReLU. With `out`,
  * also out = max(y + res, 0): the block's residual connection and final ReLU. With `masks`,
  * also the two ReLU masks the backward pass needs, as bytes: masks[i] = (y[i] > 0) and
- * masks[n + i] = (out[i] > 0), where NaN counts as > 0 as in threshold_backward. `bias_tile`
- * holds the bias repeated over `tile` elements, a multiple of CHUNK, so each chunk reads its
- * bias as one contiguous run. drop = 0 keeps everything and makes no random bits. NaN stays
- * NaN, as with the separate torch operations. */
-void tsc_block_epilogue_f32(float *restrict y, int64_t n, const float *restrict bias_tile,
-                            int64_t tile, const float *restrict res, float *restrict out,
+ * masks[n + i] = (out[i] > 0), where NaN counts as > 0 as in threshold_backward. `bias`
+ * has one value per channel (NULL: none); y, res and out are time-major (rows, channels).
+ * drop = 0 keeps everything and makes no random bits. NaN stays NaN, as with the separate
+ * torch operations. Returns 0, or -1 (having written nothing) if it cannot allocate. */
+int tsc_block_epilogue_f32(float *restrict y, int64_t n, const float *restrict bias,
+                            int64_t channels, const float *restrict res, float *restrict out,
                             uint8_t *restrict masks, uint32_t k0, uint32_t k1,
                             uint32_t stream, uint32_t drop, int threads)
 {
+    /* The bias repeated over lcm(channels, CHUNK) elements: each chunk then reads its bias as
+     * one contiguous run, and the inner loops vectorise. */
+    int64_t tile = channels;
+    while (tile % CHUNK)
+        tile += channels;
+    float *bias_tile = malloc((size_t)tile * sizeof(float));
+    if (!bias_tile)
+        return -1;
+    for (int64_t i = 0; i < tile; i++)
+        bias_tile[i] = bias ? bias[i % channels] : 0.0f;
     int64_t chunks = (n + CHUNK - 1) / CHUNK;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t q = 0; q < chunks; q++) {
@@ -134,6 +145,8 @@ void tsc_block_epilogue_f32(float *restrict y, int64_t n, const float *restrict 
                     mo[r] = !(out[first + r] <= 0.0f);
         }
     }
+    free(bias_tile);
+    return 0;
 }
 
 /* The gradient through the block's end, from the byte masks of tsc_block_epilogue_f32:

@@ -24,7 +24,6 @@ import ctypes
 import functools
 import getpass
 import hashlib
-import math
 import os
 import platform
 import shutil
@@ -130,7 +129,7 @@ def _load() -> ctypes.CDLL | None:
             return None
         ptr, i64, u32, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint32, ctypes.c_int
         f = dll.tsc_block_epilogue_f32
-        f.argtypes, f.restype = [ptr, i64, ptr, i64, ptr, ptr, ptr, u32, u32, u32, u32, i32], None
+        f.argtypes, f.restype = [ptr, i64, ptr, i64, ptr, ptr, ptr, u32, u32, u32, u32, i32], i32
         f = dll.tsc_block_grads_f32
         f.argtypes, f.restype = [ptr, ptr, i64, ptr, ptr, i32], None
         dll.tsc_philox4x32_10.argtypes = [ctypes.c_void_p] * 3
@@ -170,9 +169,6 @@ def new_key() -> int:
     return int(torch.randint(0, 2**63 - 1, ()))
 
 
-CHUNK = 512  # elements per chunk of the kernel's loop (fused_cpu.c)
-
-
 def block_epilogue_(
     y: torch.Tensor,
     bias: torch.Tensor | None,
@@ -196,21 +192,19 @@ def block_epilogue_(
         if t is not None and not t.is_contiguous():
             raise ValueError("the fused CPU kernel needs contiguous tensors")
     channels = y.shape[-1] if y.dim() > 1 else 1
-    if bias is None:
-        bias = torch.zeros(channels)
-    if bias.numel() != channels or (residual is not None and residual.shape != y.shape):
-        raise ValueError("bias must have one value per channel and residual y's shape")
-    tile = math.lcm(channels, CHUNK)  # each chunk then reads its bias as one run
-    bias_tile = bias.repeat(tile // channels)
+    if bias is not None and bias.numel() != channels:
+        raise ValueError("bias must have one value per channel")
+    if residual is not None and residual.shape != y.shape:
+        raise ValueError("residual must have y's shape")
     out = masks = None
     if residual is not None:
         out = torch.empty_like(y)
         masks = torch.empty((2, *y.shape), dtype=torch.uint8)
-    lib.tsc_block_epilogue_f32(
+    failed = lib.tsc_block_epilogue_f32(
         y.data_ptr(),
         y.numel(),
-        bias_tile.data_ptr(),
-        tile,
+        None if bias is None else bias.data_ptr(),
+        channels,
         *(None if t is None else t.data_ptr() for t in (residual, out, masks)),
         key & 0xFFFFFFFF,
         key >> 32,
@@ -218,6 +212,8 @@ def block_epilogue_(
         drop,
         torch.get_num_threads(),
     )
+    if failed:
+        raise MemoryError("the fused CPU kernel could not allocate its bias tile")
     return None if out is None else (out, masks)
 
 
