@@ -175,6 +175,36 @@ def test_the_library_is_compiled_once_into_the_cache_and_reused(tmp_path, monkey
     assert list(tmp_path.glob("*.tmp")) == []
 
 
+def test_an_unwritable_cache_falls_back_to_a_private_temporary_folder(tmp_path, monkeypatch):
+    if shutil.which(os.environ.get("CC", "cc")) is None:
+        pytest.skip("no C compiler on this machine")
+    monkeypatch.setattr(fused_cpu, "_status", fused_cpu._status)
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("TSCONV_CACHE", str(tmp_path / "a-file" / "cache"))  # cannot be made
+    monkeypatch.setattr(fused_cpu.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    monkeypatch.delenv("TSCONV_CPU_KERNEL", raising=False)
+    assert fused_cpu._load() is not None
+    assert len(list((tmp_path / "tmp").glob("tsconv-*/fused_cpu-*"))) == 1
+
+
+def test_a_damaged_cached_library_is_rebuilt(tmp_path, monkeypatch):
+    """A cached build that does not load (here: garbage where it should be) is compiled again
+    instead of leaving this machine on the slow route for good."""
+    if shutil.which(os.environ.get("CC", "cc")) is None:
+        pytest.skip("no C compiler on this machine")
+    monkeypatch.setattr(fused_cpu, "_status", fused_cpu._status)
+    monkeypatch.delenv("TSCONV_CPU_KERNEL", raising=False)
+    monkeypatch.setenv("TSCONV_CACHE", str(tmp_path / "good"))
+    assert fused_cpu._load() is not None
+    (built,) = (tmp_path / "good").glob("fused_cpu-*")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / built.name).write_bytes(b"not a shared library")
+    monkeypatch.setenv("TSCONV_CACHE", str(tmp_path / "bad"))
+    dll = fused_cpu._load()
+    assert dll is not None and fused_cpu._status.startswith("compiled with")
+    assert (tmp_path / "bad" / built.name).read_bytes() != b"not a shared library"
+
+
 @pytest.mark.parametrize(
     "env,reason",
     [
