@@ -390,6 +390,15 @@ def test_fast_dropout_keeps_bf16_with_the_same_masks_as_float32(dropout_generato
     assert torch.equal(a == 0, b == 0)
 
 
+def test_dropout_just_below_one_keeps_the_scale_finite(dropout_generator):
+    """p rounds to 65536/65536 at 16 bits; it is held at 65535/65536 so 1 / P(keep) stays
+    finite, in the module and in the fused block."""
+    out = Dropout(0.9999999).train()(torch.ones(200_000))
+    assert torch.isfinite(out).all() and (out == 0).double().mean() > 0.9999
+    block = TCN(2, [4], dropout=0.9999999).train()
+    assert torch.isfinite(block(torch.randn(3, 2, 20))).all()
+
+
 def test_fast_dropout_on_a_strided_view(dropout_generator):
     """A view with gaps (every other step) has strides that do not describe a dense block; the
     mask must still be a plain elementwise mask of the view's shape."""

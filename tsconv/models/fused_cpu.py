@@ -177,8 +177,8 @@ def kernel_info() -> str:
 
 def drop_threshold(p: float) -> int:
     """Drop an element when its 16 random bits are below this: P(drop) = p quantised to
-    1/65536, the same quantisation as the numpy masks."""
-    return round(p * 65536)
+    1/65536 (at most 65535/65536, so that 1 / P(keep) stays finite for any p < 1)."""
+    return min(round(p * 65536), 65535)
 
 
 def new_key() -> int:

@@ -94,7 +94,7 @@ def keep_mask(n: int, p: float, dtype: torch.dtype) -> tuple[torch.Tensor, float
     made as float32 from numpy's bits (int16 -> float, then an in-place compare, exact for
     every int16): on CPU that is several times faster than comparing into a bool tensor and
     converting it. Other dtypes get a converted copy (bf16 cannot hold every int16)."""
-    drop = round(p * 65536)
+    drop = fused_cpu.drop_threshold(p)
     if not torch.compiler.is_compiling() and fused_cpu.available():
         keep = fused_cpu.keep_flags(n, drop, fused_cpu.new_key(), 0)
     else:
