@@ -88,12 +88,11 @@ def require_fused_kernel():
     trains with torch operations, tested by the "numpy" runs): skip there, and where it is
     turned off. Otherwise a kernel that does not load is a failure."""
     import os
-    import shutil
 
     from tsconv.models import fused_cpu
 
     if not fused_cpu.available():
-        if shutil.which(os.environ.get("CC", "cc")) is None:
+        if fused_cpu.compiler() is None:
             pytest.skip("no C compiler to build the fused CPU kernel")
         if os.environ.get("TSCONV_CPU_KERNEL") == "0":
             pytest.skip("the fused CPU kernel is turned off (TSCONV_CPU_KERNEL=0)")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 
@@ -160,7 +159,7 @@ def test_the_kernel_refuses_tensors_it_cannot_write_in_place(kernel):
 
 
 def test_the_library_is_compiled_once_into_the_cache_and_reused(tmp_path, monkeypatch):
-    if shutil.which(os.environ.get("CC", "cc")) is None:
+    if fused_cpu.compiler() is None:
         pytest.skip("no C compiler on this machine")
     monkeypatch.setattr(fused_cpu, "_status", fused_cpu._status)
     monkeypatch.setenv("TSCONV_CACHE", str(tmp_path))
@@ -176,7 +175,7 @@ def test_the_library_is_compiled_once_into_the_cache_and_reused(tmp_path, monkey
 
 
 def test_an_unwritable_cache_falls_back_to_a_private_temporary_folder(tmp_path, monkeypatch):
-    if shutil.which(os.environ.get("CC", "cc")) is None:
+    if fused_cpu.compiler() is None:
         pytest.skip("no C compiler on this machine")
     monkeypatch.setattr(fused_cpu, "_status", fused_cpu._status)
     (tmp_path / "a-file").write_text("")
@@ -190,7 +189,7 @@ def test_an_unwritable_cache_falls_back_to_a_private_temporary_folder(tmp_path, 
 def test_a_damaged_cached_library_is_rebuilt(tmp_path, monkeypatch):
     """A cached build that does not load (here: garbage where it should be) is compiled again
     instead of leaving this machine on the slow route for good."""
-    if shutil.which(os.environ.get("CC", "cc")) is None:
+    if fused_cpu.compiler() is None:
         pytest.skip("no C compiler on this machine")
     monkeypatch.setattr(fused_cpu, "_status", fused_cpu._status)
     monkeypatch.delenv("TSCONV_CPU_KERNEL", raising=False)

@@ -81,7 +81,8 @@ def sha256(path: Path) -> str:
 
 def run_info(seed: int, device: Any) -> dict[str, Any]:
     """What a run's numbers depend on besides its config: versions, seed, the device used
-    (the config may say "auto") and, on CPU, whether the fused kernel (and its dropout generator) ran."""
+    (the config may say "auto") and, on CPU, whether the fused kernel and its dropout
+    generator ran."""
     import torch
 
     info: dict[str, Any] = {**versions(), "seed": seed, "device": str(device)}

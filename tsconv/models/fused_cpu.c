@@ -76,8 +76,8 @@ void tsc_philox4x32_10(const uint32_t *ctr, const uint32_t *key, uint32_t *out)
 /* The end of a TCN block's convolution, in one pass over its output y (n = rows * channels,
  * time-major): y = max(y + bias, 0) * keep in place, that is bias, ReLU, then dropout without
  * the 1 / (1 - p) scale, which the caller folds into the weights before the ReLU. With `out`,
- * also out = max(y + res, 0): the block's residual connection and final ReLU. With `masks`,
- * also the two ReLU masks the backward pass needs, as bytes: masks[i] = (y[i] > 0) and
+ * also out = max(y + res, 0): the block's residual connection and final ReLU. With `out` and
+ * `masks`, also the two ReLU masks the backward pass needs, as bytes: masks[i] = (y[i] > 0) and
  * masks[n + i] = (out[i] > 0), where NaN counts as > 0 as in threshold_backward. `bias`
  * has one value per channel (NULL: none); y, res and out are time-major (rows, channels).
  * drop = 0 keeps everything and makes no random bits. NaN stays NaN, as with the separate
@@ -135,14 +135,13 @@ int tsc_block_epilogue_f32(float *restrict y, int64_t n, const float *restrict b
                 float o = yq[r] + rq[r];
                 oq[r] = o < 0.0f ? 0.0f : o;
             }
-        }
-        if (masks) {
-            uint8_t *restrict my = masks + first, *restrict mo = masks + n + first;
-            for (int64_t r = 0; r < m; r++)
-                my[r] = !(yq[r] <= 0.0f);
-            if (out)
-                for (int64_t r = 0; r < m; r++)
-                    mo[r] = !(out[first + r] <= 0.0f);
+            if (masks) {
+                uint8_t *restrict my = masks + first, *restrict mo = masks + n + first;
+                for (int64_t r = 0; r < m; r++) {
+                    my[r] = !(yq[r] <= 0.0f);
+                    mo[r] = !(oq[r] <= 0.0f);
+                }
+            }
         }
     }
     free(bias_tile);

@@ -48,6 +48,11 @@ def cache_dir() -> Path:
     return Path(base) / "tsconv"
 
 
+def compiler() -> str | None:
+    """The C compiler the kernel is built with: `$CC`, else `cc`, if it is on the PATH."""
+    return shutil.which(os.environ.get("CC", "cc"))
+
+
 def _cpu_signature() -> str:
     """What -march=native compiles for: a library built on one CPU may not run on another
     that shares the cache folder (a home folder on a cluster)."""
@@ -70,11 +75,11 @@ def _torch_uses_libgomp() -> bool:
         return False
 
 
-def _compile(cc: str, out: Path) -> tuple[str | None, str]:
+def _compile(cc: str, out: Path, openmp: bool) -> tuple[str | None, str]:
     """Build the library at `out`, trying fewer flags until one works: (the flags used, or
     None, and the compiler's first error line)."""
     attempts = [["-march=native"], []]
-    if _torch_uses_libgomp():
+    if openmp:
         attempts = [[*a, "-fopenmp"] for a in attempts] + attempts
     error = ""
     for extra in attempts:
@@ -99,15 +104,13 @@ def _load() -> ctypes.CDLL | None:
     if os.environ.get("TSCONV_CPU_KERNEL", "1") == "0":
         _status = "disabled by TSCONV_CPU_KERNEL=0"
         return None
-    cc = shutil.which(os.environ.get("CC", "cc"))
+    cc = compiler()
     if cc is None:
         _status = "no C compiler found"
         return None
+    openmp = _torch_uses_libgomp()
     key = hashlib.sha256(
-        b"\0".join(
-            s.encode()
-            for s in (SOURCE.read_text(), cc, _cpu_signature(), str(_torch_uses_libgomp()))
-        )
+        b"\0".join(s.encode() for s in (SOURCE.read_text(), cc, _cpu_signature(), str(openmp)))
     ).hexdigest()[:16]
     suffix = ".dll" if sys.platform == "win32" else ".so"
     for folder in (cache_dir(), Path(tempfile.gettempdir()) / f"tsconv-{getpass.getuser()}"):
@@ -116,7 +119,7 @@ def _load() -> ctypes.CDLL | None:
             folder.mkdir(parents=True, exist_ok=True)
             if hasattr(os, "getuid") and folder.stat().st_uid != os.getuid():
                 continue  # never load a library from a folder someone else controls
-            dll, how = _open(lib, cc)
+            dll, how = _open(lib, cc, openmp)
         except OSError:
             continue
         if dll is None:
@@ -128,14 +131,14 @@ def _load() -> ctypes.CDLL | None:
     return None
 
 
-def _open(lib: Path, cc: str) -> tuple[ctypes.CDLL | None, str]:
+def _open(lib: Path, cc: str, openmp: bool) -> tuple[ctypes.CDLL | None, str]:
     """Load the cached build at `lib`, building it first if it is missing, and again if it does
     not load (a damaged file): (the library or None, how it was got or why not)."""
     for attempt in ("cached", "compiled"):
         if attempt == "cached" and not lib.exists():
             continue
         if attempt == "compiled":
-            flags, error = _compile(cc, lib)
+            flags, error = _compile(cc, lib, openmp)
             if flags is None:
                 return None, f"compiling {SOURCE.name} with {cc} failed: {error}"
             attempt = f"compiled with {cc} {flags}".rstrip()
@@ -179,6 +182,11 @@ def drop_threshold(p: float) -> int:
     """Drop an element when its 16 random bits are below this: P(drop) = p quantised to
     1/65536 (at most 65535/65536, so that 1 / P(keep) stays finite for any p < 1)."""
     return min(round(p * 65536), 65535)
+
+
+def keep_scale(drop: int) -> float:
+    """Dropout's 1 / P(keep) for the threshold `drop_threshold` gives."""
+    return 65536 / (65536 - drop)
 
 
 def new_key() -> int:

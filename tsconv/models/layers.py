@@ -99,7 +99,7 @@ def keep_mask(n: int, p: float, dtype: torch.dtype) -> tuple[torch.Tensor, float
         keep = fused_cpu.keep_flags(n, drop, fused_cpu.new_key(), 0)
     else:
         keep = torch.empty(n).copy_(random_lanes(n)).ge_(drop - 32768)
-    return keep.to(dtype), 65536 / (65536 - drop)
+    return keep.to(dtype), fused_cpu.keep_scale(drop)
 
 
 def random_lanes(n: int) -> torch.Tensor:

@@ -87,7 +87,7 @@ def block_ends(shape: tuple[int, int], p: float, dtype: torch.dtype):
     if dtype == torch.float32 and fused_cpu.available():
         # Bias, ReLU, dropout (masks made in the same pass) and residual: one C kernel.
         key, drop = (fused_cpu.new_key(), fused_cpu.drop_threshold(p)) if p else (0, 0)
-        return KernelEnds(drop, key), 65536 / (65536 - drop)
+        return KernelEnds(drop, key), fused_cpu.keep_scale(drop)
     if p == 0:
         return TorchEnds(), 1.0
     n = shape[0] * shape[1]
@@ -98,7 +98,7 @@ def block_ends(shape: tuple[int, int], p: float, dtype: torch.dtype):
     # Other dtypes (bf16 autocast) get the masks float32 would get, as tensors.
     key, drop = fused_cpu.new_key(), fused_cpu.drop_threshold(p)
     keeps = (fused_cpu.keep_flags(n, drop, key, i).to(dtype).view(shape) for i in (0, 1))
-    return TorchEnds(*keeps), 65536 / (65536 - drop)
+    return TorchEnds(*keeps), fused_cpu.keep_scale(drop)
 
 
 class TCN(nn.Module):
