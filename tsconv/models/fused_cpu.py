@@ -9,7 +9,7 @@ torch then converts and compares them in separate passes. Here Philox4x32-10 mak
 they are used, on torch's OpenMP threads, and each convolution's output is read and written
 once: the step runs 1.09-1.15x faster than with the same ends in torch operations (the "no C
 compiler" row of `scripts/bench_train.py`). The backward keeps byte masks instead of the
-second activation and the output: a quarter of their memory, and 1.00-1.02x on the step.
+second activation and the output: a quarter of their memory, and 0.99-1.02x on the step.
 
 The kernel is compiled with the system's C compiler (`$CC`, else `cc`) into a cache folder
 (`$TSCONV_CACHE`, else `$XDG_CACHE_HOME/tsconv`, else `~/.cache/tsconv`), once per machine
