@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.tsconv-installed
 CONFIG ?= configs/quick.yaml
 
-.PHONY: setup run test lint format bench clean
+.PHONY: setup run test lint format bench known-answers clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ format: setup
 
 bench: setup
 	$(BIN)/python scripts/run_benchmarks.py --out docs/benchmarks.md
+
+# What each shipped config learns on series with known answers (README, docs/known_answers.md).
+known-answers: setup
+	$(BIN)/python scripts/known_answers.py --out docs/known_answers.md
 
 clean:
 	rm -rf runs .pytest_cache .hypothesis

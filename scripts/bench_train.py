@@ -1,5 +1,6 @@
 """Training speed: achieved GFLOP/s vs a float32 matmul, tsconv's TCN vs the seed's recipe,
-fp32 vs bf16 autocast, and dense vs last-step targets on the sample data.
+and fp32 vs bf16 autocast. Dense against last-step targets is compared as time to a given
+forecast quality on series with a known answer, in scripts/bench_quality.py.
 
     python scripts/bench_train.py [--device cpu|cuda] [--threads 2]
 """
@@ -8,24 +9,19 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import statistics
 import time
 import warnings
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from _bench import machine, summary, table, time_rounds, timeit
 from torch import nn
 
-from tsconv.config import validate_config
-from tsconv.experiment import fit_span, prepare, training_spans
 from tsconv.models import fused_cpu, timemajor
 from tsconv.models.tcn import TCN
 from tsconv.models.timemajor import conv_rows, conv_rows_backward, taps
 from tsconv.train import make_optimizer
-from tsconv.windows import Scaler
 
 
 class SeedTCNBlock(nn.Module):
@@ -73,7 +69,7 @@ def tcn_macs(c_in: int, hidden: int, k: int, layers: int, length: int) -> int:
 def step_fn(model, x, y, amp: bool, device, last_only: bool, tsconv_optimizer: bool = True):
     """One train step; tsconv's optimizer (fused AdamW) or PyTorch's default AdamW."""
     if tsconv_optimizer:
-        opt = make_optimizer(model.parameters(), 1e-3, 0.0, device)
+        opt = make_optimizer(model, 1e-3, 0.0, device)
     else:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
 
@@ -298,154 +294,20 @@ def split_weight_grad_rows(rounds: int) -> str:
     )
 
 
-def dense_config(window: int, targets: str, seed: int, device, epochs: int, patience: int):
-    return validate_config(
-        {
-            "seed": seed,
-            "data": {"source": "sample", "tickers": ["MSFT", "AAPL"]},
-            "window": window,
-            "model": {"kind": "tcn", "channels": 16, "layers": 4, "dropout": 0.1},
-            "train": {
-                "epochs": epochs,
-                "batch_size": 32,
-                "lr": 0.002,
-                "patience": patience,
-                "targets": targets,
-                "device": device.type,
-            },
-        }
-    )
-
-
-def zero_forecast_val_mse(prep, train, val) -> float:
-    """Validation MSE of predicting 0, in the same scaled units as the models' val loss."""
-    errs = []
-    for t, td in prep.data.items():
-        lo, hi = train[t]
-        scale = Scaler.fit(td.x[lo:hi], td.y[lo:hi]).y_scale
-        y = td.y[val[t][0] : val[t][1]] / scale
-        errs.append(y[np.isfinite(y)] ** 2)
-    return float(np.concatenate(errs).mean())
-
-
-def seconds_to_reach(history: list[dict[str, float]], level: float) -> float:
-    spent = 0.0
-    for h in history:
-        spent += h["seconds"]
-        if h["val_loss"] <= level:
-            return spent
-    return math.inf
-
-
-def dense_vs_last(device, window: int, seeds: int) -> str:
-    """Both target modes trained to early stopping on the same spans, several seeds.
-
-    "epoch s" is training time only (validation costs the same in both modes); "time to equal
-    val" is, per seed, the training time until the validation loss first reaches
-    the worse of the two modes' best: how long each takes to get as good as both end up."""
-    runs: dict[str, list] = {"last": [], "all": []}
-    for seed in range(seeds):
-        for targets in runs:
-            prep = prepare(dense_config(window, targets, seed, device, 200, 5))
-            train, val = training_spans(prep)
-            _, _, _, res = fit_span(prep, train, val, seed=seed, device=device)
-            runs[targets].append(res)
-    zero = zero_forecast_val_mse(prep, train, val)
-    reach = {t: [] for t in runs}
-    for last, dense in zip(runs["last"], runs["all"], strict=True):
-        level = max(last.best_val, dense.best_val)
-        reach["last"].append(seconds_to_reach(last.history, level))
-        reach["all"].append(seconds_to_reach(dense.history, level))
-    rows, base_epoch, base_reach = [], None, None
-    for targets, results in runs.items():
-        epoch_s = statistics.median(h["train_seconds"] for r in results for h in r.history)
-        best = [r.best_val for r in results]
-        to_equal = statistics.median(reach[targets])
-        base_epoch, base_reach = base_epoch or epoch_s, base_reach or to_equal
-        rows.append(
-            [
-                targets,
-                epoch_s,
-                base_epoch / epoch_s,
-                statistics.median(len(r.history) for r in results),
-                statistics.median(sum(h["seconds"] for h in r.history) for r in results),
-                to_equal,
-                base_reach / to_equal,
-                statistics.fmean(best),
-                statistics.stdev(best) if len(best) > 1 else math.nan,
-            ]
-        )
-    return table(
-        f"Dense vs last-step targets on the sample (MSFT+AAPL, window {window}, TCN 16x4), "
-        f"each trained to early stopping (patience 5), {seeds} seeds; medians over seeds. "
-        f"Predicting 0 scores val MSE {zero:.4f}",
-        [
-            "targets",
-            "epoch s",
-            "epoch speedup",
-            "epochs",
-            "total s",
-            "s to equal val",
-            "speedup",
-            "best val MSE (mean)",
-            "sd",
-        ],
-        rows,
-    )
-
-
-def dense_epoch_by_window(device, repeats: int) -> str:
-    """Training time of one epoch over the sample's training targets (validation excluded),
-    median of `repeats` epochs after the first: the saving grows with window - burn-in."""
-    rows = []
-    for window in (64, 128, 256):
-        times = {}
-        for mode in ("last", "all"):
-            prep = prepare(dense_config(window, mode, 0, device, repeats + 1, 0))
-            train, val = training_spans(prep)
-            _, _, _, res = fit_span(prep, train, val, seed=0, device=device)
-            times[mode] = statistics.median(h["train_seconds"] for h in res.history[1:])
-        rows.append(
-            [
-                window,
-                prep.sequence,
-                prep.burn_in,
-                times["last"],
-                times["all"],
-                times["last"] / times["all"],
-            ]
-        )
-    return table(
-        "Training time of one epoch over the sample's training targets, TCN 16x4 "
-        "(receptive field 61), median of the epochs after the first; dense targets train on "
-        "sequences of the length shown, last-step targets on windows",
-        ["window", "dense sequence", "burn-in", "last s", "all s", "speedup"],
-        rows,
-    )
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=5, help="epochs timed per dense setting")
     # Rounds are cheap (about 1.5 s for all rows) and the shared machine's slow spells move a
     # 5-round median by several percent.
     ap.add_argument("--step-rounds", type=int, default=15, help="round-robin rounds of steps")
     ap.add_argument("--paired-rounds", type=int, default=40, help="rounds of the split A/B")
-    ap.add_argument("--skip-dense", action="store_true")
-    ap.add_argument("--dense-windows", default="64,256", help="comma-separated windows")
-    ap.add_argument("--seeds", type=int, default=5)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(speed_rows(device, args.step_rounds))
     if device.type == "cpu":
         print(split_weight_grad_rows(args.paired_rounds))
-    if not args.skip_dense:
-        print(dense_epoch_by_window(device, args.repeats))
-        for window in args.dense_windows.split(","):
-            print(dense_vs_last(device, int(window), args.seeds))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ torch.cuda.get_device_name(), 'pandas', pandas.__version__, 'numpy', numpy.__ver
 fused_cpu.kernel_info(), 'threads', torch.get_num_threads())"
 step pytest_cuda 120 "$py" -m pytest -v -p no:cacheprovider -rs tests/test_cuda.py
 step pytest 180 "$py" -m pytest -q -p no:cacheprovider -rs tests --ignore tests/test_cuda.py
-step bench_train_cuda 80 "$py" scripts/bench_train.py --device cuda --skip-dense --step-rounds 5
+step bench_train_cuda 80 "$py" scripts/bench_train.py --device cuda --step-rounds 5
 step bench_walkforward_cuda 90 "$py" scripts/bench_walkforward.py --device cuda --repeats 3
 step bench_walkforward_cpu 90 "$py" scripts/bench_walkforward.py --device cpu --repeats 3 \
     --threads 2

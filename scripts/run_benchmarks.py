@@ -14,6 +14,7 @@ BENCHES = [
     ["bench_windows.py"],
     ["bench_streaming.py"],
     ["bench_walkforward.py"],
+    ["bench_quality.py"],
 ]
 
 

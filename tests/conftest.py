@@ -7,46 +7,17 @@ import pandas as pd
 import pytest
 import torch
 
+from tsconv import synthetic
 from tsconv.config import validate_config
-
-
-def ohlcv_from_returns(
-    returns: np.ndarray, start: str = "2001-01-01", seed: int = 0, price0: float = 100.0
-) -> pd.DataFrame:
-    """A consistent OHLCV frame whose adjusted close has exactly these log returns."""
-    rng = np.random.default_rng(seed)
-    n = len(returns)
-    close = price0 * np.exp(np.cumsum(returns))
-    open_ = close * np.exp(-returns * rng.uniform(0.2, 0.8, n))
-    spread = np.abs(rng.normal(0, 0.005, n)) + 0.001
-    high = np.maximum(open_, close) * (1 + spread)
-    low = np.minimum(open_, close) * (1 - spread)
-    volume = rng.lognormal(13, 0.3, n).round()
-    dates = pd.bdate_range(start, periods=n, name="date")
-    return pd.DataFrame(
-        {
-            "open": open_,
-            "high": high,
-            "low": low,
-            "close": close,
-            "adj_close": close,
-            "volume": volume,
-        },
-        index=dates,
-    )
+from tsconv.synthetic import ohlcv_from_returns  # noqa: F401  (tests import it from here)
 
 
 def ar1_returns(n: int, phi: float = 0.5, sigma: float = 0.01, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    e = rng.normal(0, sigma, n)
-    r = np.zeros(n)
-    for t in range(1, n):
-        r[t] = phi * r[t - 1] + e[t]
-    return r
+    return synthetic.ar1(n, phi, sigma, seed)[0]
 
 
 def random_walk_returns(n: int, sigma: float = 0.01, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).normal(0, sigma, n)
+    return synthetic.random_walk(n, sigma, seed)[0]
 
 
 @pytest.fixture
@@ -62,7 +33,18 @@ def tiny_config(**sections):
         "features": ["log_return", "hl_range", "vol_5"],
         "window": 32,
         "model": {"kind": "tcn", "channels": 8, "layers": 3, "kernel_size": 3, "dropout": 0.0},
-        "train": {"epochs": 3, "batch_size": 32, "lr": 0.003, "patience": 0, "device": "cpu"},
+        # min_steps 0: three bare passes; the step floor has tests of its own. restore_best
+        # off: end with the trained weights, so tests see what training did (with it on, an
+        # untrained model, the zero forecast, often wins validation on noise)
+        "train": {
+            "epochs": 3,
+            "min_steps": 0,
+            "restore_best": False,
+            "batch_size": 32,
+            "lr": 0.003,
+            "patience": 0,
+            "device": "cpu",
+        },
         "backtest": {"train_span": 300, "test_span": 100},
     }
     for key, value in sections.items():

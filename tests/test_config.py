@@ -20,15 +20,26 @@ def test_shipped_configs_load(name):
     assert isinstance(cfg, Config)
 
 
-def test_tcn_config_is_the_seeds_model():
+def test_tcn_config_is_the_seeds_model_with_a_receptive_field_that_fits_its_window():
+    """The seed's TCN in spirit (8 features, 64 channels, kernel 3, dilations 1, 2, 4, ...,
+    window 256), with 6 blocks instead of 8: the seed's 8 reach 1021 bars, four times the
+    window, so the earliest taps would read zero padding (and tsconv would warn)."""
+    from tsconv.experiment import window_warning
+    from tsconv.models import receptive_field
+
     cfg = load_config(ROOT / "configs" / "tcn.yaml")
     assert (
         len(cfg.features),
         cfg.model.channels,
         cfg.model.kernel_size,
+        cfg.model.dilation_base,
         cfg.model.layers,
         cfg.window,
-    ) == (8, 64, 3, 8, 256)
+    ) == (8, 64, 3, 2, 6, 256)
+    assert receptive_field(cfg.model) == 253 <= cfg.window
+    assert window_warning(cfg, receptive_field(cfg.model)) is None
+    seed = cfg.model.model_copy(update={"layers": 8})
+    assert receptive_field(seed) == 1021 and window_warning(cfg, 1021) is not None
 
 
 CASES = [

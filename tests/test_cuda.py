@@ -108,10 +108,11 @@ def test_backtest_cli_on_cuda_writes_a_complete_run(tmp_path):
 # --------------------------------------------------------------------------- CUDA graphs
 
 
-def test_graphed_training_equals_eager_training_without_dropout(monkeypatch):
+@pytest.mark.parametrize("highway", [False, True])
+def test_graphed_training_equals_eager_training_without_dropout(monkeypatch, highway):
     """With dropout off the graphed step must compute exactly what the eager one does,
     including the smaller last batch of each epoch (21 sequences, batches of 16), which runs
-    eagerly."""
+    eagerly, and the highway's ridge penalty, added to the loss outside the graph."""
     captures = []
     capture = torch.cuda.make_graphed_callables
 
@@ -120,12 +121,14 @@ def test_graphed_training_equals_eager_training_without_dropout(monkeypatch):
         return capture(*args, **kw)
 
     monkeypatch.setattr(torch.cuda, "make_graphed_callables", counting)
-    _fit(tiny_config(train={"epochs": 2, "device": "cuda", "batch_size": 16}))
+    model = {"highway": highway}
+    _fit(tiny_config(train={"epochs": 2, "device": "cuda", "batch_size": 16}, model=model))
     assert not captures  # 2 full batches: too few for a capture to pay off
     monkeypatch.setattr(train_module, "GRAPH_MIN_STEPS", 1)
-    graphs = tiny_config(train={"epochs": 2, "device": "cuda", "batch_size": 16})
+    graphs = tiny_config(train={"epochs": 2, "device": "cuda", "batch_size": 16}, model=model)
     eager = tiny_config(
-        train={"epochs": 2, "device": "cuda", "batch_size": 16, "cuda_graphs": False}
+        train={"epochs": 2, "device": "cuda", "batch_size": 16, "cuda_graphs": False},
+        model=model,
     )
     a, _, _, ra = _fit(graphs)
     assert len(captures) == 1 and "forward" not in vars(a)  # eager forward back after training

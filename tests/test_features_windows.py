@@ -101,10 +101,13 @@ def _panel(lengths, f=3):
 
 @pytest.mark.parametrize("mode,burn_in", [("last", 0), ("all", 4), ("all", 0), ("all", 9)])
 @pytest.mark.parametrize("lo,hi", [(0, 50), (13, 47), (30, 41), (0, 12)])
-def test_windows_cover_each_target_once_and_match_naive_loop(mode, burn_in, lo, hi):
+@pytest.mark.parametrize("retile", [None, 0, 1, 2])
+def test_windows_cover_each_target_once_and_match_naive_loop(mode, burn_in, lo, hi, retile):
     data, panel = _panel([50, 40])
     window = 10
     ds = WindowDataset(panel, [(0, lo, hi), (1, 0, 40)], window, mode, burn_in)
+    if retile is not None:  # a pass with the dense tiling moved by random offsets
+        ds.retile(torch.Generator().manual_seed(retile))
     seen = []
     for i in range(len(ds)):
         x, y, mask = ds[i]
@@ -124,14 +127,34 @@ def test_windows_cover_each_target_once_and_match_naive_loop(mode, burn_in, lo, 
     assert (
         int(mb.sum()) == len(expected) - (1 if 49 in expected else 0) - 1
     )  # last row of each ticker has no target
-    for start in ds.locate(torch.arange(len(ds)))[0].tolist():  # no window crosses tickers
-        assert (start < 50 and start + window <= 50) or start >= 50
+    for start in ds.locate(torch.arange(len(ds)))[0].tolist():
+        # no window crosses tickers, or reads a row at or past its span's end
+        assert (start < 50 and start + window <= hi) or (start >= 50 and start + window <= 90)
+
+
+def test_retiling_moves_sequence_boundaries_and_keeps_the_targets():
+    _, panel = _panel([400])
+    ds = WindowDataset(panel, [(0, 0, 400)], 40, "all", 10)
+    before = sorted(ds.locate(torch.arange(len(ds)))[0].tolist())
+    targets = ds.n_targets()
+    gen = torch.Generator().manual_seed(0)
+    starts = {
+        tuple(sorted(ds.retile(gen).locate(torch.arange(len(ds)))[0].tolist())) for _ in range(8)
+    }
+    assert len(starts | {tuple(before)}) > 2  # new boundaries on most passes
+    assert ds.n_targets() == targets
+    ds2 = WindowDataset(panel, [(0, 0, 400)], 40, "all", 10)
+    again = ds2.retile(torch.Generator().manual_seed(0)).locate(torch.arange(len(ds2)))[0]
+    first = WindowDataset(panel, [(0, 0, 400)], 40, "all", 10).retile(
+        torch.Generator().manual_seed(0)
+    )
+    assert torch.equal(again, first.locate(torch.arange(len(first)))[0])  # seeded: reproducible
 
 
 def test_dense_windows_use_far_fewer_windows():
     segs = window_segments(0, 10_000, 256, "all", 64, 0)
-    n_dense = sum(c for _, c, _, _ in segs)
-    n_last = sum(c for _, c, _, _ in window_segments(0, 10_000, 256, "last", 0, 0))
+    n_dense = sum(c for _, c, _, _, _ in segs)
+    n_last = sum(c for _, c, _, _, _ in window_segments(0, 10_000, 256, "last", 0, 0))
     assert n_last / n_dense > 50
 
 
@@ -144,7 +167,7 @@ def test_window_dataset_memory_is_within_1_1x_of_raw():
     ds = WindowDataset(panel, [(0, 0, n)], 256, "last", 0)  # stride 1: the worst case
     index = sum(
         t.element_size() * t.nelement()
-        for t in (ds.first, ds.count, ds.stride, ds.loss_from, ds.cum)
+        for t in (ds.first, ds.count, ds.stride, ds.loss_from, ds.loss_to, ds.cum)
     )
     assert len(ds) == n - 255
     assert ds._xw.data_ptr() == panel.x.data_ptr() and ds._yw.data_ptr() == panel.y.data_ptr()

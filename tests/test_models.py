@@ -295,9 +295,13 @@ def test_receptive_field_is_tight(cfg):
 
 @pytest.mark.parametrize("k,base,layers", [(3, 2, 4), (2, 2, 5), (5, 3, 2), (1, 2, 2)])
 @pytest.mark.parametrize("length", [1, 17, 130])
-def test_streaming_equals_full_forward(k, base, layers, length):
+@pytest.mark.parametrize("highway", [0, 7])
+def test_streaming_equals_full_forward(k, base, layers, length, highway):
     torch.manual_seed(k * 10 + base)
-    model = random_head(TCN(3, [6, 6, 4, 8, 5][:layers], k, base, dropout=0.3)).eval()
+    model = TCN(3, [6, 6, 4, 8, 5][:layers], k, base, dropout=0.3, highway_lags=highway)
+    model = random_head(model).eval()
+    if highway:
+        model.highway.set_ridge(np.random.default_rng(0).normal(size=(highway, 3)), 0.1)
     x = torch.randn(4, 3, length)
     with torch.no_grad():
         full = model(x)[:, 0].numpy()
@@ -424,3 +428,59 @@ def test_models_run_on_cuda():
     drop = Dropout(0.3).train()
     out = drop(torch.ones(100_000, device="cuda"))
     assert abs((out == 0).float().mean().item() - 0.3) < 0.01
+
+
+# --------------------------------------------------------------------------- highway
+
+
+@pytest.mark.parametrize("kind", ["tcn", "multiscale"])
+def test_highway_is_the_ridge_forecast_on_top_of_the_network(kind):
+    """Output = network + sum over lags j and features f of coef[j, f] * x[f, t - j]: the
+    ridge AR model's forecast, so a model whose network is still at its zero head is it."""
+    from tsconv.baselines import lagged
+    from tsconv.config import ModelConfig
+    from tsconv.models import build_model, receptive_field
+
+    cfg = ModelConfig(
+        kind=kind, channels=4, layers=1, kernels=[3], highway=True, highway_lags=6, dropout=0.0
+    )
+    model = build_model(cfg, 3).eval()
+    assert model.receptive_field == receptive_field(cfg) == 6  # the highway reaches further
+    coef = np.random.default_rng(1).normal(size=(6, 3))
+    model.highway.set_ridge(coef, penalty=0.5)
+    x = torch.randn(2, 3, 40)
+    with torch.no_grad():
+        out = model(x)[:, 0].numpy()
+    rows = np.arange(5, 40)
+    for i in range(2):
+        expected = lagged(x[i].T.numpy(), rows, 6) @ coef.reshape(-1)
+        np.testing.assert_allclose(out[i, 5:], expected, rtol=1e-4, atol=1e-5)
+    # the penalty the training loss adds: 0.5 * |w|^2, with its gradient on the highway only
+    loss = model.highway.penalty_loss()
+    assert loss.item() == pytest.approx(0.5 * (coef**2).sum(), rel=1e-5)
+    loss.backward()
+    assert torch.allclose(model.highway.conv.weight.grad, model.highway.conv.weight * 1.0)
+
+
+def test_ridge_selection_shrinks_noise_and_keeps_signal():
+    from tsconv.baselines import ridge_select
+
+    rng = np.random.default_rng(0)
+    penalties = (1e-4, 1e-2, 1.0, 100.0)
+    a, a_val = rng.normal(size=(800, 10)), rng.normal(size=(200, 10))
+    # pure noise: nothing is clearly better than the near-zero fit, so the largest penalty
+    noise = [ridge_select(a, rng.normal(size=800), a_val, rng.normal(size=200), penalties)[1]]
+    noise += [ridge_select(a, rng.normal(size=800), a_val, rng.normal(size=200), penalties)[1]]
+    assert noise == [100.0, 100.0]
+    # a real signal in one column: a small penalty, and the closed-form ridge solution
+    beta = np.zeros(10)
+    beta[0] = 0.5
+    b, b_val = a @ beta + rng.normal(size=800), a_val @ beta + rng.normal(size=200)
+    coef, penalty = ridge_select(a, b, a_val, b_val, penalties)
+    assert penalty <= 1e-2
+    np.testing.assert_allclose(
+        coef, np.linalg.solve(a.T @ a / 800 + penalty * np.eye(10), a.T @ b / 800), rtol=1e-8
+    )
+    assert abs(coef[0] - 0.5) < 0.1
+    # no validation rows: the largest penalty
+    assert ridge_select(a, b, a_val[:0], b_val[:0], penalties)[1] == 100.0

@@ -13,11 +13,17 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tests.conftest import ar1_returns, ohlcv_from_returns, random_head, tiny_config
+from tests.conftest import (
+    ar1_returns,
+    ohlcv_from_returns,
+    random_head,
+    random_walk_returns,
+    tiny_config,
+)
 from tsconv import checkpoint
 from tsconv.cli import app
 from tsconv.config import load_config
-from tsconv.errors import CheckpointError, DataError, TrainingError
+from tsconv.errors import CheckpointError, TrainingError
 from tsconv.experiment import fit_span, global_rows, prepare, run_training
 from tsconv.models import TCN, MultiScaleConv1d
 from tsconv.models.tcn import TemporalBlock
@@ -27,8 +33,10 @@ from tsconv.train import (
     _set_rng_state,
     dense_sequence,
     evaluate,
+    fit_sequence,
     predict_rows,
     select_device,
+    steps_per_epoch,
 )
 from tsconv.windows import Panel, WindowDataset
 
@@ -118,8 +126,9 @@ def test_same_seed_gives_bit_identical_validation_loss(tmp_path):
     pa = torch.load(tmp_path / "a/model.pt", weights_only=True)["state_dict"]
     pb = torch.load(tmp_path / "b/model.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(pa[k], pb[k]) for k in pa)
-    c = _train(tmp_path, "c", cfg.model_copy(update={"seed": 1}))
-    assert c["best_val_loss"] != a["best_val_loss"]
+    _train(tmp_path, "c", cfg.model_copy(update={"seed": 1}))
+    pc = torch.load(tmp_path / "c/model.pt", weights_only=True)["state_dict"]
+    assert not all(torch.equal(pa[k], pc[k]) for k in pa)
 
 
 def test_progress_hook_sees_every_step_of_every_epoch(tmp_path):
@@ -271,12 +280,8 @@ def test_dense_sequence_lengths(window, rf, burn_in, expected):
     assert dense_sequence(window, rf, burn_in) == expected
 
 
-def test_every_dense_training_target_sees_its_full_receptive_field():
-    """The loss never reaches a position whose receptive field runs past the start of its
-    sequence: those would see zero padding where prediction sees real bars."""
-    cfg = tiny_config(window=64, model={"channels": 4, "layers": 4})  # receptive field 61
-    prep = prepare(cfg)
-    assert (prep.receptive_field, prep.sequence, prep.burn_in) == (61, 120, 60)
+def _training_dataset(prep, train, val):
+    """The training WindowDataset fit_span builds, without training on it."""
     seen = {}
 
     def spy(model, train_ds, *args, **kw):
@@ -288,17 +293,71 @@ def test_every_dense_training_target_sees_its_full_receptive_field():
     original, experiment.fit = experiment.fit, spy
     try:
         with pytest.raises(KeyboardInterrupt):
-            fit_span(prep, {"MSFT": (0, 900)}, {"MSFT": (900, 1000)}, seed=0, device=CPU)
+            fit_span(prep, train, val, seed=0, device=CPU)
     finally:
         experiment.fit = original
-    ds = seen["ds"]
+    return seen["ds"]
+
+
+def _loss_rows(ds, length):
     x, y, mask = ds.batch(torch.arange(len(ds)))
-    assert x.shape[2] == 120 and not mask[:, :60].any() and mask[:, 60:].any()
-    starts, _ = ds.locate(torch.arange(len(ds)))
-    rows = (starts[:, None] + torch.arange(120))[mask]  # each training row once, none missed
-    assert torch.equal(rows.sort().values, torch.arange(60, 900))
-    with pytest.raises(DataError, match="no training sequence fits: dense targets train on 120"):
-        fit_span(prep, {"MSFT": (0, 100)}, {"MSFT": (100, 200)}, seed=0, device=CPU)
+    starts = ds.locate(torch.arange(len(ds)))[0]
+    return x, mask, (starts[:, None] + torch.arange(length))[mask].sort().values
+
+
+def test_every_dense_training_target_sees_its_full_receptive_field():
+    """The loss never reaches a position whose receptive field runs past the start of its
+    sequence: those would see zero padding where prediction sees real bars. Passes re-cut the
+    sequences at random offsets; every training row is still a target once per pass."""
+    cfg = tiny_config(window=64, model={"channels": 4, "layers": 4})  # receptive field 61
+    prep = prepare(cfg)
+    assert (prep.receptive_field, prep.sequence, prep.burn_in) == (61, 120, 60)
+    ds = _training_dataset(prep, {"MSFT": (0, 900)}, {"MSFT": (900, 1000)})
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        x, mask, rows = _loss_rows(ds, 120)
+        assert x.shape[2] == 120 and not mask[:, :60].any() and mask[:, 60:].any()
+        assert torch.equal(rows, torch.arange(60, 900))  # each training row once, none missed
+        ds.retile(gen)
+
+
+def test_any_span_longer_than_the_receptive_field_trains():
+    """A target needs receptive-field-minus-one bars of context, not a sequence of twice the
+    receptive field: a fit shortens its sequences to the span it has."""
+    cfg = tiny_config(window=64, model={"channels": 4, "layers": 4})
+    prep = prepare(cfg)
+    ds = _training_dataset(prep, {"MSFT": (0, 100)}, {"MSFT": (100, 200)})
+    x, mask, rows = _loss_rows(ds, 100)
+    assert x.shape[2] == 100 and torch.equal(rows, torch.arange(60, 100))
+    # The seed's depth with a window that covers it, on ten years of daily bars: 8 blocks
+    # (receptive field 1021), window 1024, 2,520 bars, about 2,000 of them for training.
+    frames = {"X": ohlcv_from_returns(random_walk_returns(2520, seed=2))}
+    cfg = tiny_config(window=1024, model={"channels": 2, "layers": 8}, features=["log_return"])
+    prep = prepare(cfg, frames)
+    assert (prep.receptive_field, prep.sequence, prep.burn_in) == (1021, 2040, 1020)
+    ds = _training_dataset(prep, {"X": (0, 2000)}, {"X": (2000, 2500)})
+    x, mask, rows = _loss_rows(ds, 2000)
+    assert x.shape[2] == 2000 and torch.equal(rows, torch.arange(1020, 2000))
+
+
+def test_steps_per_epoch_reach_the_step_floor():
+    assert steps_per_epoch(30, 32, epochs=8, min_steps=200) == 25  # 8 epochs x 25 >= 200
+    assert steps_per_epoch(3000, 32, epochs=8, min_steps=200) == 94  # a pass is enough
+    assert steps_per_epoch(30, 32, epochs=8, min_steps=0) == 1
+    assert fit_sequence(120, 60, [900, 100, 50]) == 100  # 50 holds no target: ignored
+    assert fit_sequence(120, 60, [900]) == 120
+
+
+def test_a_fit_takes_at_least_min_steps_and_stops_early_only_after_them(tmp_path):
+    cfg = tiny_config(train={"epochs": 4, "min_steps": 40, "patience": 1, "restore_best": True})
+    summary = _train(tmp_path, "run", cfg)
+    history = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    assert list(history["steps"]) == [10 * (i + 1) for i in range(len(history))]
+    assert len(history) == 4 or history["steps"].iloc[-1] >= 40
+    assert summary["steps"] == history["steps"].iloc[-1]
+    # the starting weights compete: best_epoch 0 means no epoch beat them on validation
+    assert summary["best_val_loss"] <= summary["initial_val_loss"]
+    assert summary["best_epoch"] == 0 or summary["best_val_loss"] == min(history["val_loss"])
 
 
 @pytest.mark.skipif(

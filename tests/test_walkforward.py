@@ -62,7 +62,12 @@ def _synthetic_backtest(tmp_path, name, frames, **cfg_kw):
 
 
 def test_no_look_ahead_truncating_the_future_changes_no_past_prediction(tmp_path):
-    cfg_kw = {"backtest": {"train_span": 400, "test_span": 150}, "train": {"epochs": 2}}
+    # the highway's ridge fit (penalty chosen on the fold's validation rows) is covered too
+    cfg_kw = {
+        "backtest": {"train_span": 400, "test_span": 150},
+        "train": {"epochs": 2, "min_steps": 20},
+        "model": {"highway": True},
+    }
     frame = ohlcv_from_returns(random_walk_returns(1100, seed=3))
     other = ohlcv_from_returns(random_walk_returns(1100, seed=4), price0=30)
     cut = frame.index[800]
@@ -75,6 +80,7 @@ def test_no_look_ahead_truncating_the_future_changes_no_past_prediction(tmp_path
     # rows whose target was realised before the cut exist in both runs and must agree exactly
     merged = full.merge(short, on=["date", "ticker"], suffixes=("", "_cut"))
     assert len(merged) == len(short) > 300
+    assert merged["prediction"].std() > 0  # a trained forecast, not the zero one
     for col in ["prediction", "realized", "persistence", "trailing_mean", "ridge_ar"]:
         np.testing.assert_array_equal(
             merged[col].to_numpy(), merged[f"{col}_cut"].to_numpy(), err_msg=col

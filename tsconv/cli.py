@@ -204,9 +204,14 @@ def train(
         summary = run_training(
             cfg, target, resume=resume is not None, on_step=on_step, on_epoch_done=on_epoch
         )
+    best = (
+        f"best epoch {summary['best_epoch']}/{summary['epochs_run']}"
+        if summary["best_epoch"]
+        else f"no epoch of {summary['epochs_run']} beat the starting weights"
+    )
     out.print(
-        f"best epoch {summary['best_epoch']}/{summary['epochs_run']}: validation MSE "
-        f"{summary['best_val_loss']:.4f} (scaled target) on {summary['device']} -> {target}"
+        f"{best} ({summary['steps']} steps): validation MSE {summary['best_val_loss']:.4f} "
+        f"(scaled target) on {summary['device']} -> {target}"
     )
 
 

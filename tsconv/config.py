@@ -55,6 +55,8 @@ class ModelConfig(_Section):
     weight_norm: bool = True
     kernels: list[int] = Field(default_factory=lambda: [3, 5, 21], min_length=1)
     causal: bool = True
+    highway: bool = Field(False, description="add a ridge-initialised linear map of the last bars")
+    highway_lags: int = Field(5, ge=1, le=1024)
 
     @field_validator("kernels", "channel_list")
     @classmethod
@@ -75,12 +77,18 @@ class ModelConfig(_Section):
 
 class TrainConfig(_Section):
     epochs: int = Field(30, ge=1)
+    min_steps: int = Field(
+        400, ge=0, description="optimizer steps a fit takes at least, whatever the data's length"
+    )
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     schedule: Literal["none", "cosine", "onecycle"] = "cosine"
     clip_grad: float = Field(1.0, ge=0, description="0 turns clipping off")
     patience: int = Field(5, ge=0, description="0 turns early stopping off")
+    restore_best: bool = Field(
+        True, description="end with the best weights on validation, the starting ones included"
+    )
     val_fraction: float = Field(0.2, gt=0, lt=1)
     val_gap: int | None = Field(None, ge=0, description="bars between train and validation")
     targets: Literal["all", "last"] = "all"

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tsconv import checkpoint, features, io
+from tsconv import baselines, checkpoint, features, io
 from tsconv.config import Config, dump_yaml
 from tsconv.data.load import load_frames
 from tsconv.errors import DataError, UsageError
@@ -29,6 +29,7 @@ from tsconv.train import (
     FitState,
     dense_sequence,
     fit,
+    fit_sequence,
     predict_rows,
     select_device,
 )
@@ -129,29 +130,32 @@ def fit_span(
     panel = make_panel(prep.data, scalers)
     index = {t: i for i, t in enumerate(panel.tickers)}
     mode = "all" if cfg.train.targets == "all" else "last"
+    sequence = fit_sequence(
+        prep.sequence, prep.burn_in, [hi for lo, hi in train.values() if hi > lo]
+    )
 
     def dataset(spans: dict[str, Span], m: str) -> WindowDataset:
         return WindowDataset(
             panel,
             [(index[t], lo, hi) for t, (lo, hi) in spans.items() if hi > lo],
-            prep.sequence if m == "all" else cfg.window,
+            sequence if m == "all" else cfg.window,
             m,
             prep.burn_in,
         )
 
     train_ds = dataset(train, mode)
-    if len(train_ds) == 0 and prep.sequence > cfg.window and mode == "all":
+    if len(train_ds) == 0:
         raise DataError(
-            f"no training sequence fits: dense targets train on {prep.sequence} bars (window "
-            f"{cfg.window}, lengthened to twice the receptive field {prep.receptive_field}) "
-            "ending in the training span; set train.burn_in to train on windows instead, or "
-            "use more data"
+            f"no training target has the {prep.burn_in} bars of context its receptive field "
+            f"({prep.receptive_field}) needs; lower window or the model's depth, or use more data"
         )
     val_ds = dataset(val, "last")  # validate exactly as we predict: the window ending at the row
     torch.manual_seed(seed)
     model = build_model(cfg.model, len(cfg.features))
     if init_state is not None:
         model.load_state_dict(init_state)
+    elif resume is None and getattr(model, "highway", None) is not None:
+        fit_highway(model.highway, panel, train, val)
     result = fit(
         model,
         train_ds,
@@ -165,6 +169,44 @@ def fit_span(
         on_step=on_step,
     )
     return model, scalers, panel, result
+
+
+# Ridge penalties the highway chooses from on validation, in mean-squared-error units on
+# standardised features: from almost none to about a hundredth of the least-squares weights.
+HIGHWAY_PENALTIES = (1e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0)
+
+
+def fit_highway(
+    highway: torch.nn.Module, panel: Panel, train: dict[str, Span], val: dict[str, Span]
+) -> None:
+    """Start the highway at the ridge regression of the (scaled) target on the last `lags`
+    bars of the features, pooled over tickers and fitted on the training rows, with its
+    penalty chosen on the validation rows: the model then starts as a well-regularised linear
+    AR model and the network learns what that leaves. Only rows before the fold's validation
+    cut are fitted, and only validation rows choose, as for early stopping."""
+    lags = highway.lags
+    x, y = panel.x.numpy(), panel.y.numpy()
+
+    def target_rows(spans: dict[str, Span]) -> np.ndarray:
+        # from the lags-th bar of each ticker on, so every lag read is the ticker's own bar
+        rows = [
+            global_rows(panel, t, np.arange(max(lo, lags - 1), hi)).numpy()
+            for t, (lo, hi) in spans.items()
+        ]
+        rows = np.concatenate([*rows, np.zeros(0, np.int64)])
+        return rows[np.isfinite(y[rows])]
+
+    fit_rows, val_rows = target_rows(train), target_rows(val)
+    if len(fit_rows) <= x.shape[1] * lags:
+        return  # fewer rows than weights: stay at zero
+    coef, penalty = baselines.ridge_select(
+        baselines.lagged(x, fit_rows, lags),
+        y[fit_rows],
+        baselines.lagged(x, val_rows, lags),
+        y[val_rows],
+        HIGHWAY_PENALTIES,
+    )
+    highway.set_ridge(coef.reshape(lags, x.shape[1]), penalty)
 
 
 def global_rows(panel: Panel, ticker: str, rows: np.ndarray) -> torch.Tensor:
@@ -294,7 +336,9 @@ def run_training(
         "burn_in": prep.burn_in,
         "train_sequence": prep.sequence if cfg.train.targets == "all" else cfg.window,
         "epochs_run": len(result.history),
+        "steps": result.steps,
         "best_epoch": result.best_epoch,
+        "initial_val_loss": result.initial_val,
         "best_val_loss": result.best_val,
         "stopped_early": result.stopped_early,
         "train_loss_at_best": best.get("train_loss", math.nan),

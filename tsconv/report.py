@@ -255,6 +255,8 @@ def render_html(pred: pd.DataFrame, m: dict[str, Any], folds: pd.DataFrame, cfg:
         "train_rows",
         "test_rows",
         "epochs",
+        "steps",
+        "best_epoch",
         "best_val_loss",
     ]
     fold_table = folds[[c for c in fold_cols if c in folds]].to_html(

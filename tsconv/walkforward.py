@@ -170,7 +170,8 @@ def run_fold(
         "val_rows": int(sum(hi - lo for lo, hi in val_spans.values())),
         "test_rows": len(preds),
         "epochs": len(result.history),
-        "best_epoch": result.best_epoch,
+        "steps": result.steps,
+        "best_epoch": result.best_epoch,  # 0: no epoch clearly beat the starting weights
         "best_val_loss": result.best_val,
         "fit_seconds": t_fit,
         "predict_seconds": t_predict,

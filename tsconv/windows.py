@@ -85,33 +85,41 @@ def make_panel(data: dict[str, TickerData], scalers: dict[str, Scaler]) -> Panel
 
 
 def window_segments(
-    lo: int, hi: int, window: int, mode: str, burn_in: int, floor: int
-) -> list[tuple[int, int, int, int]]:
+    lo: int, hi: int, window: int, mode: str, burn_in: int, floor: int, offset: int = 0
+) -> list[tuple[int, int, int, int, int]]:
     """Window starts whose loss positions cover the target rows [lo, hi) exactly once.
 
-    Returns segments (first_start, count, stride, loss_from): windows start at
-    first_start + k * stride for k < count and take their loss from position loss_from on.
+    Returns segments (first_start, count, stride, loss_from, loss_to): windows start at
+    first_start + k * stride for k < count and take their loss on positions [loss_from, loss_to).
     `floor` is the first row that may appear in a window (the ticker's first row).
 
     mode "last": one window per target row, ending at it (stride 1, loss on the last position).
     mode "all": windows tile the span with stride window - burn_in; every position past the
     burn-in is a target, so each bar is computed about window/(window - burn_in) times instead
-    of `window` times.
+    of `window` times. `offset` (0 <= offset < stride) moves the tiling: a first window takes
+    its loss on the first `offset` target rows only, and the tiling starts after them, so the
+    sequence boundaries move while every row is still covered once. No window reads a row at
+    or past `hi`: BatchNorm's batch statistics would see it even where a causal loss does not.
     """
     lo = max(lo, floor + window - 1 if mode == "last" else floor + burn_in)
     if hi <= lo:
         return []
     if mode == "last":
-        return [(lo - window + 1, hi - lo, 1, window - 1)]
+        return [(lo - window + 1, hi - lo, 1, window - 1, window)]
     stride = window - burn_in
+    segs = []
+    if 0 < offset < stride and lo - burn_in + window <= hi:
+        segs.append((lo - burn_in, 1, 1, burn_in, burn_in + offset))
+        lo += offset
     first = lo - burn_in
     full = (hi - first - window) // stride + 1 if hi - first >= window else 0
-    segs = [(first, full, stride, burn_in)] if full > 0 else []
+    if full > 0:
+        segs.append((first, full, stride, burn_in, window))
     covered = first + (full - 1) * stride + window if full > 0 else lo
     if covered < hi:  # a last window ending at hi, taking loss only on the rows not yet covered
         start = hi - window
         if start >= floor:
-            segs.append((start, 1, 1, covered - start))
+            segs.append((start, 1, 1, covered - start, window))
     return segs
 
 
@@ -121,24 +129,35 @@ class WindowDataset(Dataset):
     def __init__(
         self, panel: Panel, spans: list[tuple[int, int, int]], window: int, mode: str, burn_in: int
     ):
-        self.panel, self.window, self.mode = panel, window, mode
-        segs = []
-        for ticker_index, lo, hi in spans:
-            base = int(panel.offsets[ticker_index])
-            for first, count, stride, loss_from in window_segments(
-                lo, hi, window, mode, burn_in, 0
-            ):
-                segs.append((base + first, count, stride, loss_from))
-        if len(panel.x) < window:
-            segs = []
-        seg = torch.tensor(segs, dtype=torch.int64).reshape(-1, 4)
-        self.first, self.count, self.stride, self.loss_from = (
-            seg.unbind(1) if len(seg) else (torch.zeros(0, dtype=torch.int64),) * 4
-        )
-        self.cum = torch.cumsum(self.count, 0)
+        self.panel, self.window, self.mode, self.burn_in = panel, window, mode, burn_in
+        # (first row of the ticker, lo, hi) in global rows
+        self.spans = [
+            (int(panel.offsets[i]), int(panel.offsets[i]) + lo, int(panel.offsets[i]) + hi)
+            for i, lo, hi in spans
+        ]
+        self.device = torch.device("cpu")
+        self._index([0] * len(self.spans))
         # (R - L + 1, F, L): every window as a view, used only to gather a batch by start.
         self._xw = panel.x.unfold(0, window, 1) if len(panel.x) >= window else None
         self._yw = panel.y.unfold(0, window, 1) if len(panel.y) >= window else None
+
+    def _index(self, offsets: list[int]) -> None:
+        segs = []
+        if len(self.panel.x) >= self.window:
+            for (floor, lo, hi), off in zip(self.spans, offsets, strict=True):
+                segs += window_segments(lo, hi, self.window, self.mode, self.burn_in, floor, off)
+        seg = torch.tensor(segs, dtype=torch.int64).reshape(-1, 5).to(self.device)
+        self.first, self.count, self.stride, self.loss_from, self.loss_to = seg.unbind(1)
+        self.cum = torch.cumsum(self.count, 0)
+
+    def retile(self, gen: torch.Generator) -> WindowDataset:
+        """Move each span's dense tiling by a random offset (in place), so that a new pass over
+        the data cuts its sequences elsewhere; the target rows covered stay the same."""
+        if self.mode == "all" and self.window > self.burn_in:
+            stride = self.window - self.burn_in
+            offsets = torch.randint(0, stride, (len(self.spans),), generator=gen).tolist()
+            self._index(offsets)
+        return self
 
     def __len__(self) -> int:
         return int(self.cum[-1]) if len(self.cum) else 0
@@ -148,32 +167,34 @@ class WindowDataset(Dataset):
         there: on a GPU a step then moves no data from the host and waits for nothing."""
         device = torch.device(device)
         moved = copy.copy(self)
-        for name in ("first", "count", "stride", "loss_from", "cum"):
+        moved.device = device
+        for name in ("first", "count", "stride", "loss_from", "loss_to", "cum"):
             setattr(moved, name, getattr(self, name).to(device))
         if self._xw is not None:  # move the rows, then view them again: moving a view copies
             moved._xw = self.panel.x.to(device).unfold(0, self.window, 1)
             moved._yw = self.panel.y.to(device).unfold(0, self.window, 1)
         return moved
 
-    def locate(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def locate(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         seg = torch.searchsorted(self.cum, idx, right=True)
         before = self.cum[seg] - self.count[seg]
         starts = self.first[seg] + (idx - before) * self.stride[seg]
-        return starts, self.loss_from[seg]
+        return starts, self.loss_from[seg], self.loss_to[seg]
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if not 0 <= i < len(self):
             raise IndexError(i)
-        start, loss_from = (int(v) for v in self.locate(torch.tensor([i])))
+        start, loss_from, loss_to = (int(v) for v in self.locate(torch.tensor([i])))
         x = self.panel.x[start : start + self.window].T  # a view, no copy
         y = self.panel.y[start : start + self.window]
-        return x, y, torch.arange(self.window) >= loss_from
+        positions = torch.arange(self.window)
+        return x, y, (positions >= loss_from) & (positions < loss_to)
 
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Gather a batch of windows by index: (B, F, L), (B, L) targets, (B, L) loss mask."""
-        starts, loss_from = self.locate(idx.to(self.cum.device))
-        positions = torch.arange(self.window, device=loss_from.device)
-        mask = positions.unsqueeze(0) >= loss_from.unsqueeze(1)
+        starts, loss_from, loss_to = self.locate(idx.to(self.cum.device))
+        positions = torch.arange(self.window, device=loss_from.device).unsqueeze(0)
+        mask = (positions >= loss_from.unsqueeze(1)) & (positions < loss_to.unsqueeze(1))
         y = self._yw[starts]
         return self._xw[starts], y, mask & torch.isfinite(y)
 
@@ -188,7 +209,7 @@ class WindowDataset(Dataset):
         return torch.cat(ends) + self.window - 1 if ends else torch.zeros(0, dtype=torch.int64)
 
     def n_targets(self) -> int:
-        return int(((self.window - self.loss_from) * self.count).sum()) if len(self.count) else 0
+        return int(((self.loss_to - self.loss_from) * self.count).sum()) if len(self.count) else 0
 
 
 def last_step_inputs(panel: Panel, rows: torch.Tensor, window: int) -> torch.Tensor:

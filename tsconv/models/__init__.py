@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from tsconv.config import ModelConfig
-from tsconv.models.layers import CausalConv1d
+from tsconv.models.layers import CausalConv1d, Highway
 from tsconv.models.multiscale import MultiScaleConv1d
 from tsconv.models.tcn import TCN, TemporalBlock, tcn_receptive_field
 
@@ -23,15 +23,24 @@ def build_model(cfg: ModelConfig, in_features: int) -> nn.Module:
             cfg.dilation_base,
             cfg.dropout,
             cfg.weight_norm,
+            highway_lags(cfg),
         )
-    return MultiScaleConv1d(in_features, cfg.channels, tuple(cfg.kernels), cfg.causal, cfg.dropout)
+    return MultiScaleConv1d(
+        in_features, cfg.channels, tuple(cfg.kernels), cfg.causal, cfg.dropout, highway_lags(cfg)
+    )
+
+
+def highway_lags(cfg: ModelConfig) -> int:
+    return cfg.highway_lags if cfg.highway else 0
 
 
 def receptive_field(cfg: ModelConfig) -> int:
     """Exact number of input steps that can influence one output step."""
     if cfg.kind == "tcn":
-        return tcn_receptive_field(cfg.kernel_size, len(tcn_channels(cfg)), cfg.dilation_base)
-    return max(cfg.kernels)
+        body = tcn_receptive_field(cfg.kernel_size, len(tcn_channels(cfg)), cfg.dilation_base)
+    else:
+        body = max(cfg.kernels)
+    return max(body, highway_lags(cfg))
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -41,6 +50,7 @@ def count_parameters(model: nn.Module) -> int:
 __all__ = [
     "TCN",
     "CausalConv1d",
+    "Highway",
     "MultiScaleConv1d",
     "TemporalBlock",
     "build_model",

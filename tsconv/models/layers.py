@@ -60,6 +60,37 @@ def zero_head(in_channels: int) -> CausalConv1d:
     return head
 
 
+class Highway(nn.Module):
+    """LSTNet's autoregressive component: a linear map of the last `lags` bars of the input
+    features, added to the network's output at every step.
+
+    The network then nests a linear AR model (the ridge baseline's model class) instead of
+    having to rediscover it through ReLUs from a zero head. `set_ridge` puts in a ridge solution
+    (`tsconv.experiment` fits one on the training rows before training starts) and its penalty,
+    which `penalty_loss` adds to the training loss, so gradient steps keep the ridge's shrinkage.
+    """
+
+    def __init__(self, in_features: int, lags: int):
+        super().__init__()
+        self.lags = lags
+        self.conv = CausalConv1d(in_features, 1, lags, bias=False)  # the head has the bias
+        nn.init.zeros_(self.conv.weight)
+        self.register_buffer("penalty", torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+    @torch.no_grad()
+    def set_ridge(self, coef: np.ndarray, penalty: float) -> None:
+        """coef (lags, features): coef[j, f] multiplies feature f of the bar j steps back."""
+        w = torch.as_tensor(np.asarray(coef, dtype=np.float32))
+        self.conv.weight.copy_(w.flip(0).T.unsqueeze(0))  # tap k reads lag lags - 1 - k
+        self.penalty.fill_(float(penalty))
+
+    def penalty_loss(self) -> torch.Tensor:
+        return self.penalty * self.conv.weight.pow(2).sum()
+
+
 def maybe_weight_norm(conv: nn.Conv1d, enabled: bool) -> nn.Conv1d:
     return nn.utils.parametrizations.weight_norm(conv) if enabled else conv
 

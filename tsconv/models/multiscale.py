@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tsconv.models.layers import CausalConv1d, Dropout, zero_head
+from tsconv.models.layers import CausalConv1d, Dropout, Highway, zero_head
 
 
 class MultiScaleConv1d(nn.Module):
@@ -22,6 +22,7 @@ class MultiScaleConv1d(nn.Module):
         kernels: tuple[int, ...] = (3, 5, 21),
         causal: bool = True,
         dropout: float = 0.0,
+        highway_lags: int = 0,
     ):
         super().__init__()
         self.kernels, self.causal = tuple(kernels), causal
@@ -38,14 +39,16 @@ class MultiScaleConv1d(nn.Module):
         )
         self.dropout = Dropout(dropout)
         self.head = zero_head(hidden * len(self.kernels))
+        self.highway = Highway(in_features, highway_lags) if highway_lags else None
 
     @property
     def receptive_field(self) -> int:
-        return max(self.kernels)
+        return max(*self.kernels, self.highway.lags if self.highway is not None else 1)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, F, L) -> (N, hidden * len(kernels), L), the seed's extractor output."""
         return torch.cat([branch(x) for branch in self.branches], dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(self.features(x)))
+        out = self.head(self.dropout(self.features(x)))
+        return out if self.highway is None else out + self.highway(x)

@@ -71,10 +71,12 @@ class StreamingTCN:
                 )
             self.head_w = self.model.head.weight.detach().float().cpu().numpy()[:, :, 0].T.copy()
             self.head_b = self.model.head.bias.detach().float().cpu().numpy()
+            highway = self.model.highway
+            self.highway = _ConvState(highway.conv, 1, self.batch) if highway is not None else None
 
     def step(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
         """x: (B, F) features of the newest bar -> (B,) prediction for it."""
-        h = np.asarray(x, dtype=np.float32)
+        h = x0 = np.asarray(x, dtype=np.float32)
         for conv1, conv2, down in self.layers:
             out = conv1(h)
             np.maximum(out, 0, out=out)
@@ -83,7 +85,10 @@ class StreamingTCN:
             out += h if down is None else h @ down[0] + down[1]
             np.maximum(out, 0, out=out)
             h = out
-        return (h @ self.head_w + self.head_b)[:, 0]
+        out = h @ self.head_w + self.head_b
+        if self.highway is not None:
+            out += self.highway(x0)
+        return out[:, 0]
 
     def run(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
         """x: (B, F, L) -> (B, L), stepping through every bar from empty buffers."""

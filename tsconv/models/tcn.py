@@ -15,6 +15,7 @@ from tsconv.models import fused_cpu
 from tsconv.models.layers import (
     CausalConv1d,
     Dropout,
+    Highway,
     keep_mask,
     maybe_weight_norm,
     zero_head,
@@ -110,6 +111,7 @@ class TCN(nn.Module):
         dilation_base: int = 2,
         dropout: float = 0.2,
         weight_norm: bool = True,
+        highway_lags: int = 0,
     ):
         super().__init__()
         self.kernel_size, self.dilation_base = kernel_size, dilation_base
@@ -121,12 +123,18 @@ class TCN(nn.Module):
             c_in = c_out
         self.blocks = nn.Sequential(*blocks)
         self.head = zero_head(c_in)
+        self.highway = Highway(in_features, highway_lags) if highway_lags else None
 
     @property
     def receptive_field(self) -> int:
-        return tcn_receptive_field(self.kernel_size, len(self.blocks), self.dilation_base)
+        rf = tcn_receptive_field(self.kernel_size, len(self.blocks), self.dilation_base)
+        return max(rf, self.highway.lags) if self.highway is not None else rf
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.forward_body(x)
+        return out if self.highway is None else out + self.highway(x)
+
+    def forward_body(self, x: torch.Tensor) -> torch.Tensor:
         h = self.blocks(x)
         if h.device.type != "cpu":
             return self.head(h)

@@ -1,0 +1,97 @@
+"""Time to quality: wall time until the walk-forward reaches a given forecast quality, for dense
+and last-step training targets, on series with a known answer.
+
+    python scripts/bench_quality.py [--config quick] [--repeats 1]
+
+A claim about training speed counts only at equal, demonstrated forecast quality, so this times
+whole walk-forward backtests of a shipped config (tsconv.synthetic's known-answer cases, the
+config unchanged but for data keys and training budget) on a ladder of training budgets, and
+reports the first rung that reaches the bar and its wall time:
+
+- AR(1), phi 0.5: R^2_OS >= 0.2 (the oracle's is about 0.25);
+- the nonlinear tent series: R^2_OS >= 80% of the oracle's on the same rows.
+
+Dense targets climb a ladder of `train.min_steps` (epochs fixed by the config); last-step
+targets one of `train.epochs` with no step floor (one pass is already dozens of steps there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from _bench import machine, table
+
+from tsconv import synthetic
+from tsconv.config import load_config
+from tsconv.experiment import prepare
+from tsconv.walkforward import run_backtest
+
+ROOT = Path(__file__).resolve().parents[1]
+LADDERS = {
+    "all": [f"train.min_steps={n}" for n in (25, 50, 100, 200, 400, 800)],
+    "last": [f"train.epochs={n}" for n in (1, 2, 4, 8, 16)],
+}
+
+
+def backtest(config: str, series: str, overrides: list[str]) -> tuple[float, float, float]:
+    """(R^2_OS of the model, of the oracle on the same rows, wall seconds)."""
+    frames, oracles = synthetic.case_frames(series)
+    cfg = load_config(
+        ROOT / "configs" / f"{config}.yaml",
+        [f"data.tickers=[{','.join(frames)}]", *synthetic.SPAN_KEYS.get(config, []), *overrides],
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        m = run_backtest(cfg, Path(tmp) / "bt", prep=prepare(cfg, frames))
+        seconds = time.perf_counter() - t0
+        pred = pd.read_parquet(Path(tmp) / "bt" / "predictions.parquet")
+    best = np.array([oracles[t][d] for t, d in zip(pred["ticker"], pred["date"], strict=True)])
+    oracle = synthetic.oracle_r2(pred["realized"].to_numpy(), best)
+    return m["forecast"]["prediction"]["r2_oos"], oracle, seconds
+
+
+def time_to_quality(config: str, series: str, targets: str) -> list[object]:
+    tried = []
+    for rung in LADDERS[targets]:
+        extra = ["train.min_steps=0"] if targets == "last" else []
+        r2, oracle, seconds = backtest(config, series, [f"train.targets={targets}", *extra, rung])
+        bar = 0.2 if series == "ar1" else 0.8 * oracle
+        tried.append(f"{rung.split('=')[1]}: {r2:+.3f}")
+        print(f"  {series} {targets} {rung}: R^2 {r2:+.3f} (bar {bar:.3f}) in {seconds:.1f} s")
+        if r2 >= bar:
+            return [series, targets, rung, r2, bar, seconds, "; ".join(tried)]
+    return [series, targets, "not reached", r2, bar, float("nan"), "; ".join(tried)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--config", default="quick")
+    ap.add_argument("--series", nargs="+", default=["ar1", "tent"])
+    args = ap.parse_args()
+    print(machine())
+    rows = [
+        time_to_quality(args.config, series, targets)
+        for series in args.series
+        for targets in ("all", "last")
+    ]
+    print()
+    print(
+        table(
+            f"Time to quality, {args.config}.yaml walk-forward (whole backtests, one run each)",
+            ["series", "targets", "first budget at the bar", "R^2", "bar", "wall s", "ladder"],
+            rows,
+        )
+    )
+    for series in args.series:
+        dense, last = (r for r in rows if r[0] == series)
+        if np.isfinite(dense[5]) and np.isfinite(last[5]):
+            print(f"{series}: last-step targets take {last[5] / dense[5]:.1f}x the dense time")
+
+
+if __name__ == "__main__":
+    main()

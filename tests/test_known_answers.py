@@ -1,0 +1,142 @@
+"""Known answers: every shipped config, unchanged but for data keys (and, for the two large ones,
+the span keys in tsconv.synthetic.SPAN_KEYS), run through the CLI as a user would, on series
+whose best forecast is known (tsconv.synthetic).
+
+- AR(1), phi 0.5: R^2_OS at least 0.95 x the ridge AR baseline of the same backtest, and the
+  model beats the zero forecast (DM p < 0.01);
+- the size-dependent "tent" series, where a linear forecast finds almost nothing: the model
+  beats ridge AR (DM p < 0.01) and reaches 80% of the oracle's R^2 on the same rows;
+- a random walk: no edge (directional accuracy within 3 standard errors of 50%, DM against zero
+  not significant at 5%);
+- the real sample (MSFT, AAPL): not significantly worse than the zero forecast.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from tsconv import metrics, synthetic
+from tsconv.cli import app
+
+pytestmark = pytest.mark.slow
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+SHIPPED = ["quick", "wf_msft", "tcn", "multiscale"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """Every case's tickers written as CSV files and imported with `tsconv fetch --from-csv`."""
+    root = tmp_path_factory.mktemp("known")
+    cache_dir, oracles, tickers = root / "cache", {}, {}
+    for series in synthetic.CASES:
+        frames, oracle = synthetic.case_frames(series)
+        oracles.update(oracle)
+        tickers[series] = list(frames)
+        for name, frame in frames.items():
+            path = root / f"{name}.csv"
+            frame.to_csv(path)
+            args = [
+                "fetch",
+                "--from-csv",
+                str(path),
+                "--ticker",
+                name,
+                "--data-dir",
+                str(cache_dir),
+            ]
+            result = CliRunner().invoke(app, args)
+            assert result.exit_code == 0, result.output
+    return cache_dir, oracles, tickers
+
+
+def backtest(tmp_path: Path, config: str, data: list[str]) -> tuple[dict, pd.DataFrame]:
+    out = tmp_path / "bt"
+    args = ["backtest", "--config", str(CONFIGS / f"{config}.yaml"), "--out", str(out)]
+    for key in [*data, *synthetic.SPAN_KEYS.get(config, [])]:
+        args += ["--set", key]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    m = json.loads((out / "metrics.json").read_text())
+    return m, pd.read_parquet(out / "predictions.parquet")
+
+
+def run_case(tmp_path, cache, config, series):
+    cache_dir, oracles, tickers = cache
+    data = [
+        "data.source=cache",
+        f"data.dir={cache_dir}",
+        f"data.tickers=[{','.join(tickers[series])}]",
+    ]
+    m, pred = backtest(tmp_path, config, data)
+    oracle = np.array([oracles[t][d] for t, d in zip(pred["ticker"], pred["date"], strict=True)])
+    return m, pred, synthetic.oracle_r2(pred["realized"].to_numpy(), oracle)
+
+
+def dm_against(pred: pd.DataFrame, other: str) -> dict:
+    """DM test of the model's squared error against another forecast's, per-date means."""
+    loss = (
+        pred.assign(
+            a=(pred["prediction"] - pred["realized"]) ** 2, b=(pred[other] - pred["realized"]) ** 2
+        )
+        .groupby("date")[["a", "b"]]
+        .mean()
+    )
+    return metrics.diebold_mariano(loss["a"].to_numpy(), loss["b"].to_numpy())
+
+
+@pytest.mark.parametrize("config", SHIPPED)
+def test_ar1_model_matches_ridge_and_beats_zero(tmp_path, cache, config):
+    m, _, oracle = run_case(tmp_path, cache, config, "ar1")
+    f = m["forecast"]
+    model, ridge = f["prediction"]["r2_oos"], f["ridge_ar"]["r2_oos"]
+    assert ridge > 0.15 and oracle > 0.2  # the series does carry the signal
+    assert model >= 0.95 * ridge, (model, ridge, oracle)
+    dm = f["prediction"]["dm_vs_zero"]
+    assert dm["stat"] < 0 and dm["p_value"] < 0.01, dm
+
+
+NONLINEAR = [
+    *(c for c in SHIPPED if c != "multiscale"),
+    pytest.param(
+        "multiscale",
+        marks=pytest.mark.xfail(
+            strict=True,
+            reason="the one-layer multi-scale model beats ridge AR but reaches about half of the "
+            "oracle's R^2 (0.12-0.15 of 0.28): its 21-bar branch over 8 features overfits "
+            "before it finds the one-lag nonlinearity (README, What tsconv can learn)",
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize("config", NONLINEAR)
+def test_nonlinear_model_beats_ridge_and_nears_the_oracle(tmp_path, cache, config):
+    m, pred, oracle = run_case(tmp_path, cache, config, "tent")
+    f = m["forecast"]
+    model, ridge = f["prediction"]["r2_oos"], f["ridge_ar"]["r2_oos"]
+    assert ridge < 0.4 * oracle  # a linear forecast on the shipped features does poorly here
+    dm = dm_against(pred, "ridge_ar")
+    assert dm["stat"] < 0 and dm["p_value"] < 0.01, dm
+    assert model >= 0.8 * oracle, (model, ridge, oracle)
+
+
+@pytest.mark.parametrize("config", SHIPPED)
+def test_random_walk_shows_no_edge(tmp_path, cache, config):
+    m, _, _ = run_case(tmp_path, cache, config, "random_walk")
+    f = m["forecast"]["prediction"]
+    assert abs(f["directional_accuracy"] - 0.5) <= 3 * f["directional_accuracy_se"], f
+    assert f["dm_vs_zero"]["p_value"] > 0.05, f["dm_vs_zero"]
+
+
+@pytest.mark.parametrize("config", SHIPPED)
+def test_real_sample_is_not_significantly_worse_than_zero(tmp_path, config):
+    m, _ = backtest(tmp_path, config, ["data.source=sample", "data.tickers=[MSFT,AAPL]"])
+    dm = m["forecast"]["prediction"]["dm_vs_zero"]
+    assert not (dm["p_value"] < 0.05 and dm["stat"] > 0), dm
