@@ -507,3 +507,15 @@ def test_predicting_a_row_without_a_full_window_of_its_own_ticker_is_refused():
     assert (
         len(predict_rows(model, panel, torch.tensor([39, 139, 199]), 40, torch.device("cpu"))) == 3
     )
+
+
+def test_trained_weights_replace_the_starting_ones_only_when_clearly_better():
+    from tsconv.train import beats_clearly
+
+    g = torch.Generator().manual_seed(0)
+    reference = torch.rand(400, generator=g, dtype=torch.float64)
+    noise = reference + 0.05 * torch.randn(400, generator=g, dtype=torch.float64)
+    slightly = noise - 0.001  # lower on average, by far less than one standard error
+    assert slightly.mean() < reference.mean() and not beats_clearly(slightly, reference)
+    assert beats_clearly(reference - 0.05, reference)  # every row lower: clearly better
+    assert beats_clearly(slightly, None)  # nothing to beat (no validation, or an old run)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io as _io
-import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -341,7 +340,7 @@ def run_training(
         "initial_val_loss": result.initial_val,
         "best_val_loss": result.best_val,
         "stopped_early": result.stopped_early,
-        "train_loss_at_best": best.get("train_loss", math.nan),
+        "train_loss_at_best": best.get("train_loss"),  # None: the starting weights were best
         "train_rows": {t: hi - lo for t, (lo, hi) in train.items()},
         "val_rows": {t: hi - lo for t, (lo, hi) in val.items()},
         "warning": window_warning(cfg, prep.receptive_field),

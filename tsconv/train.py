@@ -426,8 +426,8 @@ def fit(
                 lowest, bad = score, 0
             else:
                 bad += 1
-                if cfg.patience and bad >= cfg.patience and result.steps >= cfg.min_steps:
-                    result.stopped_early = True
+                patient = cfg.patience and bad >= cfg.patience and result.steps >= cfg.min_steps
+                result.stopped_early = bool(patient) and epoch + 1 < epochs
             if on_epoch is not None:
                 on_epoch(
                     FitState(
