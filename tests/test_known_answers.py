@@ -108,8 +108,8 @@ NONLINEAR = [
         "multiscale",
         marks=pytest.mark.xfail(
             strict=True,
-            reason="the one-layer multi-scale model beats ridge AR but reaches about half of the "
-            "oracle's R^2 (0.12-0.15 of 0.28): its 21-bar branch over 8 features overfits "
+            reason="the one-layer multi-scale model beats ridge AR but reaches 55% of the "
+            "oracle's R^2 (0.156 of 0.285): its 21-bar branch over 8 features overfits "
             "before it finds the one-lag nonlinearity (README, What tsconv can learn)",
         ),
     ),
