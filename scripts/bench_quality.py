@@ -20,41 +20,15 @@ The highway's ridge start solves AR(1) before the first step, so AR(1) is also t
 from __future__ import annotations
 
 import argparse
-import tempfile
-import time
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from _bench import machine, table
+from known_answers import run
 
-from tsconv import synthetic
-from tsconv.config import load_config
-from tsconv.experiment import prepare
-from tsconv.walkforward import run_backtest
-
-ROOT = Path(__file__).resolve().parents[1]
 LADDERS = {
     "all": [f"train.min_steps={n}" for n in (25, 50, 100, 200, 400, 800)],
     "last": [f"train.epochs={n}" for n in (1, 2, 4, 8, 16)],
 }
-
-
-def backtest(config: str, series: str, overrides: list[str]) -> tuple[float, float, float]:
-    """(R^2_OS of the model, of the oracle on the same rows, wall seconds)."""
-    frames, oracles = synthetic.case_frames(series)
-    cfg = load_config(
-        ROOT / "configs" / f"{config}.yaml",
-        [f"data.tickers=[{','.join(frames)}]", *synthetic.SPAN_KEYS.get(config, []), *overrides],
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        m = run_backtest(cfg, Path(tmp) / "bt", prep=prepare(cfg, frames))
-        seconds = time.perf_counter() - t0
-        pred = pd.read_parquet(Path(tmp) / "bt" / "predictions.parquet")
-    best = np.array([oracles[t][d] for t, d in zip(pred["ticker"], pred["date"], strict=True)])
-    oracle = synthetic.oracle_r2(pred["realized"].to_numpy(), best)
-    return m["forecast"]["prediction"]["r2_oos"], oracle, seconds
 
 
 def time_to_quality(config: str, series: str, targets: str, highway: bool) -> list[object]:
@@ -62,8 +36,9 @@ def time_to_quality(config: str, series: str, targets: str, highway: bool) -> li
     for rung in LADDERS[targets]:
         extra = ["train.min_steps=0"] if targets == "last" else []
         extra += [] if highway else ["model.highway=false"]
-        r2, oracle, seconds = backtest(config, series, [f"train.targets={targets}", *extra, rung])
-        bar = 0.2 if series == "ar1" else 0.8 * oracle
+        r = run(config, series, [f"train.targets={targets}", *extra, rung])
+        r2, seconds = r["model"], r["seconds"]
+        bar = 0.2 if series == "ar1" else 0.8 * r["oracle"]
         tried.append(f"{rung.split('=')[1]}: {r2:+.3f}")
         print(f"  {series} {targets} {rung}: R^2 {r2:+.3f} (bar {bar:.3f}) in {seconds:.1f} s")
         name = series if highway else f"{series}, no highway"

@@ -29,8 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ["quick", "wf_msft", "tcn", "multiscale"]
 
 
-def run(config: str, series: str) -> dict:
-    """One backtest of a shipped config on a case ("sample": the real MSFT and AAPL bars)."""
+def run(config: str, series: str, extra: list[str] | None = None) -> dict:
+    """One backtest of a shipped config on a case ("sample": the real MSFT and AAPL bars),
+    with `extra` overrides after the case's own."""
     overrides = list(synthetic.SPAN_KEYS.get(config, []))
     if series == "sample":
         frames, oracles = None, None
@@ -38,16 +39,13 @@ def run(config: str, series: str) -> dict:
     else:
         frames, oracles = synthetic.case_frames(series)
         overrides.append(f"data.tickers=[{','.join(frames)}]")
-    cfg = load_config(ROOT / "configs" / f"{config}.yaml", overrides)
+    cfg = load_config(ROOT / "configs" / f"{config}.yaml", [*overrides, *(extra or [])])
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         m = run_backtest(cfg, Path(tmp) / "bt", prep=prepare(cfg, frames))
         seconds = time.perf_counter() - t0
         pred = pd.read_parquet(Path(tmp) / "bt" / "predictions.parquet")
-    oracle = np.nan
-    if oracles is not None:
-        best = [oracles[t][d] for t, d in zip(pred["ticker"], pred["date"], strict=True)]
-        oracle = synthetic.oracle_r2(pred["realized"].to_numpy(), np.array(best))
+    oracle = synthetic.oracle_r2_of(pred, oracles) if oracles is not None else np.nan
     f = m["forecast"]
     return {
         "model": f["prediction"]["r2_oos"],

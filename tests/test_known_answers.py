@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -75,8 +74,7 @@ def run_case(tmp_path, cache, config, series):
         f"data.tickers=[{','.join(tickers[series])}]",
     ]
     m, pred = backtest(tmp_path, config, data)
-    oracle = np.array([oracles[t][d] for t, d in zip(pred["ticker"], pred["date"], strict=True)])
-    return m, pred, synthetic.oracle_r2(pred["realized"].to_numpy(), oracle)
+    return m, pred, synthetic.oracle_r2_of(pred, oracles)
 
 
 def dm_against(pred: pd.DataFrame, other: str) -> dict:

@@ -70,9 +70,9 @@ def ridge_select(
     No intercept: the zero forecast is the benchmark, and a fitted mean return is a forecast
     of its own, a poor one for daily returns (on the sample it cost 2% of R^2 in a fold). The
     penalty is in mean-squared-error units, mean((b - a c)^2) + penalty * |c|^2, so it means
-    the same for any number of rows. The rule
-    matters on returns: the lowest of a dozen noisy validation errors is low partly by luck,
-    and a linear forecast that is not clearly better than a near-zero one loses out of sample.
+    the same for any number of rows. The rule matters on returns: the lowest of a dozen noisy
+    validation errors is low partly by luck, and a linear forecast that is not clearly better
+    than a near-zero one loses out of sample.
     Without validation rows the largest penalty is taken.
     """
     a = np.asarray(a, np.float64)

@@ -333,7 +333,11 @@ def run_training(
         "parameters": count_parameters(model),
         "receptive_field": prep.receptive_field,
         "burn_in": prep.burn_in,
-        "train_sequence": prep.sequence if cfg.train.targets == "all" else cfg.window,
+        "train_sequence": (
+            fit_sequence(prep.sequence, prep.burn_in, [hi for lo, hi in train.values() if hi > lo])
+            if cfg.train.targets == "all"
+            else cfg.window
+        ),
         "epochs_run": len(result.history),
         "steps": result.steps,
         "best_epoch": result.best_epoch,

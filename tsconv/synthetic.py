@@ -80,6 +80,12 @@ def oracle_r2(realized: np.ndarray, oracle: np.ndarray) -> float:
     return 1 - float(np.sum((realized - oracle) ** 2)) / float(np.sum(realized**2))
 
 
+def oracle_r2_of(pred: pd.DataFrame, oracles: dict[str, pd.Series]) -> float:
+    """`oracle_r2` on the rows of a backtest's predictions.parquet (date, ticker, realized)."""
+    best = [oracles[t][d] for t, d in zip(pred["ticker"], pred["date"], strict=True)]
+    return oracle_r2(pred["realized"].to_numpy(), np.array(best))
+
+
 # The known-answer cases (tests/test_known_answers.py, scripts/known_answers.py): every shipped
 # config runs on each series unchanged but for data keys, plus, for the two large configs, the
 # span keys that let a 3,000-bar series hold a few folds of them.
