@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from _bench import machine, summary, table, time_rounds, timeit
 from torch import nn
 
-from tsconv.models import fused_cpu, timemajor
+from tsconv.models import timemajor
 from tsconv.models.tcn import TCN
 from tsconv.models.timemajor import conv_rows, conv_rows_backward, taps
 from tsconv.train import make_optimizer
@@ -198,10 +198,6 @@ def speed_rows(device, repeats):
         ),
         "the same as conv1d on (N, C, L) memory, fp32": convs_only_step(ours, x, "conv1d"),
     }
-    if device.type == "cpu":  # what the fused C kernel buys (fused_cpu.py)
-        steps["tsconv TCN, block ends in torch operations (no C compiler), fp32"] = patched(
-            step_fn(ours, x, y, False, device, True), fused_cpu, "available", lambda: False
-        )
     if device.type == "cuda":  # what `train.cuda_graphs` does in training: replay the step
         graphed = copy.deepcopy(ours).train()
         torch.cuda.synchronize()

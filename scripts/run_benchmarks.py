@@ -15,6 +15,7 @@ BENCHES = [
     ["bench_streaming.py"],
     ["bench_walkforward.py"],
     ["bench_quality.py"],
+    ["bench_startup.py"],
 ]
 
 

@@ -63,38 +63,3 @@ def random_head(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
         model.head.weight.copy_(torch.randn(model.head.weight.shape, generator=g))
         model.head.bias.copy_(torch.randn(model.head.bias.shape, generator=g))
     return model
-
-
-def require_fused_kernel():
-    """The fused CPU kernel, loaded. A machine without a C compiler cannot build it (and then
-    trains with torch operations, tested by the "numpy" runs): skip there, and where it is
-    turned off. Otherwise a kernel that does not load is a failure."""
-    import os
-
-    from tsconv.models import fused_cpu
-
-    if not fused_cpu.available():
-        if fused_cpu.compiler() is None:
-            pytest.skip("no C compiler to build the fused CPU kernel")
-        if os.environ.get("TSCONV_CPU_KERNEL") == "0":
-            pytest.skip("the fused CPU kernel is turned off (TSCONV_CPU_KERNEL=0)")
-        pytest.fail(f"the fused CPU kernel did not load: {fused_cpu.kernel_info()}")
-    return fused_cpu
-
-
-@pytest.fixture
-def fused_kernel():
-    return require_fused_kernel()
-
-
-@pytest.fixture(params=["philox", "numpy"])
-def dropout_generator(request, monkeypatch):
-    """Run a test with each CPU route: the fused C kernel with its Philox dropout, and the
-    torch operations with numpy's masks that every machine without a C compiler uses."""
-    from tsconv.models import fused_cpu
-
-    if request.param == "numpy":
-        monkeypatch.setattr(fused_cpu, "available", lambda: False)
-    else:
-        require_fused_kernel()
-    return request.param

@@ -100,21 +100,7 @@ def test_ar1_model_matches_ridge_and_beats_zero(tmp_path, cache, config):
     assert dm["stat"] < 0 and dm["p_value"] < 0.01, dm
 
 
-NONLINEAR = [
-    *(c for c in SHIPPED if c != "multiscale"),
-    pytest.param(
-        "multiscale",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="the one-layer multi-scale model beats ridge AR but reaches 55% of the "
-            "oracle's R^2 (0.156 of 0.285): its 21-bar branch over 8 features overfits "
-            "before it finds the one-lag nonlinearity (README, What tsconv can learn)",
-        ),
-    ),
-]
-
-
-@pytest.mark.parametrize("config", NONLINEAR)
+@pytest.mark.parametrize("config", SHIPPED)
 def test_nonlinear_model_beats_ridge_and_nears_the_oracle(tmp_path, cache, config):
     m, pred, oracle = run_case(tmp_path, cache, config, "tent")
     f = m["forecast"]

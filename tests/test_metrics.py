@@ -84,3 +84,23 @@ def test_ic_summary_t_stat():
     s = metrics.ic_summary([0.1, 0.2, 0.3])
     assert s["mean"] == pytest.approx(0.2) and s["std"] == pytest.approx(0.1)
     assert s["icir"] == pytest.approx(2.0) and s["t_stat"] == pytest.approx(2 * math.sqrt(3))
+
+
+def test_tail_probabilities_match_printed_tables():
+    # two-sided 5% and 1% critical values: normal 1.959964 and 2.575829; Student's t with 10
+    # degrees of freedom 2.228139 and 3.169273, with 2: 4.302653
+    assert metrics.normal_two_sided(1.959964) == pytest.approx(0.05, abs=1e-6)
+    assert metrics.normal_two_sided(-2.575829) == pytest.approx(0.01, abs=1e-6)
+    assert metrics.student_t_two_sided(2.228139, 10) == pytest.approx(0.05, abs=1e-6)
+    assert metrics.student_t_two_sided(-3.169273, 10) == pytest.approx(0.01, abs=1e-6)
+    assert metrics.student_t_two_sided(4.302653, 2) == pytest.approx(0.05, abs=1e-6)
+    assert metrics.normal_two_sided(0.0) == 1.0
+
+
+def test_spearman_uses_average_ranks_for_ties():
+    # ranks of a: 1, 2.5, 2.5, 4; of b: 4, 3, 2, 1 -> pearson of those, by hand: -0.9487
+    a, b = np.array([1.0, 2.0, 2.0, 3.0]), np.array([4.0, 3.0, 2.0, 1.0])
+    ra, rb = np.array([1, 2.5, 2.5, 4]), np.array([4.0, 3, 2, 1])
+    expected = np.sum((ra - 2.5) * (rb - 2.5)) / math.sqrt(np.sum((ra - 2.5) ** 2) * 5)
+    assert expected == pytest.approx(-0.9486833, abs=1e-7)
+    assert metrics.spearman(a, b) == pytest.approx(expected, abs=1e-12)

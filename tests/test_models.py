@@ -228,10 +228,10 @@ def test_seed_multiscale_extractor_shape_and_leak():
     torch.testing.assert_close(causal(x)[..., :40], causal(y)[..., :40])
 
 
-@pytest.mark.parametrize("kind", ["tcn", "multiscale"])
-def test_untrained_model_is_the_zero_forecast_and_still_learns(kind):
+@pytest.mark.parametrize("kind,mix", [("tcn", 0), ("multiscale", 0), ("multiscale", 5)])
+def test_untrained_model_is_the_zero_forecast_and_still_learns(kind, mix):
     torch.manual_seed(0)
-    model = build_model(ModelConfig(kind=kind, channels=4, layers=2, dropout=0.0), 3)
+    model = build_model(ModelConfig(kind=kind, channels=4, layers=2, dropout=0.0, mix=mix), 3)
     x, y = torch.randn(8, 3, 40), torch.randn(8, 1, 40)
     assert torch.all(model(x) == 0)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -256,14 +256,27 @@ def test_tcn_predicts_every_step_and_counts_parameters():
     assert count_parameters(plain) == first + 7 * 2 * conv + (64 + 1)
 
 
+def test_multiscale_parameters_with_and_without_the_mixing_layer():
+    # seed shape: 3 branches of Conv1d(8 -> 32, k) + BatchNorm (weight, bias), then Conv1d(96 -> 1)
+    branches = sum(8 * 32 * k + 32 + 2 * 32 for k in (3, 5, 21))
+    seed = build_model(ModelConfig(kind="multiscale", channels=32), 8)
+    assert count_parameters(seed) == branches + 96 + 1
+    mixed = build_model(ModelConfig(kind="multiscale", channels=32, mix=64), 8)
+    assert count_parameters(mixed) == branches + (96 * 64 + 64 + 2 * 64) + 64 + 1
+    assert mixed(torch.randn(2, 8, 64)).shape == (2, 1, 64)
+
+
 CAUSAL_KINDS = [
     ModelConfig(kind="tcn", channels=4, layers=3, kernel_size=3, dropout=0.0),
     ModelConfig(kind="tcn", channels=4, layers=2, kernel_size=2, dilation_base=3, dropout=0.0),
     ModelConfig(kind="multiscale", channels=4, kernels=[3, 5, 21]),
+    ModelConfig(kind="multiscale", channels=4, kernels=[3, 5, 21], mix=6),
 ]
 
 
-@pytest.mark.parametrize("cfg", CAUSAL_KINDS, ids=["tcn-k3", "tcn-k2-b3", "multiscale"])
+@pytest.mark.parametrize(
+    "cfg", CAUSAL_KINDS, ids=["tcn-k3", "tcn-k2-b3", "multiscale", "multiscale-mix"]
+)
 @settings(max_examples=15, deadline=None)
 @given(t=st.integers(0, 59), seed=st.integers(0, 2**16))
 def test_causality_under_future_perturbation(cfg, t, seed):
@@ -277,7 +290,12 @@ def test_causality_under_future_perturbation(cfg, t, seed):
 
 
 @pytest.mark.parametrize(
-    "cfg", CAUSAL_KINDS[:2] + [ModelConfig(kind="multiscale", channels=4, kernels=[3, 7])]
+    "cfg",
+    CAUSAL_KINDS[:2]
+    + [
+        ModelConfig(kind="multiscale", channels=4, kernels=[3, 7]),
+        ModelConfig(kind="multiscale", channels=4, kernels=[3, 7], mix=5),
+    ],
 )
 def test_receptive_field_is_tight(cfg):
     torch.manual_seed(0)
@@ -326,7 +344,7 @@ def test_streaming_survives_many_compactions():
 
 
 @pytest.mark.parametrize("p", [0.05, 0.2, 0.5, 0.9])
-def test_fast_dropout_drops_p_of_elements_and_is_unbiased(p, dropout_generator):
+def test_fast_dropout_drops_p_of_elements_and_is_unbiased(p):
     torch.manual_seed(0)
     drop = Dropout(p).train()
     x = torch.ones(64, 32, 257)  # numel not a multiple of the 4 lanes per draw
@@ -339,7 +357,7 @@ def test_fast_dropout_drops_p_of_elements_and_is_unbiased(p, dropout_generator):
     assert abs(out.double().mean().item() - 1.0) < 4 * (p / (1 - p) / n) ** 0.5
 
 
-def test_fast_dropout_lanes_are_independent_and_positions_uniform(dropout_generator):
+def test_fast_dropout_lanes_are_independent_and_positions_uniform():
     """Each of the four 16-bit lanes of a 64-bit draw must drop at the same rate; a biased
     lane (e.g. a sign bit never set) would show up as a period-4 pattern in positions."""
     torch.manual_seed(1)
@@ -350,7 +368,7 @@ def test_fast_dropout_lanes_are_independent_and_positions_uniform(dropout_genera
     assert abs(pair - 0.09) < 4 * (0.09 * 0.91 / 200_000) ** 0.5
 
 
-def test_fast_dropout_gradient_is_the_mask_eval_is_identity_and_seeded(dropout_generator):
+def test_fast_dropout_gradient_is_the_mask_eval_is_identity_and_seeded():
     drop = Dropout(0.25).train()
     x = torch.randn(8, 4, 33, requires_grad=True)
     torch.manual_seed(3)
@@ -365,8 +383,8 @@ def test_fast_dropout_gradient_is_the_mask_eval_is_identity_and_seeded(dropout_g
     assert torch.all(Dropout(1.0).train()(x) == 0)
 
 
-def test_fast_dropout_bits_come_from_torchs_seed_and_touch_no_global_numpy_state(dropout_generator):
-    """The bits come from Philox or numpy's SFC64 keyed from torch's generator: so
+def test_fast_dropout_bits_come_from_torchs_seed_and_touch_no_global_numpy_state():
+    """The bits come from numpy's SFC64 keyed from torch's generator: so
     `torch.manual_seed` alone fixes every mask, each call gets fresh bits, and numpy's global
     random state (which users may rely on) is left alone."""
     drop = Dropout(0.5).train()
@@ -382,7 +400,7 @@ def test_fast_dropout_bits_come_from_torchs_seed_and_touch_no_global_numpy_state
     assert torch.equal(drop(torch.ones(10_000)), a)
 
 
-def test_fast_dropout_keeps_bf16_with_the_same_masks_as_float32(dropout_generator):
+def test_fast_dropout_keeps_bf16_with_the_same_masks_as_float32():
     """bf16 cannot hold every int16, so the keep decision is made in float32: the same seed
     must drop the same elements in both dtypes."""
     out = Dropout(0.5).train()(torch.ones(100, dtype=torch.bfloat16))
@@ -394,7 +412,7 @@ def test_fast_dropout_keeps_bf16_with_the_same_masks_as_float32(dropout_generato
     assert torch.equal(a == 0, b == 0)
 
 
-def test_dropout_just_below_one_keeps_the_scale_finite(dropout_generator):
+def test_dropout_just_below_one_keeps_the_scale_finite():
     """p rounds to 65536/65536 at 16 bits; it is held at 65535/65536 so 1 / P(keep) stays
     finite, in the module and in the fused block."""
     out = Dropout(0.9999999).train()(torch.ones(200_000))
@@ -403,7 +421,7 @@ def test_dropout_just_below_one_keeps_the_scale_finite(dropout_generator):
     assert torch.isfinite(block(torch.randn(3, 2, 20))).all()
 
 
-def test_fast_dropout_on_a_strided_view(dropout_generator):
+def test_fast_dropout_on_a_strided_view():
     """A view with gaps (every other step) has strides that do not describe a dense block; the
     mask must still be a plain elementwise mask of the view's shape."""
     torch.manual_seed(2)

@@ -61,12 +61,11 @@ def reference_block_with_masks(block, x, keep1, keep2, scale):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("c_in,p", [(3, 0.2), (5, 0.5)])
-def test_fused_block_dropout_is_inverted_dropout_with_its_masks(c_in, p, dtype, dropout_generator):
+def test_fused_block_dropout_is_inverted_dropout_with_its_masks(c_in, p, dtype):
     """In training the fused block draws two keep masks and folds 1 / (1 - p) into the
     convolutions; with the same masks it must equal textbook inverted dropout after each ReLU,
-    values and gradients. In float32 with the Philox kernel the masks are made inside the
-    ReLU's pass and never exist as tensors: here they are recovered by applying the block's
-    `ends` to ones under the same seed."""
+    values and gradients. The masks are recovered by applying the block's `ends` to ones
+    under the same seed."""
     block = block_pair(c_in, 5, 3, 2, p).to(dtype).train()
     n, length = 3, 20
     x = torch.randn(n, c_in, length, dtype=dtype)
@@ -89,34 +88,9 @@ def test_fused_block_dropout_is_inverted_dropout_with_its_masks(c_in, p, dtype, 
         torch.testing.assert_close(a, b, rtol=tol, atol=tol)
 
 
-def test_float32_block_ends_each_convolution_in_the_kernel(monkeypatch, fused_kernel):
-    """The fast route is taken: a float32 block calls the fused kernel once per convolution,
-    the second time with the residual, in training (masks made in the kernel, no mask
-    tensors) and in eval (no dropout), and its backward once per block."""
-    fused_cpu = fused_kernel
-    calls = []
-    epilogue, grads = fused_cpu.block_epilogue_, fused_cpu.block_grads
-
-    def spy(y, bias, drop, key, stream, residual=None):
-        calls.append((stream, drop > 0, residual is not None))
-        return epilogue(y, bias, drop, key, stream, residual)
-
-    monkeypatch.setattr(fused_cpu, "block_epilogue_", spy)
-    monkeypatch.setattr(fused_cpu, "block_grads", lambda *a: calls.append("grads") or grads(*a))
-    monkeypatch.setattr(fused_cpu, "keep_flags", None)  # would raise if called
-    model = TCN(3, [8, 8], dropout=0.2)
-    model.train()(torch.randn(4, 3, 30)).sum().backward()
-    assert calls == [(0, True, False), (1, True, True)] * 2 + ["grads"] * 2
-    calls.clear()
-    with torch.no_grad():
-        model.eval()(torch.randn(4, 3, 30))
-    assert calls == [(0, False, False), (1, False, True)] * 2
-
-
 @pytest.mark.parametrize("downsample", [False, True])
-def test_float32_kernel_block_equals_composed_modules(downsample, dropout_generator):
-    """Bias, ReLU and residual (eval: no dropout) against the modules in float32, by the
-    kernel and by torch operations."""
+def test_float32_block_equals_composed_modules(downsample):
+    """Bias, ReLU and residual (eval: no dropout) against the modules in float32."""
     block = block_pair(3 if downsample else 5, 5, 3, 2, p=0.3).float().eval()
     x = torch.randn(4, block.conv1.in_channels, 40)
     g = torch.randn(4, 5, 40)
@@ -167,7 +141,7 @@ def test_fused_block_under_bf16_autocast_matches_composed():
 
 
 def test_fused_block_drops_at_rate_p_and_is_unbiased():
-    """The dropout inside the fused kernel: a block whose first convolution is the identity
+    """The dropout inside the fused block: a block whose first convolution is the identity
     passes x > 0 through both dropouts, plus the residual x. Averaged over draws the dropout
     part is x (unbiased), and it is dropped with probability 1 - (1 - p)^2."""
     p, c = 0.3, 6

@@ -26,7 +26,7 @@ from tsconv.config import load_config
 from tsconv.errors import CheckpointError, TrainingError
 from tsconv.experiment import fit_span, global_rows, prepare, run_training
 from tsconv.models import TCN, MultiScaleConv1d
-from tsconv.models.tcn import TemporalBlock
+from tsconv.models.tcn import TemporalBlock, tcn_receptive_field, window_end_plan
 from tsconv.train import (
     _predict_windows,
     _rng_state,
@@ -35,6 +35,7 @@ from tsconv.train import (
     evaluate,
     fit_sequence,
     predict_rows,
+    predicts_without_windows,
     select_device,
     steps_per_epoch,
 )
@@ -473,17 +474,67 @@ def test_chunked_prediction_is_bit_identical_whatever_follows():
         np.testing.assert_array_equal(again[: cut - 100], full[: cut - 100])
 
 
-def test_window_shorter_than_receptive_field_predicts_window_by_window():
+WIDE_MODELS = [  # receptive field longer than the window of 40 bars
+    lambda: random_head(TCN(3, [4] * 4, 3, 2, dropout=0.3)),  # 61
+    lambda: random_head(TCN(3, [5, 6, 6, 6], 2, 3, dropout=0.3, highway_lags=4)),  # 81
+    lambda: random_head(TCN(3, [6] * 6, 3, 2, dropout=0.3, weight_norm=False)),  # 253
+    lambda: random_head(TCN(3, [4] * 5, 4, 2, dropout=0.3, highway_lags=40)),  # 187
+    lambda: random_head(TCN(3, [4, 4], 3, 10, dropout=0.3)),  # 45: the first block is all dense
+]
+
+
+@pytest.mark.parametrize("make", WIDE_MODELS)
+@pytest.mark.parametrize("rows_per_chunk", [1, 7, 64])
+def test_window_shorter_than_receptive_field_shares_work_and_keeps_each_windows_numbers(
+    make, rows_per_chunk
+):
+    """Each row's prediction is its own window's (zero padding and all), but only the values
+    that depend on where the window starts are computed per window."""
     torch.manual_seed(0)
-    model, window = random_head(TCN(3, [4] * 4, 3, 2, dropout=0.0)), 40  # receptive field 61 > 40
-    panel = _panel([200])
-    rows = torch.arange(39, 200)
-    got = predict_rows(model, panel, rows, window, torch.device("cpu"))
-    want = _predict_windows(model, panel, rows, window, torch.device("cpu"), 1024, False)
-    np.testing.assert_array_equal(got, want)
+    model, window = make(), 40
+    assert model.receptive_field > window
+    assert predicts_without_windows(model, window)
+    panel = _panel([300, 250])
+    rows = torch.cat([torch.arange(39, 120), torch.arange(200, 205), torch.arange(339, 550)])
+    rows = rows[torch.randperm(len(rows))]
+    got = predict_rows(model, panel, rows, window, torch.device("cpu"), 64, False, rows_per_chunk)
+    want = _predict_windows(model, panel, rows, window, torch.device("cpu"), 64, False)
+    assert np.abs(want).max() > 0.1
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("make", CHUNK_MODELS)
+def test_window_end_prediction_is_bit_identical_whatever_follows():
+    torch.manual_seed(0)
+    model, window = WIDE_MODELS[0](), 40
+    panel = _panel([600])
+    rows = torch.arange(100, 600)
+    full = predict_rows(model, panel, rows, window, torch.device("cpu"), rows_per_chunk=64)
+    for cut in (101, 163, 164, 420, 599):
+        short = Panel(panel.x[:cut].clone(), panel.y[:cut].clone(), np.array([0, cut]), ["T0"])
+        part = predict_rows(
+            model, short, torch.arange(100, cut), window, torch.device("cpu"), rows_per_chunk=64
+        )
+        np.testing.assert_array_equal(part, full[: cut - 100])
+        shocked = Panel(panel.x.clone(), panel.y, panel.offsets, panel.tickers)
+        shocked.x[cut:] *= 3.0
+        again = predict_rows(model, shocked, rows, window, torch.device("cpu"), rows_per_chunk=64)
+        np.testing.assert_array_equal(again[: cut - 100], full[: cut - 100])
+
+
+def test_window_end_plan_only_where_the_receptive_field_is_longer_than_the_window():
+    model = TCN(3, [4] * 8, 3, 2)  # receptive field 1021
+    assert window_end_plan(model, 1021) is None and window_end_plan(model, 1024) is None
+    plan = window_end_plan(model, 256)
+    assert plan[-1]["own"] == [255]  # the top block computes the last position only
+    # below the top, a few positions per block depend on where the window starts
+    assert all(0 < len(step["own"]) <= 3 for step in plan)
+    reach = [tcn_receptive_field(3, i + 1) for i in range(8)]
+    assert all(p < r - 1 for step, r in zip(plan, reach, strict=True) for p in step["own"])
+    highway = TCN(3, [4] * 8, 3, 2, highway_lags=300)  # reads past the window: per window
+    assert window_end_plan(highway, 256) is None and not predicts_without_windows(highway, 256)
+
+
+@pytest.mark.parametrize("make", [*CHUNK_MODELS, WIDE_MODELS[0]])
 def test_fast_validation_equals_the_mean_over_last_step_windows(make):
     torch.manual_seed(0)
     model, window = make(), 40

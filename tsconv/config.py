@@ -55,6 +55,12 @@ class ModelConfig(_Section):
     weight_norm: bool = True
     kernels: list[int] = Field(default_factory=lambda: [3, 5, 21], min_length=1)
     causal: bool = True
+    mix: int = Field(
+        0,
+        ge=0,
+        le=4096,
+        description="multiscale: width of a 1x1 layer mixing the branches (0: none)",
+    )
     highway: bool = Field(False, description="add a ridge-initialised linear map of the last bars")
     highway_lags: int = Field(5, ge=1, le=1024)
 

@@ -80,17 +80,11 @@ def sha256(path: Path) -> str:
 
 
 def run_info(seed: int, device: Any) -> dict[str, Any]:
-    """What a run's numbers depend on besides its config: versions, seed, the device used
-    (the config may say "auto") and, on CPU, whether the fused kernel and its dropout
-    generator ran."""
+    """What a run's numbers depend on besides its config: versions, seed and the device used
+    (the config may say "auto")."""
     import torch
 
     info: dict[str, Any] = {**versions(), "seed": seed, "device": str(device)}
-    if getattr(device, "type", None) == "cpu":
-        from tsconv.models import fused_cpu
-
-        # The CPU dropout masks depend on whether the C kernel compiled on this machine.
-        info["cpu_kernel"] = fused_cpu.kernel_info()
     if getattr(device, "type", None) == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = str(torch.version.cuda)

@@ -26,7 +26,13 @@ def build_model(cfg: ModelConfig, in_features: int) -> nn.Module:
             highway_lags(cfg),
         )
     return MultiScaleConv1d(
-        in_features, cfg.channels, tuple(cfg.kernels), cfg.causal, cfg.dropout, highway_lags(cfg)
+        in_features,
+        cfg.channels,
+        tuple(cfg.kernels),
+        cfg.causal,
+        cfg.dropout,
+        highway_lags(cfg),
+        cfg.mix,
     )
 
 

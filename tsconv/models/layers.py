@@ -7,8 +7,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tsconv.models import fused_cpu
-
 
 class CausalConv1d(nn.Conv1d):
     """Conv1d with (kernel_size - 1) * dilation zeros on the left and none on the right.
@@ -102,10 +100,9 @@ class Dropout(nn.Dropout):
     about 4 ms for a 32 x 64 x 256 activation, a third of a TCN train step, more than the
     convolutions around it. Here each element gets 16 random bits, so the keep probability is
     quantised to 1/65536 and the scale uses the quantised value (the output stays unbiased).
-    The bits come from the Philox C kernel of fused_cpu.py where it compiled, else from
-    numpy's SFC64 (four lanes per 64-bit draw, 2.5x faster than torch's CPU mt19937); both are
-    keyed from torch's generator, so `torch.manual_seed` fixes the masks. CUDA keeps PyTorch's
-    fused kernel.
+    The bits come from numpy's SFC64 (four lanes per 64-bit draw, 2.5x faster than torch's CPU
+    mt19937), keyed from torch's generator, so `torch.manual_seed` fixes the masks and every
+    CPU machine draws the same ones. CUDA keeps PyTorch's fused kernel.
     """
 
     LANES = 4  # int16 lanes per int64 draw
@@ -121,16 +118,23 @@ class Dropout(nn.Dropout):
 def keep_mask(n: int, p: float, dtype: torch.dtype) -> tuple[torch.Tensor, float]:
     """n independent 0/1 keep flags with P(keep) = 1 - p quantised to 1/65536, and 1 / P(keep).
 
-    From the Philox kernel (fused_cpu.py) where it is available. Otherwise the flags are
-    made as float32 from numpy's bits (int16 -> float, then an in-place compare, exact for
-    every int16): on CPU that is several times faster than comparing into a bool tensor and
-    converting it. Other dtypes get a converted copy (bf16 cannot hold every int16)."""
-    drop = fused_cpu.drop_threshold(p)
-    if not torch.compiler.is_compiling() and fused_cpu.available():
-        keep = fused_cpu.keep_flags(n, drop, fused_cpu.new_key(), 0)
-    else:
-        keep = torch.empty(n).copy_(random_lanes(n)).ge_(drop - 32768)
-    return keep.to(dtype), fused_cpu.keep_scale(drop)
+    The flags are made as float32 from numpy's bits (int16 -> float, then an in-place compare,
+    exact for every int16): on CPU that is several times faster than comparing into a bool
+    tensor and converting it. Other dtypes get a converted copy (bf16 cannot hold every int16)."""
+    drop = drop_threshold(p)
+    keep = torch.empty(n).copy_(random_lanes(n)).ge_(drop - 32768)
+    return keep.to(dtype), keep_scale(drop)
+
+
+def drop_threshold(p: float) -> int:
+    """Drop an element when its 16 random bits are below this: P(drop) = p quantised to
+    1/65536 (at most 65535/65536, so that 1 / P(keep) stays finite for any p < 1)."""
+    return min(round(p * 65536), 65535)
+
+
+def keep_scale(drop: int) -> float:
+    """Dropout's 1 / P(keep) for the threshold `drop_threshold` gives."""
+    return 65536 / (65536 - drop)
 
 
 def random_lanes(n: int) -> torch.Tensor:

@@ -16,9 +16,8 @@ ReLU and dropout share one saved tensor (a kept, positive activation is exactly 
 one), the dropout scale is folded into the convolution weights (ReLU commutes with a positive
 scale), and the residual gradient is the accumulator the first convolution's input gradient is
 added into. The end of each convolution (bias, ReLU, dropout, and for the second the residual
-and last ReLU) is one pass of fused_cpu.py's C kernel where it compiled (`KernelEnds`), or torch
-operations (`TorchEnds`). On the seed's TCN the CPU train step is about 1.3x faster than the
-same block composed through autograd (`scripts/bench_train.py`). It is checked against that
+and last ReLU) is a few in-place torch operations (`TorchEnds`). On the seed's TCN the CPU
+train step is about 1.3x faster than the same block composed through autograd (`scripts/bench_train.py`). It is checked against that
 composition, against textbook inverted dropout with the same masks, and by gradcheck
 (`tests/test_timemajor.py`).
 """
@@ -27,8 +26,6 @@ from __future__ import annotations
 
 import torch
 from torch.autograd.function import once_differentiable
-
-from tsconv.models import fused_cpu
 
 
 def to_rows(x: torch.Tensor) -> torch.Tensor:
@@ -134,31 +131,10 @@ class TorchEnds:
         return g, torch.ops.aten.threshold_backward(g, a2, 0)
 
 
-class KernelEnds:
-    """TorchEnds in fused_cpu.py's C kernel, float32 only: each convolution's end is one pass
-    over its output with the dropout masks made in it, and the backward keeps two byte masks
-    instead of the second activation and the output."""
-
-    def __init__(self, drop: int = 0, key: int = 0):
-        self.drop, self.key = drop, key
-
-    def end(self, y: torch.Tensor, i: int, bias: torch.Tensor | None) -> torch.Tensor:
-        fused_cpu.block_epilogue_(y, bias, self.drop, self.key, i)
-        return y
-
-    def end_block(self, y, bias, residual):
-        out, masks = fused_cpu.block_epilogue_(y, bias, self.drop, self.key, 1, residual)
-        return out, (masks,)
-
-    @staticmethod
-    def grads(gout: torch.Tensor, masks: torch.Tensor):
-        return fused_cpu.block_grads(gout, masks)
-
-
 class TemporalBlockFunction(torch.autograd.Function):
     """relu(dropout(relu(conv2(dropout(relu(conv1(x)))))) + residual(x)) over time-major rows.
 
-    `ends` (TorchEnds or KernelEnds) applies each convolution's bias, ReLU and dropout (with its
+    `ends` (TorchEnds) applies each convolution's bias, ReLU and dropout (with its
     masks, without its scale), the residual and the last ReLU, and the gradients through them.
     `scale` is dropout's 1 / (1 - p). ReLU commutes with a positive scale, so it multiplies
     the (small) convolution weights and biases instead of the (large) activations; a dropped
