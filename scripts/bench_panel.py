@@ -15,6 +15,11 @@ the training span, per ticker. Model kinds (`--kinds`):
 - `multiscale`: configs/multiscale.yaml's model (receptive field 21), window 64.
 
 Peak memory is the process's maximum resident set (CPU) or `torch.cuda.max_memory_allocated`.
+Baselines measured in the same run: preparation one ticker at a time (the route `features.build`
+replaced), and, for `seed-rf>window`, the validation rows predicted one window each
+(`train._predict_windows`, the route `train._predict_window_ends` replaced).
+
+`--prepare-only` times just the preparation (e.g. `--tickers 4096 --prepare-only`).
 """
 
 from __future__ import annotations
@@ -27,10 +32,10 @@ import numpy as np
 import torch
 from _bench import machine, table
 
-from tsconv import synthetic
+from tsconv import features, synthetic
 from tsconv.config import load_config
 from tsconv.experiment import fit_span, global_rows, prepare
-from tsconv.train import predict_rows
+from tsconv.train import _predict_windows, predict_rows
 
 KINDS = {
     "seed-rf>window": [
@@ -71,14 +76,32 @@ def peak_memory_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run(kind: str, n: int, bars: int, device: torch.device) -> list[object]:
+def config(kind: str):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1] / "configs"
-    cfg = load_config(
+    return load_config(
         root / CONFIG[kind],
         [*KINDS[kind], "train.min_steps=0", "train.epochs=2", "train.patience=0"],
     )
+
+
+def prepare_rows(n: int, bars: int) -> list[object]:
+    """Preparation of N tickers, stacked (tsconv) and one ticker at a time (before)."""
+    cfg = config("multiscale")
+    data = frames(n, bars)
+    t0 = time.perf_counter()
+    prepare(cfg, data)
+    stacked = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for t, f in data.items():
+        features.build({t: f}, cfg.features, cfg.target.horizon, cfg.data.price)
+    alone = time.perf_counter() - t0
+    return [n, bars, stacked, alone, f"{alone / stacked:.1f}x", f"{stacked / n * 1e3:.2f}"]
+
+
+def run(kind: str, n: int, bars: int, device: torch.device) -> list[object]:
+    cfg = config(kind)
     data = frames(n, bars)
     t0 = time.perf_counter()
     prep = prepare(cfg, data)
@@ -100,6 +123,16 @@ def run(kind: str, n: int, bars: int, device: torch.device) -> list[object]:
         torch.cuda.synchronize()
     predict_s = time.perf_counter() - t0
     validation = epoch - training
+    before = "-"
+    if kind == "seed-rf>window":  # the validation rows, one window each, as before
+        vrows = torch.cat([global_rows(panel, t, np.arange(lo, hi)) for t, (lo, hi) in val.items()])
+        t0 = time.perf_counter()
+        _predict_windows(model, panel, vrows, cfg.window, device, 512, False)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        before = (
+            f"{time.perf_counter() - t0:.3g} s ({(time.perf_counter() - t0) / validation:.0f}x)"
+        )
     return [
         kind,
         n,
@@ -108,6 +141,7 @@ def run(kind: str, n: int, bars: int, device: torch.device) -> list[object]:
         training,
         validation,
         f"{validation / epoch:.0%}",
+        before,
         predict_s,
         f"{len(rows) / predict_s:,.0f}",
         peak_memory_mib(device),
@@ -121,9 +155,19 @@ def main() -> None:
     ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS))
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--prepare-only", action="store_true")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    print(
+        table(
+            f"Preparation (features and targets) of N tickers; {machine()}",
+            ["N", "bars", "stacked s (tsconv)", "one ticker at a time s", "ratio", "ms/ticker"],
+            [prepare_rows(n, args.bars) for n in args.tickers],
+        )
+    )
+    if args.prepare_only:
+        return
     device = torch.device(args.device)
     rows = [run(kind, n, args.bars, device) for n in args.tickers for kind in args.kinds]
     print(
@@ -138,6 +182,7 @@ def main() -> None:
                 "training s",
                 "validation s",
                 "validation share",
+                "validation one window per row (before)",
                 f"predict s ({PREDICT_BARS} bars each)",
                 "predictions/s",
                 "peak MiB",

@@ -16,6 +16,7 @@ BENCHES = [
     ["bench_walkforward.py"],
     ["bench_quality.py"],
     ["bench_startup.py"],
+    ["bench_panel.py", "--tickers", "8"],
 ]
 
 

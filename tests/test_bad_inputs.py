@@ -152,9 +152,55 @@ def test_offline_fetch_keeps_cache_byte_for_byte(tmp_path, monkeypatch):
     monkeypatch.setattr(sources, "_yf_download", offline)
     monkeypatch.setattr(sources.time, "sleep", lambda s: None)
     result = run("fetch", "MSFT", "--data-dir", str(tmp_path))
-    assert_user_error(result, 1, "could not reach Yahoo Finance for MSFT: OSError")
+    assert_user_error(result, 1, "could not reach Yahoo Finance for MSFT: OSError", "--sample")
     after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in tmp_path.iterdir()}
-    assert before == after
+    assert before == after and ".lock" not in after
+
+
+def _noisy_yfinance(monkeypatch):
+    """A yfinance whose download does what the real one does offline: log errors, print,
+    warn, and return an empty frame."""
+    import logging
+    import sys
+    import types
+    import warnings
+
+    import pandas as pd
+
+    def download(**kw):
+        for _ in range(20):
+            logging.getLogger("yfinance").error("Failed to get ticker reason: curl: (6)")
+        print("1 Failed download:")
+        sys.stderr.write("['MSFT']: DNSError\n")
+        warnings.warn("data.sort_index(level=0, axis=1, inplace=True)", FutureWarning, stacklevel=1)
+        return pd.DataFrame()
+
+    fake = types.ModuleType("yfinance")
+    fake.download = download
+    monkeypatch.setitem(sys.modules, "yfinance", fake)
+    import tsconv.data.sources as sources
+
+    monkeypatch.setattr(sources.time, "sleep", lambda s: None)
+
+
+def test_offline_fetch_prints_one_line_and_leaves_no_folder(tmp_path, monkeypatch, capfd):
+    _noisy_yfinance(monkeypatch)
+    fresh = tmp_path / "data"
+    result = run("fetch", "MSFT", "--data-dir", str(fresh))
+    assert_user_error(result, 1, "could not reach Yahoo Finance for MSFT", "--from-csv")
+    assert len(result.output.strip().splitlines()) == 1
+    captured = capfd.readouterr()
+    assert "Failed" not in captured.out + captured.err  # nothing past the CLI runner either
+    assert not fresh.exists()  # the folder it created for the lock is gone again
+
+
+def test_fetch_verbose_shows_the_library_messages(tmp_path, monkeypatch):
+    _noisy_yfinance(monkeypatch)
+    monkeypatch.delenv("TSCONV_VERBOSE", raising=False)
+    with pytest.warns(FutureWarning):
+        result = run("fetch", "MSFT", "--verbose", "--data-dir", str(tmp_path / "d"))
+    monkeypatch.delenv("TSCONV_VERBOSE", raising=False)
+    assert result.exit_code == 1 and "1 Failed download:" in result.output
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
@@ -235,13 +281,35 @@ def test_import_csv_through_fetch(tmp_path):
         (["fetch"], "name at least one ticker"),
         (["train"], "--config is required"),
         (["backtest"], "--config is required"),
-        (["predict", "--run", "nowhere"], "checkpoint not found"),
+        (["predict", "--run", "nowhere"], "nowhere: no such run folder; train one with"),
+        (["predict", "--run", "bt"], "bt: a backtest folder (walk-forward folds keep no model)"),
+        (["predict", "--run", "half"], "an unfinished training run; finish it with tsconv train"),
+        (["predict", "--run", "unfinished"], "unfinished: not a run folder (no model.pt)"),
         (["train", "--resume", "nowhere"], "not a run folder"),
         (["train", "--resume", "unfinished"], "no state.pt to resume from"),
+        (["backtest", "--resume", "unfinished"], "not an interrupted backtest"),
+        (["backtest", "--config", QUICK, "--set", "train.epoch=3"], "--set train.epoch=3: "),
     ],
 )
 def test_command_line_misuse_is_bad_input(tmp_path, monkeypatch, args, fragment):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "unfinished").mkdir()
     shutil.copy(QUICK, tmp_path / "unfinished/config.yaml")  # a run folder without state.pt
+    (tmp_path / "bt" / "folds").mkdir(parents=True)  # what tsconv backtest writes
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "state.pt").write_bytes(b"")
     assert_user_error(run(*args), 2, fragment)
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_outputs_respect_the_umask(tmp_path, umask, mode):
+    """Atomic writes go through a private temporary file; the result gets the mode a plain
+    write would (0666 less the umask), not the temporary file's 0600."""
+    from tsconv import io as tio
+
+    old = os.umask(umask)
+    try:
+        tio.write_text(tmp_path / "a" / "out.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a" / "out.txt").stat().st_mode & 0o777 == mode

@@ -120,6 +120,21 @@ def test_overrides_are_typed_by_the_schema(tmp_path):
         load_config(path, ["model.chanels=3"])
 
 
+def test_override_errors_name_the_set_item_not_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  epochs: 3\n  lr: 0.01\n")
+    with pytest.raises(ConfigError) as bad:
+        load_config(path, ["train.lr=0.1", "train.epoch=3"])
+    assert str(bad.value).startswith("--set train.epoch=3: train.epoch: unknown key; did you mean")
+    with pytest.raises(ConfigError) as bad:
+        load_config(path, ["model.kernels=[3, -1]"])
+    assert str(bad.value).startswith("--set model.kernels=[3, -1]: model.kernels")
+    path.write_text("train:\n  epoch: 3\n")  # the file's own mistake still names the file
+    with pytest.raises(ConfigError) as bad:
+        load_config(path, ["train.lr=0.1"])
+    assert str(bad.value).startswith(f"{path}: train.epoch: unknown key")
+
+
 def test_data_path_outside_project_is_allowed_and_resolved(tmp_path):
     cfg = validate_config({"data": {"source": "csv", "path": str(tmp_path / ".." / "x.csv")}})
     assert cfg.data.path is not None and str(cfg.data.path).endswith("x.csv")
@@ -149,3 +164,40 @@ def test_random_dicts_give_a_config_or_a_config_error(raw):
         assert msg.startswith("config: ") and "\n" not in msg
         return
     assert isinstance(cfg, Config)
+
+
+def test_shipped_configs_by_name_from_any_folder(tmp_path, monkeypatch):
+    """After `pip install` there is no configs/ folder: `--config quick` finds the shipped
+    file, and `tsconv config show quick > my.yaml` gives a user a file to start from."""
+    from typer.testing import CliRunner
+
+    from tsconv.cli import app
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(tmp_path)
+    for name in ["quick", "tcn", "multiscale", "wf_msft"]:
+        by_name = load_config(Path(name), ["train.epochs=2"])
+        by_path = load_config(root / "configs" / f"{name}.yaml", ["train.epochs=2"])
+        assert by_name == by_path and load_config(Path(f"{name}.yaml")) == load_config(
+            root / "configs" / f"{name}.yaml"
+        )
+    runner = CliRunner()
+    shown = runner.invoke(app, ["config", "show", "quick"])
+    assert shown.exit_code == 0
+    assert shown.output == (root / "configs" / "quick.yaml").read_text()  # comments and all
+    (tmp_path / "my.yaml").write_text(shown.output)
+    assert load_config(tmp_path / "my.yaml") == load_config(Path("quick"))
+    listed = runner.invoke(app, ["config", "list"])
+    assert listed.exit_code == 0
+    assert [ln.split()[0] for ln in listed.output.splitlines()] == sorted(
+        ["quick", "tcn", "multiscale", "wf_msft"]
+    )
+    missing = runner.invoke(app, ["backtest", "--config", "quik"])
+    assert missing.exit_code == 2 and "shipped: multiscale, quick, tcn, wf_msft" in missing.output
+    (tmp_path / "quick.yaml").write_text("name: mine\n")  # a file here wins over the shipped one
+    assert load_config(Path("quick.yaml")).name == "mine"
+
+
+def test_the_top_level_configs_folder_is_the_shipped_one():
+    root = Path(__file__).resolve().parents[1]
+    assert (root / "configs").resolve() == (root / "tsconv" / "configs").resolve()

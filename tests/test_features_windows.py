@@ -187,3 +187,42 @@ def test_moving_a_window_dataset_moves_rows_not_windows():
     for a, b in zip(ds.batch(idx), moved.batch(idx), strict=True):
         assert torch.equal(a, b)
     assert len(moved) == len(ds) and moved.panel is panel
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    lengths=st.lists(st.integers(25, 90), min_size=1, max_size=5),
+    horizon=st.integers(1, 3),
+    names=st.lists(
+        st.sampled_from([*ALL, "vol_3", "volume_z_2", "mom_30"]), min_size=1, unique=True
+    ),
+)
+def test_panel_build_equals_one_ticker_at_a_time(lengths, horizon, names):
+    """The panel is computed stacked; no ticker's first rows may read the previous ticker's
+    bars, so each ticker gets what it gets alone (to float tolerance: rolling sums run on)."""
+    frames = {
+        f"T{i}": ohlcv_from_returns(random_walk_returns(n, seed=i), start=f"{2000 + i}-01-03")
+        for i, n in enumerate(lengths)
+    }
+    try:
+        together = build(frames, names, horizon)
+    except Exception as error:  # a ticker too short for these features: the same error alone
+        with pytest.raises(type(error), match=str(error).split(":")[0]):
+            for t, f in frames.items():
+                build({t: f}, names, horizon)
+        return
+    for t, f in frames.items():
+        (alone,) = build({t: f}, names, horizon).values()
+        got = together[t]
+        assert got.dates.equals(alone.dates)
+        np.testing.assert_allclose(got.x, alone.x, rtol=1e-6, atol=1e-7)
+        for a, b in [(got.y, alone.y), (got.ret1, alone.ret1), (got.logp, alone.logp)]:
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)  # NaN where NaN
+
+
+def test_leads_are_the_rows_a_feature_leaves_empty():
+    frame = ohlcv_from_returns(random_walk_returns(60, seed=3))
+    for name in [*ALL, "vol_3", "volume_z_2", "mom_30"]:
+        _, lead = features.resolve(name)
+        values = compute_features(frame, [name])[name].to_numpy()
+        assert np.isnan(values[:lead]).all() and np.isfinite(values[lead:]).all(), name

@@ -104,3 +104,29 @@ def test_spearman_uses_average_ranks_for_ties():
     expected = np.sum((ra - 2.5) * (rb - 2.5)) / math.sqrt(np.sum((ra - 2.5) ** 2) * 5)
     assert expected == pytest.approx(-0.9486833, abs=1e-7)
     assert metrics.spearman(a, b) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "dates,expected",
+    [
+        (pd.bdate_range("2020-01-01", periods=300), 252),
+        (pd.date_range("2020-01-01", periods=300, freq="D"), 365),
+        (pd.date_range("2020-01-03", periods=100, freq="W-FRI"), 52),
+        (pd.date_range("2020-01-31", periods=40, freq="ME"), 12),
+        # 13 half-hour bars a day (09:30-15:30) on business days
+        (
+            pd.DatetimeIndex(
+                [
+                    d + pd.Timedelta(minutes=570 + 30 * i)
+                    for d in pd.bdate_range("2024-01-01", periods=20)
+                    for i in range(13)
+                ]
+            ),
+            252 * 13,
+        ),
+        (pd.DatetimeIndex(["2020-01-01"]), 252),
+    ],
+)
+def test_periods_per_year_from_the_spacing_of_the_bars(dates, expected):
+    # repeated dates (one per ticker in a panel) change nothing
+    assert metrics.infer_periods_per_year(pd.Series(dates.repeat(2))) == expected

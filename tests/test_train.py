@@ -439,39 +439,43 @@ CHUNK_MODELS = [
 
 
 @pytest.mark.parametrize("make", CHUNK_MODELS)
-@pytest.mark.parametrize("rows_per_chunk", [1, 7, 256])
-def test_chunked_prediction_equals_one_window_per_row(make, rows_per_chunk):
+@pytest.mark.parametrize("rows_per_chunk,per_call", [(1, 1), (7, 3), (256, 4)])
+def test_chunked_prediction_equals_one_window_per_row(make, rows_per_chunk, per_call):
     torch.manual_seed(0)
     model, window = make(), 40
     panel = _panel([300, 250])
     # unsorted, with gaps, runs in both tickers, one run touching the panel's last row
     rows = torch.cat([torch.arange(39, 120), torch.arange(200, 205), torch.arange(339, 550)])
     rows = rows[torch.randperm(len(rows))]
-    chunked = predict_rows(
-        model, panel, rows, window, torch.device("cpu"), 64, False, rows_per_chunk
-    )
+    chunked = predict_rows(model, panel, rows, window, CPU, 64, False, rows_per_chunk, per_call)
     windows = _predict_windows(model, panel, rows, window, torch.device("cpu"), 64, False)
     np.testing.assert_allclose(chunked, windows, atol=1e-5, rtol=1e-5)
 
 
-def test_chunked_prediction_is_bit_identical_whatever_follows():
-    """A chunk's inputs have a fixed length (zeros past the data), so cutting or changing the
-    future leaves every earlier prediction bit-identical, not just close."""
-    torch.manual_seed(0)
-    model, window = CHUNK_MODELS[0](), 40
+def assert_bit_identical_whatever_follows(model, window, per_call):
     panel = _panel([600])
     rows = torch.arange(100, 600)
-    full = predict_rows(model, panel, rows, window, torch.device("cpu"), rows_per_chunk=64)
+
+    def predict(p, r):
+        return predict_rows(model, p, r, window, CPU, rows_per_chunk=64, chunks_per_call=per_call)
+
+    full = predict(panel, rows)
     for cut in (101, 163, 164, 420, 599):
         short = Panel(panel.x[:cut].clone(), panel.y[:cut].clone(), np.array([0, cut]), ["T0"])
-        part = predict_rows(
-            model, short, torch.arange(100, cut), window, torch.device("cpu"), rows_per_chunk=64
-        )
-        np.testing.assert_array_equal(part, full[: cut - 100])
+        np.testing.assert_array_equal(predict(short, torch.arange(100, cut)), full[: cut - 100])
         shocked = Panel(panel.x.clone(), panel.y, panel.offsets, panel.tickers)
         shocked.x[cut:] *= 3.0
-        again = predict_rows(model, shocked, rows, window, torch.device("cpu"), rows_per_chunk=64)
-        np.testing.assert_array_equal(again[: cut - 100], full[: cut - 100])
+        np.testing.assert_array_equal(predict(shocked, rows)[: cut - 100], full[: cut - 100])
+
+
+@pytest.mark.parametrize("make", CHUNK_MODELS)
+@pytest.mark.parametrize("per_call", [1, 3, 8])
+def test_chunked_prediction_is_bit_identical_whatever_follows(make, per_call):
+    """A chunk's inputs have a fixed length (zeros past the data) and every call predicts the
+    same number of chunks (zeros fill the last), so cutting or changing the future leaves every
+    earlier prediction bit-identical, not just close."""
+    torch.manual_seed(0)
+    assert_bit_identical_whatever_follows(make(), 40, per_call)
 
 
 WIDE_MODELS = [  # receptive field longer than the window of 40 bars
@@ -484,9 +488,9 @@ WIDE_MODELS = [  # receptive field longer than the window of 40 bars
 
 
 @pytest.mark.parametrize("make", WIDE_MODELS)
-@pytest.mark.parametrize("rows_per_chunk", [1, 7, 64])
+@pytest.mark.parametrize("rows_per_chunk,per_call", [(1, 1), (7, 3), (64, 5)])
 def test_window_shorter_than_receptive_field_shares_work_and_keeps_each_windows_numbers(
-    make, rows_per_chunk
+    make, rows_per_chunk, per_call
 ):
     """Each row's prediction is its own window's (zero padding and all), but only the values
     that depend on where the window starts are computed per window."""
@@ -497,28 +501,16 @@ def test_window_shorter_than_receptive_field_shares_work_and_keeps_each_windows_
     panel = _panel([300, 250])
     rows = torch.cat([torch.arange(39, 120), torch.arange(200, 205), torch.arange(339, 550)])
     rows = rows[torch.randperm(len(rows))]
-    got = predict_rows(model, panel, rows, window, torch.device("cpu"), 64, False, rows_per_chunk)
-    want = _predict_windows(model, panel, rows, window, torch.device("cpu"), 64, False)
+    got = predict_rows(model, panel, rows, window, CPU, 64, False, rows_per_chunk, per_call)
+    want = _predict_windows(model, panel, rows, window, CPU, 64, False)
     assert np.abs(want).max() > 0.1
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
 
 
-def test_window_end_prediction_is_bit_identical_whatever_follows():
+@pytest.mark.parametrize("per_call", [1, 3, 8])
+def test_window_end_prediction_is_bit_identical_whatever_follows(per_call):
     torch.manual_seed(0)
-    model, window = WIDE_MODELS[0](), 40
-    panel = _panel([600])
-    rows = torch.arange(100, 600)
-    full = predict_rows(model, panel, rows, window, torch.device("cpu"), rows_per_chunk=64)
-    for cut in (101, 163, 164, 420, 599):
-        short = Panel(panel.x[:cut].clone(), panel.y[:cut].clone(), np.array([0, cut]), ["T0"])
-        part = predict_rows(
-            model, short, torch.arange(100, cut), window, torch.device("cpu"), rows_per_chunk=64
-        )
-        np.testing.assert_array_equal(part, full[: cut - 100])
-        shocked = Panel(panel.x.clone(), panel.y, panel.offsets, panel.tickers)
-        shocked.x[cut:] *= 3.0
-        again = predict_rows(model, shocked, rows, window, torch.device("cpu"), rows_per_chunk=64)
-        np.testing.assert_array_equal(again[: cut - 100], full[: cut - 100])
+    assert_bit_identical_whatever_follows(WIDE_MODELS[0](), 40, per_call)
 
 
 def test_window_end_plan_only_where_the_receptive_field_is_longer_than_the_window():

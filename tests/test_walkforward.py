@@ -225,9 +225,17 @@ def test_backtest_cli_outputs_resume_and_determinism(tmp_path):
     assert r.exit_code == 130
     assert len(list((resumed / "folds").glob("fold_*.parquet"))) == 1
     assert not (resumed / "metrics.json").exists()
-    r = runner.invoke(app, [*args, "--out", str(resumed), "--resume"])
+    r = runner.invoke(app, ["backtest", "--resume", str(resumed), "--set", "train.lr=1"])
+    assert r.exit_code == 2 and "drop --config, --set and --out" in r.output
+    r = runner.invoke(app, ["backtest", "--resume", str(tmp_path)])
+    assert r.exit_code == 2 and "not an interrupted backtest" in r.output
+    r = runner.invoke(app, ["backtest", "--resume", str(resumed)])
     assert r.exit_code == 0, r.output
     assert (out / "metrics.json").read_bytes() == (resumed / "metrics.json").read_bytes()
+    n = len(folds)
+    assert f"{n} folds (1 kept from the interrupted run, {n - 1} run now)" in r.output
+    timing = json.loads((resumed / "timing.json").read_text())
+    assert timing["folds_resumed"] == 1 and timing["folds"] == n
 
 
 def test_warm_retrain_and_sliding_scheme_run(tmp_path):
@@ -266,3 +274,32 @@ def test_a_ticker_listed_mid_backtest_is_traded_only_once_it_has_training_histor
     assert first_new >= old.index[500 + 32]
     folds = pd.read_csv(out / "folds.csv")
     assert folds["test_rows"].iloc[0] == 100  # only OLD in the first fold
+
+
+def test_results_table_fits_80_columns_without_cutting_a_figure():
+    from rich.console import Console
+
+    from tsconv.baselines import NAMES
+    from tsconv.cli import results_table
+    from tsconv.report import TABLE_HEADER, table_rows
+
+    # the widest figures a backtest gives: R^2 of a persistence forecast, a wiped-out strategy
+    worst = {"mse": 1.23456e-3, "r2_oos": -1.0532, "directional_accuracy": 0.5}
+    worst |= {"ic": -0.123, "rank_ic": -0.123}
+    trading = {"annual_return": -0.999, "sharpe": -12.34, "max_drawdown": -1.0}
+    names = ["prediction", *NAMES, "buy_and_hold"]
+    m = {
+        "n_predictions": 123456,
+        "first_date": "2001-01-01",
+        "last_date": "2024-12-31",
+        "folds": 99,
+        "forecast": {n: worst for n in names if n != "buy_and_hold"},
+        "trading": {n: trading for n in names},
+    }
+    rows = table_rows(m)
+    console = Console(width=80, record=True)
+    console.print(results_table(m, TABLE_HEADER, rows))
+    text = console.export_text()
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+    for row in rows:
+        assert all(cell in text for cell in row)  # every figure whole

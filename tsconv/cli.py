@@ -28,9 +28,13 @@ app = typer.Typer(
 out = Console(width=None if sys.stdout.isatty() else 120)
 err = Console(stderr=True)
 
-ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="YAML config file.")]
+ConfigOpt = Annotated[
+    Path,
+    typer.Option("--config", "-c", help="YAML config file, or a shipped config's name (quick)."),
+]
 SetOpt = Annotated[
-    list[str] | None, typer.Option("--set", help="Override a key: --set train.epochs=3")
+    list[str] | None,
+    typer.Option("--set", help="Override a key: --set train.epochs=3", metavar="KEY=VALUE"),
 ]
 
 
@@ -62,7 +66,11 @@ def main_callback(
     version: Annotated[
         bool,
         typer.Option(
-            "--version", callback=_version, is_eager=True, help="Show the version and exit."
+            "--version",
+            callback=_version,
+            is_eager=True,
+            help="Show the version and exit.",
+            metavar="",
         ),
     ] = False,
 ) -> None:
@@ -97,10 +105,17 @@ def fetch(
     ] = None,
     ticker: Annotated[str | None, typer.Option(help="Ticker name for --from-csv")] = None,
     sample: Annotated[
-        bool, typer.Option("--sample", help="Copy the embedded sample into the cache")
+        bool,
+        typer.Option("--sample", help="Copy the embedded sample into the cache", metavar=""),
+    ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", help="Show yfinance's own messages and warnings", metavar=""),
     ] = False,
 ) -> None:
     """Download daily bars from Yahoo Finance into the cache, or import a file or the sample."""
+    import os
+
     from tsconv.data import fetch as fetching
     from tsconv.data.sources import sample_tickers
 
@@ -122,6 +137,8 @@ def fetch(
         raise UsageError(
             "name at least one ticker, or use --from-csv FILE --ticker NAME, or --sample"
         )
+    if verbose:
+        os.environ["TSCONV_VERBOSE"] = "1"
     report = fetching.fetch_many(data_dir, tickers, start=start, end=end, interval=interval)
     for symbol, entry in report.written.items():
         out.print(f"{symbol}: {entry['rows']} bars ({entry['note']})")
@@ -234,7 +251,7 @@ def predict(
     tickers: Annotated[
         list[str] | None, typer.Option("--tickers", help="Tickers (default: the run's)")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON", metavar="")] = False,
 ) -> None:
     """Predict the next-step return after each ticker's latest bar."""
     from tsconv.experiment import predict_latest
@@ -267,17 +284,21 @@ def backtest(
         Path | None, typer.Option("--out", help="Output folder (default runs/<name>-bt)")
     ] = None,
     resume: Annotated[
-        bool, typer.Option("--resume", help="Keep finished folds in --out and continue")
-    ] = False,
+        Path | None,
+        typer.Option("--resume", help="Continue an interrupted backtest folder (its own config)"),
+    ] = None,
 ) -> None:
     """Walk-forward evaluation against naive baselines; writes predictions, metrics and report.html."""
     from tsconv.report import TABLE_HEADER, table_rows
     from tsconv.walkforward import run_backtest
 
-    if config is None:
+    if resume is not None:
+        cfg, target = _resumable_backtest(resume, config, set_, out_dir), resume
+    elif config is None:
         raise UsageError("--config is required (e.g. --config configs/quick.yaml)")
-    cfg = _config(config, set_)
-    target = out_dir or Path("runs") / f"{cfg.name or config.stem}-bt"
+    else:
+        cfg = _config(config, set_)
+        target = out_dir or Path("runs") / f"{cfg.name or config.stem}-bt"
     with _progress() as progress:
         task = progress.add_task("walk-forward", total=None, info="")
 
@@ -289,22 +310,92 @@ def backtest(
                 info=(f"fold {done}/{total} test {info['test_start']}..{info['test_end']}"),
             )
 
-        m = run_backtest(cfg, target, resume=resume, on_fold=on_fold)
+        m = run_backtest(cfg, target, resume=resume is not None, on_fold=on_fold)
+    out.print(results_table(m, TABLE_HEADER, table_rows(m)))
+    out.print(m["verdict"])
+    t = m["timing"]
+    ran = t["folds"] - t["folds_resumed"]
+    folds = (
+        f"{t['folds']} folds"
+        if not t["folds_resumed"]
+        else (
+            f"{t['folds']} folds ({t['folds_resumed']} kept from the interrupted run, {ran} run now)"
+        )
+    )
+    out.print(
+        f"{folds} in {t['folds_seconds']:.1f} s ({t['seconds_per_fold']:.2f} s per fold run: "
+        f"training {t['fit_seconds']:.1f} s, prediction {t['predict_seconds']:.2f} s; "
+        f"data prep {t['prepare_seconds']:.2f} s) -> {target / 'report.html'}",
+        soft_wrap=True,
+    )
+
+
+def results_table(m: dict[str, Any], header: list[str], rows: list[list[str]]) -> Table:
+    """The results in 80 columns: no borders, and every column at least as wide as its
+    longest value, so only headers wrap and no figure is ever cut."""
+    from rich import box
+
     table = Table(
-        *TABLE_HEADER,
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        padding=(0, 0, 0, 1),
         title=f"walk-forward: {m['n_predictions']} predictions, "
         f"{m['first_date']} to {m['last_date']}, {m['folds']} folds",
     )
-    for row in table_rows(m):
+    for i, name in enumerate(header):
+        # as wide as the longest value (or a header word): 79 columns in all
+        widest = max(*(len(r[i]) for r in rows), *(len(word) for word in name.split()))
+        table.add_column(name, width=widest, justify="left" if i == 0 else "right")
+    for row in rows:
         table.add_row(*row)
-    out.print(table)
-    out.print(m["verdict"])
-    t = m["timing"]
-    out.print(
-        f"{t['folds']} folds in {t['folds_seconds']:.1f} s ({t['seconds_per_fold']:.2f} s/fold: "
-        f"training {t['fit_seconds']:.1f} s, prediction {t['predict_seconds']:.2f} s; "
-        f"data prep {t['prepare_seconds']:.2f} s) -> {target / 'report.html'}"
-    )
+    return table
+
+
+def _resumable_backtest(folder: Path, config, set_, out_dir):
+    """The config an interrupted backtest in `folder` ran with (as `train --resume` does)."""
+    from tsconv.config import validate_config
+
+    if config is not None or set_ or out_dir is not None:
+        raise UsageError(
+            "--resume FOLDER continues with the config saved in FOLDER; drop --config, --set "
+            "and --out"
+        )
+    stored = Path(folder) / "folds" / "config.json"
+    if not stored.exists():
+        raise UsageError(f"{folder}: not an interrupted backtest (no folds/config.json)")
+    return validate_config(json.loads(stored.read_text()), f"{stored} (stored config)")
+
+
+# --------------------------------------------------------------------------- config
+
+config_app = typer.Typer(no_args_is_help=True, help="The shipped configs: list them, copy one.")
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("list")
+@user_errors
+def config_list() -> None:
+    """Name and first comment line of each shipped config."""
+    from tsconv.config import shipped_configs
+
+    for name, path in shipped_configs().items():
+        first = path.read_text().splitlines()[0].lstrip("# ")
+        out.print(f"{name:<12} {first}", highlight=False, soft_wrap=True)
+
+
+@config_app.command("show")
+@user_errors
+def config_show(
+    name: Annotated[str, typer.Argument(help="A shipped config (quick, tcn, ...) or a file")],
+) -> None:
+    """Print a config with its comments, e.g. `tsconv config show quick > my.yaml`."""
+    from tsconv.config import resolve_config_path
+
+    path = resolve_config_path(Path(name))
+    if not path.is_file():
+        raise UsageError(f"{name}: no such config file or shipped config")
+    sys.stdout.write(path.read_text())
 
 
 def main() -> None:

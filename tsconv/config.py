@@ -117,7 +117,9 @@ class BacktestConfig(_Section):
     end: dt.date | None = None
     position: Literal["sign", "scaled"] = "sign"
     cost_bps: float = Field(5.0, ge=0)
-    periods_per_year: int = Field(252, ge=1)
+    periods_per_year: int | None = Field(
+        None, ge=1, description="bars per year for annualising; unset: inferred from the dates"
+    )
     ar_lags: int = Field(5, ge=1, le=100)
     ridge_alpha: float = Field(1.0, ge=0)
     trailing_window: int = Field(252, ge=1)
@@ -239,7 +241,10 @@ def _format_error(err: dict[str, Any]) -> str:
     return f"{key}: {msg}"
 
 
-def validate_config(raw: dict[str, Any], source: str = "config") -> Config:
+def validate_config(
+    raw: dict[str, Any], source: str = "config", overrides: list[str] | None = None
+) -> Config:
+    """The typed config; an error names the file, or the `--set` item, the bad key came from."""
     if not isinstance(raw, dict):
         raise ConfigError(
             f"{source}: the top level must be a mapping of keys, got {type(raw).__name__}"
@@ -249,7 +254,14 @@ def validate_config(raw: dict[str, Any], source: str = "config") -> Config:
     except ValidationError as exc:
         errors = exc.errors()
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise ConfigError(f"{source}: {_format_error(errors[0])}{more}") from None
+        first = _format_error(errors[0])
+        bad_key = first.split(":", 1)[0]
+        for item in reversed(overrides or []):
+            key = item.partition("=")[0].strip()
+            if bad_key == key or bad_key.startswith(key + "."):
+                source = f"--set {item}"
+                break
+        raise ConfigError(f"{source}: {first}{more}") from None
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -301,10 +313,35 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return out
 
 
+def shipped_configs() -> dict[str, Path]:
+    """The configs that ship with tsconv, by name (`quick`, `tcn`, ...)."""
+    from importlib import resources
+
+    folder = Path(str(resources.files("tsconv") / "configs"))
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+
+
+def resolve_config_path(path: Path) -> Path:
+    """`path` itself, or, for a bare name that is no file here (`quick`, `quick.yaml`), the
+    shipped config of that name: after `pip install` there is no configs/ folder to point at."""
+    path = Path(path)
+    if path.exists() or len(path.parts) > 1 or path.suffix not in ("", ".yaml"):
+        return path
+    shipped = shipped_configs()
+    if path.stem in shipped:
+        return shipped[path.stem]
+    if path.suffix == "":
+        raise ConfigError(
+            f"{path}: no such config file or shipped config (shipped: {', '.join(shipped)})"
+        )
+    return path
+
+
 def load_config(path: Path | None, overrides: list[str] | None = None) -> Config:
+    path = resolve_config_path(path) if path is not None else None
     raw = read_yaml(path) if path is not None else {}
     raw = apply_overrides(raw, overrides or [])
-    return validate_config(raw, source=str(path) if path is not None else "config")
+    return validate_config(raw, str(path) if path is not None else "config", overrides)
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:

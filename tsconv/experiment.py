@@ -59,7 +59,9 @@ def prepare(cfg: Config, frames: dict[str, pd.DataFrame] | None = None) -> Prepa
                 f"{t}: {len(td.x)} usable bars after feature warm-up; at least window + horizon + 1 "
                 f"= {need} are needed"
             )
-    calendar = pd.DatetimeIndex(sorted(set().union(*(td.dates for td in data.values()))))
+    calendar = pd.DatetimeIndex(
+        np.unique(np.concatenate([td.dates.values for td in data.values()]))
+    )
     return Prepared(cfg, data, rf, burn_in, calendar, sequence)
 
 
@@ -358,8 +360,29 @@ def run_training(
 # --------------------------------------------------------------------------- tsconv predict
 
 
+def check_run_folder(run: Path) -> None:
+    """Say what `run` is and what to do when it holds no trained model."""
+    if (run / "model.pt").exists():
+        return
+    if not run.is_dir():
+        raise UsageError(
+            f"{run}: no such run folder; train one with tsconv train --config CONFIG --out {run}"
+        )
+    if (run / "folds").is_dir() or (run / "predictions.parquet").exists():
+        raise UsageError(
+            f"{run}: a backtest folder (walk-forward folds keep no model); predict needs a "
+            "folder written by tsconv train"
+        )
+    if (run / "state.pt").exists():
+        raise UsageError(
+            f"{run}: an unfinished training run; finish it with tsconv train --resume {run}"
+        )
+    raise UsageError(f"{run}: not a run folder (no model.pt); predict needs tsconv train's output")
+
+
 def predict_latest(run: Path, tickers: list[str] | None = None) -> list[dict[str, Any]]:
     """The next-step prediction after each ticker's latest bar, from a trained run folder."""
+    check_run_folder(Path(run))
     payload = checkpoint.load(Path(run) / "model.pt")
     cfg = checkpoint.config_of(payload, Path(run) / "model.pt")
     if tickers:

@@ -112,6 +112,26 @@ def diebold_mariano(loss_a: np.ndarray, loss_b: np.ndarray, horizon: int = 1) ->
     return {"stat": stat, "p_value": normal_two_sided(stat), "n": n}
 
 
+def infer_periods_per_year(dates: pd.DatetimeIndex | pd.Series) -> int:
+    """Bars per year from the spacing of the bars' dates: 252 for business days, 365 for
+    every calendar day (crypto), 52 weekly, 12 monthly, and 252 x the median bars per day
+    for intraday bars. 252 when there are too few dates to tell."""
+    ts = pd.DatetimeIndex(pd.unique(pd.Series(dates))).sort_values()
+    if len(ts) < 3:
+        return 252
+    gaps = np.diff(ts.to_numpy()).astype("timedelta64[s]").astype(np.float64)
+    gap_days = float(np.median(gaps)) / 86_400
+    if gap_days >= 25:
+        return 12
+    if gap_days >= 5:
+        return 52
+    if gap_days >= 0.9:
+        weekend = float(np.mean(ts.day_of_week >= 5))
+        return 365 if weekend > 0.2 else 252
+    per_day = pd.Series(1, index=ts).groupby(ts.normalize()).size()
+    return 252 * int(round(float(per_day.median())))
+
+
 def normal_two_sided(z: float) -> float:
     """P(|Z| >= |z|) for a standard normal Z."""
     return math.erfc(abs(z) / math.sqrt(2))

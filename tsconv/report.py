@@ -39,7 +39,9 @@ DEFINITIONS = [
     ),
     (
         "Annualisation",
-        "P = periods_per_year (252 by default): annual return = equity^(P/n) - 1, "
+        "P = periods_per_year (unless set, inferred from the bars' spacing: 252 for business "
+        "days, 365 for every calendar day, 52 weekly, 12 monthly, 252 x bars per day "
+        "intraday): annual return = equity^(P/n) - 1, "
         "volatility = std * sqrt(P), Sharpe = mean / std * sqrt(P) with a zero risk-free rate, "
         "Sortino uses the root-mean-square of negative returns.",
     ),
@@ -80,7 +82,13 @@ def _trading(frame: pd.DataFrame, column: str, cfg: Config) -> tuple[dict[str, A
         turns.append(pos.diff().abs().fillna(pos.abs()))
     net = pd.concat(nets, axis=1).mean(axis=1).sort_index()
     turnover = pd.concat(turns, axis=1).mean(axis=1).sort_index()
-    return metrics.trading_metrics(net.to_numpy(), bt.periods_per_year, turnover.to_numpy()), net
+    periods = periods_per_year(frame, cfg)
+    return metrics.trading_metrics(net.to_numpy(), periods, turnover.to_numpy()), net
+
+
+def periods_per_year(pred: pd.DataFrame, cfg: Config) -> int:
+    """The config's `backtest.periods_per_year`, else inferred from the predicted bars' dates."""
+    return cfg.backtest.periods_per_year or metrics.infer_periods_per_year(pred["date"])
 
 
 def summarize(pred: pd.DataFrame, cfg: Config) -> dict[str, Any]:
@@ -91,6 +99,7 @@ def summarize(pred: pd.DataFrame, cfg: Config) -> dict[str, Any]:
         "first_date": str(pred["date"].min().date()),
         "last_date": str(pred["date"].max().date()),
         "folds": int(pred["fold"].nunique()),
+        "periods_per_year": periods_per_year(pred, cfg),
         "forecast": {},
         "trading": {},
     }
@@ -162,12 +171,12 @@ def table_rows(m: dict[str, Any]) -> list[list[str]]:
         rows.append(
             [
                 "model" if name == "prediction" else name,
-                fmt(f.get("mse"), ".3e"),
+                fmt(f.get("mse"), ".2e"),
                 fmt(f.get("r2_oos"), ".4f"),
                 fmt(f.get("directional_accuracy"), ".3f"),
                 fmt(f.get("ic"), ".3f"),
                 fmt(f.get("rank_ic"), ".3f"),
-                fmt(t.get("annual_return"), ".2%"),
+                fmt(t.get("annual_return"), ".1%"),
                 fmt(t.get("sharpe"), ".2f"),
                 fmt(t.get("max_drawdown"), ".1%"),
             ]

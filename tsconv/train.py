@@ -567,6 +567,7 @@ def predict_rows(
     batch_size: int = 1024,
     amp: bool = False,
     rows_per_chunk: int = 512,
+    chunks_per_call: int | None = None,
 ) -> np.ndarray:
     """Scaled prediction at each global row, as from the window of `window` bars ending there.
 
@@ -590,24 +591,38 @@ def predict_rows(
         plan = window_end_plan(model, window) if isinstance(model, TCN) else None
         if plan is None:
             return _predict_windows(model, panel, rows, window, device, batch_size, amp)
-        return _predict_window_ends(model, panel, rows, window, device, amp, plan, rows_per_chunk)
+        return _predict_window_ends(
+            model, panel, rows, window, device, amp, plan, rows_per_chunk, chunks_per_call
+        )
     order = torch.argsort(rows, stable=True)
     firsts, chunk = chunk_plan(rows[order], rows_per_chunk)
     context = model.receptive_field - 1
     length = context + rows_per_chunk
+    per_call = chunks_per_call or CHUNKS_PER_CALL[device.type == "cuda"]
     outs = []
     with torch.inference_mode(), torch.autocast(device.type, amp_dtype(device), enabled=amp):
-        # One chunk per call: oneDNN takes another code path for a batch of one than for
-        # several, so batching chunks would make a prediction's last bits depend on how many
-        # other chunks there are, i.e. on how much future data exists.
-        for first in firsts.split(1):
-            x = chunk_inputs(panel, first, context, length).to(device)
-            outs.append(model(x)[0, 0, context:].float().cpu())
-    out = torch.stack(outs)
+        for group in firsts.split(per_call):
+            x = fixed_batch(chunk_inputs(panel, group, context, length), per_call).to(device)
+            outs.append(model(x)[: len(group), 0, context:].float().cpu())
+    out = torch.cat(outs)
     pos = rows[order] - firsts[chunk]
     pred = torch.empty(len(rows))
     pred[order] = out[chunk, pos]
     return pred.numpy()
+
+
+# Chunks predicted per call (CPU, CUDA). Every call gets exactly this many (zeros fill the
+# last), so a chunk's arithmetic has the same shapes however many other chunks, i.e. however
+# much data, there are: oneDNN takes other code paths for other batch sizes. On a GPU a call
+# per chunk was bound by kernel launches.
+CHUNKS_PER_CALL = (4, 64)
+
+
+def fixed_batch(x: torch.Tensor, size: int) -> torch.Tensor:
+    """`x` with zero rows appended up to `size` along the first dimension."""
+    if len(x) == size:
+        return x
+    return torch.cat([x, x.new_zeros(size - len(x), *x.shape[1:])])
 
 
 def _predict_window_ends(
@@ -619,6 +634,7 @@ def _predict_window_ends(
     amp: bool,
     plan: list[dict[str, list[int]]],
     rows_per_chunk: int,
+    chunks_per_call: int | None = None,
 ) -> np.ndarray:
     """`_predict_windows`' numbers (each row's window on its own, zero padding and all) from
     one dense pass per chunk of consecutive rows plus the few window-specific values
@@ -628,12 +644,14 @@ def _predict_window_ends(
     firsts, chunk = chunk_plan(rows[order], rows_per_chunk)
     context, length = window - 1, window - 1 + rows_per_chunk
     every = torch.arange(rows_per_chunk, device=device)
+    per_call = chunks_per_call or CHUNKS_PER_CALL[device.type == "cuda"]
     outs = []
     with torch.inference_mode(), torch.autocast(device.type, amp_dtype(device), enabled=amp):
-        for first in firsts.split(1):
-            x = chunk_inputs(panel, first, context, length).to(device)
-            outs.append(window_end_outputs(model, x, every, window, plan).float().cpu())
-    out = torch.stack(outs)
+        for group in firsts.split(per_call):
+            x = fixed_batch(chunk_inputs(panel, group, context, length), per_call).to(device)
+            pred = window_end_outputs(model, x, every, window, plan).view(per_call, -1)
+            outs.append(pred[: len(group)].float().cpu())
+    out = torch.cat(outs)
     pred = torch.empty(len(rows))
     pred[order] = out[chunk, rows[order] - firsts[chunk]]
     return pred.numpy()

@@ -240,13 +240,15 @@ def run_backtest(
     predictions = pd.concat(parts, ignore_index=True).sort_values(["date", "ticker"], kind="stable")
     predictions = predictions.reset_index(drop=True)
     metrics = report.summarize(predictions, cfg)
+    ran = [i for i in infos if not i.get("resumed")]  # this invocation's folds only
     metrics["timing"] = {
         "prepare_seconds": t_prep,
         "folds_seconds": t_folds,
         "folds": len(folds),
-        "seconds_per_fold": t_folds / len(folds),
-        "fit_seconds": float(sum(i.get("fit_seconds", 0.0) for i in infos)),
-        "predict_seconds": float(sum(i.get("predict_seconds", 0.0) for i in infos)),
+        "folds_resumed": len(infos) - len(ran),
+        "seconds_per_fold": t_folds / max(len(ran), 1),
+        "fit_seconds": float(sum(i.get("fit_seconds", 0.0) for i in ran)),
+        "predict_seconds": float(sum(i.get("predict_seconds", 0.0) for i in ran)),
     }
     io.write_with(out / "predictions.parquet", lambda tmp: predictions.to_parquet(tmp, index=False))
     io.write_text(out / "folds.csv", pd.DataFrame(infos).to_csv(index=False))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,18 +44,24 @@ def ticker_path(data_dir: Path, ticker: str) -> Path:
 
 @contextlib.contextmanager
 def locked(data_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the cache folder itself (no lock file to leave behind); a
+    folder created here and still empty at the end (a failed first fetch) is removed."""
     data_dir = Path(data_dir)
+    created = not data_dir.exists()
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
-        fh = open(data_dir / ".lock", "a+")  # noqa: SIM115 - closed by the with below
+        fd = os.open(data_dir, os.O_RDONLY)
     except OSError as exc:
         raise OutputError(f"cannot write to {data_dir}: {exc.strerror or exc}") from None
-    with fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+        if created:
+            with contextlib.suppress(OSError):
+                data_dir.rmdir()  # only if nothing was written
 
 
 def read_manifest(data_dir: Path) -> dict[str, Any]:

@@ -5,11 +5,14 @@ Each loader returns canonical frames (see `validate.canonicalize`) or raises a o
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import io
 import logging
+import os
 import time
+import warnings
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -146,9 +149,26 @@ Downloader = Callable[..., pd.DataFrame]
 
 
 def _yf_download(**kwargs: Any) -> pd.DataFrame:
+    """yf.download with its log lines, prints and warnings held back: offline it writes about
+    50 lines per ticker before tsconv's one useful line. `TSCONV_VERBOSE=1` (`fetch
+    --verbose`) lets them through."""
     import yfinance as yf
 
-    return yf.download(**kwargs)
+    if os.environ.get("TSCONV_VERBOSE") == "1":
+        return yf.download(**kwargs)
+    yf_log = logging.getLogger("yfinance")
+    level, yf_log.level = yf_log.level, logging.CRITICAL + 1
+    held = io.StringIO()
+    try:
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(held),
+            contextlib.redirect_stderr(held),
+        ):
+            warnings.simplefilter("ignore")
+            return yf.download(**kwargs)
+    finally:
+        yf_log.setLevel(level)
 
 
 def _yf_last_error(ticker: str) -> str | None:
@@ -216,4 +236,7 @@ def fetch_yahoo(
             last = _yf_last_error(ticker) or "no data returned (offline, or an unknown symbol)"
         if attempt < retries:
             sleep(backoff * 2**attempt)
-    raise FetchError(f"could not reach Yahoo Finance for {ticker}: {last}")
+    raise FetchError(
+        f"could not reach Yahoo Finance for {ticker}: {last}; offline, `tsconv fetch --sample` "
+        "copies the embedded sample and `--from-csv FILE --ticker NAME` imports a file"
+    )

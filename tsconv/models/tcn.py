@@ -195,18 +195,20 @@ def window_end_outputs(
     """The model's output at the last position of windows of `window` bars, as if each window
     were its own input (zero padding and all), without a pass per window.
 
-    `x` (1, F, L) is one stretch of a series; the windows start at positions `offsets` of it
-    (so each ends at offset + window - 1 < L). One dense pass over `x` gives every value that
-    does not depend on where a window starts (`window_end_plan`); the few that do are computed
-    for all windows at once, a block at a time, as (windows, channels) products."""
+    `x` (B, F, L) holds B stretches of series; in each, windows start at positions `offsets`
+    (so each ends at offset + window - 1 < L). Returns (B * len(offsets),) outputs, stretch by
+    stretch. One dense pass over `x` gives every value that does not depend on where a window
+    starts (`window_end_plan`); the few that do are computed for all windows at once, a block
+    at a time, as (windows, channels) products."""
     dense = [x]
     for block in model.blocks:
         dense.append(block(dense[-1]))
 
     def gather(level: int, positions: list[int]) -> torch.Tensor:
-        """(windows, len(positions), C): level's dense values at offset + p."""
+        """(B * windows, len(positions), C): level's dense values at offset + p."""
         at = offsets[:, None] + torch.tensor(positions, device=offsets.device)[None, :]
-        return dense[level][0].t().index_select(0, at.flatten()).view(*at.shape, -1)
+        rows = dense[level].transpose(1, 2).index_select(1, at.flatten())  # (B, W * P, C)
+        return rows.reshape(len(x) * len(offsets), len(positions), -1)
 
     prev, prev_own = None, []
     for i, (block, step) in enumerate(zip(model.blocks, plan, strict=True)):
@@ -233,5 +235,5 @@ def window_end_outputs(
         top = gather(len(model.blocks), [last])[:, 0]
     pred = top @ model.head.weight[:, :, 0].t().to(top.dtype) + model.head.bias.to(top.dtype)
     if model.highway is not None:
-        pred = pred + model.highway(x)[0][:, offsets + last].t()
+        pred = pred + model.highway(x)[:, 0, offsets + last].reshape(-1, 1)
     return pred[:, 0]
