@@ -117,6 +117,11 @@ def test_random_walk_shows_no_edge(tmp_path, cache, config):
     f = m["forecast"]["prediction"]
     assert abs(f["directional_accuracy"] - 0.5) <= 3 * f["directional_accuracy_se"], f
     assert f["dm_vs_zero"]["p_value"] > 0.05, f["dm_vs_zero"]
+    # the trading verdict: nothing significant against any other strategy after costs
+    tests = m["trading"]["prediction"]["sharpe_vs"]
+    assert all(t["p_holm"] is None or t["p_holm"] >= 0.05 for t in tests.values()), tests
+    assert "is not significantly different from" in m["verdict"].split("Trading after costs")[1]
+    assert "beats" not in m["verdict"].split("Trading after costs")[1]
 
 
 @pytest.mark.parametrize("config", SHIPPED)
@@ -124,3 +129,27 @@ def test_real_sample_is_not_significantly_worse_than_zero(tmp_path, config):
     m, _ = backtest(tmp_path, config, ["data.source=sample", "data.tickers=[MSFT,AAPL]"])
     dm = m["forecast"]["prediction"]["dm_vs_zero"]
     assert not (dm["p_value"] < 0.05 and dm["stat"] > 0), dm
+
+
+def test_on_ar1_a_cost_aware_position_beats_sign_after_10_bps(tmp_path, cache):
+    """Trading a forecast by its sign pays for every tiny forecast that flips; at 10 bps the
+    threshold rule (trade only past the cost) keeps more of AR(1)'s edge. Same predictions,
+    two position rules."""
+    from tsconv import report
+    from tsconv.config import load_config
+
+    cache_dir, _, tickers = cache
+    data = [
+        "data.source=cache",
+        f"data.dir={cache_dir}",
+        f"data.tickers=[{','.join(tickers['ar1'])}]",
+        "backtest.cost_bps=10",
+        "backtest.position=threshold",
+    ]
+    m, pred = backtest(tmp_path, "quick", data)
+    threshold = m["trading"]["prediction"]
+    sign_cfg = load_config(CONFIGS / "quick.yaml", [*data[:-1], "backtest.position=sign"])
+    sign = report.summarize(pred, sign_cfg)["trading"]["prediction"]
+    assert threshold["sharpe"] > sign["sharpe"], (threshold, sign)
+    assert threshold["sharpe_at_bps"]["10"] == pytest.approx(threshold["sharpe"])
+    assert threshold["break_even_bps"] > 10  # the edge survives this cost

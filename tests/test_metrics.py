@@ -130,3 +130,75 @@ def test_spearman_uses_average_ranks_for_ties():
 def test_periods_per_year_from_the_spacing_of_the_bars(dates, expected):
     # repeated dates (one per ticker in a panel) change nothing
     assert metrics.infer_periods_per_year(pd.Series(dates.repeat(2))) == expected
+
+
+def test_threshold_positions_trade_only_past_the_cost():
+    pred = pd.Series([0.002, -0.0005, -0.003, 0.001, 0.0])
+    pos = metrics.positions(pred, "threshold", threshold=0.001)
+    np.testing.assert_array_equal(pos.to_numpy(), [1.0, 0.0, -1.0, 0.0, 0.0])
+
+
+def test_volatility_target_uses_returns_known_at_the_bar_and_caps_leverage():
+    rng = np.random.default_rng(0)
+    r = pd.Series(rng.normal(0, 0.02, 300))  # about 32% a year
+    pos = pd.Series(1.0, index=r.index)
+    scaled = metrics.target_volatility(pos, r, 0.10, 252)
+    assert (scaled.iloc[:10] == 0).all()  # nothing known yet
+    assert scaled.iloc[100:].mean() == pytest.approx(0.10 / (0.02 * math.sqrt(252)), rel=0.15)
+    # ret1 at row t is the return from t to t+1: changing it (and later ones) leaves row t alone
+    shocked = r.copy()
+    shocked.iloc[150:] *= 10
+    changed = metrics.target_volatility(pos, shocked, 0.10, 252)
+    pd.testing.assert_series_equal(changed.iloc[:151], scaled.iloc[:151])
+    calm = metrics.target_volatility(
+        pos, pd.Series(np.full(100, 1e-5)) * (-1) ** np.arange(100), 0.1, 252
+    )
+    assert calm.max() == metrics.MAX_LEVERAGE
+
+
+def test_cost_sensitivity_by_hand():
+    gross = np.array([0.01, -0.005, 0.002])
+    turnover = np.array([1.0, 0.0, 1.0])
+    c = metrics.cost_sensitivity(gross, turnover, 252)
+    # mean gross 0.007 / 3 per bar over mean turnover 2/3: 0.0035 = 35 bps breaks even
+    assert c["break_even_bps"] == pytest.approx(35.0)
+    net10 = gross - 0.001 * turnover  # [0.009, -0.005, 0.001]
+    assert c["sharpe_at_bps"]["10"] == pytest.approx(
+        net10.mean() / net10.std(ddof=1) * math.sqrt(252)
+    )
+    assert c["sharpe_at_bps"]["0"] > c["sharpe_at_bps"]["5"] > c["sharpe_at_bps"]["20"]
+    at_break_even = gross - 0.0035 * turnover
+    assert at_break_even.mean() == pytest.approx(0.0, abs=1e-15)
+
+
+def test_holm_adjustment_by_hand():
+    # sorted 0.01, 0.02, 0.04 -> 3 x 0.01 = 0.03, 2 x 0.02 = 0.04, 1 x 0.04 = 0.04
+    assert metrics.holm([0.04, 0.01, None, 0.02]) == pytest.approx([0.04, 0.03, None, 0.04])
+    assert metrics.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped, never decreasing
+
+
+def test_sharpe_difference_matches_the_iid_normal_formula():
+    """Without lags, for independent normal returns, the delta-method variance is Memmel's
+    (2003) correction of Jobson and Korkie: (2 - 2 rho + (SRa^2 + SRb^2 - 2 SRa SRb rho^2) / 2) / n."""
+    rng = np.random.default_rng(3)
+    n, rho = 200_000, 0.6
+    z = rng.multivariate_normal([0, 0], [[1, rho], [rho, 1]], size=n)
+    a, b = 0.01 + 0.1 * z[:, 0], 0.002 + 0.1 * z[:, 1]  # per-bar Sharpe 0.1 and 0.02
+    got = metrics.sharpe_difference(a, b, lags=0)
+    sa, sb = a.mean() / a.std(), b.mean() / b.std()
+    r = np.corrcoef(a, b)[0, 1]
+    se = math.sqrt((2 - 2 * r + 0.5 * (sa**2 + sb**2 - 2 * sa * sb * r**2)) / n)
+    assert got["difference"] == pytest.approx(sa - sb)
+    assert got["stat"] == pytest.approx((sa - sb) / se, rel=0.03)
+    same = metrics.sharpe_difference(a, a.copy())
+    assert same["stat"] is None or abs(same["stat"]) < 1e-9  # no difference, no variance
+
+
+def test_sharpe_difference_finds_nothing_between_two_coin_flips():
+    rng = np.random.default_rng(4)
+    rejections = sum(
+        metrics.sharpe_difference(rng.normal(0, 0.01, 1000), rng.normal(0, 0.01, 1000))["p_value"]
+        < 0.05
+        for _ in range(200)
+    )
+    assert rejections <= 20  # about 5% of 200 expected

@@ -140,7 +140,12 @@ def test_ar1_model_beats_zero_with_dm_p_below_0_01(tmp_path):
     dm = m["forecast"]["prediction"]["dm_vs_zero"]
     assert dm["stat"] < 0 and dm["p_value"] < 0.01, dm
     assert m["forecast"]["prediction"]["r2_oos"] > 0.15
-    assert "significantly lower than the zero forecast" in m["verdict"]
+    assert m["verdict"].startswith("Forecast: the model's squared error is significantly lower than")
+    lower = m["verdict"].split(";")[0]
+    assert "zero (p = " in lower and "persistence (p = " in lower  # named with its p-value
+    assert m["forecast"]["prediction"]["dm_vs"]["zero"]["p_holm"] < 0.01
+    # on AR(1) the strategy beats buy-and-hold of a driftless series after costs
+    assert "Trading after costs: the model's strategy" in m["verdict"]
     # the ridge AR baseline on the same feature finds the same structure
     assert m["forecast"]["ridge_ar"]["r2_oos"] > 0.15
 

@@ -289,7 +289,7 @@ def backtest(
     ] = None,
 ) -> None:
     """Walk-forward evaluation against naive baselines; writes predictions, metrics and report.html."""
-    from tsconv.report import TABLE_HEADER, table_rows
+    from tsconv.report import TABLE_HEADER, cost_header, cost_rows, table_rows
     from tsconv.walkforward import run_backtest
 
     if resume is not None:
@@ -311,8 +311,11 @@ def backtest(
             )
 
         m = run_backtest(cfg, target, resume=resume is not None, on_fold=on_fold)
+    out.print(m["verdict"], soft_wrap=False)
     out.print(results_table(m, TABLE_HEADER, table_rows(m)))
-    out.print(m["verdict"])
+    costs = results_table(m, cost_header(drag=False), cost_rows(m, drag=False))
+    costs.title = f"costs: {cfg.backtest.cost_bps:g} bps a unit of turnover; net Sharpe at 0-20 bps"
+    out.print(costs)
     t = m["timing"]
     ran = t["folds"] - t["folds_resumed"]
     folds = (

@@ -115,7 +115,10 @@ class BacktestConfig(_Section):
     warm_epochs: int | None = Field(None, ge=1)
     start: dt.date | None = None
     end: dt.date | None = None
-    position: Literal["sign", "scaled"] = "sign"
+    position: Literal["sign", "scaled", "threshold"] = "sign"
+    target_vol: float | None = Field(
+        None, gt=0, le=10, description="annualised volatility each instrument is scaled to"
+    )
     cost_bps: float = Field(5.0, ge=0)
     periods_per_year: int | None = Field(
         None, ge=1, description="bars per year for annualising; unset: inferred from the dates"

@@ -112,6 +112,59 @@ def diebold_mariano(loss_a: np.ndarray, loss_b: np.ndarray, horizon: int = 1) ->
     return {"stat": stat, "p_value": normal_two_sided(stat), "n": n}
 
 
+def holm(p_values: list[float | None]) -> list[float | None]:
+    """Holm-Bonferroni adjusted p-values (None stays None): controls the chance of any false
+    rejection among the tests at the nominal level."""
+    known = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    out: list[float | None] = [None] * len(p_values)
+    running, m = 0.0, len(known)
+    for rank, (p, i) in enumerate(known):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
+    return out
+
+
+def newey_west_lags(n: int) -> int:
+    """The usual automatic bandwidth floor(4 (n / 100)^(2/9))."""
+    return int(4 * (n / 100) ** (2 / 9)) if n > 0 else 0
+
+
+def sharpe_difference(a: np.ndarray, b: np.ndarray, lags: int | None = None) -> dict[str, Any]:
+    """Test of equal Sharpe ratios of two strategies' returns on the same bars (Ledoit and
+    Wolf 2008, the HAC delta method): the per-bar Sharpe difference, its standard error from
+    the Newey-West covariance of (a, b, a^2, b^2), and a two-sided normal p-value. Positive
+    statistic: `a` has the higher Sharpe ratio."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    n = len(a)
+    if n < 10 or len(b) != n:
+        return {"stat": None, "p_value": None, "n": n}
+    mu_a, mu_b = a.mean(), b.mean()
+    g_a, g_b = (a**2).mean(), (b**2).mean()
+    var_a, var_b = g_a - mu_a**2, g_b - mu_b**2
+    if var_a <= 0 or var_b <= 0:
+        return {"stat": None, "p_value": None, "n": n}
+    diff = mu_a / math.sqrt(var_a) - mu_b / math.sqrt(var_b)
+    grad = np.array(
+        [
+            g_a / var_a**1.5,
+            -g_b / var_b**1.5,
+            -mu_a / (2 * var_a**1.5),
+            mu_b / (2 * var_b**1.5),
+        ]
+    )
+    y = np.column_stack([a - mu_a, b - mu_b, a**2 - g_a, b**2 - g_b])
+    lags = newey_west_lags(n) if lags is None else lags
+    psi = y.T @ y / n
+    for k in range(1, lags + 1):
+        gamma = y[k:].T @ y[:-k] / n
+        psi += (1 - k / (lags + 1)) * (gamma + gamma.T)
+    var = float(grad @ psi @ grad) / n
+    if var <= 0:
+        return {"stat": None, "p_value": None, "n": n}
+    stat = diff / math.sqrt(var)
+    return {"stat": float(stat), "p_value": normal_two_sided(stat), "n": n, "difference": diff}
+
+
 def infer_periods_per_year(dates: pd.DatetimeIndex | pd.Series) -> int:
     """Bars per year from the spacing of the bars' dates: 252 for business days, 365 for
     every calendar day (crypto), 52 weekly, 12 monthly, and 252 x the median bars per day
@@ -144,12 +197,53 @@ def student_t_two_sided(t: float, df: int) -> float:
     return float(2 * stdtr(df, -abs(t)))
 
 
-def positions(pred: pd.Series, kind: str, scale_window: int = 63) -> pd.Series:
-    """sign(pred), or pred divided by the trailing std of earlier predictions, clipped to [-1, 1]."""
+def positions(
+    pred: pd.Series, kind: str, scale_window: int = 63, threshold: float = 0.0
+) -> pd.Series:
+    """sign(pred); `scaled`: pred divided by the trailing std of earlier predictions, clipped
+    to [-1, 1]; `threshold`: sign(pred) where |pred| exceeds `threshold`, else flat."""
     if kind == "sign":
         return np.sign(pred)
+    if kind == "threshold":
+        return np.sign(pred).where(pred.abs() > threshold, 0.0)
     scale = pred.shift(1).rolling(scale_window, min_periods=10).std()
     return (pred / scale).clip(-1, 1).fillna(0.0)
+
+
+MAX_LEVERAGE = 3.0
+
+
+def target_volatility(
+    pos: pd.Series, ret1: pd.Series, target: float, periods_per_year: int, window: int = 63
+) -> pd.Series:
+    """`pos` scaled by target / the instrument's trailing annualised volatility, at most
+    MAX_LEVERAGE. `ret1` at row t is the return from t to t+1; the volatility at t uses the
+    returns up to t only (ret1 shifted by one bar), none before 10 of them are known."""
+    vol = ret1.shift(1).rolling(window, min_periods=10).std() * math.sqrt(periods_per_year)
+    return (pos * (target / vol).clip(upper=MAX_LEVERAGE)).fillna(0.0)
+
+
+COST_LEVELS_BPS = (0, 5, 10, 20)
+
+
+def cost_sensitivity(
+    gross: np.ndarray, turnover: np.ndarray, periods_per_year: int
+) -> dict[str, Any]:
+    """What costs do to a strategy with these gross returns and turnover per bar: net Sharpe
+    at COST_LEVELS_BPS, and the break-even cost (bps per unit of turnover) at which the mean
+    net return is zero."""
+    gross, turnover = np.asarray(gross, float), np.asarray(turnover, float)
+    p, out = periods_per_year, {}
+    for bps in COST_LEVELS_BPS:
+        net = gross - bps / 1e4 * turnover
+        sd = net.std(ddof=1) if len(net) > 1 else math.nan
+        out[str(bps)] = float(net.mean() / sd * math.sqrt(p)) if sd > 0 else math.nan
+    mean_turn = float(turnover.mean()) if len(turnover) else math.nan
+    return {
+        "sharpe_at_bps": out,
+        "gross_mean_per_bar": float(gross.mean()) if len(gross) else math.nan,
+        "break_even_bps": float(gross.mean() / mean_turn * 1e4) if mean_turn > 0 else math.nan,
+    }
 
 
 def trading_returns(pos: pd.Series, ret1: pd.Series, cost_bps: float) -> pd.Series:

@@ -24,13 +24,19 @@ DEFINITIONS = [
     ),
     (
         "Positions",
-        "sign(prediction), or the prediction divided by the trailing standard deviation "
-        "of earlier predictions, clipped to [-1, 1] (backtest.position: scaled).",
+        "backtest.position: sign(prediction); scaled: the prediction divided by the trailing "
+        "standard deviation of earlier predictions, clipped to [-1, 1]; threshold: "
+        "sign(prediction) only where |prediction| exceeds the one-way cost (cost_bps / "
+        "10,000), flat otherwise. With backtest.target_vol each instrument's position is "
+        "scaled by target_vol / its trailing 63-bar annualised volatility (returns known at "
+        "the bar only), at most 3x.",
     ),
     (
         "P&L",
         "A position set at bar t's close earns the next bar's simple return exp(r) - 1. "
-        "Costs: cost_bps / 10,000 times turnover |pos_t - pos_(t-1)|, charged on the bar it trades.",
+        "Costs: cost_bps / 10,000 times turnover |pos_t - pos_(t-1)|, charged on the bar it trades. "
+        "Gross figures leave costs out; the cost table shows net Sharpe at 0, 5, 10 and 20 bps "
+        "and the break-even cost: mean gross return / mean turnover, in bps.",
     ),
     (
         "Equity",
@@ -68,22 +74,34 @@ def _per_date_mean(frame: pd.DataFrame, column: str) -> np.ndarray:
 
 
 def _trading(frame: pd.DataFrame, column: str, cfg: Config) -> tuple[dict[str, Any], pd.Series]:
+    """Trading metrics of the strategy built on `column` (equal-weighted over tickers), at the
+    config's cost, plus gross figures and what other costs would do; and its net returns."""
     bt = cfg.backtest
-    nets, turns = [], []
+    periods = periods_per_year(frame, cfg)
+    grosses, turns = [], []
     for ticker, g in frame.groupby("ticker", sort=False):
         g = g.set_index("date")
         if column == "buy_and_hold":  # held throughout, no trading costs
             pos = pd.Series(1.0, index=g.index)
-            net = np.expm1(g["realized_1"])
+            turn = pd.Series(0.0, index=g.index)
         else:
-            pos = metrics.positions(g[column], bt.position)
-            net = metrics.trading_returns(pos, g["realized_1"], bt.cost_bps)
-        nets.append(net.rename(ticker))
-        turns.append(pos.diff().abs().fillna(pos.abs()))
-    net = pd.concat(nets, axis=1).mean(axis=1).sort_index()
+            pos = metrics.positions(g[column], bt.position, threshold=bt.cost_bps / 1e4)
+            if bt.target_vol is not None:
+                pos = metrics.target_volatility(pos, g["realized_1"], bt.target_vol, periods)
+            turn = pos.diff().abs().fillna(pos.abs())
+        grosses.append(metrics.trading_returns(pos, g["realized_1"], 0.0).rename(ticker))
+        turns.append(turn.rename(ticker))
+    gross = pd.concat(grosses, axis=1).mean(axis=1).sort_index()
     turnover = pd.concat(turns, axis=1).mean(axis=1).sort_index()
-    periods = periods_per_year(frame, cfg)
-    return metrics.trading_metrics(net.to_numpy(), periods, turnover.to_numpy()), net
+    net = gross - bt.cost_bps / 1e4 * turnover
+    out = metrics.trading_metrics(net.to_numpy(), periods, turnover.to_numpy())
+    if out:
+        gross_m = metrics.trading_metrics(gross.to_numpy(), periods)
+        out["gross_annual_return"] = gross_m["annual_return"]
+        out["gross_sharpe"] = gross_m["sharpe"]
+        out["cost_drag_annual"] = float(bt.cost_bps / 1e4 * turnover.mean() * periods)
+        out.update(metrics.cost_sensitivity(gross.to_numpy(), turnover.to_numpy(), periods))
+    return out, net
 
 
 def periods_per_year(pred: pd.DataFrame, cfg: Config) -> int:
@@ -104,6 +122,7 @@ def summarize(pred: pd.DataFrame, cfg: Config) -> dict[str, Any]:
         "trading": {},
     }
     zero_loss = _per_date_mean(pred.assign(_l=pred["realized"] ** 2), "_l")
+    nets: dict[str, pd.Series] = {}
     for name in ["prediction", *BASELINES]:
         p = pred[name].to_numpy()
         fm = metrics.forecast_metrics(p, y)
@@ -126,35 +145,111 @@ def summarize(pred: pd.DataFrame, cfg: Config) -> dict[str, Any]:
             fm["dm_vs_zero"] = metrics.diebold_mariano(loss, zero_loss, cfg.target.horizon)
         out["forecast"][name] = fm
         if name != "zero":
-            out["trading"][name], _ = _trading(pred, name, cfg)
-    out["trading"]["buy_and_hold"], _ = _trading(pred.assign(buy_and_hold=1.0), "buy_and_hold", cfg)
+            out["trading"][name], nets[name] = _trading(pred, name, cfg)
+    bh = pred.assign(buy_and_hold=1.0)
+    out["trading"]["buy_and_hold"], nets["buy_and_hold"] = _trading(bh, "buy_and_hold", cfg)
+    out["forecast"]["prediction"]["dm_vs"] = _forecast_tests(pred, cfg)
+    out["trading"]["prediction"]["sharpe_vs"] = _trading_tests(nets)
     out["verdict"] = verdict(out)
     return metrics.clean(out)
 
 
-def verdict(m: dict[str, Any]) -> str:
+def _forecast_tests(pred: pd.DataFrame, cfg: Config) -> dict[str, dict[str, Any]]:
+    """DM test of the model's squared error against each baseline's (per-date mean losses),
+    with Holm-adjusted p-values over the baselines."""
+    model = _per_date_mean(pred.assign(_l=(pred["prediction"] - pred["realized"]) ** 2), "_l")
+    tests = {}
+    for b in BASELINES:
+        other = _per_date_mean(pred.assign(_l=(pred[b] - pred["realized"]) ** 2), "_l")
+        tests[b] = metrics.diebold_mariano(model, other, cfg.target.horizon)
+    for t, p in zip(
+        tests.values(), metrics.holm([t["p_value"] for t in tests.values()]), strict=True
+    ):
+        t["p_holm"] = p
+    return tests
+
+
+def _trading_tests(nets: dict[str, pd.Series]) -> dict[str, dict[str, Any]]:
+    """Ledoit-Wolf test of the model strategy's Sharpe ratio against each other strategy's
+    (net of costs, same bars), with Holm-adjusted p-values."""
+    model = nets["prediction"]
+    tests = {}
+    for name, other in nets.items():
+        if name == "prediction":
+            continue
+        a, b = model.align(other, join="inner")
+        tests[name] = metrics.sharpe_difference(a.to_numpy(), b.to_numpy())
+    for t, p in zip(
+        tests.values(), metrics.holm([t["p_value"] for t in tests.values()]), strict=True
+    ):
+        t["p_holm"] = p
+    return tests
+
+
+def verdict(m: dict[str, Any], level: float = 0.05) -> str:
+    """Both questions in words: does the forecast beat each baseline (DM on squared error), and
+    does trading it beat each other strategy after costs (Sharpe difference); Holm-adjusted
+    over each family of tests."""
     f = m["forecast"]["prediction"]
-    dm = f.get("dm_vs_zero", {})
-    p, stat = dm.get("p_value"), dm.get("stat")
-    if p is not None and not np.isnan(p) and p < 0.05 and stat is not None and stat < 0:
-        words = f"The model's squared error is significantly lower than the zero forecast's (DM p = {p:.3g})."
-    elif p is not None and not np.isnan(p) and p < 0.05:
-        words = f"The model's squared error is significantly HIGHER than the zero forecast's (DM p = {p:.3g})."
-    else:
-        words = (
-            f"The model does not beat the zero forecast significantly (DM p = {p:.3g})."
-            if p is not None and not np.isnan(p)
-            else "Too few predictions for a Diebold-Mariano test."
-        )
-    better = [b for b in BASELINES if b != "zero" and f["mse"] < m["forecast"][b]["mse"]]
-    worse = [b for b in BASELINES if b != "zero" and b not in better]
-    words += f" Lower MSE than: {', '.join(better) or 'none'}; not lower than: {', '.join(worse) or 'none'}."
+    words = [_forecast_words(f, level), _trading_words(m, level)]
     ic = f["ic_summary"]
     if ic.get("p_value") is not None:
-        words += (
-            f" Mean per-fold IC {ic['mean']:.3f} (t = {ic['t_stat']:.2f}, p = {ic['p_value']:.3g})."
+        words.append(
+            f"Mean per-fold IC {ic['mean']:.3f} (t = {ic['t_stat']:.2f}, p = {ic['p_value']:.3g})."
         )
-    return words
+    return " ".join(words)
+
+
+def _split(tests: dict[str, dict[str, Any]], level: float, better_if_negative: bool):
+    better, worse, same = [], [], []
+    for name, t in tests.items():
+        p, stat = t.get("p_holm"), t.get("stat")
+        if p is None or stat is None or np.isnan(p) or p >= level:
+            same.append(f"{name} (p = {p:.2g})" if p is not None and not np.isnan(p) else name)
+        elif (stat < 0) == better_if_negative:
+            better.append(f"{name} (p = {p:.2g})")
+        else:
+            worse.append(f"{name} (p = {p:.2g})")
+    return better, worse, same
+
+
+def _forecast_words(f: dict[str, Any], level: float) -> str:
+    tests = f.get("dm_vs", {})
+    if not tests:
+        return "Too few predictions for a Diebold-Mariano test."
+    better, worse, same = _split(tests, level, better_if_negative=True)
+    parts = []
+    if better:
+        parts.append(f"significantly lower than {', '.join(better)}")
+    if worse:
+        parts.append(f"significantly HIGHER than {', '.join(worse)}")
+    if same:
+        parts.append(f"not significantly different from {', '.join(same)}")
+    return (
+        f"Forecast: the model's squared error is {'; '.join(parts)} "
+        f"(Diebold-Mariano, Holm-adjusted over {len(tests)} baselines, {level:.0%} level)."
+    )
+
+
+def _trading_words(m: dict[str, Any], level: float) -> str:
+    t = m["trading"].get("prediction", {})
+    tests = t.get("sharpe_vs", {})
+    if not tests:
+        return ""
+    better, worse, same = _split(tests, level, better_if_negative=False)
+    sharpe = t.get("sharpe")
+    parts = []
+    if better:
+        parts.append(f"beats {', '.join(better)}")
+    if worse:
+        parts.append(f"loses to {', '.join(worse)}")
+    if same:
+        parts.append(f"is not significantly different from {', '.join(same)}")
+    shown = f"{sharpe:.2f}" if sharpe is not None and not np.isnan(sharpe) else "n/a"
+    return (
+        f"Trading after costs: the model's strategy (net Sharpe {shown}) {'; '.join(parts)} "
+        f"(Ledoit-Wolf Sharpe-difference test, Holm-adjusted over {len(tests)} strategies)."
+    )
 
 
 # --------------------------------------------------------------------------- outputs
@@ -182,6 +277,46 @@ def table_rows(m: dict[str, Any]) -> list[list[str]]:
             ]
         )
     return rows
+
+
+def cost_rows(m: dict[str, Any], drag: bool = True) -> list[list[str]]:
+    """Per strategy: turnover, gross and net annual return, cost drag (unless `drag` is off:
+    the terminal's 80 columns), break-even cost and the net Sharpe at each of
+    metrics.COST_LEVELS_BPS."""
+
+    def fmt(v: Any, spec: str) -> str:
+        return "-" if v is None else format(v, spec)
+
+    rows = []
+    for name in ["prediction", *(b for b in BASELINES if b != "zero")]:
+        t = m["trading"].get(name, {})
+        if not t:
+            continue
+        at = t.get("sharpe_at_bps", {})
+        rows.append(
+            [
+                "model" if name == "prediction" else name,
+                fmt(t.get("turnover_per_bar"), ".3f"),
+                fmt(t.get("gross_annual_return"), ".1%"),
+                fmt(t.get("annual_return"), ".1%"),
+                *([fmt(t.get("cost_drag_annual"), ".1%")] if drag else []),
+                fmt(t.get("break_even_bps"), ".1f"),
+                *(fmt(at.get(str(b)), ".2f") for b in metrics.COST_LEVELS_BPS),
+            ]
+        )
+    return rows
+
+
+def cost_header(drag: bool = True) -> list[str]:
+    return [
+        "strategy",
+        "turnover",
+        "gross ann.",
+        "net ann.",
+        *(["cost drag"] if drag else []),
+        "break-even bps",
+        *(f"{b} bps" for b in metrics.COST_LEVELS_BPS),
+    ]
 
 
 TABLE_HEADER = [
@@ -249,12 +384,52 @@ def _figures(pred: pd.DataFrame, cfg: Config) -> list[tuple[str, str]]:
     return figs
 
 
+def _tests_html(m: dict[str, Any]) -> str:
+    """The verdict's tests as two tables: DM per baseline, Sharpe difference per strategy."""
+
+    def cell(v: Any, spec: str) -> str:
+        return "-" if v is None else format(v, spec)
+
+    dm = m["forecast"]["prediction"].get("dm_vs", {})
+    rows = "".join(
+        f"<tr><td>{html.escape(b)}</td><td>{cell(t.get('stat'), '.2f')}</td>"
+        f"<td>{cell(t.get('p_value'), '.3g')}</td><td>{cell(t.get('p_holm'), '.3g')}</td></tr>"
+        for b, t in dm.items()
+    )
+    p = m.get("periods_per_year") or 252
+    sv = m["trading"].get("prediction", {}).get("sharpe_vs", {})
+    rows2 = "".join(
+        f"<tr><td>{html.escape(b)}</td>"
+        f"<td>{cell(m['trading'].get(b, {}).get('sharpe'), '.2f')}</td>"
+        f"<td>{cell(None if t.get('difference') is None else t['difference'] * p**0.5, '+.2f')}</td>"
+        f"<td>{cell(t.get('stat'), '.2f')}</td><td>{cell(t.get('p_value'), '.3g')}</td>"
+        f"<td>{cell(t.get('p_holm'), '.3g')}</td></tr>"
+        for b, t in sv.items()
+    )
+    return (
+        "<h3>Forecast against each baseline (Diebold-Mariano on squared error; negative: the "
+        "model's error is lower)</h3><table><tr><th>baseline</th><th>DM</th><th>p</th>"
+        f"<th>p, Holm</th></tr>{rows}</table>"
+        "<h3>Strategy against each other strategy, net of costs (Ledoit-Wolf test of equal "
+        "Sharpe ratios)</h3><table><tr><th>strategy</th><th>its Sharpe</th><th>model minus "
+        f"it, annualised</th><th>z</th><th>p</th><th>p, Holm</th></tr>{rows2}</table>"
+    )
+
+
 def render_html(pred: pd.DataFrame, m: dict[str, Any], folds: pd.DataFrame, cfg: Config) -> str:
     esc = html.escape
     head = "".join(f"<th>{esc(h)}</th>" for h in TABLE_HEADER)
     body = "".join(
         "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in table_rows(m)
     )
+    cost_head = "".join(
+        f"<th>{esc(h if 'bps' not in h or 'break' in h else 'Sharpe at ' + h)}</th>"
+        for h in cost_header()
+    )
+    cost_body = "".join(
+        "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in cost_rows(m)
+    )
+    tv = "" if cfg.backtest.target_vol is None else f", target_vol {cfg.backtest.target_vol:g}"
     fold_cols = [
         "fold",
         "train_start",
@@ -283,7 +458,12 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}dt{{font-weight:b
 in {m["folds"]} folds ({esc(cfg.backtest.scheme)} window, refit every {cfg.backtest.test_span} bars,
 gap {cfg.backtest.gap}, cost {cfg.backtest.cost_bps} bps).</p>
 <h2>Verdict</h2><p>{esc(m["verdict"])}</p>
+{_tests_html(m)}
 <h2>Model vs baselines</h2><table><tr>{head}</tr>{body}</table>
+<h2>Costs and turnover</h2><p>Each strategy at {cfg.backtest.cost_bps} bps a unit of turnover
+(backtest.position: {esc(cfg.backtest.position)}{tv}); turnover is the mean |change of position|
+a bar, cost drag what costs take a year, break-even the cost at which the mean net return is
+zero.</p><table><tr>{cost_head}</tr>{cost_body}</table>
 <h2>Plots</h2>{figs}
 <h2>Folds</h2>{fold_table}
 <h2>Definitions</h2><dl>{defs}</dl>
