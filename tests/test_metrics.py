@@ -202,3 +202,11 @@ def test_sharpe_difference_finds_nothing_between_two_coin_flips():
         for _ in range(200)
     )
     assert rejections <= 20  # about 5% of 200 expected
+
+
+def test_sharpe_interval_by_hand():
+    # annual 1.0 over 252 bars a year: per bar s = 1/sqrt(252); n = 1000
+    s = 1 / math.sqrt(252)
+    half = 1.959964 * math.sqrt((1 + s**2 / 2) / 1000) * math.sqrt(252)
+    assert metrics.sharpe_interval(1.0, 1000, 252) == pytest.approx([1 - half, 1 + half])
+    assert half == pytest.approx(0.9849, abs=1e-3)  # a year of data barely tells 0 from 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -140,7 +141,9 @@ def test_ar1_model_beats_zero_with_dm_p_below_0_01(tmp_path):
     dm = m["forecast"]["prediction"]["dm_vs_zero"]
     assert dm["stat"] < 0 and dm["p_value"] < 0.01, dm
     assert m["forecast"]["prediction"]["r2_oos"] > 0.15
-    assert m["verdict"].startswith("Forecast: the model's squared error is significantly lower than")
+    assert m["verdict"].startswith(
+        "Forecast: the model's squared error is significantly lower than"
+    )
     lower = m["verdict"].split(";")[0]
     assert "zero (p = " in lower and "persistence (p = " in lower  # named with its p-value
     assert m["forecast"]["prediction"]["dm_vs"]["zero"]["p_holm"] < 0.01
@@ -196,6 +199,10 @@ def test_backtest_cli_outputs_resume_and_determinism(tmp_path):
     assert (pd.to_datetime(folds["train_end"]) < pd.to_datetime(folds["test_start"])).all()
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 4 and "Diebold-Mariano" in html
+    assert html.count("<img alt='") == 4  # every image says what it shows
+    for section in ["Verdict", "Costs and turnover", "Per ticker", "Per fold", "Monthly net"]:
+        assert f"<h2>{section}" in html, section
+    assert html.index("<h2>Verdict") < html.index("<h2>Model vs baselines")
     m = json.loads((out / "metrics.json").read_text())
     assert m["folds"] == len(folds) and m["trading"]["buy_and_hold"]["bars"] > 0
     timing = json.loads((out / "timing.json").read_text())
@@ -308,3 +315,48 @@ def test_results_table_fits_80_columns_without_cutting_a_figure():
     assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
     for row in rows:
         assert all(cell in text for cell in row)  # every figure whole
+
+
+def _readme_keys() -> dict[str, set[str]]:
+    """The README's metrics.json table: row label -> the backticked keys it names."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## metrics.json", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        if line.startswith("| `"):
+            label, meaning = line.strip("|").split("|", 1)
+            rows[label.strip()] = set(re.findall(r"`([a-z_0-9<>.]+)`", meaning)) | set(
+                re.findall(r"`([a-z_0-9]+)`", label)
+            )
+    return rows
+
+
+def test_metrics_json_keys_are_the_readme_table(tmp_path):
+    frames = {t: ohlcv_from_returns(random_walk_returns(700, seed=i)) for i, t in enumerate("ABC")}
+    m, out = _synthetic_backtest(
+        tmp_path, "keys", frames, backtest={"train_span": 400, "test_span": 150}
+    )
+    m = json.loads((out / "metrics.json").read_text())
+    rows = _readme_keys()
+    documented_top = set().union(
+        *(re.findall(r"`([a-z_]+)`", label) for label in rows if "." not in label)
+    )
+    assert set(m) == documented_top | {"forecast", "trading"}
+    breakdown_doc = rows["`by_ticker.<t>`, `by_fold.<k>`"]
+    assert set(m["by_ticker"]) == {"A", "B", "C"} and len(m["by_fold"]) == m["folds"]
+    for row in [*m["by_ticker"].values(), *m["by_fold"].values()]:
+        assert set(row) <= breakdown_doc, set(row) - breakdown_doc
+    assert sum(r["n"] for r in m["by_fold"].values()) == m["n_predictions"]
+    forecast_doc = rows["`forecast.<f>`"]
+    for name, f in m["forecast"].items():
+        assert name in forecast_doc
+        assert set(f) - {"dm_vs"} <= forecast_doc, set(f) - forecast_doc
+    assert set(m["forecast"]["prediction"]["dm_vs"]["zero"]) == {"stat", "p_value", "p_holm", "n"}
+    trading_doc = rows["`trading.<s>`"]
+    for name, t in m["trading"].items():
+        assert name in (set(m["forecast"]) - {"zero"}) | {"buy_and_hold"}
+        assert set(t) - {"sharpe_vs"} <= trading_doc, set(t) - trading_doc
+        assert set(t["sharpe_at_bps"]) <= trading_doc
+    sv = m["trading"]["prediction"]["sharpe_vs"]
+    assert set(sv) == {"persistence", "trailing_mean", "ridge_ar", "buy_and_hold"}
+    assert set(next(iter(sv.values()))) == {"difference", "stat", "p_value", "p_holm", "n"}

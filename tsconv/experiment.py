@@ -252,20 +252,43 @@ def _metrics_csv(history: list[dict[str, float]]) -> str:
     return buf.getvalue()
 
 
-def plot_loss(path: Path, history: list[dict[str, float]]) -> None:
+def plot_loss(
+    path: Path, history: list[dict[str, float]], start: float | None = None, best: int = 0
+) -> None:
+    """Training and validation loss by epoch, the starting weights' validation loss (epoch 0:
+    the zero head plus the highway's ridge fit, the level training must beat) and the epoch
+    kept."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = plt.subplots(figsize=(6.5, 4))
     ep = [h["epoch"] for h in history]
-    ax.plot(ep, [h["train_loss"] for h in history], label="train")
-    ax.plot(ep, [h["val_loss"] for h in history], label="validation")
+    ax.plot(ep, [h["train_loss"] for h in history], marker=".", label="training (dropout on)")
+    val_ep, val = ep, [h["val_loss"] for h in history]
+    if start is not None and np.isfinite(start):
+        ax.axhline(
+            start, color="grey", ls="--", lw=0.8, label="starting weights (zero head + ridge)"
+        )
+        val_ep, val = [0, *ep], [start, *val]
+    ax.plot(val_ep, val, marker=".", label="validation (dropout off)")
+    kept = start if best == 0 else history[best - 1]["val_loss"]
+    if kept is not None and np.isfinite(kept):
+        ax.plot([best], [kept], "k*", ms=12, label=f"kept: epoch {best}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
-    ax.set_ylabel("MSE (scaled target)")
-    ax.legend()
-    fig.tight_layout()
+    ax.set_ylabel("MSE of the scaled target")
+    ax.legend(fontsize=8)
+    fig.text(
+        0.01,
+        0.01,
+        "Validation can sit below training: dropout is on in training only, and the two "
+        "spans differ in volatility.",
+        fontsize=7,
+    )
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     buf = _io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
@@ -326,7 +349,7 @@ def run_training(
         },
     )
     io.write_text(out / "metrics.csv", _metrics_csv(result.history))
-    plot_loss(out / "loss.png", result.history)
+    plot_loss(out / "loss.png", result.history, result.initial_val, result.best_epoch)
     best = result.history[result.best_epoch - 1] if result.best_epoch else {}
     summary = {
         "tickers": list(prep.data),

@@ -274,11 +274,13 @@ def trading_metrics(
     ann = float(equity[-1] ** (p / n) - 1) if equity[-1] > 0 else -1.0
     mdd = max_drawdown(equity)
     act = np.ones(n, bool) if active is None else active
+    sharpe = float(net.mean() / sd * math.sqrt(p)) if sd > 0 else math.nan
     return {
         "total_return": float(equity[-1] - 1),
         "annual_return": ann,
         "annual_volatility": float(sd * math.sqrt(p)),
-        "sharpe": float(net.mean() / sd * math.sqrt(p)) if sd > 0 else math.nan,
+        "sharpe": sharpe,
+        "sharpe_ci95": sharpe_interval(sharpe, n, p),
         "sortino": float(net.mean() / downside * math.sqrt(p)) if downside > 0 else math.nan,
         "max_drawdown": mdd,
         "calmar": ann / abs(mdd) if mdd < 0 else math.nan,
@@ -286,6 +288,17 @@ def trading_metrics(
         "hit_rate": float(np.mean(net[act] > 0)) if act.any() else math.nan,
         "bars": n,
     }
+
+
+def sharpe_interval(sharpe: float, n: int, periods_per_year: int) -> list[float]:
+    """95% interval of an annualised Sharpe ratio from n bars (Lo 2002, iid returns): the
+    per-bar ratio s has standard error sqrt((1 + s^2 / 2) / n)."""
+    if not np.isfinite(sharpe) or n < 2:
+        return [math.nan, math.nan]
+    root = math.sqrt(periods_per_year)
+    s = sharpe / root
+    half = 1.959964 * math.sqrt((1 + s**2 / 2) / n) * root
+    return [sharpe - half, sharpe + half]
 
 
 def clean(obj: Any) -> Any:

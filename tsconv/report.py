@@ -73,12 +73,12 @@ def _per_date_mean(frame: pd.DataFrame, column: str) -> np.ndarray:
     return frame.groupby("date", sort=True)[column].mean().to_numpy()
 
 
-def _trading(frame: pd.DataFrame, column: str, cfg: Config) -> tuple[dict[str, Any], pd.Series]:
-    """Trading metrics of the strategy built on `column` (equal-weighted over tickers), at the
-    config's cost, plus gross figures and what other costs would do; and its net returns."""
+def strategy_rows(frame: pd.DataFrame, column: str, cfg: Config) -> pd.DataFrame:
+    """Per (date, ticker): the position the strategy on `column` holds, its gross return and
+    its turnover; positions are built per ticker over the whole run."""
     bt = cfg.backtest
     periods = periods_per_year(frame, cfg)
-    grosses, turns = [], []
+    parts = []
     for ticker, g in frame.groupby("ticker", sort=False):
         g = g.set_index("date")
         if column == "buy_and_hold":  # held throughout, no trading costs
@@ -89,19 +89,59 @@ def _trading(frame: pd.DataFrame, column: str, cfg: Config) -> tuple[dict[str, A
             if bt.target_vol is not None:
                 pos = metrics.target_volatility(pos, g["realized_1"], bt.target_vol, periods)
             turn = pos.diff().abs().fillna(pos.abs())
-        grosses.append(metrics.trading_returns(pos, g["realized_1"], 0.0).rename(ticker))
-        turns.append(turn.rename(ticker))
-    gross = pd.concat(grosses, axis=1).mean(axis=1).sort_index()
-    turnover = pd.concat(turns, axis=1).mean(axis=1).sort_index()
-    net = gross - bt.cost_bps / 1e4 * turnover
+        gross = metrics.trading_returns(pos, g["realized_1"], 0.0)
+        parts.append(
+            pd.DataFrame(
+                {"ticker": ticker, "fold": g["fold"], "gross": gross, "turnover": turn}
+            ).rename_axis("date")
+        )
+    return pd.concat(parts).reset_index()
+
+
+def _trading(frame: pd.DataFrame, column: str, cfg: Config) -> tuple[dict[str, Any], pd.Series]:
+    """Trading metrics of the strategy built on `column` (equal-weighted over tickers), at the
+    config's cost, plus gross figures and what other costs would do; and its net returns."""
+    return _portfolio_metrics(strategy_rows(frame, column, cfg), frame, cfg)
+
+
+def _portfolio_metrics(
+    rows: pd.DataFrame, frame: pd.DataFrame, cfg: Config
+) -> tuple[dict[str, Any], pd.Series]:
+    cost = cfg.backtest.cost_bps / 1e4
+    periods = periods_per_year(frame, cfg)
+    by_date = rows.groupby("date", sort=True)[["gross", "turnover"]].mean()
+    gross, turnover = by_date["gross"], by_date["turnover"]
+    net = gross - cost * turnover
     out = metrics.trading_metrics(net.to_numpy(), periods, turnover.to_numpy())
     if out:
         gross_m = metrics.trading_metrics(gross.to_numpy(), periods)
         out["gross_annual_return"] = gross_m["annual_return"]
         out["gross_sharpe"] = gross_m["sharpe"]
-        out["cost_drag_annual"] = float(bt.cost_bps / 1e4 * turnover.mean() * periods)
+        out["cost_drag_annual"] = float(cost * turnover.mean() * periods)
         out.update(metrics.cost_sensitivity(gross.to_numpy(), turnover.to_numpy(), periods))
     return out, net
+
+
+def breakdown(pred: pd.DataFrame, cfg: Config, by: str) -> dict[str, dict[str, Any]]:
+    """The model's forecast and strategy figures per ticker or per fold (`by`): R^2, IC,
+    directional accuracy with its standard error, and the net Sharpe ratio with its 95%
+    interval, the strategy's positions being those of the whole run."""
+    strat = strategy_rows(pred, "prediction", cfg)
+    out = {}
+    for key, g in pred.groupby(by, sort=True):
+        f = metrics.forecast_metrics(g["prediction"].to_numpy(), g["realized"].to_numpy())
+        t, _ = _portfolio_metrics(strat[strat[by] == key], g, cfg)
+        out[str(key)] = {
+            "n": f["n"],
+            "r2_oos": f["r2_oos"],
+            "ic": f["ic"],
+            "directional_accuracy": f["directional_accuracy"],
+            "directional_accuracy_se": f["directional_accuracy_se"],
+            "sharpe": t.get("sharpe"),
+            "sharpe_ci95": t.get("sharpe_ci95"),
+            "annual_return": t.get("annual_return"),
+        }
+    return out
 
 
 def periods_per_year(pred: pd.DataFrame, cfg: Config) -> int:
@@ -150,6 +190,8 @@ def summarize(pred: pd.DataFrame, cfg: Config) -> dict[str, Any]:
     out["trading"]["buy_and_hold"], nets["buy_and_hold"] = _trading(bh, "buy_and_hold", cfg)
     out["forecast"]["prediction"]["dm_vs"] = _forecast_tests(pred, cfg)
     out["trading"]["prediction"]["sharpe_vs"] = _trading_tests(nets)
+    out["by_ticker"] = breakdown(pred, cfg, "ticker")
+    out["by_fold"] = breakdown(pred, cfg, "fold")
     out["verdict"] = verdict(out)
     return metrics.clean(out)
 
@@ -416,6 +458,53 @@ def _tests_html(m: dict[str, Any]) -> str:
     )
 
 
+def _breakdown_html(rows: dict[str, dict[str, Any]], label: str, extra: pd.DataFrame | None) -> str:
+    def cell(v: Any, spec: str) -> str:
+        return "-" if v is None else format(v, spec)
+
+    head = [label, "n", "R2 oos", "IC", "dir. acc (se)", "Sharpe [95% CI]", "ann. return"]
+    extra_cols = [] if extra is None else [c for c in extra.columns if c != label]
+    body = []
+    for key, r in rows.items():
+        ci = r.get("sharpe_ci95") or [None, None]
+        cells = [
+            html.escape(key),
+            str(r["n"]),
+            cell(r.get("r2_oos"), ".4f"),
+            cell(r.get("ic"), ".3f"),
+            f"{cell(r.get('directional_accuracy'), '.3f')} ({cell(r.get('directional_accuracy_se'), '.3f')})",
+            f"{cell(r.get('sharpe'), '.2f')} [{cell(ci[0], '.2f')}, {cell(ci[1], '.2f')}]",
+            cell(r.get("annual_return"), ".1%"),
+        ]
+        if extra is not None:
+            match = extra[extra[label].astype(str) == key]
+            cells += [html.escape(str(match[c].iloc[0])) if len(match) else "-" for c in extra_cols]
+        body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    heads = "".join(f"<th>{html.escape(h)}</th>" for h in [*head, *extra_cols])
+    return f"<table><tr>{heads}</tr>{''.join(body)}</table>"
+
+
+def _monthly_html(pred: pd.DataFrame, cfg: Config) -> str:
+    """The model strategy's net return per calendar month (compounded), a row per year."""
+    _, net = _trading(pred, "prediction", cfg)
+    if net.empty:
+        return ""
+    monthly = (1 + net).groupby([net.index.year, net.index.month]).prod() - 1
+    table = monthly.unstack()
+    months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+    head = "".join(f"<th>{m}</th>" for m in ["year", *months])
+    body = "".join(
+        f"<tr><td>{year}</td>"
+        + "".join(
+            f"<td>{'' if pd.isna(table.loc[year].get(m)) else format(table.loc[year].get(m), '.1%')}</td>"
+            for m in range(1, 13)
+        )
+        + "</tr>"
+        for year in table.index
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
 def render_html(pred: pd.DataFrame, m: dict[str, Any], folds: pd.DataFrame, cfg: Config) -> str:
     esc = html.escape
     head = "".join(f"<th>{esc(h)}</th>" for h in TABLE_HEADER)
@@ -443,11 +532,14 @@ def render_html(pred: pd.DataFrame, m: dict[str, Any], folds: pd.DataFrame, cfg:
         "best_epoch",
         "best_val_loss",
     ]
+    fold_extra = folds[[c for c in ["fold", "test_start", "test_end", "best_epoch"] if c in folds]]
     fold_table = folds[[c for c in fold_cols if c in folds]].to_html(
         index=False, float_format="%.4g"
     )
     figs = "".join(
-        f"<h3>{esc(t)}</h3><img src='data:image/png;base64,{b}'/>" for t, b in _figures(pred, cfg)
+        f"<h3>{esc(t)}</h3><img alt='{esc(t)} of the walk-forward test span' "
+        f"src='data:image/png;base64,{b}'/>"
+        for t, b in _figures(pred, cfg)
     )
     defs = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in DEFINITIONS)
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>tsconv backtest</title>
@@ -465,7 +557,10 @@ gap {cfg.backtest.gap}, cost {cfg.backtest.cost_bps} bps).</p>
 a bar, cost drag what costs take a year, break-even the cost at which the mean net return is
 zero.</p><table><tr>{cost_head}</tr>{cost_body}</table>
 <h2>Plots</h2>{figs}
-<h2>Folds</h2>{fold_table}
+<h2>Per ticker</h2>{_breakdown_html(m.get("by_ticker", {}), "ticker", None)}
+<h2>Per fold</h2>{_breakdown_html(m.get("by_fold", {}), "fold", fold_extra)}
+<h2>Monthly net returns of the model's strategy</h2>{_monthly_html(pred, cfg)}
+<h2>Folds (bookkeeping)</h2>{fold_table}
 <h2>Definitions</h2><dl>{defs}</dl>
 <h2>Resolved config</h2><pre>{esc(json.dumps(cfg.model_dump(mode="json"), indent=2))}</pre>
 </body></html>"""
