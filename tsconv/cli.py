@@ -357,7 +357,7 @@ def results_table(m: dict[str, Any], header: list[str], rows: list[list[str]]) -
 
 def _resumable_backtest(folder: Path, config, set_, out_dir):
     """The config an interrupted backtest in `folder` ran with (as `train --resume` does)."""
-    from tsconv.config import validate_config
+    from tsconv import checkpoint
 
     if config is not None or set_ or out_dir is not None:
         raise UsageError(
@@ -367,7 +367,7 @@ def _resumable_backtest(folder: Path, config, set_, out_dir):
     stored = Path(folder) / "folds" / "config.json"
     if not stored.exists():
         raise UsageError(f"{folder}: not an interrupted backtest (no folds/config.json)")
-    return validate_config(json.loads(stored.read_text()), f"{stored} (stored config)")
+    return checkpoint.config_of({"config": json.loads(stored.read_text())}, stored)
 
 
 # --------------------------------------------------------------------------- config

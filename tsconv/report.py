@@ -122,11 +122,12 @@ def _portfolio_metrics(
     return out, net
 
 
-def breakdown(pred: pd.DataFrame, cfg: Config, by: str) -> dict[str, dict[str, Any]]:
+def breakdown(
+    pred: pd.DataFrame, cfg: Config, by: str, strat: pd.DataFrame
+) -> dict[str, dict[str, Any]]:
     """The model's forecast and strategy figures per ticker or per fold (`by`): R^2, IC,
     directional accuracy with its standard error, and the net Sharpe ratio with its 95%
-    interval, the strategy's positions being those of the whole run."""
-    strat = strategy_rows(pred, "prediction", cfg)
+    interval, from the model strategy's rows of the whole run (`strategy_rows`)."""
     out = {}
     for key, g in pred.groupby(by, sort=True):
         f = metrics.forecast_metrics(g["prediction"].to_numpy(), g["realized"].to_numpy())
@@ -163,6 +164,7 @@ def summarize(pred: pd.DataFrame, cfg: Config) -> dict[str, Any]:
     }
     zero_loss = _per_date_mean(pred.assign(_l=pred["realized"] ** 2), "_l")
     nets: dict[str, pd.Series] = {}
+    rows: dict[str, pd.DataFrame] = {}
     for name in ["prediction", *BASELINES]:
         p = pred[name].to_numpy()
         fm = metrics.forecast_metrics(p, y)
@@ -185,13 +187,14 @@ def summarize(pred: pd.DataFrame, cfg: Config) -> dict[str, Any]:
             fm["dm_vs_zero"] = metrics.diebold_mariano(loss, zero_loss, cfg.target.horizon)
         out["forecast"][name] = fm
         if name != "zero":
-            out["trading"][name], nets[name] = _trading(pred, name, cfg)
+            rows[name] = strategy_rows(pred, name, cfg)
+            out["trading"][name], nets[name] = _portfolio_metrics(rows[name], pred, cfg)
     bh = pred.assign(buy_and_hold=1.0)
     out["trading"]["buy_and_hold"], nets["buy_and_hold"] = _trading(bh, "buy_and_hold", cfg)
     out["forecast"]["prediction"]["dm_vs"] = _forecast_tests(pred, cfg)
     out["trading"]["prediction"]["sharpe_vs"] = _trading_tests(nets)
-    out["by_ticker"] = breakdown(pred, cfg, "ticker")
-    out["by_fold"] = breakdown(pred, cfg, "fold")
+    out["by_ticker"] = breakdown(pred, cfg, "ticker", rows["prediction"])
+    out["by_fold"] = breakdown(pred, cfg, "fold", rows["prediction"])
     out["verdict"] = verdict(out)
     return metrics.clean(out)
 
@@ -204,11 +207,7 @@ def _forecast_tests(pred: pd.DataFrame, cfg: Config) -> dict[str, dict[str, Any]
     for b in BASELINES:
         other = _per_date_mean(pred.assign(_l=(pred[b] - pred["realized"]) ** 2), "_l")
         tests[b] = metrics.diebold_mariano(model, other, cfg.target.horizon)
-    for t, p in zip(
-        tests.values(), metrics.holm([t["p_value"] for t in tests.values()]), strict=True
-    ):
-        t["p_holm"] = p
-    return tests
+    return _with_holm(tests)
 
 
 def _trading_tests(nets: dict[str, pd.Series]) -> dict[str, dict[str, Any]]:
@@ -221,9 +220,13 @@ def _trading_tests(nets: dict[str, pd.Series]) -> dict[str, dict[str, Any]]:
             continue
         a, b = model.align(other, join="inner")
         tests[name] = metrics.sharpe_difference(a.to_numpy(), b.to_numpy())
-    for t, p in zip(
-        tests.values(), metrics.holm([t["p_value"] for t in tests.values()]), strict=True
-    ):
+    return _with_holm(tests)
+
+
+def _with_holm(tests: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each test with its Holm-adjusted p-value over the family, `p_holm`."""
+    adjusted = metrics.holm([t["p_value"] for t in tests.values()])
+    for t, p in zip(tests.values(), adjusted, strict=True):
         t["p_holm"] = p
     return tests
 
@@ -297,10 +300,20 @@ def _trading_words(m: dict[str, Any], level: float) -> str:
 # --------------------------------------------------------------------------- outputs
 
 
-def table_rows(m: dict[str, Any]) -> list[list[str]]:
-    def fmt(v: Any, spec: str) -> str:
-        return "-" if v is None else format(v, spec)
+def _fmt(v: Any, spec: str) -> str:
+    """A table cell: "-" for a missing figure (None in metrics.json)."""
+    return "-" if v is None else format(v, spec)
 
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def table_rows(m: dict[str, Any]) -> list[list[str]]:
     rows = []
     for name in ["prediction", *BASELINES, "buy_and_hold"]:
         f = m["forecast"].get(name, {})
@@ -308,14 +321,14 @@ def table_rows(m: dict[str, Any]) -> list[list[str]]:
         rows.append(
             [
                 "model" if name == "prediction" else name,
-                fmt(f.get("mse"), ".2e"),
-                fmt(f.get("r2_oos"), ".4f"),
-                fmt(f.get("directional_accuracy"), ".3f"),
-                fmt(f.get("ic"), ".3f"),
-                fmt(f.get("rank_ic"), ".3f"),
-                fmt(t.get("annual_return"), ".1%"),
-                fmt(t.get("sharpe"), ".2f"),
-                fmt(t.get("max_drawdown"), ".1%"),
+                _fmt(f.get("mse"), ".2e"),
+                _fmt(f.get("r2_oos"), ".4f"),
+                _fmt(f.get("directional_accuracy"), ".3f"),
+                _fmt(f.get("ic"), ".3f"),
+                _fmt(f.get("rank_ic"), ".3f"),
+                _fmt(t.get("annual_return"), ".1%"),
+                _fmt(t.get("sharpe"), ".2f"),
+                _fmt(t.get("max_drawdown"), ".1%"),
             ]
         )
     return rows
@@ -325,10 +338,6 @@ def cost_rows(m: dict[str, Any], drag: bool = True) -> list[list[str]]:
     """Per strategy: turnover, gross and net annual return, cost drag (unless `drag` is off:
     the terminal's 80 columns), break-even cost and the net Sharpe at each of
     metrics.COST_LEVELS_BPS."""
-
-    def fmt(v: Any, spec: str) -> str:
-        return "-" if v is None else format(v, spec)
-
     rows = []
     for name in ["prediction", *(b for b in BASELINES if b != "zero")]:
         t = m["trading"].get(name, {})
@@ -338,18 +347,19 @@ def cost_rows(m: dict[str, Any], drag: bool = True) -> list[list[str]]:
         rows.append(
             [
                 "model" if name == "prediction" else name,
-                fmt(t.get("turnover_per_bar"), ".3f"),
-                fmt(t.get("gross_annual_return"), ".1%"),
-                fmt(t.get("annual_return"), ".1%"),
-                *([fmt(t.get("cost_drag_annual"), ".1%")] if drag else []),
-                fmt(t.get("break_even_bps"), ".1f"),
-                *(fmt(at.get(str(b)), ".2f") for b in metrics.COST_LEVELS_BPS),
+                _fmt(t.get("turnover_per_bar"), ".3f"),
+                _fmt(t.get("gross_annual_return"), ".1%"),
+                _fmt(t.get("annual_return"), ".1%"),
+                *([_fmt(t.get("cost_drag_annual"), ".1%")] if drag else []),
+                _fmt(t.get("break_even_bps"), ".1f"),
+                *(_fmt(at.get(str(b)), ".2f") for b in metrics.COST_LEVELS_BPS),
             ]
         )
     return rows
 
 
-def cost_header(drag: bool = True) -> list[str]:
+def cost_header(drag: bool = True, sharpe: str = "") -> list[str]:
+    """`cost_rows`' header; `sharpe` prefixes the net-Sharpe columns (the terminal has no room)."""
     return [
         "strategy",
         "turnover",
@@ -357,7 +367,7 @@ def cost_header(drag: bool = True) -> list[str]:
         "net ann.",
         *(["cost drag"] if drag else []),
         "break-even bps",
-        *(f"{b} bps" for b in metrics.COST_LEVELS_BPS),
+        *(f"{sharpe}{b} bps" for b in metrics.COST_LEVELS_BPS),
     ]
 
 
@@ -389,13 +399,13 @@ def _png(fig: Any, left: float = 0.7, bottom: float = 0.45) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _figures(pred: pd.DataFrame, cfg: Config) -> list[tuple[str, str]]:
+def _figures(pred: pd.DataFrame, cfg: Config, net: pd.Series) -> list[tuple[str, str]]:
+    """The report's plots; `net` is the model strategy's net return per bar."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    _, net = _trading(pred, "prediction", cfg)
     _, bh = _trading(pred.assign(buy_and_hold=1.0), "buy_and_hold", cfg)
     eq, eq_bh = (1 + net).cumprod(), (1 + bh).cumprod()
     figs = []
@@ -428,96 +438,76 @@ def _figures(pred: pd.DataFrame, cfg: Config) -> list[tuple[str, str]]:
 
 def _tests_html(m: dict[str, Any]) -> str:
     """The verdict's tests as two tables: DM per baseline, Sharpe difference per strategy."""
-
-    def cell(v: Any, spec: str) -> str:
-        return "-" if v is None else format(v, spec)
-
     dm = m["forecast"]["prediction"].get("dm_vs", {})
-    rows = "".join(
-        f"<tr><td>{html.escape(b)}</td><td>{cell(t.get('stat'), '.2f')}</td>"
-        f"<td>{cell(t.get('p_value'), '.3g')}</td><td>{cell(t.get('p_holm'), '.3g')}</td></tr>"
+    dm_rows = [
+        [b, _fmt(t.get("stat"), ".2f"), _fmt(t.get("p_value"), ".3g"), _fmt(t.get("p_holm"), ".3g")]
         for b, t in dm.items()
-    )
-    p = m.get("periods_per_year") or 252
+    ]
+    root = (m.get("periods_per_year") or 252) ** 0.5
     sv = m["trading"].get("prediction", {}).get("sharpe_vs", {})
-    rows2 = "".join(
-        f"<tr><td>{html.escape(b)}</td>"
-        f"<td>{cell(m['trading'].get(b, {}).get('sharpe'), '.2f')}</td>"
-        f"<td>{cell(None if t.get('difference') is None else t['difference'] * p**0.5, '+.2f')}</td>"
-        f"<td>{cell(t.get('stat'), '.2f')}</td><td>{cell(t.get('p_value'), '.3g')}</td>"
-        f"<td>{cell(t.get('p_holm'), '.3g')}</td></tr>"
+    sv_rows = [
+        [
+            b,
+            _fmt(m["trading"].get(b, {}).get("sharpe"), ".2f"),
+            _fmt(None if t.get("difference") is None else t["difference"] * root, "+.2f"),
+            _fmt(t.get("stat"), ".2f"),
+            _fmt(t.get("p_value"), ".3g"),
+            _fmt(t.get("p_holm"), ".3g"),
+        ]
         for b, t in sv.items()
-    )
+    ]
     return (
         "<h3>Forecast against each baseline (Diebold-Mariano on squared error; negative: the "
-        "model's error is lower)</h3><table><tr><th>baseline</th><th>DM</th><th>p</th>"
-        f"<th>p, Holm</th></tr>{rows}</table>"
-        "<h3>Strategy against each other strategy, net of costs (Ledoit-Wolf test of equal "
-        "Sharpe ratios)</h3><table><tr><th>strategy</th><th>its Sharpe</th><th>model minus "
-        f"it, annualised</th><th>z</th><th>p</th><th>p, Holm</th></tr>{rows2}</table>"
+        "model's error is lower)</h3>"
+        + _html_table(["baseline", "DM", "p", "p, Holm"], dm_rows)
+        + "<h3>Strategy against each other strategy, net of costs (Ledoit-Wolf test of equal "
+        "Sharpe ratios)</h3>"
+        + _html_table(
+            ["strategy", "its Sharpe", "model minus it, annualised", "z", "p", "p, Holm"], sv_rows
+        )
     )
 
 
 def _breakdown_html(rows: dict[str, dict[str, Any]], label: str, extra: pd.DataFrame | None) -> str:
-    def cell(v: Any, spec: str) -> str:
-        return "-" if v is None else format(v, spec)
-
     head = [label, "n", "R2 oos", "IC", "dir. acc (se)", "Sharpe [95% CI]", "ann. return"]
     extra_cols = [] if extra is None else [c for c in extra.columns if c != label]
     body = []
     for key, r in rows.items():
         ci = r.get("sharpe_ci95") or [None, None]
         cells = [
-            html.escape(key),
+            key,
             str(r["n"]),
-            cell(r.get("r2_oos"), ".4f"),
-            cell(r.get("ic"), ".3f"),
-            f"{cell(r.get('directional_accuracy'), '.3f')} ({cell(r.get('directional_accuracy_se'), '.3f')})",
-            f"{cell(r.get('sharpe'), '.2f')} [{cell(ci[0], '.2f')}, {cell(ci[1], '.2f')}]",
-            cell(r.get("annual_return"), ".1%"),
+            _fmt(r.get("r2_oos"), ".4f"),
+            _fmt(r.get("ic"), ".3f"),
+            f"{_fmt(r.get('directional_accuracy'), '.3f')} "
+            f"({_fmt(r.get('directional_accuracy_se'), '.3f')})",
+            f"{_fmt(r.get('sharpe'), '.2f')} [{_fmt(ci[0], '.2f')}, {_fmt(ci[1], '.2f')}]",
+            _fmt(r.get("annual_return"), ".1%"),
         ]
         if extra is not None:
             match = extra[extra[label].astype(str) == key]
-            cells += [html.escape(str(match[c].iloc[0])) if len(match) else "-" for c in extra_cols]
-        body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    heads = "".join(f"<th>{html.escape(h)}</th>" for h in [*head, *extra_cols])
-    return f"<table><tr>{heads}</tr>{''.join(body)}</table>"
+            cells += [str(match[c].iloc[0]) if len(match) else "-" for c in extra_cols]
+        body.append(cells)
+    return _html_table([*head, *extra_cols], body)
 
 
-def _monthly_html(pred: pd.DataFrame, cfg: Config) -> str:
-    """The model strategy's net return per calendar month (compounded), a row per year."""
-    _, net = _trading(pred, "prediction", cfg)
+def _monthly_html(net: pd.Series) -> str:
+    """The strategy's net return per calendar month (compounded), a row per year."""
     if net.empty:
         return ""
     monthly = (1 + net).groupby([net.index.year, net.index.month]).prod() - 1
-    table = monthly.unstack()
+    table = monthly.unstack().reindex(columns=range(1, 13))
     months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
-    head = "".join(f"<th>{m}</th>" for m in ["year", *months])
-    body = "".join(
-        f"<tr><td>{year}</td>"
-        + "".join(
-            f"<td>{'' if pd.isna(table.loc[year].get(m)) else format(table.loc[year].get(m), '.1%')}</td>"
-            for m in range(1, 13)
-        )
-        + "</tr>"
+    rows = [
+        [str(year), *("" if pd.isna(v) else format(v, ".1%") for v in table.loc[year])]
         for year in table.index
-    )
-    return f"<table><tr>{head}</tr>{body}</table>"
+    ]
+    return _html_table(["year", *months], rows)
 
 
 def render_html(pred: pd.DataFrame, m: dict[str, Any], folds: pd.DataFrame, cfg: Config) -> str:
     esc = html.escape
-    head = "".join(f"<th>{esc(h)}</th>" for h in TABLE_HEADER)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in table_rows(m)
-    )
-    cost_head = "".join(
-        f"<th>{esc(h if 'bps' not in h or 'break' in h else 'Sharpe at ' + h)}</th>"
-        for h in cost_header()
-    )
-    cost_body = "".join(
-        "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in cost_rows(m)
-    )
+    _, net = _trading(pred, "prediction", cfg)
     tv = "" if cfg.backtest.target_vol is None else f", target_vol {cfg.backtest.target_vol:g}"
     fold_cols = [
         "fold",
@@ -539,7 +529,7 @@ def render_html(pred: pd.DataFrame, m: dict[str, Any], folds: pd.DataFrame, cfg:
     figs = "".join(
         f"<h3>{esc(t)}</h3><img alt='{esc(t)} of the walk-forward test span' "
         f"src='data:image/png;base64,{b}'/>"
-        for t, b in _figures(pred, cfg)
+        for t, b in _figures(pred, cfg, net)
     )
     defs = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in DEFINITIONS)
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>tsconv backtest</title>
@@ -551,15 +541,15 @@ in {m["folds"]} folds ({esc(cfg.backtest.scheme)} window, refit every {cfg.backt
 gap {cfg.backtest.gap}, cost {cfg.backtest.cost_bps} bps).</p>
 <h2>Verdict</h2><p>{esc(m["verdict"])}</p>
 {_tests_html(m)}
-<h2>Model vs baselines</h2><table><tr>{head}</tr>{body}</table>
+<h2>Model vs baselines</h2>{_html_table(TABLE_HEADER, table_rows(m))}
 <h2>Costs and turnover</h2><p>Each strategy at {cfg.backtest.cost_bps} bps a unit of turnover
 (backtest.position: {esc(cfg.backtest.position)}{tv}); turnover is the mean |change of position|
 a bar, cost drag what costs take a year, break-even the cost at which the mean net return is
-zero.</p><table><tr>{cost_head}</tr>{cost_body}</table>
+zero.</p>{_html_table(cost_header(sharpe="Sharpe at "), cost_rows(m))}
 <h2>Plots</h2>{figs}
 <h2>Per ticker</h2>{_breakdown_html(m.get("by_ticker", {}), "ticker", None)}
 <h2>Per fold</h2>{_breakdown_html(m.get("by_fold", {}), "fold", fold_extra)}
-<h2>Monthly net returns of the model's strategy</h2>{_monthly_html(pred, cfg)}
+<h2>Monthly net returns of the model's strategy</h2>{_monthly_html(net)}
 <h2>Folds (bookkeeping)</h2>{fold_table}
 <h2>Definitions</h2><dl>{defs}</dl>
 <h2>Resolved config</h2><pre>{esc(json.dumps(cfg.model_dump(mode="json"), indent=2))}</pre>

@@ -594,20 +594,41 @@ def predict_rows(
         return _predict_window_ends(
             model, panel, rows, window, device, amp, plan, rows_per_chunk, chunks_per_call
         )
+    context = model.receptive_field - 1
+
+    def chunk_outputs(x: torch.Tensor) -> torch.Tensor:
+        return model(x)[:, 0, context:]
+
+    return _predict_chunks(
+        chunk_outputs, panel, rows, context, device, amp, rows_per_chunk, chunks_per_call
+    )
+
+
+def _predict_chunks(
+    chunk_outputs: Callable[[torch.Tensor], torch.Tensor],
+    panel: Panel,
+    rows: torch.Tensor,
+    context: int,
+    device: torch.device,
+    amp: bool,
+    rows_per_chunk: int,
+    chunks_per_call: int | None,
+) -> np.ndarray:
+    """Predictions at `rows` from chunks of up to `rows_per_chunk` consecutive rows, each with
+    `context` bars before its first row; `chunk_outputs` maps a batch of chunk inputs
+    (B, F, context + rows_per_chunk) to (B, rows_per_chunk) predictions."""
     order = torch.argsort(rows, stable=True)
     firsts, chunk = chunk_plan(rows[order], rows_per_chunk)
-    context = model.receptive_field - 1
     length = context + rows_per_chunk
     per_call = chunks_per_call or CHUNKS_PER_CALL[device.type == "cuda"]
     outs = []
     with torch.inference_mode(), torch.autocast(device.type, amp_dtype(device), enabled=amp):
         for group in firsts.split(per_call):
             x = fixed_batch(chunk_inputs(panel, group, context, length), per_call).to(device)
-            outs.append(model(x)[: len(group), 0, context:].float().cpu())
+            outs.append(chunk_outputs(x)[: len(group)].float().cpu())
     out = torch.cat(outs)
-    pos = rows[order] - firsts[chunk]
     pred = torch.empty(len(rows))
-    pred[order] = out[chunk, pos]
+    pred[order] = out[chunk, rows[order] - firsts[chunk]]
     return pred.numpy()
 
 
@@ -640,21 +661,14 @@ def _predict_window_ends(
     one dense pass per chunk of consecutive rows plus the few window-specific values
     (`tcn.window_end_outputs`). Every chunk computes all `rows_per_chunk` windows, wanted or
     not, so its arithmetic has the same shapes however many rows (or future bars) exist."""
-    order = torch.argsort(rows, stable=True)
-    firsts, chunk = chunk_plan(rows[order], rows_per_chunk)
-    context, length = window - 1, window - 1 + rows_per_chunk
     every = torch.arange(rows_per_chunk, device=device)
-    per_call = chunks_per_call or CHUNKS_PER_CALL[device.type == "cuda"]
-    outs = []
-    with torch.inference_mode(), torch.autocast(device.type, amp_dtype(device), enabled=amp):
-        for group in firsts.split(per_call):
-            x = fixed_batch(chunk_inputs(panel, group, context, length), per_call).to(device)
-            pred = window_end_outputs(model, x, every, window, plan).view(per_call, -1)
-            outs.append(pred[: len(group)].float().cpu())
-    out = torch.cat(outs)
-    pred = torch.empty(len(rows))
-    pred[order] = out[chunk, rows[order] - firsts[chunk]]
-    return pred.numpy()
+
+    def chunk_outputs(x: torch.Tensor) -> torch.Tensor:
+        return window_end_outputs(model, x, every, window, plan).view(len(x), -1)
+
+    return _predict_chunks(
+        chunk_outputs, panel, rows, window - 1, device, amp, rows_per_chunk, chunks_per_call
+    )
 
 
 def _predict_windows(
