@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.tsconv-installed
 CONFIG ?= configs/quick.yaml
 
-.PHONY: setup run test lint format bench known-answers clean
+.PHONY: setup run test lint format bench known-answers screenshot clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,16 @@ bench: setup
 # What each shipped config learns on series with known answers (README, docs/known_answers.md).
 known-answers: setup
 	$(BIN)/python scripts/known_answers.py --out docs/known_answers.md
+
+# The README's image of a report (needs Chromium): the top of runs/quick-bt/report.html, the
+# backtest run again first when that report is missing or older than the code or the config.
+REPORT := runs/quick-bt/report.html
+$(REPORT): $(STAMP) $(CONFIG) $(wildcard tsconv/*.py tsconv/*/*.py)
+	$(BIN)/tsconv fetch --sample --data-dir data
+	$(BIN)/tsconv backtest --config $(CONFIG) --out runs/quick-bt
+
+screenshot: $(REPORT)
+	$(BIN)/python scripts/screenshot_report.py $(REPORT) --out docs/report.png --first-screen
 
 clean:
 	rm -rf runs .pytest_cache .hypothesis

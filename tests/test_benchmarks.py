@@ -65,3 +65,21 @@ import time:        50 |       1000 | torch._dynamo
     assert costs["total"] == pytest.approx((100 + 2300 + 1000) / 1e6)
     assert costs["torch"] == pytest.approx(0.002) and costs["torch._C"] == pytest.approx(0.0014)
     assert costs["torch._dynamo"] == pytest.approx(0.001)
+
+
+def test_scale_benchmark_checks_results_and_prints_the_speed_up():
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_scale.py"
+    sets = ["train.min_steps=10", "backtest.train_span=2800", "backtest.test_span=250"]
+    run = subprocess.run(
+        [sys.executable, str(script), "--repeats", "1", *(a for s in sets for a in ("--set", s))],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "results identical to the serial run in every row" in run.stdout
+    rows = _rows(run.stdout)
+    assert [r[0] for r in rows] == ["1", "2"] and rows[0][3] == "1.00x"
+    assert all(float(r[1]) > 0 for r in rows)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import re
+from io import BytesIO
 from pathlib import Path
 
+import matplotlib.image as mpimg
 import numpy as np
 import pandas as pd
 import pytest
@@ -198,11 +201,27 @@ def test_backtest_cli_outputs_resume_and_determinism(tmp_path):
     folds = pd.read_csv(out / "folds.csv")
     assert (pd.to_datetime(folds["train_end"]) < pd.to_datetime(folds["test_start"])).all()
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 4 and "Diebold-Mariano" in html
-    assert html.count("<img alt='") == 4  # every image says what it shows
-    for section in ["Verdict", "Costs and turnover", "Per ticker", "Per fold", "Monthly net"]:
-        assert f"<h2>{section}" in html, section
+    images = re.findall(r"<img alt='([^']+)' src='data:image/png;base64,([^']+)'", html)
+    assert len(images) == html.count("<img") == 5 and "Diebold-Mariano" in html
+    for alt, b64 in images:  # each image decodes and says what it shows
+        pixels = mpimg.imread(BytesIO(base64.b64decode(b64)), format="png")
+        assert pixels.shape[0] > 100 and pixels.shape[1] > 100 and pixels.std() > 0, alt
+    assert "each baseline&#x27;s strategy and buy-and-hold" in images[0][0]
+    for section, anchor in [
+        ("Verdict", "verdict"),
+        ("Costs and turnover", "costs"),
+        ("Equity and drawdown", "equity"),
+        ("Quantile analysis", "quantiles"),
+        ("Per ticker", "per-ticker"),
+        ("Per fold", "per-fold"),
+        ("Monthly net", "monthly"),
+    ]:
+        assert f"<section id='{anchor}'><h2>{section}" in html, section
+    quantiles = html.split("<section id='quantiles'>")[1].split("</section>")[0]
+    assert "<table>" in quantiles and "Quantile chart" not in quantiles  # table, then chart
+    assert "by forecast bucket, with 95% error bars" in quantiles
     assert html.index("<h2>Verdict") < html.index("<h2>Model vs baselines")
+    assert "Top minus bottom of 5 forecast buckets (pooled)" in result.output
     m = json.loads((out / "metrics.json").read_text())
     assert m["folds"] == len(folds) and m["trading"]["buy_and_hold"]["bars"] > 0
     timing = json.loads((out / "timing.json").read_text())
@@ -318,8 +337,8 @@ def test_results_table_fits_80_columns_without_cutting_a_figure():
 
 
 def _readme_keys() -> dict[str, set[str]]:
-    """The README's metrics.json table: row label -> the backticked keys it names."""
-    text = (ROOT / "README.md").read_text()
+    """docs/metrics.md's metrics.json table: row label -> the backticked keys it names."""
+    text = (ROOT / "docs" / "metrics.md").read_text()
     section = text.split("## metrics.json", 1)[1].split("\n## ", 1)[0]
     rows = {}
     for line in section.splitlines():
@@ -331,7 +350,7 @@ def _readme_keys() -> dict[str, set[str]]:
     return rows
 
 
-def test_metrics_json_keys_are_the_readme_table(tmp_path):
+def test_metrics_json_keys_are_the_documented_table(tmp_path):
     frames = {t: ohlcv_from_returns(random_walk_returns(700, seed=i)) for i, t in enumerate("ABC")}
     m, out = _synthetic_backtest(
         tmp_path, "keys", frames, backtest={"train_span": 400, "test_span": 150}
@@ -360,3 +379,6 @@ def test_metrics_json_keys_are_the_readme_table(tmp_path):
     sv = m["trading"]["prediction"]["sharpe_vs"]
     assert set(sv) == {"persistence", "trailing_mean", "ridge_ar", "buy_and_hold"}
     assert set(next(iter(sv.values()))) == {"difference", "stat", "p_value", "p_holm", "n"}
+    q, q_doc = m["quantiles"], rows["`quantiles`"]
+    assert set(q) <= q_doc and set(q["spread"]) <= q_doc and set(q["buckets"][0]) <= q_doc
+    assert q["method"] in q_doc and len(q["buckets"]) == 5

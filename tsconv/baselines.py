@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from tsconv.features import TickerData
+
+# numpy's BLAS (OpenBLAS) wakes its threads for the ridge fits' small products and leaves them
+# spinning afterwards, taking the cores torch trains on: a quick fold ran 1.4x slower with 2
+# torch threads, and two folds in parallel processes 1.3x slower each (scripts/bench_scale.py).
+# One BLAS thread is plenty for a 40 x 40 system.
+_one_blas_thread = threadpool_limits.wrap(limits=1, user_api="blas")
 
 NAMES = ["zero", "persistence", "trailing_mean", "ridge_ar"]
 
@@ -28,6 +35,7 @@ def lagged(x: np.ndarray, rows: np.ndarray, lags: int) -> np.ndarray:
     return x[np.clip(idx, 0, None)].reshape(len(rows), -1)
 
 
+@_one_blas_thread
 def ridge_ar(
     x_scaled: np.ndarray,
     y: np.ndarray,
@@ -54,6 +62,7 @@ def ridge_ar(
     return ((lagged(x_scaled, rows, lags) - mu_a) * coef).sum(axis=1) + mu_b
 
 
+@_one_blas_thread
 def ridge_select(
     a: np.ndarray,
     b: np.ndarray,

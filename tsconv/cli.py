@@ -287,9 +287,17 @@ def backtest(
         Path | None,
         typer.Option("--resume", help="Continue an interrupted backtest folder (its own config)"),
     ] = None,
+    workers: Annotated[
+        str | None,
+        typer.Option(
+            "--workers",
+            metavar="N",
+            help="Processes running folds at once (backtest.workers; auto: the cores)",
+        ),
+    ] = None,
 ) -> None:
     """Walk-forward evaluation against naive baselines; writes predictions, metrics and report.html."""
-    from tsconv.report import TABLE_HEADER, cost_header, cost_rows, table_rows
+    from tsconv.report import TABLE_HEADER, cost_header, cost_rows, quantile_words, table_rows
     from tsconv.walkforward import run_backtest
 
     if resume is not None:
@@ -299,6 +307,10 @@ def backtest(
     else:
         cfg = _config(config, set_)
         target = out_dir or Path("runs") / f"{cfg.name or config.stem}-bt"
+    if workers is not None:
+        cfg = _with_workers(cfg, workers)
+    if cfg.backtest.workers != 1 and cfg.backtest.retrain == "warm":
+        err.print("backtest.retrain: warm chains each fold to the last, so folds run one at a time")
     with _progress() as progress:
         task = progress.add_task("walk-forward", total=None, info="")
 
@@ -315,7 +327,10 @@ def backtest(
     out.print(results_table(m, TABLE_HEADER, table_rows(m)))
     costs = results_table(m, cost_header(drag=False), cost_rows(m, drag=False))
     costs.title = f"costs: {cfg.backtest.cost_bps:g} bps a unit of turnover; net Sharpe at 0-20 bps"
+    if cfg.backtest.portfolio != "per_ticker":
+        costs.title = f"{cfg.backtest.portfolio} portfolio; " + costs.title
     out.print(costs)
+    out.print(quantile_words(m.get("quantiles") or {}), soft_wrap=False)
     t = m["timing"]
     ran = t["folds"] - t["folds_resumed"]
     folds = (
@@ -325,6 +340,8 @@ def backtest(
             f"{t['folds']} folds ({t['folds_resumed']} kept from the interrupted run, {ran} run now)"
         )
     )
+    if t.get("workers", 1) > 1:
+        folds += f" on {t['workers']} processes"
     out.print(
         f"{folds} in {t['folds_seconds']:.1f} s ({t['seconds_per_fold']:.2f} s per fold run: "
         f"training {t['fit_seconds']:.1f} s, prediction {t['predict_seconds']:.2f} s; "
@@ -353,6 +370,19 @@ def results_table(m: dict[str, Any], header: list[str], rows: list[list[str]]) -
     for row in rows:
         table.add_row(*row)
     return table
+
+
+def _with_workers(cfg, workers: str):
+    """`cfg` with `--workers` as backtest.workers, validated as the key is."""
+    from tsconv.config import config_to_dict, validate_config
+
+    raw = config_to_dict(cfg)
+    raw["backtest"]["workers"] = workers if workers == "auto" else _int_or_text(workers)
+    return validate_config(raw, f"--workers {workers}")
+
+
+def _int_or_text(text: str) -> int | str:
+    return int(text) if text.strip().lstrip("-").isdigit() else text
 
 
 def _resumable_backtest(folder: Path, config, set_, out_dir):

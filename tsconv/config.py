@@ -10,7 +10,7 @@ import copy
 import datetime as dt
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -112,6 +112,9 @@ class BacktestConfig(_Section):
     test_span: int = Field(63, ge=1)
     gap: int = Field(0, ge=0)
     retrain: Literal["full", "warm"] = "full"
+    workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        1, description="processes running `retrain: full` folds at once; auto: the cores"
+    )
     warm_epochs: int | None = Field(None, ge=1)
     start: dt.date | None = None
     end: dt.date | None = None
@@ -122,6 +125,13 @@ class BacktestConfig(_Section):
         None, gt=0, le=10, description="annualised volatility each instrument is scaled to"
     )
     cost_bps: float = Field(5.0, ge=0)
+    portfolio: Literal["per_ticker", "long_short", "long_only"] = Field(
+        "per_ticker", description="trade each ticker on its own, or rank them every bar"
+    )
+    top_k: int | None = Field(None, ge=1, description="tickers in each leg; unset: `quantile`")
+    quantile: float = Field(0.2, gt=0, le=0.5, description="fraction of tickers in each leg")
+    weighting: Literal["equal", "rank"] = "equal"
+    buckets: int = Field(5, ge=2, le=20, description="forecast buckets of the quantile table")
     periods_per_year: int | None = Field(
         None, ge=1, description="bars per year for annualising; unset: inferred from the dates"
     )
@@ -351,6 +361,19 @@ def load_config(path: Path | None, overrides: list[str] | None = None) -> Config
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
     return cfg.model_dump(mode="json")
+
+
+# Keys that say how a run is executed, not what it computes: two runs that differ only in them
+# give byte-identical results, so a resume may change them and the report leaves them out.
+EXECUTION_KEYS = (("backtest", "workers"),)
+
+
+def results_config(cfg: Config) -> dict[str, Any]:
+    """The resolved config without EXECUTION_KEYS."""
+    out = config_to_dict(cfg)
+    for section, key in EXECUTION_KEYS:
+        out[section].pop(key, None)
+    return out
 
 
 def dump_yaml(cfg: Config) -> str:

@@ -14,7 +14,8 @@ import pandas as pd
 
 from tsconv import io, metrics
 from tsconv.baselines import NAMES as BASELINES
-from tsconv.config import Config
+from tsconv.config import Config, results_config
+from tsconv.portfolio import by_date, periods_per_year, quantile_table, strategy_rows
 
 DEFINITIONS = [
     (
@@ -39,9 +40,29 @@ DEFINITIONS = [
         "and the break-even cost: mean gross return / mean turnover, in bps.",
     ),
     (
+        "Portfolios",
+        "backtest.portfolio per_ticker (default): each ticker is traded on its own and the "
+        "tickers are equally weighted each bar. long_short: each bar the tickers are ranked by "
+        "forecast; the top k (top_k, else the fraction `quantile`, at least one) are held long "
+        "and the bottom k short, legs of +0.5 and -0.5 (gross exposure 1, market-neutral), "
+        "equal or rank weights; long_only holds the top k with weights summing to 1. The book "
+        "is rebalanced to its weights every bar; turnover is the sum of |weight changes|; with "
+        "target_vol the whole book is scaled by its own trailing volatility. Buy-and-hold is "
+        "always the equal-weighted panel.",
+    ),
+    (
         "Equity",
-        "Compounded: equity = prod(1 + net return), never summed. Several tickers are "
-        "equally weighted each bar.",
+        "Compounded: equity = prod(1 + net return), never summed.",
+    ),
+    (
+        "Quantile table",
+        "Realised returns by forecast bucket (backtest.buckets). Cross-sectional when every "
+        "date has at least that many tickers: each date's tickers are bucketed by forecast "
+        "rank and the bucket means averaged over dates, standard errors across dates (the "
+        "top-minus-bottom spread's with Newey-West lags h - 1). Otherwise pooled: all "
+        "predictions bucketed by the quantiles of the whole test span, iid standard errors; "
+        "that describes calibration and is not a rule that could have been traded (its "
+        "bucket edges use the whole span).",
     ),
     (
         "Annualisation",
@@ -73,44 +94,20 @@ def _per_date_mean(frame: pd.DataFrame, column: str) -> np.ndarray:
     return frame.groupby("date", sort=True)[column].mean().to_numpy()
 
 
-def strategy_rows(frame: pd.DataFrame, column: str, cfg: Config) -> pd.DataFrame:
-    """Per (date, ticker): the position the strategy on `column` holds, its gross return and
-    its turnover; positions are built per ticker over the whole run."""
-    bt = cfg.backtest
-    periods = periods_per_year(frame, cfg)
-    parts = []
-    for ticker, g in frame.groupby("ticker", sort=False):
-        g = g.set_index("date")
-        if column == "buy_and_hold":  # held throughout, no trading costs
-            pos = pd.Series(1.0, index=g.index)
-            turn = pd.Series(0.0, index=g.index)
-        else:
-            pos = metrics.positions(g[column], bt.position, threshold=bt.cost_bps / 1e4)
-            if bt.target_vol is not None:
-                pos = metrics.target_volatility(pos, g["realized_1"], bt.target_vol, periods)
-            turn = pos.diff().abs().fillna(pos.abs())
-        gross = metrics.trading_returns(pos, g["realized_1"], 0.0)
-        parts.append(
-            pd.DataFrame(
-                {"ticker": ticker, "fold": g["fold"], "gross": gross, "turnover": turn}
-            ).rename_axis("date")
-        )
-    return pd.concat(parts).reset_index()
-
-
 def _trading(frame: pd.DataFrame, column: str, cfg: Config) -> tuple[dict[str, Any], pd.Series]:
-    """Trading metrics of the strategy built on `column` (equal-weighted over tickers), at the
-    config's cost, plus gross figures and what other costs would do; and its net returns."""
-    return _portfolio_metrics(strategy_rows(frame, column, cfg), frame, cfg)
+    """Trading metrics of the strategy built on `column` (per ticker or a cross-sectional book,
+    `tsconv.portfolio`), at the config's cost, plus gross figures and what other costs would
+    do; and its net returns."""
+    return _portfolio_metrics(strategy_rows(frame, column, cfg), frame, cfg, column)
 
 
 def _portfolio_metrics(
-    rows: pd.DataFrame, frame: pd.DataFrame, cfg: Config
+    rows: pd.DataFrame, frame: pd.DataFrame, cfg: Config, column: str
 ) -> tuple[dict[str, Any], pd.Series]:
     cost = cfg.backtest.cost_bps / 1e4
     periods = periods_per_year(frame, cfg)
-    by_date = rows.groupby("date", sort=True)[["gross", "turnover"]].mean()
-    gross, turnover = by_date["gross"], by_date["turnover"]
+    per_bar = by_date(rows, cfg, column)
+    gross, turnover = per_bar["gross"], per_bar["turnover"]
     net = gross - cost * turnover
     out = metrics.trading_metrics(net.to_numpy(), periods, turnover.to_numpy())
     if out:
@@ -131,7 +128,7 @@ def breakdown(
     out = {}
     for key, g in pred.groupby(by, sort=True):
         f = metrics.forecast_metrics(g["prediction"].to_numpy(), g["realized"].to_numpy())
-        t, _ = _portfolio_metrics(strat[strat[by] == key], g, cfg)
+        t, _ = _portfolio_metrics(strat[strat[by] == key], g, cfg, "prediction")
         out[str(key)] = {
             "n": f["n"],
             "r2_oos": f["r2_oos"],
@@ -143,11 +140,6 @@ def breakdown(
             "annual_return": t.get("annual_return"),
         }
     return out
-
-
-def periods_per_year(pred: pd.DataFrame, cfg: Config) -> int:
-    """The config's `backtest.periods_per_year`, else inferred from the predicted bars' dates."""
-    return cfg.backtest.periods_per_year or metrics.infer_periods_per_year(pred["date"])
 
 
 def summarize(pred: pd.DataFrame, cfg: Config) -> dict[str, Any]:
@@ -188,13 +180,14 @@ def summarize(pred: pd.DataFrame, cfg: Config) -> dict[str, Any]:
         out["forecast"][name] = fm
         if name != "zero":
             rows[name] = strategy_rows(pred, name, cfg)
-            out["trading"][name], nets[name] = _portfolio_metrics(rows[name], pred, cfg)
+            out["trading"][name], nets[name] = _portfolio_metrics(rows[name], pred, cfg, name)
     bh = pred.assign(buy_and_hold=1.0)
     out["trading"]["buy_and_hold"], nets["buy_and_hold"] = _trading(bh, "buy_and_hold", cfg)
     out["forecast"]["prediction"]["dm_vs"] = _forecast_tests(pred, cfg)
     out["trading"]["prediction"]["sharpe_vs"] = _trading_tests(nets)
     out["by_ticker"] = breakdown(pred, cfg, "ticker", rows["prediction"])
     out["by_fold"] = breakdown(pred, cfg, "fold", rows["prediction"])
+    out["quantiles"] = quantile_table(pred, "prediction", cfg.backtest.buckets, cfg.target.horizon)
     out["verdict"] = verdict(out)
     return metrics.clean(out)
 
@@ -399,41 +392,151 @@ def _png(fig: Any, left: float = 0.7, bottom: float = 0.45) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _figures(pred: pd.DataFrame, cfg: Config, net: pd.Series) -> list[tuple[str, str]]:
-    """The report's plots; `net` is the model strategy's net return per bar."""
+def _strategy_nets(pred: pd.DataFrame, cfg: Config) -> dict[str, pd.Series]:
+    """Net return per bar of the model's strategy, each baseline's and buy-and-hold."""
+    frame = pred.assign(buy_and_hold=1.0)
+    names = ["prediction", *(b for b in BASELINES if b != "zero"), "buy_and_hold"]
+    return {n: _trading(frame, n, cfg)[1] for n in names}
+
+
+def _log_ticks(ax: Any, lo: float, hi: float) -> None:
+    """Plain-number ticks on a log axis: a handful spread over [lo, hi], whatever its width."""
+    from matplotlib.ticker import FixedLocator, LogLocator, NullFormatter, ScalarFormatter
+
+    if hi / lo > 8:
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    else:
+        from matplotlib.ticker import MaxNLocator
+
+        ticks = [t for t in MaxNLocator(nbins=6).tick_values(lo, hi) if lo <= t <= hi and t > 0]
+        ax.yaxis.set_major_locator(FixedLocator(ticks))
+    fmt = ScalarFormatter()
+    fmt.set_scientific(False)
+    ax.yaxis.set_major_formatter(fmt)
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def _figures(
+    pred: pd.DataFrame, m: dict[str, Any], cfg: Config, nets: dict[str, pd.Series]
+) -> list[tuple[str, str, str]]:
+    """The report's plots as (title, alt text, base64 PNG); `nets` from `_strategy_nets`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import PercentFormatter
 
-    _, bh = _trading(pred.assign(buy_and_hold=1.0), "buy_and_hold", cfg)
-    eq, eq_bh = (1 + net).cumprod(), (1 + bh).cumprod()
+    labels = {"prediction": "model", "buy_and_hold": "buy and hold"}
     figs = []
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    ax.plot(eq.index, eq.to_numpy(), label="model (after costs)")
-    ax.plot(eq_bh.index, eq_bh.to_numpy(), label="buy and hold")
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    lo, hi = 1.0, 1.0
+    for name, net in nets.items():
+        eq = (1 + net).cumprod()
+        lo, hi = min(lo, float(eq.min())), max(hi, float(eq.max()))
+        style = {"lw": 2.0, "color": "black"} if name == "prediction" else {"lw": 1.0}
+        ax.plot(eq.index, eq.to_numpy(), label=labels.get(name, name), **style)
     ax.set_yscale("log")
-    ax.legend()
-    ax.set_title("Equity (compounded)")
-    figs.append(("Equity curve vs buy-and-hold", _png(fig)))
-    fig, ax = plt.subplots(figsize=(8, 2.5))
-    ax.fill_between(eq.index, (eq / eq.cummax() - 1).to_numpy(), 0, color="tab:red", alpha=0.4)
-    ax.set_title("Drawdown")
-    figs.append(("Drawdown", _png(fig)))
-    daily = pred.groupby("date")[["prediction", "realized"]].mean()
-    roll = daily["prediction"].rolling(63, min_periods=20).corr(daily["realized"])
-    fig, ax = plt.subplots(figsize=(8, 2.5))
-    ax.plot(roll.index, roll.to_numpy())
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.set_title("Rolling 63-bar IC")
-    figs.append(("Rolling IC", _png(fig)))
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    ax.scatter(pred["prediction"], pred["realized"], s=3, alpha=0.3)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("realised")
-    ax.set_title("Predicted vs realised")
-    figs.append(("Predicted vs realised", _png(fig, left=0.85, bottom=0.6)))
+    _log_ticks(ax, lo, hi)
+    ax.axhline(1, color="grey", lw=0.6)
+    ax.set_ylabel("growth of 1, log scale")
+    ax.legend(fontsize=8, ncol=3)
+    ax.set_title(f"Equity after {cfg.backtest.cost_bps:g} bps costs: model and every baseline")
+    figs.append(
+        (
+            "Equity curves",
+            "Compounded equity after costs of the model's strategy, each baseline's strategy "
+            "and buy-and-hold, on a log scale",
+            _png(fig, left=0.8),
+        )
+    )
+    fig, ax = plt.subplots(figsize=(8, 2.6))
+    for name in ("prediction", "buy_and_hold"):
+        eq = (1 + nets[name]).cumprod()
+        dd = (eq / eq.cummax().clip(lower=1.0) - 1).to_numpy()
+        ax.plot(eq.index, dd, label=labels[name], color="black" if name == "prediction" else None)
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    ax.set_ylabel("drawdown")
+    ax.legend(fontsize=8)
+    ax.set_title("Drawdown from the running peak (%)")
+    figs.append(
+        (
+            "Drawdown",
+            "Drawdown in percent of the model's strategy and of buy-and-hold",
+            _png(fig, left=0.8),
+        )
+    )
+    figs.append(_rolling_figure(pred, nets["prediction"], m, plt))
+    figs.append(_calibration_figure(pred, plt))
+    q = m.get("quantiles") or {}
+    if q.get("buckets"):
+        figs.append(_quantile_figure(q, plt))
     return figs
+
+
+def _rolling_figure(pred: pd.DataFrame, net: pd.Series, m: dict[str, Any], plt: Any):
+    daily = pred.groupby("date")[["prediction", "realized"]].mean()
+    ic = daily["prediction"].rolling(63, min_periods=20).corr(daily["realized"])
+    root = (m.get("periods_per_year") or 252) ** 0.5
+    roll = net.rolling(126, min_periods=40)
+    sharpe = roll.mean() / roll.std() * root
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(8, 4.2), sharex=True)
+    a1.plot(ic.index, ic.to_numpy())
+    a1.set_ylabel("63-bar IC")
+    a2.plot(sharpe.index, sharpe.to_numpy(), color="black")
+    a2.set_ylabel("126-bar Sharpe")
+    for ax in (a1, a2):
+        ax.axhline(0, color="grey", lw=0.8)
+    a1.set_title("Rolling IC of the forecast and rolling net Sharpe ratio of its strategy")
+    return (
+        "Rolling IC and Sharpe",
+        "Rolling 63-bar information coefficient and rolling 126-bar annualised net Sharpe ratio",
+        _png(fig, left=0.8),
+    )
+
+
+def _calibration_figure(pred: pd.DataFrame, plt: Any):
+    rows = quantile_table(pred, "prediction", 10, pooled=True).get("buckets", [])
+    x = [r["mean_prediction"] for r in rows]
+    y = [r["mean_realized"] for r in rows]
+    err = [1.96 * r["se"] for r in rows]
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    ax.errorbar(x, y, yerr=err, fmt="o", capsize=3, color="black")
+    lim = max([abs(v) for v in x] or [1e-4])
+    ax.plot([-lim, lim], [-lim, lim], color="tab:blue", lw=0.8, label="realised = predicted")
+    ax.axhline(0, color="grey", lw=0.6)
+    ax.axvline(0, color="grey", lw=0.6)
+    ax.set_xlabel("mean prediction in the decile")
+    ax.set_ylabel("mean realised, 95% interval")
+    ax.legend(fontsize=8)
+    ax.set_title("Predicted vs realised, by decile of the prediction")
+    return (
+        "Predicted vs realised",
+        "Mean realised return against mean prediction in each decile of the predictions, "
+        "with 95% error bars",
+        _png(fig, left=0.95, bottom=0.6),
+    )
+
+
+def _quantile_figure(q: dict[str, Any], plt: Any):
+    rows = q["buckets"]
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.bar(
+        [r["bucket"] for r in rows],
+        [r["mean_realized"] * 1e4 for r in rows],
+        yerr=[1.96 * r["se"] * 1e4 for r in rows],
+        capsize=3,
+        color="tab:blue",
+    )
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xticks([r["bucket"] for r in rows])
+    ax.set_xlabel("forecast bucket (1 = lowest)")
+    ax.set_ylabel("mean realised, bps")
+    ax.set_title(f"Realised return by forecast bucket ({q['method'].replace('_', '-')})")
+    return (
+        "Quantile chart",
+        "Mean realised return in basis points by forecast bucket, with 95% error bars",
+        _png(fig, left=0.8, bottom=0.6),
+    )
 
 
 def _tests_html(m: dict[str, Any]) -> str:
@@ -505,10 +608,61 @@ def _monthly_html(net: pd.Series) -> str:
     return _html_table(["year", *months], rows)
 
 
+def _strategy_words(cfg: Config) -> str:
+    bt = cfg.backtest
+    tv = "" if bt.target_vol is None else f", target_vol {bt.target_vol:g}"
+    if bt.portfolio == "per_ticker":
+        return f"each ticker traded on its own (backtest.position: {bt.position}{tv})"
+    legs = f"top {bt.top_k}" if bt.top_k else f"top {bt.quantile:.0%}"
+    if bt.portfolio == "long_short":
+        legs += f" long, bottom {bt.top_k or format(bt.quantile, '.0%')} short"
+    return (
+        f"{bt.portfolio} portfolio ranked by forecast each bar, {legs}, {bt.weighting} weights{tv}"
+    )
+
+
+def quantile_words(q: dict[str, Any]) -> str:
+    """The quantile table's spread in one sentence."""
+    if not q.get("buckets"):
+        return ""
+    sp = q["spread"]
+    return (
+        f"Top minus bottom of {len(q['buckets'])} forecast buckets "
+        f"({q['method'].replace('_', '-')}): {_fmt(sp.get('mean'), '.2e')} a bar "
+        f"(t = {_fmt(sp.get('t_stat'), '.2f')}, p = {_fmt(sp.get('p_value'), '.3g')})."
+    )
+
+
+def _quantile_html(q: dict[str, Any]) -> str:
+    if not q.get("buckets"):
+        return "<p>No predictions.</p>"
+    rows = [
+        [
+            str(r["bucket"]),
+            str(r["n"]),
+            _fmt(r["mean_prediction"] * 1e4, ".2f"),
+            _fmt(r["mean_realized"] * 1e4, ".2f"),
+            _fmt(r["se"] * 1e4, ".2f"),
+        ]
+        for r in q["buckets"]
+    ]
+    how = (
+        "Each date's tickers bucketed by forecast rank, means averaged over dates"
+        if q["method"] == "cross_sectional"
+        else "All predictions bucketed by the quantiles of the whole test span (fewer tickers "
+        "a date than buckets): a calibration check, not a tradable rule"
+    )
+    return f"<p>{html.escape(how)}. {html.escape(quantile_words(q))}</p>" + _html_table(
+        ["bucket", "n", "mean prediction, bps", "mean realised, bps", "se, bps"], rows
+    )
+
+
+def _section(anchor: str, title: str, body: str) -> str:
+    return f"<section id='{anchor}'><h2>{html.escape(title)}</h2>{body}</section>\n"
+
+
 def render_html(pred: pd.DataFrame, m: dict[str, Any], folds: pd.DataFrame, cfg: Config) -> str:
     esc = html.escape
-    _, net = _trading(pred, "prediction", cfg)
-    tv = "" if cfg.backtest.target_vol is None else f", target_vol {cfg.backtest.target_vol:g}"
     fold_cols = [
         "fold",
         "train_start",
@@ -526,34 +680,55 @@ def render_html(pred: pd.DataFrame, m: dict[str, Any], folds: pd.DataFrame, cfg:
     fold_table = folds[[c for c in fold_cols if c in folds]].to_html(
         index=False, float_format="%.4g"
     )
-    figs = "".join(
-        f"<h3>{esc(t)}</h3><img alt='{esc(t)} of the walk-forward test span' "
-        f"src='data:image/png;base64,{b}'/>"
-        for t, b in _figures(pred, cfg, net)
-    )
+    nets = _strategy_nets(pred, cfg)
+    figs = {
+        title: f"<figure><img alt='{esc(alt)}' src='data:image/png;base64,{b}'/></figure>"
+        for title, alt, b in _figures(pred, m, cfg, nets)
+    }
     defs = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in DEFINITIONS)
+    bt = cfg.backtest
+    costs = (
+        f"<p>Each strategy at {bt.cost_bps:g} bps a unit of turnover, {esc(_strategy_words(cfg))}; "
+        "turnover is the mean |change of position| a bar, cost drag what costs take a year, "
+        "break-even the cost at which the mean net return is zero.</p>"
+        + _html_table(cost_header(sharpe="Sharpe at "), cost_rows(m))
+    )
+    sections = [
+        _section("verdict", "Verdict", f"<p>{esc(m['verdict'])}</p>{_tests_html(m)}"),
+        _section("baselines", "Model vs baselines", _html_table(TABLE_HEADER, table_rows(m))),
+        _section("costs", "Costs and turnover", costs),
+        _section("equity", "Equity and drawdown", figs["Equity curves"] + figs["Drawdown"]),
+        _section(
+            "quantiles",
+            "Quantile analysis: realised return by forecast bucket",
+            _quantile_html(m.get("quantiles") or {}) + figs.get("Quantile chart", ""),
+        ),
+        _section("calibration", "Predicted vs realised", figs["Predicted vs realised"]),
+        _section("rolling", "Rolling IC and Sharpe", figs["Rolling IC and Sharpe"]),
+        _section("per-ticker", "Per ticker", _breakdown_html(m["by_ticker"], "ticker", None)),
+        _section("per-fold", "Per fold", _breakdown_html(m["by_fold"], "fold", fold_extra)),
+        _section(
+            "monthly",
+            "Monthly net returns of the model's strategy",
+            _monthly_html(nets["prediction"]),
+        ),
+        _section("folds", "Folds (bookkeeping)", fold_table),
+        _section("definitions", "Definitions", f"<dl>{defs}</dl>"),
+        _section(
+            "config",
+            "Resolved config",
+            f"<pre>{esc(json.dumps(results_config(cfg), indent=2))}</pre>",
+        ),
+    ]
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>tsconv backtest</title>
 <style>body{{font-family:sans-serif;max-width:960px;margin:2em auto}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}dt{{font-weight:bold}}</style></head><body>
+td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}dt{{font-weight:bold}}
+figure{{margin:0.5em 0}}</style></head><body>
 <h1>tsconv walk-forward backtest</h1>
 <p>{esc(", ".join(m["tickers"]))}: {m["n_predictions"]} predictions from {m["first_date"]} to {m["last_date"]}
-in {m["folds"]} folds ({esc(cfg.backtest.scheme)} window, refit every {cfg.backtest.test_span} bars,
-gap {cfg.backtest.gap}, cost {cfg.backtest.cost_bps} bps).</p>
-<h2>Verdict</h2><p>{esc(m["verdict"])}</p>
-{_tests_html(m)}
-<h2>Model vs baselines</h2>{_html_table(TABLE_HEADER, table_rows(m))}
-<h2>Costs and turnover</h2><p>Each strategy at {cfg.backtest.cost_bps} bps a unit of turnover
-(backtest.position: {esc(cfg.backtest.position)}{tv}); turnover is the mean |change of position|
-a bar, cost drag what costs take a year, break-even the cost at which the mean net return is
-zero.</p>{_html_table(cost_header(sharpe="Sharpe at "), cost_rows(m))}
-<h2>Plots</h2>{figs}
-<h2>Per ticker</h2>{_breakdown_html(m.get("by_ticker", {}), "ticker", None)}
-<h2>Per fold</h2>{_breakdown_html(m.get("by_fold", {}), "fold", fold_extra)}
-<h2>Monthly net returns of the model's strategy</h2>{_monthly_html(net)}
-<h2>Folds (bookkeeping)</h2>{fold_table}
-<h2>Definitions</h2><dl>{defs}</dl>
-<h2>Resolved config</h2><pre>{esc(json.dumps(cfg.model_dump(mode="json"), indent=2))}</pre>
-</body></html>"""
+in {m["folds"]} folds ({esc(bt.scheme)} window, refit every {bt.test_span} bars,
+gap {bt.gap}, cost {bt.cost_bps:g} bps; {esc(_strategy_words(cfg))}).</p>
+{"".join(sections)}</body></html>"""
 
 
 def write_outputs(

@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tsconv import baselines, io
-from tsconv.config import Config, config_to_dict, dump_yaml
-from tsconv.errors import DataError, UsageError
+from tsconv import baselines, io, parallel
+from tsconv.config import Config, dump_yaml, results_config
+from tsconv.errors import ConfigError, DataError, UsageError
 from tsconv.experiment import (
     Prepared,
     fit_span,
@@ -181,6 +181,19 @@ def run_fold(
 
 
 FoldHook = Callable[[int, int, dict[str, Any]], None]
+RESUMED = {"resumed": True}
+
+
+def fold_workers(cfg: Config, folds: int) -> int:
+    """How many processes run the folds: `backtest.workers` (auto: torch's intra-op thread
+    count, which is the physical cores unless set), at most one per fold; 1 for `retrain:
+    warm`, whose folds chain."""
+    workers = cfg.backtest.workers
+    if workers == "auto":
+        workers = torch.get_num_threads()
+    if cfg.backtest.retrain == "warm":
+        return 1
+    return max(1, min(int(workers), folds))
 
 
 def run_backtest(
@@ -198,11 +211,16 @@ def run_backtest(
     t0 = time.perf_counter()
     prep = prep or prepare(cfg)
     t_prep = time.perf_counter() - t0
+    if cfg.backtest.portfolio != "per_ticker" and len(prep.data) < 2:
+        raise ConfigError(
+            f"backtest.portfolio: {cfg.backtest.portfolio} ranks tickers against each other and "
+            f"needs two or more; the data has {', '.join(prep.data)} (per_ticker trades one)"
+        )
     folds = make_folds(prep)
     device = select_device(cfg.train.device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    resolved = config_to_dict(cfg)
+    resolved = results_config(cfg)
     stored_path = out / "folds" / "config.json"
     if resume and stored_path.exists():
         stored = json.loads(stored_path.read_text())
@@ -215,28 +233,45 @@ def run_backtest(
     io.write_json(out / "folds" / "config.json", resolved)
     io.write_json(out / "versions.json", io.run_info(cfg.seed, device))
 
-    parts, infos, state = [], [], None
+    results: dict[int, tuple[pd.DataFrame, dict[str, Any]]] = {}
+
+    def collect(fold: Fold, preds: pd.DataFrame, info: dict[str, Any]) -> None:
+        results[fold.index] = (preds, info)
+        if on_fold is not None:
+            on_fold(len(results), len(folds), info)
+
+    def finished(fold: Fold, preds: pd.DataFrame, info: dict[str, Any], state=None) -> None:
+        path = _fold_path(out, fold.index)
+        io.write_with(path, lambda tmp: preds.to_parquet(tmp, index=False))
+        if state is not None:
+            io.save_torch(path.with_suffix(".pt"), state)
+        io.write_json(path.with_suffix(".json"), info)
+        collect(fold, preds, info)
+
+    warm = cfg.backtest.retrain == "warm"
+    todo, state = [], None
     for fold in folds:
         path = _fold_path(out, fold.index)
         info_path = path.with_suffix(".json")
-        state_path = path.with_suffix(".pt")
-        if resume and path.exists() and info_path.exists():
-            preds, info = pd.read_parquet(path), json.loads(info_path.read_text())
-            if cfg.backtest.retrain == "warm":
-                state = torch.load(state_path, map_location="cpu", weights_only=True)
-            info["resumed"] = True
+        # warm folds chain: once one has to run, every later one runs after it
+        if resume and path.exists() and info_path.exists() and not (warm and todo):
+            if warm:
+                state = torch.load(path.with_suffix(".pt"), map_location="cpu", weights_only=True)
+            collect(fold, pd.read_parquet(path), json.loads(info_path.read_text()) | RESUMED)
         else:
+            todo.append(fold)
+    workers = fold_workers(cfg, len(todo))
+    if workers > 1:
+        threads = max(1, torch.get_num_threads() // workers)
+        parallel.run_folds(prep, todo, device, workers, threads, finished)
+    else:
+        for fold in todo:
             preds, info, state = run_fold(prep, fold, device, state)
-            io.write_with(path, lambda tmp, p=preds: p.to_parquet(tmp, index=False))
-            if cfg.backtest.retrain == "warm":
-                io.save_torch(state_path, state)
-            io.write_json(info_path, info)
-        parts.append(preds)
-        infos.append(info)
-        if on_fold is not None:
-            on_fold(fold.index + 1, len(folds), info)
+            finished(fold, preds, info, state if warm else None)
     t_folds = time.perf_counter() - t0 - t_prep
 
+    parts = [results[k][0] for k in sorted(results)]
+    infos = [results[k][1] for k in sorted(results)]
     predictions = pd.concat(parts, ignore_index=True).sort_values(["date", "ticker"], kind="stable")
     predictions = predictions.reset_index(drop=True)
     metrics = report.summarize(predictions, cfg)
@@ -246,6 +281,7 @@ def run_backtest(
         "folds_seconds": t_folds,
         "folds": len(folds),
         "folds_resumed": len(infos) - len(ran),
+        "workers": workers,
         "seconds_per_fold": t_folds / max(len(ran), 1),
         "fit_seconds": float(sum(i.get("fit_seconds", 0.0) for i in ran)),
         "predict_seconds": float(sum(i.get("predict_seconds", 0.0) for i in ran)),

@@ -31,17 +31,16 @@ class CausalConv1d(nn.Conv1d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu":
             return super().forward(F.pad(x, (self.left_pad, 0)) if self.left_pad else x)
-        # On CPU, oneDNN runs a (1, k) conv2d on channels-last (N, 1, L, C) memory faster than
-        # conv1d on (N, C, L), which it reorders on every call: about 1.2x for the seed's TCN,
-        # forward and backward (scripts/bench_train.py). The output keeps that layout as an
-        # (N, C, L) view, so activations between convolutions are never reordered.
-        x4 = x.unsqueeze(2)
-        if not x4.is_contiguous(memory_format=torch.channels_last):
-            x4 = x4.contiguous(memory_format=torch.channels_last)
-        if self.left_pad:
-            x4 = F.pad(x4, (self.left_pad, 0))
-        w = self.weight.unsqueeze(2)
-        return F.conv2d(x4, w, self.bias, dilation=(1, self.dilation[0])).squeeze(2)
+        # On CPU as windows times weights (im2col). oneDNN's convolution splits its sums into
+        # per-thread chunks (the weight gradient's, and for some shapes the output's), so its
+        # bits change with the thread count; a matrix product's do not, and then folds in
+        # parallel processes (fewer threads each) give a serial run's exact numbers
+        # (tests/test_parallel.py). As fast as oneDNN to train; up to 2x slower to predict.
+        k, d, length = self.kernel_size[0], self.dilation[0], x.shape[-1]
+        xp = F.pad(x, (self.left_pad, 0)) if self.left_pad else x
+        cols = torch.stack([xp[..., j * d : j * d + length] for j in range(k)], dim=-1)
+        y = torch.einsum("nclk,ock->nol", cols, self.weight)
+        return y if self.bias is None else y + self.bias[:, None]
 
 
 def zero_head(in_channels: int) -> CausalConv1d:

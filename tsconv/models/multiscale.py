@@ -45,7 +45,9 @@ class MultiScaleConv1d(nn.Module):
         self.dropout = Dropout(dropout)
         width = hidden * len(self.kernels)
         self.mix = (
-            nn.Sequential(nn.Conv1d(width, mix, 1), nn.BatchNorm1d(mix), nn.ReLU()) if mix else None
+            nn.Sequential(CausalConv1d(width, mix, 1), nn.BatchNorm1d(mix), nn.ReLU())
+            if mix
+            else None
         )
         self.head = zero_head(mix or width)
         self.highway = Highway(in_features, highway_lags) if highway_lags else None

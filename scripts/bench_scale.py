@@ -1,0 +1,69 @@
+"""Walk-forward folds in parallel processes against the serial run, in one process.
+
+    python scripts/bench_scale.py [--config quick] [--workers 1 2] [--repeats 3] [--set KEY=V ...]
+
+Runs the whole backtest (`run_backtest`: folds, metrics, report) for each worker count in
+turn, round by round, so a slow spell of a shared machine hits every row alike; the pool is
+started afresh in every run, so the workers' start-up (importing torch, a few seconds) is
+counted, as it is for a user. Checks that every run's predictions and metrics are identical to
+the serial run's and prints the speed-up against `--workers 1`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _bench import machine, summary
+
+from tsconv.config import load_config
+from tsconv.experiment import prepare
+from tsconv.walkforward import run_backtest
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="quick")
+    ap.add_argument("--workers", nargs="+", type=int, default=[1, 2])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--set", dest="sets", action="append", default=[])
+    args = ap.parse_args()
+    workers = sorted(set([1, *args.workers]))
+    base = load_config(Path(args.config), args.sets)
+    prep = prepare(base)
+    times: dict[int, list[float]] = {w: [] for w in workers}
+    outputs: dict[int, bytes] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.repeats):
+            for w in workers:
+                cfg = base.model_copy(
+                    update={"backtest": base.backtest.model_copy(update={"workers": w})}
+                )
+                out = Path(tmp) / f"w{w}-{r}"
+                t0 = time.perf_counter()
+                run_backtest(cfg, out, prep=prep)
+                times[w].append(time.perf_counter() - t0)
+                got = (out / "predictions.parquet").read_bytes() + (
+                    out / "metrics.json"
+                ).read_bytes()
+                if outputs.setdefault(1, got) != got:
+                    sys.exit(f"workers {w}: results differ from the serial run")
+    serial = summary(times[1])["median"]
+    print(
+        f"`{args.config}` backtest ({' '.join(args.sets) or 'as shipped'}), {machine()}; "
+        f"median of {args.repeats} rounds; results identical to the serial run in every row.\n"
+    )
+    print("| workers | wall time (s) | min - max | speed-up |")
+    print("|---|---|---|---|")
+    for w in workers:
+        s = summary(times[w])
+        print(
+            f"| {w} | {s['median']:.1f} | {s['min']:.1f} - {s['max']:.1f} | {serial / s['median']:.2f}x |"
+        )
+
+
+if __name__ == "__main__":
+    main()

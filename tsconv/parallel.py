@@ -1,0 +1,105 @@
+"""Walk-forward folds in several local processes (`backtest.workers`, `--workers N`).
+
+`retrain: full` folds are independent: each fits its own scaler and model from the fold's seed,
+so they can run in any order and in separate processes. N processes are this one and a
+standard-library pool of N - 1 (spawned, so a worker never inherits a half-initialised thread
+pool from its parent); tsconv schedules nothing itself beyond one rule: the pool takes the
+folds from the largest, this process from the smallest that no worker has claimed yet, so the
+work is shared while the pool's processes are still starting (importing torch takes seconds).
+The prepared data is pickled to a temporary file once and read by each worker, not sent once
+per fold, and not through the pipe that starts a worker (a worker that dies while starting,
+e.g. because a script calling tsconv lacks the `if __name__ == "__main__":` guard that spawn
+needs, would leave the parent blocked writing to it). Every process uses `threads` intra-op
+threads; results do not depend on that count (tests/test_walkforward.py).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import pickle
+import tempfile
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tsconv.errors import TsconvError
+
+_prep: Any = None  # a worker's copy of the prepared data, set once by _start
+
+Finished = Callable[[Any, Any, dict[str, Any]], None]
+
+
+def _start(path: str, threads: int) -> None:
+    global _prep
+    torch.set_num_threads(threads)
+    with open(path, "rb") as f:
+        _prep = pickle.load(f)
+
+
+def _run(fold: Any, device: torch.device) -> tuple[Any, dict[str, Any]]:
+    from tsconv.walkforward import run_fold
+
+    preds, info, _ = run_fold(_prep, fold, device, None)
+    return preds, info
+
+
+def run_folds(
+    prep: Any,
+    folds: Sequence[Any],
+    device: torch.device,
+    workers: int,
+    threads: int,
+    finished: Finished,
+) -> None:
+    """Run `folds` (in order of size, smallest first) in `workers` processes, calling
+    `finished(fold, predictions, info)` here as each one ends. On an error or Ctrl-C the folds
+    not yet started are cancelled and the exception propagates; finished ones were handed
+    over."""
+    from tsconv.walkforward import run_fold
+
+    with tempfile.TemporaryDirectory(prefix="tsconv-") as tmp:
+        path = Path(tmp) / "prepared.pkl"
+        with open(path, "wb") as f:
+            pickle.dump(prep, f, protocol=pickle.HIGHEST_PROTOCOL)
+        pool = ProcessPoolExecutor(
+            workers - 1,
+            mp_context=mp.get_context("spawn"),
+            initializer=_start,
+            initargs=(str(path), threads),
+        )
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            pending = {pool.submit(_run, fold, device): fold for fold in reversed(folds)}
+            unclaimed = list(pending)  # largest first; this process pops from the end
+            while unclaimed:
+                future = unclaimed.pop()
+                if future.cancel():  # no worker has it: run it here
+                    fold = pending.pop(future)
+                    preds, info, _ = run_fold(prep, fold, device, None)
+                    finished(fold, preds, info)
+                _hand_over(pending, finished, [f for f in pending if f.done()])
+            _hand_over(pending, finished, as_completed(list(pending)))
+        except BrokenProcessPool:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise TsconvError(
+                "a fold's worker process stopped abruptly (killed, out of memory, or started "
+                'from a script without the `if __name__ == "__main__":` guard that spawned '
+                "processes need); finished folds are kept, --resume continues"
+            ) from None
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        finally:
+            torch.set_num_threads(previous)
+        pool.shutdown(wait=False)  # the workers exit while this process writes the report
+
+
+def _hand_over(pending: dict[Future, Any], finished: Finished, done) -> None:
+    for future in done:
+        preds, info = future.result()
+        finished(pending.pop(future), preds, info)
