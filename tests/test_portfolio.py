@@ -211,3 +211,38 @@ def test_a_portfolio_of_one_ticker_is_a_config_error(tmp_path):
         app, ["backtest", "--config", "quick", "--set", "backtest.portfolio=short_only"]
     )
     assert r.exit_code == 2 and "backtest.portfolio" in r.output
+
+
+def test_a_ranked_book_of_few_tickers_gets_a_cross_sectional_table():
+    four = _panel(4, 200, seed=5, signal=0.5)
+    assert portfolio.quantile_table(four, "prediction", 5)["method"] == "pooled"
+    q = portfolio.quantile_table(four, "prediction", 5, ranked=True)
+    assert q["method"] == "cross_sectional" and len(q["buckets"]) == 4
+
+
+def test_report_cells_and_time_in_the_market():
+    from tsconv.report import _fmt, summarize
+
+    assert _fmt(-0.00001, ".4f") == "0.0000" and _fmt(-0.0004, ".1%") == "0.0%"
+    assert _fmt(-1.5, ".2f") == "-1.50" and _fmt(-2e-5, ".2e") == "-2.00e-05"
+    assert _fmt(None, ".2f") == "-"
+    frame = _panel(6, 300, seed=6, signal=0.3).assign(
+        zero=0.0, persistence=0.0, trailing_mean=0.0, ridge_ar=0.0
+    )
+    frame.loc[frame["date"] < frame["date"].unique()[100], "prediction"] = 0.0
+    m = summarize(frame, validate_config({"backtest": {"portfolio": "long_short"}}))
+    assert m["trading"]["buy_and_hold"]["in_market"] == 1.0
+    # no spread in the first 100 of 300 dates' forecasts: no book
+    assert m["trading"]["prediction"]["in_market"] == pytest.approx(200 / 300)
+    assert m["by_fold"]["0"]["in_market"] == 0.0 and m["by_fold"]["1"]["in_market"] == 1.0
+    assert "in the market on 67% of bars" in m["verdict"]
+
+
+def test_the_report_says_how_many_folds_kept_their_starting_weights():
+    from tsconv.report import _kept_words
+
+    folds = pd.DataFrame({"fold": [0, 1, 2], "best_epoch": [0, 3, 0]})
+    words = _kept_words(folds, tiny_config(model={"highway": True}))
+    assert "In 2 of 3 folds no training epoch beat the starting weights" in words
+    assert "the ridge highway's forecast" in words
+    assert _kept_words(folds.assign(best_epoch=1), tiny_config()) == ""

@@ -134,21 +134,28 @@ def _cross_sectional_rows(frame: pd.DataFrame, column: str, cfg: Config) -> pd.D
 
 
 def quantile_table(
-    frame: pd.DataFrame, column: str, buckets: int, horizon: int = 1, pooled: bool = False
+    frame: pd.DataFrame,
+    column: str,
+    buckets: int,
+    horizon: int = 1,
+    pooled: bool = False,
+    ranked: bool = False,
 ) -> dict[str, Any]:
     """Mean realised return by forecast bucket, and the top-minus-bottom spread.
 
-    `cross_sectional` when every date has at least `buckets` tickers: each date's tickers are
-    bucketed by rank and the bucket means averaged over dates; standard errors are across
-    dates, the spread's with Newey-West lags h - 1 (h-bar targets overlap). Otherwise `pooled`:
-    all predictions bucketed by the quantiles of the whole test span (iid standard errors), a
-    description of calibration rather than a tradable rule; also with `pooled`."""
+    `cross_sectional` when every date has at least `buckets` tickers, or, for a book `ranked`
+    across tickers, at least two (then as many buckets as the thinnest date has tickers): each
+    date's tickers are bucketed by rank and the bucket means averaged over dates; standard
+    errors are across dates, the spread's with Newey-West lags h - 1 (h-bar targets overlap).
+    Otherwise, or with `pooled`, `pooled`: all predictions bucketed by the quantiles of the
+    whole test span (iid standard errors), a description of calibration rather than a tradable
+    rule."""
     df = frame[["date", column, "realized"]].dropna()
     if df.empty:
         return {}
-    per_date = df.groupby("date")[column].transform("size")
-    if not pooled and (per_date >= buckets).all():
-        method = "cross_sectional"
+    thinnest = int(df.groupby("date").size().min())
+    if not pooled and (thinnest >= buckets or (ranked and thinnest >= 2)):
+        method, buckets = "cross_sectional", min(buckets, thinnest)
         pct = df.groupby("date")[column].rank(method="first", pct=True)
         df = df.assign(bucket=np.ceil(pct * buckets).astype(int))
         means = df.groupby(["date", "bucket"])[[column, "realized"]].mean()

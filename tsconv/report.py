@@ -52,7 +52,15 @@ DEFINITIONS = [
     ),
     (
         "Equity",
-        "Compounded: equity = prod(1 + net return), never summed.",
+        "Compounded: equity = prod(1 + net return), never summed. In market: the share of "
+        "bars on which the strategy holds a position; a fold or ticker never in the market "
+        "shows its Sharpe ratio as flat.",
+    ),
+    (
+        "best_epoch",
+        "The training epoch whose weights a fold kept (lowest validation loss, clearly "
+        "better than the start); 0: no epoch beat the starting weights (the ridge-initialised "
+        "highway, or the zero forecast without one), so the fold predicts with those.",
     ),
     (
         "Quantile table",
@@ -111,6 +119,8 @@ def _portfolio_metrics(
     net = gross - cost * turnover
     out = metrics.trading_metrics(net.to_numpy(), periods, turnover.to_numpy())
     if out:
+        held = rows.assign(_held=rows["weight"] != 0).groupby("date")["_held"].any()
+        out["in_market"] = float(held.mean())
         gross_m = metrics.trading_metrics(gross.to_numpy(), periods)
         out["gross_annual_return"] = gross_m["annual_return"]
         out["gross_sharpe"] = gross_m["sharpe"]
@@ -138,6 +148,7 @@ def breakdown(
             "sharpe": t.get("sharpe"),
             "sharpe_ci95": t.get("sharpe_ci95"),
             "annual_return": t.get("annual_return"),
+            "in_market": t.get("in_market"),
         }
     return out
 
@@ -187,7 +198,10 @@ def summarize(pred: pd.DataFrame, cfg: Config) -> dict[str, Any]:
     out["trading"]["prediction"]["sharpe_vs"] = _trading_tests(nets)
     out["by_ticker"] = breakdown(pred, cfg, "ticker", rows["prediction"])
     out["by_fold"] = breakdown(pred, cfg, "fold", rows["prediction"])
-    out["quantiles"] = quantile_table(pred, "prediction", cfg.backtest.buckets, cfg.target.horizon)
+    ranked = cfg.backtest.portfolio != "per_ticker"
+    out["quantiles"] = quantile_table(
+        pred, "prediction", cfg.backtest.buckets, cfg.target.horizon, ranked=ranked
+    )
     out["verdict"] = verdict(out)
     return metrics.clean(out)
 
@@ -233,7 +247,8 @@ def verdict(m: dict[str, Any], level: float = 0.05) -> str:
     ic = f["ic_summary"]
     if ic.get("p_value") is not None:
         words.append(
-            f"Mean per-fold IC {ic['mean']:.3f} (t = {ic['t_stat']:.2f}, p = {ic['p_value']:.3g})."
+            f"Mean per-fold Pearson IC {ic['mean']:.3f} (t = {ic['t_stat']:.2f}, "
+            f"p = {ic['p_value']:.3g})."
         )
     return " ".join(words)
 
@@ -284,6 +299,9 @@ def _trading_words(m: dict[str, Any], level: float) -> str:
     if same:
         parts.append(f"is not significantly different from {', '.join(same)}")
     shown = f"{sharpe:.2f}" if sharpe is not None and not np.isnan(sharpe) else "n/a"
+    held = t.get("in_market")
+    if held is not None and held < 0.995:
+        shown += f", in the market on {held:.0%} of bars"
     return (
         f"Trading after costs: the model's strategy (net Sharpe {shown}) {'; '.join(parts)} "
         f"(Ledoit-Wolf Sharpe-difference test, Holm-adjusted over {len(tests)} strategies)."
@@ -294,8 +312,12 @@ def _trading_words(m: dict[str, Any], level: float) -> str:
 
 
 def _fmt(v: Any, spec: str) -> str:
-    """A table cell: "-" for a missing figure (None in metrics.json)."""
-    return "-" if v is None else format(v, spec)
+    """A table cell: "-" for a missing figure (None in metrics.json), and no sign on a figure
+    that rounds to zero ("-0.0000")."""
+    if v is None:
+        return "-"
+    text = format(v, spec)
+    return text[1:] if text.startswith("-") and not text.strip("-0.%e+") else text
 
 
 def _html_table(header: list[str], rows: list[list[str]]) -> str:
@@ -392,6 +414,17 @@ def _png(fig: Any, left: float = 0.7, bottom: float = 0.45) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+# One colour and one name per strategy in every plot.
+COLOURS = {
+    "prediction": "black",
+    "persistence": "tab:blue",
+    "trailing_mean": "tab:orange",
+    "ridge_ar": "tab:green",
+    "buy_and_hold": "tab:red",
+}
+LABELS = {"prediction": "model", "buy_and_hold": "buy_and_hold (equal-weighted, long only)"}
+
+
 def _strategy_nets(pred: pd.DataFrame, cfg: Config) -> dict[str, pd.Series]:
     """Net return per bar of the model's strategy, each baseline's and buy-and-hold."""
     frame = pred.assign(buy_and_hold=1.0)
@@ -426,15 +459,14 @@ def _figures(
     import matplotlib.pyplot as plt
     from matplotlib.ticker import PercentFormatter
 
-    labels = {"prediction": "model", "buy_and_hold": "buy and hold"}
     figs = []
     fig, ax = plt.subplots(figsize=(8, 3.8))
     lo, hi = 1.0, 1.0
     for name, net in nets.items():
         eq = (1 + net).cumprod()
         lo, hi = min(lo, float(eq.min())), max(hi, float(eq.max()))
-        style = {"lw": 2.0, "color": "black"} if name == "prediction" else {"lw": 1.0}
-        ax.plot(eq.index, eq.to_numpy(), label=labels.get(name, name), **style)
+        lw = 2.0 if name == "prediction" else 1.0
+        ax.plot(eq.index, eq.to_numpy(), label=LABELS.get(name, name), color=COLOURS[name], lw=lw)
     ax.set_yscale("log")
     _log_ticks(ax, lo, hi)
     ax.axhline(1, color="grey", lw=0.6)
@@ -453,7 +485,7 @@ def _figures(
     for name in ("prediction", "buy_and_hold"):
         eq = (1 + nets[name]).cumprod()
         dd = (eq / eq.cummax().clip(lower=1.0) - 1).to_numpy()
-        ax.plot(eq.index, dd, label=labels[name], color="black" if name == "prediction" else None)
+        ax.plot(eq.index, dd, label=LABELS[name], color=COLOURS[name])
     ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
     ax.set_ylabel("drawdown")
     ax.legend(fontsize=8)
@@ -475,9 +507,9 @@ def _figures(
 
 def _rolling_figure(pred: pd.DataFrame, net: pd.Series, m: dict[str, Any], plt: Any):
     daily = pred.groupby("date")[["prediction", "realized"]].mean()
-    ic = daily["prediction"].rolling(63, min_periods=20).corr(daily["realized"])
+    ic = daily["prediction"].rolling(63).corr(daily["realized"])
     root = (m.get("periods_per_year") or 252) ** 0.5
-    roll = net.rolling(126, min_periods=40)
+    roll = net.rolling(126)
     sharpe = roll.mean() / roll.std() * root
     fig, (a1, a2) = plt.subplots(2, 1, figsize=(8, 4.2), sharex=True)
     a1.plot(ic.index, ic.to_numpy())
@@ -486,7 +518,7 @@ def _rolling_figure(pred: pd.DataFrame, net: pd.Series, m: dict[str, Any], plt: 
     a2.set_ylabel("126-bar Sharpe")
     for ax in (a1, a2):
         ax.axhline(0, color="grey", lw=0.8)
-    a1.set_title("Rolling IC of the forecast and rolling net Sharpe ratio of its strategy")
+    a1.set_title("Rolling 63-bar IC (per-date mean forecast vs return), 126-bar net Sharpe")
     return (
         "Rolling IC and Sharpe",
         "Rolling 63-bar information coefficient and rolling 126-bar annualised net Sharpe ratio",
@@ -496,17 +528,17 @@ def _rolling_figure(pred: pd.DataFrame, net: pd.Series, m: dict[str, Any], plt: 
 
 def _calibration_figure(pred: pd.DataFrame, plt: Any):
     rows = quantile_table(pred, "prediction", 10, pooled=True).get("buckets", [])
-    x = [r["mean_prediction"] for r in rows]
-    y = [r["mean_realized"] for r in rows]
-    err = [1.96 * r["se"] for r in rows]
+    x = [r["mean_prediction"] * 1e4 for r in rows]
+    y = [r["mean_realized"] * 1e4 for r in rows]
+    err = [1.96 * r["se"] * 1e4 for r in rows]
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
     ax.errorbar(x, y, yerr=err, fmt="o", capsize=3, color="black")
-    lim = max([abs(v) for v in x] or [1e-4])
+    lim = max([abs(v) for v in x] or [1.0])
     ax.plot([-lim, lim], [-lim, lim], color="tab:blue", lw=0.8, label="realised = predicted")
     ax.axhline(0, color="grey", lw=0.6)
     ax.axvline(0, color="grey", lw=0.6)
-    ax.set_xlabel("mean prediction in the decile")
-    ax.set_ylabel("mean realised, 95% interval")
+    ax.set_xlabel("mean prediction in the decile, bps")
+    ax.set_ylabel("mean realised, bps (95% interval)")
     ax.legend(fontsize=8)
     ax.set_title("Predicted vs realised, by decile of the prediction")
     return (
@@ -530,7 +562,7 @@ def _quantile_figure(q: dict[str, Any], plt: Any):
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xticks([r["bucket"] for r in rows])
     ax.set_xlabel("forecast bucket (1 = lowest)")
-    ax.set_ylabel("mean realised, bps")
+    ax.set_ylabel("mean realised, bps (95% interval)")
     ax.set_title(f"Realised return by forecast bucket ({q['method'].replace('_', '-')})")
     return (
         "Quantile chart",
@@ -572,7 +604,8 @@ def _tests_html(m: dict[str, Any]) -> str:
 
 
 def _breakdown_html(rows: dict[str, dict[str, Any]], label: str, extra: pd.DataFrame | None) -> str:
-    head = [label, "n", "R2 oos", "IC", "dir. acc (se)", "Sharpe [95% CI]", "ann. return"]
+    head = [label, "n", "R2 oos", "IC", "dir. acc (se)", "in market", "Sharpe [95% CI]"]
+    head.append("ann. return")
     extra_cols = [] if extra is None else [c for c in extra.columns if c != label]
     body = []
     for key, r in rows.items():
@@ -584,7 +617,10 @@ def _breakdown_html(rows: dict[str, dict[str, Any]], label: str, extra: pd.DataF
             _fmt(r.get("ic"), ".3f"),
             f"{_fmt(r.get('directional_accuracy'), '.3f')} "
             f"({_fmt(r.get('directional_accuracy_se'), '.3f')})",
-            f"{_fmt(r.get('sharpe'), '.2f')} [{_fmt(ci[0], '.2f')}, {_fmt(ci[1], '.2f')}]",
+            _fmt(r.get("in_market"), ".0%"),
+            "flat"
+            if r.get("in_market") == 0
+            else f"{_fmt(r.get('sharpe'), '.2f')} [{_fmt(ci[0], '.2f')}, {_fmt(ci[1], '.2f')}]",
             _fmt(r.get("annual_return"), ".1%"),
         ]
         if extra is not None:
@@ -612,12 +648,13 @@ def _strategy_words(cfg: Config) -> str:
     bt = cfg.backtest
     tv = "" if bt.target_vol is None else f", target_vol {bt.target_vol:g}"
     if bt.portfolio == "per_ticker":
-        return f"each ticker traded on its own (backtest.position: {bt.position}{tv})"
+        return f"each ticker traded on its own, backtest.position {bt.position}{tv}"
     legs = f"top {bt.top_k}" if bt.top_k else f"top {bt.quantile:.0%}"
     if bt.portfolio == "long_short":
         legs += f" long, bottom {bt.top_k or format(bt.quantile, '.0%')} short"
     return (
-        f"{bt.portfolio} portfolio ranked by forecast each bar, {legs}, {bt.weighting} weights{tv}"
+        f"{bt.portfolio} portfolio ranked by forecast each bar, {legs}, {bt.weighting} "
+        f"weights{tv} (backtest.position is not used)"
     )
 
 
@@ -626,11 +663,30 @@ def quantile_words(q: dict[str, Any]) -> str:
     if not q.get("buckets"):
         return ""
     sp = q["spread"]
-    return (
-        f"Top minus bottom of {len(q['buckets'])} forecast buckets "
-        f"({q['method'].replace('_', '-')}): {_fmt(sp.get('mean'), '.2e')} a bar "
-        f"(t = {_fmt(sp.get('t_stat'), '.2f')}, p = {_fmt(sp.get('p_value'), '.3g')})."
+    how = (
+        "cross-sectional"
+        if q["method"] == "cross_sectional"
+        else "pooled over time: a calibration check, not a tradable rule"
     )
+    mean = None if sp.get("mean") is None else sp["mean"] * 1e4
+    return (
+        f"Top minus bottom of {len(q['buckets'])} forecast buckets ({how}): "
+        f"{_fmt(mean, '.1f')} bps a bar (t = {_fmt(sp.get('t_stat'), '.2f')}, "
+        f"p = {_fmt(sp.get('p_value'), '.3g')})."
+    )
+
+
+def _rank_ic_html(m: dict[str, Any]) -> str:
+    """Each forecast's mean cross-sectional rank IC (3+ tickers): what a ranked book earns on."""
+    ics = {
+        n: f.get("cross_sectional_rank_ic")
+        for n, f in m["forecast"].items()
+        if f.get("cross_sectional_rank_ic") is not None
+    }
+    if not ics:
+        return ""
+    cells = ", ".join(f"{'model' if n == 'prediction' else n} {v:.3f}" for n, v in ics.items())
+    return f"<p>Mean cross-sectional rank IC (Spearman across tickers, per date): {cells}.</p>"
 
 
 def _quantile_html(q: dict[str, Any]) -> str:
@@ -654,6 +710,21 @@ def _quantile_html(q: dict[str, Any]) -> str:
     )
     return f"<p>{html.escape(how)}. {html.escape(quantile_words(q))}</p>" + _html_table(
         ["bucket", "n", "mean prediction, bps", "mean realised, bps", "se, bps"], rows
+    )
+
+
+def _kept_words(folds: pd.DataFrame, cfg: Config) -> str:
+    """Say how many folds kept their starting weights: there the model's forecast is its start
+    (the ridge highway's, or zero), not something training learned."""
+    if "best_epoch" not in folds or not len(folds):
+        return ""
+    kept = int((folds["best_epoch"] == 0).sum())
+    if not kept:
+        return ""
+    start = "the ridge highway's forecast" if cfg.model.highway else "the zero forecast"
+    return (
+        f" In {kept} of {len(folds)} folds no training epoch beat the starting weights on "
+        f"validation (best_epoch 0), so there the model predicts its start, {start}."
     )
 
 
@@ -701,11 +772,19 @@ def render_html(pred: pd.DataFrame, m: dict[str, Any], folds: pd.DataFrame, cfg:
         _section(
             "quantiles",
             "Quantile analysis: realised return by forecast bucket",
-            _quantile_html(m.get("quantiles") or {}) + figs.get("Quantile chart", ""),
+            _quantile_html(m.get("quantiles") or {})
+            + _rank_ic_html(m)
+            + figs.get("Quantile chart", ""),
         ),
         _section("calibration", "Predicted vs realised", figs["Predicted vs realised"]),
         _section("rolling", "Rolling IC and Sharpe", figs["Rolling IC and Sharpe"]),
-        _section("per-ticker", "Per ticker", _breakdown_html(m["by_ticker"], "ticker", None)),
+        _section(
+            "per-ticker",
+            "Per ticker"
+            if bt.portfolio == "per_ticker"
+            else "Per ticker: contribution to the book",
+            _breakdown_html(m["by_ticker"], "ticker", None),
+        ),
         _section("per-fold", "Per fold", _breakdown_html(m["by_fold"], "fold", fold_extra)),
         _section(
             "monthly",
@@ -727,7 +806,7 @@ figure{{margin:0.5em 0}}</style></head><body>
 <h1>tsconv walk-forward backtest</h1>
 <p>{esc(", ".join(m["tickers"]))}: {m["n_predictions"]} predictions from {m["first_date"]} to {m["last_date"]}
 in {m["folds"]} folds ({esc(bt.scheme)} window, refit every {bt.test_span} bars,
-gap {bt.gap}, cost {bt.cost_bps:g} bps; {esc(_strategy_words(cfg))}).</p>
+gap {bt.gap}, cost {bt.cost_bps:g} bps; {esc(_strategy_words(cfg))}).{esc(_kept_words(folds, cfg))}</p>
 {"".join(sections)}</body></html>"""
 
 
