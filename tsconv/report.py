@@ -65,7 +65,8 @@ DEFINITIONS = [
     (
         "Quantile table",
         "Realised returns by forecast bucket (backtest.buckets). Cross-sectional when every "
-        "date has at least that many tickers: each date's tickers are bucketed by forecast "
+        "date has at least that many tickers (for a long_short or long_only book at least "
+        "two, in as many buckets as the thinnest date has): each date's tickers are bucketed by forecast "
         "rank and the bucket means averaged over dates, standard errors across dates (the "
         "top-minus-bottom spread's with Newey-West lags h - 1). Otherwise pooled: all "
         "predictions bucketed by the quantiles of the whole test span, iid standard errors; "
@@ -638,7 +639,7 @@ def _monthly_html(net: pd.Series) -> str:
     table = monthly.unstack().reindex(columns=range(1, 13))
     months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
     rows = [
-        [str(year), *("" if pd.isna(v) else format(v, ".1%") for v in table.loc[year])]
+        [str(year), *("" if pd.isna(v) else _fmt(v, ".1%") for v in table.loc[year])]
         for year in table.index
     ]
     return _html_table(["year", *months], rows)
@@ -734,17 +735,15 @@ def _section(anchor: str, title: str, body: str) -> str:
 
 def render_html(pred: pd.DataFrame, m: dict[str, Any], folds: pd.DataFrame, cfg: Config) -> str:
     esc = html.escape
-    fold_cols = [
+    fold_cols = [  # the test dates and best epoch are in the per-fold table
         "fold",
         "train_start",
         "train_end",
-        "test_start",
-        "test_end",
         "train_rows",
+        "val_rows",
         "test_rows",
         "epochs",
         "steps",
-        "best_epoch",
         "best_val_loss",
     ]
     fold_extra = folds[[c for c in ["fold", "test_start", "test_end", "best_epoch"] if c in folds]]
@@ -801,7 +800,8 @@ def render_html(pred: pd.DataFrame, m: dict[str, Any], folds: pd.DataFrame, cfg:
     ]
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>tsconv backtest</title>
 <style>body{{font-family:sans-serif;max-width:960px;margin:2em auto}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}dt{{font-weight:bold}}
+td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}td{{white-space:nowrap}}
+dt{{font-weight:bold}}
 figure{{margin:0.5em 0}}</style></head><body>
 <h1>tsconv walk-forward backtest</h1>
 <p>{esc(", ".join(m["tickers"]))}: {m["n_predictions"]} predictions from {m["first_date"]} to {m["last_date"]}
