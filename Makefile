@@ -24,7 +24,13 @@ run: setup
 	$(BIN)/tsconv predict --run runs/quick
 	$(BIN)/tsconv backtest --config $(CONFIG) --out runs/quick-bt
 
-test: setup
+# The suite covers the optional Ray executor, so `make test` installs the `ray` extra once.
+TESTSTAMP := $(VENV)/.tsconv-test-extras
+$(TESTSTAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[dev,ray]"
+	touch $(TESTSTAMP)
+
+test: $(TESTSTAMP)
 	$(BIN)/python -m pytest -q
 
 lint: setup

@@ -1,11 +1,13 @@
 """Walk-forward folds in parallel processes against the serial run, in one process.
 
-    python scripts/bench_scale.py [--config quick] [--workers 1 2] [--repeats 3] [--set KEY=V ...]
+    python scripts/bench_scale.py [--config quick] [--workers 1 2] [--ray] [--repeats 3]
+        [--set KEY=V ...]
 
 Runs the whole backtest (`run_backtest`: folds, metrics, report) for each worker count in
 turn, round by round, so a slow spell of a shared machine hits every row alike; the pool is
 started afresh in every run, so the workers' start-up (importing torch, a few seconds) is
-counted, as it is for a user. Checks that every run's predictions and metrics are identical to
+counted, as it is for a user; so is the local Ray cluster's with `--ray` (one cluster per
+run, 1 CPU a fold). Checks that every run's predictions and metrics are identical to
 the serial run's and prints the speed-up against `--workers 1`.
 """
 
@@ -28,20 +30,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="quick")
     ap.add_argument("--workers", nargs="+", type=int, default=[1, 2])
+    ap.add_argument("--ray", action="store_true", help="add a row for --executor ray")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--set", dest="sets", action="append", default=[])
     args = ap.parse_args()
-    workers = sorted(set([1, *args.workers]))
+    workers: list[int | str] = sorted(set([1, *args.workers]))
+    if args.ray:
+        workers.append("ray")
     base = load_config(Path(args.config), args.sets)
     prep = prepare(base)
-    times: dict[int, list[float]] = {w: [] for w in workers}
+    times: dict[int | str, list[float]] = {w: [] for w in workers}
     outputs: dict[int, bytes] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
             for w in workers:
-                cfg = base.model_copy(
-                    update={"backtest": base.backtest.model_copy(update={"workers": w})}
-                )
+                how = {"executor": "ray"} if w == "ray" else {"workers": w}
+                cfg = base.model_copy(update={"backtest": base.backtest.model_copy(update=how)})
                 out = Path(tmp) / f"w{w}-{r}"
                 t0 = time.perf_counter()
                 run_backtest(cfg, out, prep=prep)
@@ -56,7 +60,7 @@ def main() -> None:
         f"`{args.config}` backtest ({' '.join(args.sets) or 'as shipped'}), {machine()}; "
         f"median of {args.repeats} rounds; results identical to the serial run in every row.\n"
     )
-    print("| workers | wall time (s) | min - max | speed-up |")
+    print("| workers or executor | wall time (s) | min - max | speed-up |")
     print("|---|---|---|---|")
     for w in workers:
         s = summary(times[w])

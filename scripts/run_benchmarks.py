@@ -17,7 +17,7 @@ BENCHES = [
     ["bench_quality.py"],
     ["bench_startup.py"],
     ["bench_panel.py", "--tickers", "8"],
-    ["bench_scale.py", "--repeats", "3"],
+    ["bench_scale.py", "--repeats", "3", "--ray"],
 ]
 
 

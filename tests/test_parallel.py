@@ -124,3 +124,54 @@ def test_warm_retraining_says_once_that_it_runs_serially(tmp_path):
     )
     assert r.exit_code == 0, r.output
     assert r.output.count("folds run one at a time") == 1
+
+
+def _listening_elsewhere() -> list[str]:
+    """TCP sockets listening on anything but the loopback address (the sandbox's own service
+    on port 2024 aside), from `ss`; empty where `ss` is missing."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("ss"):
+        return []
+    lines = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout.splitlines()
+    local = [line.split()[3] for line in lines if "ray" in line or "gcs_server" in line]
+    return [a for a in local if "127.0.0.1" not in a and not a.startswith("[::1]")]
+
+
+def test_ray_executor_writes_the_serial_runs_bytes_on_a_loopback_cluster(tmp_path, monkeypatch):
+    # what tsconv sets before importing Ray for a local cluster; Ray reads it at import, and
+    # this test imports Ray first
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    pytest.importorskip("ray")
+    import ray
+
+    import tsconv.parallel as parallel
+
+    seen: list[list[str]] = []
+    real = parallel._run_ray
+
+    def watched(*a, **k):  # while the local cluster is up: what does it listen on?
+        seen.append(_listening_elsewhere())
+        return real(*a, **k)
+
+    monkeypatch.setattr(parallel, "_run_ray", watched)
+    serial, on_ray = tmp_path / "serial", tmp_path / "ray"
+    assert runner.invoke(app, [*ARGS, "--out", str(serial)]).exit_code == 0
+    r = runner.invoke(app, [*ARGS, "--out", str(on_ray), "--executor", "ray"])
+    assert r.exit_code == 0, r.output
+    for name in SAME:
+        assert (serial / name).read_bytes() == (on_ray / name).read_bytes(), name
+    assert seen == [[]]  # every Ray server bound to 127.0.0.1
+    assert not ray.is_initialized()  # the cluster started for the run is stopped
+
+
+def test_ray_executor_without_ray_is_one_line_naming_the_extra(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    r = runner.invoke(app, [*ARGS, "--executor", "ray", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2, r.output
+    assert "pip install 'tsconv[ray]'" in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, [*ARGS, "--executor", "dask", "--out", str(tmp_path / "y")])
+    assert r.exit_code == 2 and "--executor dask: backtest.executor" in r.output

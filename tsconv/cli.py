@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -46,7 +47,8 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except TsconvError as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False, markup=True, soft_wrap=True)
+            # the message is plain text: "[ray]" in it is not markup
+            err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err.print("interrupted; finished work is saved (use --resume to continue)")
@@ -295,6 +297,22 @@ def backtest(
             help="Processes running folds at once (backtest.workers; auto: the cores)",
         ),
     ] = None,
+    executor: Annotated[
+        str | None,
+        typer.Option(
+            "--executor",
+            metavar="local|ray",
+            help="Where folds run (backtest.executor): this machine, or Ray tasks",
+        ),
+    ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address",
+            metavar="ADDR",
+            help="An existing Ray cluster (auto, ray://host:10001); unset: a local one",
+        ),
+    ] = None,
 ) -> None:
     """Walk-forward evaluation against naive baselines; writes predictions, metrics and report.html."""
     from tsconv.report import TABLE_HEADER, cost_header, cost_rows, quantile_words, table_rows
@@ -307,9 +325,9 @@ def backtest(
     else:
         cfg = _config(config, set_)
         target = out_dir or Path("runs") / f"{cfg.name or config.stem}-bt"
-    if workers is not None:
-        cfg = _with_workers(cfg, workers)
-    if cfg.backtest.workers != 1 and cfg.backtest.retrain == "warm":
+    cfg = _with_execution(cfg, workers, executor, ray_address)
+    parallel = cfg.backtest.workers != 1 or cfg.backtest.executor != "local"
+    if parallel and cfg.backtest.retrain == "warm":
         err.print("backtest.retrain: warm chains each fold to the last, so folds run one at a time")
     with _progress() as progress:
         task = progress.add_task("walk-forward", total=None, info="")
@@ -372,13 +390,21 @@ def results_table(m: dict[str, Any], header: list[str], rows: list[list[str]]) -
     return table
 
 
-def _with_workers(cfg, workers: str):
-    """`cfg` with `--workers` as backtest.workers, validated as the key is."""
+def _with_execution(cfg, workers: str | None, executor: str | None, address: str | None):
+    """`cfg` with `--workers`, `--executor` and `--ray-address` as their backtest keys,
+    validated as the keys are; an error names the option."""
     from tsconv.config import config_to_dict, validate_config
 
-    raw = config_to_dict(cfg)
-    raw["backtest"]["workers"] = workers if workers == "auto" else _int_or_text(workers)
-    return validate_config(raw, f"--workers {workers}")
+    for option, key, value in [
+        ("--workers", "workers", workers if workers in (None, "auto") else _int_or_text(workers)),
+        ("--executor", "executor", executor),
+        ("--ray-address", "ray_address", address),
+    ]:
+        if value is not None:
+            raw = config_to_dict(cfg)
+            raw["backtest"][key] = value
+            cfg = validate_config(raw, f"{option} {value}")
+    return cfg
 
 
 def _int_or_text(text: str) -> int | str:

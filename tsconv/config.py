@@ -115,6 +115,12 @@ class BacktestConfig(_Section):
     workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         1, description="processes running `retrain: full` folds at once; auto: the cores"
     )
+    executor: Literal["local", "ray"] = Field(
+        "local", description="where full-retrain folds run: this machine, or Ray tasks"
+    )
+    ray_address: str | None = Field(
+        None, description="an existing Ray cluster (`auto`, `ray://host:10001`); unset: local"
+    )
     warm_epochs: int | None = Field(None, ge=1)
     start: dt.date | None = None
     end: dt.date | None = None
@@ -365,7 +371,11 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
 
 # Keys that say how a run is executed, not what it computes: two runs that differ only in them
 # give byte-identical results, so a resume may change them and the report leaves them out.
-EXECUTION_KEYS = (("backtest", "workers"),)
+EXECUTION_KEYS = (
+    ("backtest", "workers"),
+    ("backtest", "executor"),
+    ("backtest", "ray_address"),
+)
 
 
 def results_config(cfg: Config) -> dict[str, Any]:

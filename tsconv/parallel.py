@@ -16,6 +16,7 @@ threads; results do not depend on that count (tests/test_walkforward.py).
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import pickle
 import tempfile
 from collections.abc import Callable, Sequence
@@ -26,7 +27,7 @@ from typing import Any
 
 import torch
 
-from tsconv.errors import TsconvError
+from tsconv.errors import TsconvError, UsageError
 
 _prep: Any = None  # a worker's copy of the prepared data, set once by _start
 
@@ -103,3 +104,75 @@ def _hand_over(pending: dict[Future, Any], finished: Finished, done) -> None:
     for future in done:
         preds, info = future.result()
         finished(pending.pop(future), preds, info)
+
+
+def _ray_fold(prep: Any, fold: Any, device: str, threads: int) -> tuple[Any, dict[str, Any]]:
+    from tsconv.walkforward import run_fold
+
+    torch.set_num_threads(threads)
+    preds, info, _ = run_fold(prep, fold, torch.device(device), None)
+    return preds, info
+
+
+def run_folds_ray(
+    prep: Any,
+    folds: Sequence[Any],
+    device: torch.device,
+    threads: int,
+    address: str | None,
+    finished: Finished,
+) -> None:
+    """Run `folds` as Ray tasks, each declaring `threads` CPUs (and one GPU on CUDA), calling
+    `finished(fold, predictions, info)` here as each one ends. The prepared data goes into the
+    object store once. A task whose worker dies is retried by Ray (its fold re-run from the
+    start, nothing half-written: only this process writes). Without `address`, a local
+    cluster is started for this run, bound to 127.0.0.1 and with its files in a temporary
+    folder, and stopped at the end; with one, tsconv connects to that cluster and leaves it."""
+    if address is None:
+        # A cluster started for this run serves only this machine: Ray's local-only mode (the
+        # one it uses on macOS and Windows) binds every server to 127.0.0.1. Read when Ray is
+        # imported, so set before.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    try:
+        import ray
+    except ImportError:
+        raise UsageError(
+            "backtest.executor: ray needs Ray, which is not installed: pip install 'tsconv[ray]'"
+        ) from None
+    started = not ray.is_initialized()
+    with tempfile.TemporaryDirectory(prefix="tsconv-ray-") as tmp:
+        if started and address:
+            ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+        elif started:
+            ray.init(
+                _node_ip_address="127.0.0.1",
+                _temp_dir=tmp,
+                include_dashboard=False,
+                logging_level="ERROR",
+                log_to_driver=False,
+            )
+        try:
+            _run_ray(ray, prep, folds, device, threads, finished)
+        finally:
+            if started:
+                ray.shutdown()
+
+
+def _run_ray(ray, prep, folds, device, threads, finished) -> None:
+    gpus = 1 if device.type == "cuda" else 0
+    task = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=3)(_ray_fold)
+    shared = ray.put(prep)
+    refs = {task.remote(shared, fold, str(device), threads): fold for fold in reversed(folds)}
+    pending = list(refs)
+    try:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            try:
+                preds, info = ray.get(done[0])
+            except ray.exceptions.RayTaskError as exc:
+                raise exc.as_instanceof_cause() from None
+            finished(refs[done[0]], preds, info)
+    except BaseException:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise

@@ -261,7 +261,10 @@ def run_backtest(
         else:
             todo.append(fold)
     workers = fold_workers(cfg, len(todo))
-    if workers > 1:
+    if cfg.backtest.executor == "ray" and todo and cfg.backtest.retrain == "full":
+        threads = cfg.train.threads or 1
+        parallel.run_folds_ray(prep, todo, device, threads, cfg.backtest.ray_address, finished)
+    elif workers > 1:
         threads = max(1, torch.get_num_threads() // workers)
         parallel.run_folds(prep, todo, device, workers, threads, finished)
     else:
