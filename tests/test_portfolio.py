@@ -246,3 +246,12 @@ def test_the_report_says_how_many_folds_kept_their_starting_weights():
     assert "In 2 of 3 folds no training epoch beat the starting weights" in words
     assert "the ridge highway's forecast" in words
     assert _kept_words(folds.assign(best_epoch=1), tiny_config()) == ""
+
+
+def test_the_report_names_tickers_that_start_late():
+    from tsconv.report import _late_words
+
+    frame = _panel(3, 10, seed=0, signal=0.0)
+    assert _late_words(frame) == ""
+    late = frame[~((frame["ticker"] == "T2") & (frame["date"] < frame["date"].iloc[12]))]
+    assert _late_words(late) == f" (T2 from {late[late.ticker == 'T2']['date'].min().date()})"

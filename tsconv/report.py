@@ -714,6 +714,16 @@ def _quantile_html(q: dict[str, Any]) -> str:
     )
 
 
+def _late_words(pred: pd.DataFrame) -> str:
+    """Tickers whose predictions start after the first date (listed later, or too little
+    history for the first folds), so a reader knows the panel's breadth changed."""
+    starts = pred.groupby("ticker")["date"].min()
+    late = starts[starts > starts.min()]
+    if late.empty:
+        return ""
+    return " (" + ", ".join(f"{t} from {d.date()}" for t, d in late.items()) + ")"
+
+
 def _kept_words(folds: pd.DataFrame, cfg: Config) -> str:
     """Say how many folds kept their starting weights: there the model's forecast is its start
     (the ridge highway's, or zero), not something training learned."""
@@ -804,7 +814,7 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}td{{white-space:n
 dt{{font-weight:bold}}
 figure{{margin:0.5em 0}}</style></head><body>
 <h1>tsconv walk-forward backtest</h1>
-<p>{esc(", ".join(m["tickers"]))}: {m["n_predictions"]} predictions from {m["first_date"]} to {m["last_date"]}
+<p>{esc(", ".join(m["tickers"]))}: {m["n_predictions"]} predictions from {m["first_date"]} to {m["last_date"]}{esc(_late_words(pred))}
 in {m["folds"]} folds ({esc(bt.scheme)} window, refit every {bt.test_span} bars,
 gap {bt.gap}, cost {bt.cost_bps:g} bps; {esc(_strategy_words(cfg))}).{esc(_kept_words(folds, cfg))}</p>
 {"".join(sections)}</body></html>"""
