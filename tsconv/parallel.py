@@ -41,11 +41,16 @@ def _start(path: str, threads: int) -> None:
         _prep = pickle.load(f)
 
 
-def _run(fold: Any, device: torch.device) -> tuple[Any, dict[str, Any]]:
+def _fold(prep: Any, fold: Any, device: torch.device) -> tuple[Any, dict[str, Any]]:
+    """One full-retrain fold's predictions and info (its final weights are not needed)."""
     from tsconv.walkforward import run_fold
 
-    preds, info, _ = run_fold(_prep, fold, device, None)
+    preds, info, _ = run_fold(prep, fold, device, None)
     return preds, info
+
+
+def _run(fold: Any, device: torch.device) -> tuple[Any, dict[str, Any]]:
+    return _fold(_prep, fold, device)
 
 
 def run_folds(
@@ -60,8 +65,6 @@ def run_folds(
     `finished(fold, predictions, info)` here as each one ends. On an error or Ctrl-C the folds
     not yet started are cancelled and the exception propagates; finished ones were handed
     over."""
-    from tsconv.walkforward import run_fold
-
     with tempfile.TemporaryDirectory(prefix="tsconv-") as tmp:
         path = Path(tmp) / "prepared.pkl"
         with open(path, "wb") as f:
@@ -81,8 +84,7 @@ def run_folds(
                 future = unclaimed.pop()
                 if future.cancel():  # no worker has it: run it here
                     fold = pending.pop(future)
-                    preds, info, _ = run_fold(prep, fold, device, None)
-                    finished(fold, preds, info)
+                    finished(fold, *_fold(prep, fold, device))
                 _hand_over(pending, finished, [f for f in pending if f.done()])
             _hand_over(pending, finished, as_completed(list(pending)))
         except BrokenProcessPool:
@@ -107,11 +109,8 @@ def _hand_over(pending: dict[Future, Any], finished: Finished, done) -> None:
 
 
 def _ray_fold(prep: Any, fold: Any, device: str, threads: int) -> tuple[Any, dict[str, Any]]:
-    from tsconv.walkforward import run_fold
-
     torch.set_num_threads(threads)
-    preds, info, _ = run_fold(prep, fold, torch.device(device), None)
-    return preds, info
+    return _fold(prep, fold, torch.device(device))
 
 
 def run_folds_ray(

@@ -155,6 +155,15 @@ def breakdown(
 
 
 def summarize(pred: pd.DataFrame, cfg: Config) -> dict[str, Any]:
+    """metrics.json's contents for these walk-forward predictions."""
+    return summarize_with_nets(pred, cfg)[0]
+
+
+def summarize_with_nets(
+    pred: pd.DataFrame, cfg: Config
+) -> tuple[dict[str, Any], dict[str, pd.Series]]:
+    """`summarize`, and the net return per bar of each strategy (`_strategy_nets`), which the
+    report draws: computed once for both."""
     y = pred["realized"].to_numpy()
     out: dict[str, Any] = {
         "n_predictions": len(pred),
@@ -204,7 +213,7 @@ def summarize(pred: pd.DataFrame, cfg: Config) -> dict[str, Any]:
         pred, "prediction", cfg.backtest.buckets, cfg.target.horizon, ranked=ranked
     )
     out["verdict"] = verdict(out)
-    return metrics.clean(out)
+    return metrics.clean(out), nets
 
 
 def _forecast_tests(pred: pd.DataFrame, cfg: Config) -> dict[str, dict[str, Any]]:
@@ -743,7 +752,13 @@ def _section(anchor: str, title: str, body: str) -> str:
     return f"<section id='{anchor}'><h2>{html.escape(title)}</h2>{body}</section>\n"
 
 
-def render_html(pred: pd.DataFrame, m: dict[str, Any], folds: pd.DataFrame, cfg: Config) -> str:
+def render_html(
+    pred: pd.DataFrame,
+    m: dict[str, Any],
+    folds: pd.DataFrame,
+    cfg: Config,
+    nets: dict[str, pd.Series] | None = None,
+) -> str:
     esc = html.escape
     fold_cols = [  # the test dates and best epoch are in the per-fold table
         "fold",
@@ -760,7 +775,7 @@ def render_html(pred: pd.DataFrame, m: dict[str, Any], folds: pd.DataFrame, cfg:
     fold_table = folds[[c for c in fold_cols if c in folds]].to_html(
         index=False, float_format="%.4g"
     )
-    nets = _strategy_nets(pred, cfg)
+    nets = nets if nets is not None else _strategy_nets(pred, cfg)
     figs = {
         title: f"<figure><img alt='{esc(alt)}' src='data:image/png;base64,{b}'/></figure>"
         for title, alt, b in _figures(pred, m, cfg, nets)
@@ -821,11 +836,16 @@ gap {bt.gap}, cost {bt.cost_bps:g} bps; {esc(_strategy_words(cfg))}).{esc(_kept_
 
 
 def write_outputs(
-    out: Path, pred: pd.DataFrame, m: dict[str, Any], folds: pd.DataFrame, cfg: Config
+    out: Path,
+    pred: pd.DataFrame,
+    m: dict[str, Any],
+    folds: pd.DataFrame,
+    cfg: Config,
+    nets: dict[str, pd.Series] | None = None,
 ) -> None:
     timing = m.pop("timing", None)
     io.write_json(Path(out) / "metrics.json", m)
     if timing is not None:
         io.write_json(Path(out) / "timing.json", timing)
         m["timing"] = timing
-    io.write_text(Path(out) / "report.html", render_html(pred, m, folds, cfg))
+    io.write_text(Path(out) / "report.html", render_html(pred, m, folds, cfg, nets))

@@ -277,7 +277,7 @@ def run_backtest(
     infos = [results[k][1] for k in sorted(results)]
     predictions = pd.concat(parts, ignore_index=True).sort_values(["date", "ticker"], kind="stable")
     predictions = predictions.reset_index(drop=True)
-    metrics = report.summarize(predictions, cfg)
+    metrics, nets = report.summarize_with_nets(predictions, cfg)
     ran = [i for i in infos if not i.get("resumed")]  # this invocation's folds only
     metrics["timing"] = {
         "prepare_seconds": t_prep,
@@ -291,6 +291,6 @@ def run_backtest(
     }
     io.write_with(out / "predictions.parquet", lambda tmp: predictions.to_parquet(tmp, index=False))
     io.write_text(out / "folds.csv", pd.DataFrame(infos).to_csv(index=False))
-    report.write_outputs(out, predictions, metrics, pd.DataFrame(infos), cfg)
+    report.write_outputs(out, predictions, metrics, pd.DataFrame(infos), cfg, nets)
     io.write_manifest(out, complete=True)
     return metrics
