@@ -6,8 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from tsconv import synthetic
+from tsconv.cli import app
 from tsconv.config import validate_config
 from tsconv.synthetic import ohlcv_from_returns  # noqa: F401  (tests import it from here)
 
@@ -18,6 +20,42 @@ def ar1_returns(n: int, phi: float = 0.5, sigma: float = 0.01, seed: int = 0) ->
 
 def random_walk_returns(n: int, sigma: float = 0.01, seed: int = 0) -> np.ndarray:
     return synthetic.random_walk(n, sigma, seed)[0]
+
+
+@pytest.fixture(scope="session")
+def known_cache(tmp_path_factory):
+    """Every case's tickers written as CSV files and imported with `tsconv fetch --from-csv`."""
+    root = tmp_path_factory.mktemp("known")
+    cache_dir, oracles, tickers = root / "cache", {}, {}
+    for series in synthetic.CASES:
+        frames, oracle = synthetic.case_frames(series)
+        oracles.update(oracle)
+        tickers[series] = list(frames)
+        for name, frame in frames.items():
+            path = root / f"{name}.csv"
+            frame.to_csv(path)
+            args = [
+                "fetch",
+                "--from-csv",
+                str(path),
+                "--ticker",
+                name,
+                "--data-dir",
+                str(cache_dir),
+            ]
+            result = CliRunner().invoke(app, args)
+            assert result.exit_code == 0, result.output
+    return cache_dir, oracles, tickers
+
+
+def cache_keys(known_cache, series: str) -> list[str]:
+    """The --set items that point a shipped config at one known-answer case in the cache."""
+    cache_dir, _, tickers = known_cache
+    return [
+        "data.source=cache",
+        f"data.dir={cache_dir}",
+        f"data.tickers=[{','.join(tickers[series])}]",
+    ]
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from tests.conftest import cache_keys
 from tsconv import metrics, synthetic
 from tsconv.cli import app
 
@@ -27,32 +28,6 @@ pytestmark = pytest.mark.slow
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SHIPPED = ["quick", "wf_msft", "tcn", "multiscale"]
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """Every case's tickers written as CSV files and imported with `tsconv fetch --from-csv`."""
-    root = tmp_path_factory.mktemp("known")
-    cache_dir, oracles, tickers = root / "cache", {}, {}
-    for series in synthetic.CASES:
-        frames, oracle = synthetic.case_frames(series)
-        oracles.update(oracle)
-        tickers[series] = list(frames)
-        for name, frame in frames.items():
-            path = root / f"{name}.csv"
-            frame.to_csv(path)
-            args = [
-                "fetch",
-                "--from-csv",
-                str(path),
-                "--ticker",
-                name,
-                "--data-dir",
-                str(cache_dir),
-            ]
-            result = CliRunner().invoke(app, args)
-            assert result.exit_code == 0, result.output
-    return cache_dir, oracles, tickers
 
 
 def backtest(tmp_path: Path, config: str, data: list[str]) -> tuple[dict, pd.DataFrame]:
@@ -66,14 +41,9 @@ def backtest(tmp_path: Path, config: str, data: list[str]) -> tuple[dict, pd.Dat
     return m, pd.read_parquet(out / "predictions.parquet")
 
 
-def run_case(tmp_path, cache, config, series):
-    cache_dir, oracles, tickers = cache
-    data = [
-        "data.source=cache",
-        f"data.dir={cache_dir}",
-        f"data.tickers=[{','.join(tickers[series])}]",
-    ]
-    m, pred = backtest(tmp_path, config, data)
+def run_case(tmp_path, known_cache, config, series):
+    m, pred = backtest(tmp_path, config, cache_keys(known_cache, series))
+    oracles = known_cache[1]
     return m, pred, synthetic.oracle_r2_of(pred, oracles)
 
 
@@ -90,8 +60,8 @@ def dm_against(pred: pd.DataFrame, other: str) -> dict:
 
 
 @pytest.mark.parametrize("config", SHIPPED)
-def test_ar1_model_matches_ridge_and_beats_zero(tmp_path, cache, config):
-    m, _, oracle = run_case(tmp_path, cache, config, "ar1")
+def test_ar1_model_matches_ridge_and_beats_zero(tmp_path, known_cache, config):
+    m, _, oracle = run_case(tmp_path, known_cache, config, "ar1")
     f = m["forecast"]
     model, ridge = f["prediction"]["r2_oos"], f["ridge_ar"]["r2_oos"]
     assert ridge > 0.15 and oracle > 0.2  # the series does carry the signal
@@ -101,8 +71,8 @@ def test_ar1_model_matches_ridge_and_beats_zero(tmp_path, cache, config):
 
 
 @pytest.mark.parametrize("config", SHIPPED)
-def test_nonlinear_model_beats_ridge_and_nears_the_oracle(tmp_path, cache, config):
-    m, pred, oracle = run_case(tmp_path, cache, config, "tent")
+def test_nonlinear_model_beats_ridge_and_nears_the_oracle(tmp_path, known_cache, config):
+    m, pred, oracle = run_case(tmp_path, known_cache, config, "tent")
     f = m["forecast"]
     model, ridge = f["prediction"]["r2_oos"], f["ridge_ar"]["r2_oos"]
     assert ridge < 0.4 * oracle  # a linear forecast on the shipped features does poorly here
@@ -112,8 +82,8 @@ def test_nonlinear_model_beats_ridge_and_nears_the_oracle(tmp_path, cache, confi
 
 
 @pytest.mark.parametrize("config", SHIPPED)
-def test_random_walk_shows_no_edge(tmp_path, cache, config):
-    m, _, _ = run_case(tmp_path, cache, config, "random_walk")
+def test_random_walk_shows_no_edge(tmp_path, known_cache, config):
+    m, _, _ = run_case(tmp_path, known_cache, config, "random_walk")
     f = m["forecast"]["prediction"]
     assert abs(f["directional_accuracy"] - 0.5) <= 3 * f["directional_accuracy_se"], f
     assert f["dm_vs_zero"]["p_value"] > 0.05, f["dm_vs_zero"]
@@ -131,18 +101,15 @@ def test_real_sample_is_not_significantly_worse_than_zero(tmp_path, config):
     assert not (dm["p_value"] < 0.05 and dm["stat"] > 0), dm
 
 
-def test_on_ar1_a_cost_aware_position_beats_sign_after_10_bps(tmp_path, cache):
+def test_on_ar1_a_cost_aware_position_beats_sign_after_10_bps(tmp_path, known_cache):
     """Trading a forecast by its sign pays for every tiny forecast that flips; at 10 bps the
     threshold rule (trade only past the cost) keeps more of AR(1)'s edge. Same predictions,
     two position rules."""
     from tsconv import report
     from tsconv.config import load_config
 
-    cache_dir, _, tickers = cache
     data = [
-        "data.source=cache",
-        f"data.dir={cache_dir}",
-        f"data.tickers=[{','.join(tickers['ar1'])}]",
+        *cache_keys(known_cache, "ar1"),
         "backtest.cost_bps=10",
         "backtest.position=threshold",
     ]

@@ -65,6 +65,21 @@ def test_pbo_by_hand_two_trials_two_blocks():
     assert out["pbo"] == 0.0 and out["logits"] == pytest.approx([math.log(2)] * 2)
 
 
+def test_pbo_gives_tied_trials_their_middle_rank():
+    # trials 1 and 2 never trade (Sharpe 0). Split 1: trial 0 is best on the first half and
+    # worst on the second: rank 1 of 3, w = 1/4, logit -log 3. Split 2: on the second half
+    # the flat trials are best (argmax takes trial 1); on the first, trial 0 beats both and
+    # trial 1 ties trial 2 for ranks 1 and 2: rank 1.5, w = 1.5/4, logit log(3/5).
+    up, down = [0.02, 0.01, 0.03, 0.02], [-0.01, -0.02, -0.01, -0.03]
+    flat = [0.0] * 8
+    out = pbo_cscv(np.array([up + down, flat, flat]).T, blocks=2)
+    assert out["logits"] == pytest.approx([-math.log(3), math.log(3 / 5)])
+    # three identical strategies: the selected one shares rank 2 of 3, w = 1/2, logit 0
+    same = np.array([up + down] * 3).T
+    out = pbo_cscv(same, blocks=2)
+    assert out["logits"] == pytest.approx([0.0, 0.0]) and out["pbo"] == 1.0
+
+
 def test_pbo_is_about_one_half_on_noise_and_low_with_a_real_edge():
     rng = np.random.default_rng(1)
     noise = rng.normal(0, 0.01, (800, 30))

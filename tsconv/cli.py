@@ -426,6 +426,132 @@ def _resumable_backtest(folder: Path, config, set_, out_dir):
     return checkpoint.config_of({"config": json.loads(stored.read_text())}, stored)
 
 
+# --------------------------------------------------------------------------- sweep
+
+
+@app.command()
+@user_errors
+def sweep(
+    config: ConfigOpt = None,
+    space_file: Annotated[
+        Path | None,
+        typer.Option("--space", "-s", help="Search space YAML, or a shipped space's name (quick)."),
+    ] = None,
+    set_: SetOpt = None,
+    trials: Annotated[
+        int | None, typer.Option("--trials", metavar="N", help="Trials (sweep.trials)")
+    ] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Sweep folder (default runs/<name>-sweep)")
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option("--resume", help="Continue an interrupted sweep folder (its own settings)"),
+    ] = None,
+    workers: Annotated[
+        str | None,
+        typer.Option(
+            "--workers", metavar="N", help="Processes running trials at once (auto: the cores)"
+        ),
+    ] = None,
+    executor: Annotated[
+        str | None,
+        typer.Option(
+            "--executor", metavar="local|ray", help="Where trials run: here, or Ray tasks"
+        ),
+    ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address", metavar="ADDR", help="An existing Ray cluster (auto, ray://host:10001)"
+        ),
+    ] = None,
+) -> None:
+    """Search configs walk-forward on a selection period, evaluate the best once on a later
+    holdout, and report how much of it is luck (deflated Sharpe ratio, PBO)."""
+    from tsconv import space as spaces
+    from tsconv.sweep import resumable, run_sweep
+
+    if resume is not None:
+        if config is not None or space_file is not None or set_ or out_dir is not None:
+            raise UsageError(
+                "--resume FOLDER continues with the config and space saved in FOLDER; drop "
+                "--config, --space, --set and --out"
+            )
+        base, spc = resumable(resume, trials)
+        target = resume
+    else:
+        if config is None or space_file is None:
+            raise UsageError(
+                "--config and --space are required (e.g. --config quick --space quick)"
+            )
+        base = _config(config, set_)
+        spc = spaces.read_space(space_file, base, trials)
+        target = out_dir or Path("runs") / f"{base.name or config.stem}-sweep"
+    # --workers and --executor are validated as the backtest keys are, then run the trials
+    run_cfg = _with_execution(base, workers, executor, ray_address)
+    n_workers = run_cfg.backtest.workers
+    if n_workers == "auto":
+        import torch
+
+        n_workers = torch.get_num_threads()
+    with _progress() as progress:
+        task = progress.add_task("sweep", total=spc.sweep.trials, info="")
+        best: list[float] = []
+
+        def on_trial(done: int, total: int, row: dict[str, Any]) -> None:
+            if "value" in row:
+                best.append(row["value"])
+            info = f"trial {row['trial']}: " + (
+                f"{spc.sweep.objective} {row['value']:.3f} (best {max(best):.3f})"
+                if "value" in row
+                else "failed"
+            )
+            progress.update(task, total=total, completed=done, info=info)
+
+        r = run_sweep(
+            base,
+            spc,
+            target,
+            resume=resume is not None,
+            workers=int(n_workers),
+            executor=run_cfg.backtest.executor,
+            address=run_cfg.backtest.ray_address,
+            on_trial=on_trial,
+        )
+    out.print(_leaderboard_table(target, list(spc.space)))
+    out.print(r["verdict"], soft_wrap=False)
+    out.print(f"-> {target / 'report.html'}", soft_wrap=True)
+
+
+def _leaderboard_table(folder: Path, keys: list[str], top: int = 5) -> Table:
+    """The best trials, each parameter under the last part of its key (lr, not train.lr)."""
+    import pandas as pd
+    from rich import box
+
+    board = pd.read_csv(folder / "leaderboard.csv")
+    short = [k.rsplit(".", 1)[-1] for k in keys]
+    names = [*(keys if len(set(short)) < len(short) else short), "Sharpe", "R2 OS", "IC"]
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        title=f"best {min(top, len(board))} of {len(board)} trials on the selection period",
+    )
+    for name in ["trial", *names]:
+        table.add_column(name, justify="right")
+    for _, row in board.head(top).iterrows():
+        cells = [row[k] for k in ["trial", *keys, "sharpe", "r2_oos", "ic"]]
+        table.add_row(*(_cell(v) for v in cells))
+    return table
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return "-" if v != v else f"{v:.3g}"
+    return str(v)
+
+
 # --------------------------------------------------------------------------- config
 
 config_app = typer.Typer(no_args_is_help=True, help="The shipped configs: list them, copy one.")

@@ -237,7 +237,7 @@ def _section_for(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     return model if isinstance(model, type) and issubclass(model, BaseModel) else None
 
 
-def _format_error(err: dict[str, Any]) -> str:
+def format_error(err: dict[str, Any]) -> str:
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
     key = ".".join(str(p) for p in loc) or "config"
     if err["type"] == "extra_forbidden":
@@ -275,7 +275,7 @@ def validate_config(
     except ValidationError as exc:
         errors = exc.errors()
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        first = _format_error(errors[0])
+        first = format_error(errors[0])
         bad_key = first.split(":", 1)[0]
         for item in reversed(overrides or []):
             key = item.partition("=")[0].strip()
@@ -285,14 +285,14 @@ def validate_config(
         raise ConfigError(f"{source}: {first}{more}") from None
 
 
-def read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path, what: str = "config") -> dict[str, Any]:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
+        raise ConfigError(f"{path}: {what} file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read config: {exc}") from None
+        raise ConfigError(f"{path}: cannot read {what}: {exc}") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -321,39 +321,45 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             parsed = yaml.safe_load(value) if value.strip() else None
         except yaml.YAMLError:
             parsed = value
-        node = out
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {key}: {part} is not a section")
-            node = child
-        node[parts[-1]] = parsed
+        set_dotted(out, key, parsed, f"--set {key}")
     return out
 
 
-def shipped_configs() -> dict[str, Path]:
-    """The configs that ship with tsconv, by name (`quick`, `tcn`, ...)."""
+def set_dotted(raw: dict[str, Any], key: str, value: Any, source: str) -> None:
+    """raw[a][b][c] = value for key "a.b.c", creating sections as needed (in place)."""
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{source}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def shipped_configs(folder: str = "") -> dict[str, Path]:
+    """The configs that ship with tsconv, by name (`quick`, `tcn`, ...); `folder="spaces"`:
+    the sweep spaces."""
     from importlib import resources
 
-    folder = Path(str(resources.files("tsconv") / "configs"))
-    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+    root = Path(str(resources.files("tsconv") / "configs")) / folder
+    return {p.stem: p for p in sorted(root.glob("*.yaml"))}
 
 
-def resolve_config_path(path: Path) -> Path:
+def resolve_config_path(path: Path, folder: str = "", what: str = "config") -> Path:
     """`path` itself, or, for a bare name that is no file here (`quick`, `quick.yaml`), the
     shipped config of that name: after `pip install` there is no configs/ folder to point at."""
     path = Path(path)
     if path.exists() or len(path.parts) > 1 or path.suffix not in ("", ".yaml"):
         return path
-    shipped = shipped_configs()
+    shipped = shipped_configs(folder)
     if path.stem in shipped:
         return shipped[path.stem]
     if path.suffix == "":
         raise ConfigError(
-            f"{path}: no such config file or shipped config (shipped: {', '.join(shipped)})"
+            f"{path}: no such {what} file or shipped {what} (shipped: {', '.join(shipped)})"
         )
     return path
 

@@ -330,7 +330,7 @@ def _fmt(v: Any, spec: str) -> str:
     return text[1:] if text.startswith("-") and not text.strip("-0.%e+") else text
 
 
-def _html_table(header: list[str], rows: list[list[str]]) -> str:
+def html_table(header: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows
@@ -409,7 +409,7 @@ TABLE_HEADER = [
 ]
 
 
-def _png(fig: Any, left: float = 0.7, bottom: float = 0.45) -> str:
+def png_base64(fig: Any, left: float = 0.7, bottom: float = 0.45) -> str:
     """PNG as base64. Margins are fixed in inches: `tight_layout` measured every tick label
     and took about 40% of the report's time (0.05 s a figure, `scripts/bench_walkforward.py`)."""
     import matplotlib.pyplot as plt
@@ -488,7 +488,7 @@ def _figures(
             "Equity curves",
             "Compounded equity after costs of the model's strategy, each baseline's strategy "
             "and buy-and-hold, on a log scale",
-            _png(fig, left=0.8),
+            png_base64(fig, left=0.8),
         )
     )
     fig, ax = plt.subplots(figsize=(8, 2.6))
@@ -504,7 +504,7 @@ def _figures(
         (
             "Drawdown",
             "Drawdown in percent of the model's strategy and of buy-and-hold",
-            _png(fig, left=0.8),
+            png_base64(fig, left=0.8),
         )
     )
     figs.append(_rolling_figure(pred, nets["prediction"], m, plt))
@@ -532,7 +532,7 @@ def _rolling_figure(pred: pd.DataFrame, net: pd.Series, m: dict[str, Any], plt: 
     return (
         "Rolling IC and Sharpe",
         "Rolling 63-bar information coefficient and rolling 126-bar annualised net Sharpe ratio",
-        _png(fig, left=0.8),
+        png_base64(fig, left=0.8),
     )
 
 
@@ -555,7 +555,7 @@ def _calibration_figure(pred: pd.DataFrame, plt: Any):
         "Predicted vs realised",
         "Mean realised return against mean prediction in each decile of the predictions, "
         "with 95% error bars",
-        _png(fig, left=0.95, bottom=0.6),
+        png_base64(fig, left=0.95, bottom=0.6),
     )
 
 
@@ -577,7 +577,7 @@ def _quantile_figure(q: dict[str, Any], plt: Any):
     return (
         "Quantile chart",
         "Mean realised return in basis points by forecast bucket, with 95% error bars",
-        _png(fig, left=0.8, bottom=0.6),
+        png_base64(fig, left=0.8, bottom=0.6),
     )
 
 
@@ -604,10 +604,10 @@ def _tests_html(m: dict[str, Any]) -> str:
     return (
         "<h3>Forecast against each baseline (Diebold-Mariano on squared error; negative: the "
         "model's error is lower)</h3>"
-        + _html_table(["baseline", "DM", "p", "p, Holm"], dm_rows)
+        + html_table(["baseline", "DM", "p", "p, Holm"], dm_rows)
         + "<h3>Strategy against each other strategy, net of costs (Ledoit-Wolf test of equal "
         "Sharpe ratios)</h3>"
-        + _html_table(
+        + html_table(
             ["strategy", "its Sharpe", "model minus it, annualised", "z", "p", "p, Holm"], sv_rows
         )
     )
@@ -637,7 +637,7 @@ def _breakdown_html(rows: dict[str, dict[str, Any]], label: str, extra: pd.DataF
             match = extra[extra[label].astype(str) == key]
             cells += [str(match[c].iloc[0]) if len(match) else "-" for c in extra_cols]
         body.append(cells)
-    return _html_table([*head, *extra_cols], body)
+    return html_table([*head, *extra_cols], body)
 
 
 def _monthly_html(net: pd.Series) -> str:
@@ -651,7 +651,7 @@ def _monthly_html(net: pd.Series) -> str:
         [str(year), *("" if pd.isna(v) else _fmt(v, ".1%") for v in table.loc[year])]
         for year in table.index
     ]
-    return _html_table(["year", *months], rows)
+    return html_table(["year", *months], rows)
 
 
 def _strategy_words(cfg: Config) -> str:
@@ -718,7 +718,7 @@ def _quantile_html(q: dict[str, Any]) -> str:
         else "All predictions bucketed by the quantiles of the whole test span (fewer tickers "
         "a date than buckets): a calibration check, not a tradable rule"
     )
-    return f"<p>{html.escape(how)}. {html.escape(quantile_words(q))}</p>" + _html_table(
+    return f"<p>{html.escape(how)}. {html.escape(quantile_words(q))}</p>" + html_table(
         ["bucket", "n", "mean prediction, bps", "mean realised, bps", "se, bps"], rows
     )
 
@@ -748,7 +748,13 @@ def _kept_words(folds: pd.DataFrame, cfg: Config) -> str:
     )
 
 
-def _section(anchor: str, title: str, body: str) -> str:
+STYLE = """body{font-family:sans-serif;max-width:960px;margin:2em auto}table{border-collapse:collapse}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td{white-space:nowrap}
+dt{font-weight:bold}
+figure{margin:0.5em 0}"""
+
+
+def html_section(anchor: str, title: str, body: str) -> str:
     return f"<section id='{anchor}'><h2>{html.escape(title)}</h2>{body}</section>\n"
 
 
@@ -786,48 +792,45 @@ def render_html(
         f"<p>Each strategy at {bt.cost_bps:g} bps a unit of turnover, {esc(_strategy_words(cfg))}; "
         "turnover is the mean |change of position| a bar, cost drag what costs take a year, "
         "break-even the cost at which the mean net return is zero.</p>"
-        + _html_table(cost_header(sharpe="Sharpe at "), cost_rows(m))
+        + html_table(cost_header(sharpe="Sharpe at "), cost_rows(m))
     )
     sections = [
-        _section("verdict", "Verdict", f"<p>{esc(m['verdict'])}</p>{_tests_html(m)}"),
-        _section("baselines", "Model vs baselines", _html_table(TABLE_HEADER, table_rows(m))),
-        _section("costs", "Costs and turnover", costs),
-        _section("equity", "Equity and drawdown", figs["Equity curves"] + figs["Drawdown"]),
-        _section(
+        html_section("verdict", "Verdict", f"<p>{esc(m['verdict'])}</p>{_tests_html(m)}"),
+        html_section("baselines", "Model vs baselines", html_table(TABLE_HEADER, table_rows(m))),
+        html_section("costs", "Costs and turnover", costs),
+        html_section("equity", "Equity and drawdown", figs["Equity curves"] + figs["Drawdown"]),
+        html_section(
             "quantiles",
             "Quantile analysis: realised return by forecast bucket",
             _quantile_html(m.get("quantiles") or {})
             + _rank_ic_html(m)
             + figs.get("Quantile chart", ""),
         ),
-        _section("calibration", "Predicted vs realised", figs["Predicted vs realised"]),
-        _section("rolling", "Rolling IC and Sharpe", figs["Rolling IC and Sharpe"]),
-        _section(
+        html_section("calibration", "Predicted vs realised", figs["Predicted vs realised"]),
+        html_section("rolling", "Rolling IC and Sharpe", figs["Rolling IC and Sharpe"]),
+        html_section(
             "per-ticker",
             "Per ticker"
             if bt.portfolio == "per_ticker"
             else "Per ticker: contribution to the book",
             _breakdown_html(m["by_ticker"], "ticker", None),
         ),
-        _section("per-fold", "Per fold", _breakdown_html(m["by_fold"], "fold", fold_extra)),
-        _section(
+        html_section("per-fold", "Per fold", _breakdown_html(m["by_fold"], "fold", fold_extra)),
+        html_section(
             "monthly",
             "Monthly net returns of the model's strategy",
             _monthly_html(nets["prediction"]),
         ),
-        _section("folds", "Folds (bookkeeping)", fold_table),
-        _section("definitions", "Definitions", f"<dl>{defs}</dl>"),
-        _section(
+        html_section("folds", "Folds (bookkeeping)", fold_table),
+        html_section("definitions", "Definitions", f"<dl>{defs}</dl>"),
+        html_section(
             "config",
             "Resolved config",
             f"<pre>{esc(json.dumps(results_config(cfg), indent=2))}</pre>",
         ),
     ]
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>tsconv backtest</title>
-<style>body{{font-family:sans-serif;max-width:960px;margin:2em auto}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}td{{white-space:nowrap}}
-dt{{font-weight:bold}}
-figure{{margin:0.5em 0}}</style></head><body>
+<style>{STYLE}</style></head><body>
 <h1>tsconv walk-forward backtest</h1>
 <p>{esc(", ".join(m["tickers"]))}: {m["n_predictions"]} predictions from {m["first_date"]} to {m["last_date"]}{esc(_late_words(pred))}
 in {m["folds"]} folds ({esc(bt.scheme)} window, refit every {bt.test_span} bars,
@@ -842,10 +845,12 @@ def write_outputs(
     folds: pd.DataFrame,
     cfg: Config,
     nets: dict[str, pd.Series] | None = None,
+    report_html: bool = True,
 ) -> None:
     timing = m.pop("timing", None)
     io.write_json(Path(out) / "metrics.json", m)
     if timing is not None:
         io.write_json(Path(out) / "timing.json", timing)
         m["timing"] = timing
-    io.write_text(Path(out) / "report.html", render_html(pred, m, folds, cfg, nets))
+    if report_html:
+        io.write_text(Path(out) / "report.html", render_html(pred, m, folds, cfg, nets))

@@ -67,15 +67,24 @@ def deflated_sharpe(returns: np.ndarray, trial_sharpes: np.ndarray) -> dict[str,
     }
 
 
-def _sharpe_columns(block: np.ndarray) -> np.ndarray:
+def sharpe_columns(block: np.ndarray) -> np.ndarray:
     sd = block.std(axis=0, ddof=1)
     return np.divide(block.mean(axis=0), sd, out=np.zeros(block.shape[1]), where=sd > 0)
 
 
-def pbo_cscv(returns: np.ndarray, blocks: int = 16) -> dict[str, Any]:
+def _mean_columns(block: np.ndarray) -> np.ndarray:
+    return block.mean(axis=0)
+
+
+STATISTICS = {"sharpe": sharpe_columns, "mean": _mean_columns}
+
+
+def pbo_cscv(returns: np.ndarray, blocks: int = 16, statistic: str = "sharpe") -> dict[str, Any]:
     """Probability of backtest overfitting of selecting the best of the trials (columns of
-    `returns`, bars in rows) by Sharpe ratio, over all C(blocks, blocks/2) splits. For each
-    split: the in-sample best trial's out-of-sample rank r among N (1 = worst), its relative
+    `returns`, bars in rows) by Sharpe ratio (or by the mean, for per-bar performance such as
+    a loss reduction), over all C(blocks, blocks/2) splits. For each
+    split: the in-sample best trial's out-of-sample rank r among N (1 = worst; ties share their
+    middle rank), its relative
     rank w = r / (N + 1) and logit l = log(w / (1 - w)); PBO is the share of splits with l <= 0
     (the in-sample best at or below the out-of-sample median)."""
     m = np.asarray(returns, float)
@@ -84,14 +93,17 @@ def pbo_cscv(returns: np.ndarray, blocks: int = 16) -> dict[str, Any]:
     n_bars, n_trials = m.shape
     if n_trials < 2 or n_bars < 2 * blocks:
         return {"pbo": math.nan, "splits": 0, "logits": []}
+    score = STATISTICS[statistic]
     parts = np.array_split(np.arange(n_bars), blocks)
     logits = []
     for chosen in itertools.combinations(range(blocks), blocks // 2):
         ins = np.concatenate([parts[i] for i in chosen])
         outs = np.concatenate([parts[i] for i in range(blocks) if i not in chosen])
-        best = int(np.argmax(_sharpe_columns(m[ins])))
-        oos = _sharpe_columns(m[outs])
-        rank = 1 + int(np.sum(oos < oos[best]))  # ties rank the selected trial low
+        best = int(np.argmax(score(m[ins])))
+        oos = score(m[outs])
+        # trials tied with the selected one (the same strategy, or several never in the
+        # market) share the middle of their ranks
+        rank = 1 + np.sum(oos < oos[best]) + (np.sum(oos == oos[best]) - 1) / 2
         w = rank / (n_trials + 1)
         logits.append(math.log(w / (1 - w)))
     lam = np.array(logits)

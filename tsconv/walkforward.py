@@ -203,8 +203,10 @@ def run_backtest(
     resume: bool = False,
     on_fold: FoldHook | None = None,
     prep: Prepared | None = None,
+    report_html: bool = True,
 ) -> dict[str, Any]:
-    """Run every fold (resuming finished ones from disk), then write predictions, metrics, report."""
+    """Run every fold (resuming finished ones from disk), then write predictions, each
+    strategy's net returns, metrics and (unless `report_html` is false) the report."""
     from tsconv import report
 
     out = Path(out)
@@ -261,12 +263,18 @@ def run_backtest(
         else:
             todo.append(fold)
     workers = fold_workers(cfg, len(todo))
-    if cfg.backtest.executor == "ray" and todo and cfg.backtest.retrain == "full":
-        threads = cfg.train.threads or 1
-        parallel.run_folds_ray(prep, todo, device, threads, cfg.backtest.ray_address, finished)
-    elif workers > 1:
-        threads = max(1, torch.get_num_threads() // workers)
-        parallel.run_folds(prep, todo, device, workers, threads, finished)
+    if todo and (workers > 1 or cfg.backtest.executor == "ray") and not warm:
+        ray = cfg.backtest.executor == "ray"
+        parallel.run_folds(
+            prep,
+            todo,
+            device,
+            finished,
+            workers=workers,
+            threads=(cfg.train.threads or 1) if ray else max(1, torch.get_num_threads() // workers),
+            executor=cfg.backtest.executor,
+            address=cfg.backtest.ray_address,
+        )
     else:
         for fold in todo:
             preds, info, state = run_fold(prep, fold, device, state)
@@ -291,6 +299,10 @@ def run_backtest(
     }
     io.write_with(out / "predictions.parquet", lambda tmp: predictions.to_parquet(tmp, index=False))
     io.write_text(out / "folds.csv", pd.DataFrame(infos).to_csv(index=False))
-    report.write_outputs(out, predictions, metrics, pd.DataFrame(infos), cfg, nets)
+    returns = pd.DataFrame(nets).rename_axis("date").reset_index()
+    io.write_with(out / "returns.parquet", lambda tmp: returns.to_parquet(tmp, index=False))
+    report.write_outputs(
+        out, predictions, metrics, pd.DataFrame(infos), cfg, nets, report_html=report_html
+    )
     io.write_manifest(out, complete=True)
     return metrics

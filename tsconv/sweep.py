@@ -1,0 +1,460 @@
+"""`tsconv sweep`: search configs on a selection period, evaluate the chosen one once on a later
+holdout, and say how much of the best result is luck.
+
+The data is split by date. Every trial is a full walk-forward backtest on the selection period
+only: the frames are cut before the first holdout date before any feature is computed, so no
+trial can read the holdout. The best trial by the objective is then evaluated once, walk-forward,
+on the holdout (training, as always, on everything before each test fold). That is the result
+the sweep reports, next to two measures of luck over the trials: the deflated Sharpe ratio of
+the chosen one and the probability of backtest overfitting (`tsconv.selection`).
+
+Optuna proposes the trials and stores them in a SQLite file in the sweep folder; trials run one
+at a time, in local processes or as Ray tasks (`tsconv.parallel`). Each trial's backtest has its
+own folder, so an interrupted sweep resumes where it stopped, trial and fold.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tsconv import io, metrics, parallel, selection, space
+from tsconv.config import Config, config_to_dict, dump_yaml, load_config, validate_config
+from tsconv.errors import DataError, TsconvError, UsageError
+from tsconv.space import SpaceFile
+
+LEVEL = 0.05
+TrialHook = Callable[[int, int, dict[str, Any]], None]
+
+
+def holdout_start(frames: dict[str, pd.DataFrame], holdout: Any) -> pd.Timestamp:
+    """The first holdout date: the date a fraction `holdout` of the dates from the end, or the
+    first date on or after the date `holdout`."""
+    dates = pd.DatetimeIndex(sorted(set().union(*(f.index for f in frames.values()))))
+    if isinstance(holdout, float):
+        k = min(len(dates) - 1, int(round(len(dates) * (1 - holdout))))
+    else:
+        k = int(dates.searchsorted(pd.Timestamp(holdout)))
+        if k >= len(dates):
+            raise DataError(
+                f"sweep.holdout: {holdout} is after the last date of the data, {dates[-1].date()}"
+            )
+    return dates[k]
+
+
+def selection_frames(frames: dict[str, pd.DataFrame], cut: pd.Timestamp) -> dict[str, pd.DataFrame]:
+    return {t: f[f.index < cut] for t, f in frames.items() if (f.index < cut).any()}
+
+
+def trial_config(base: Config, spc: SpaceFile, params: dict[str, Any], source: str) -> Config:
+    """The base config with the space's fixed keys and a trial's parameters; the trial's own
+    folds run one after another (the sweep runs trials side by side instead)."""
+    cfg = space.with_values(base, {**spc.fixed, **params}, source)
+    return space.with_values(cfg, {"backtest.workers": 1, "backtest.executor": "local"}, source)
+
+
+def _objective(m: dict[str, Any], objective: str) -> float:
+    if objective == "r2_oos":
+        return float(m["forecast"]["prediction"]["r2_oos"])
+    sharpe = m["trading"]["prediction"].get("sharpe")
+    return 0.0 if sharpe is None else float(sharpe)  # never in the market: flat, Sharpe 0
+
+
+def trial_row(m: dict[str, Any]) -> dict[str, Any]:
+    """A trial's selection-period figures for trials.parquet and the leaderboard."""
+    f, t = m["forecast"]["prediction"], m["trading"]["prediction"]
+    return {
+        "sharpe": t.get("sharpe"),
+        "annual_return": t.get("annual_return"),
+        "max_drawdown": t.get("max_drawdown"),
+        "in_market": t.get("in_market"),
+        "r2_oos": f.get("r2_oos"),
+        "ic": f.get("ic"),
+        "directional_accuracy": f.get("directional_accuracy"),
+        "dm_vs_zero_p": (f.get("dm_vs_zero") or {}).get("p_value"),
+        "n_predictions": m["n_predictions"],
+    }
+
+
+def _run_trial(frames: dict[str, pd.DataFrame], task: tuple) -> dict[str, Any]:
+    """One trial, in whichever process runs it: its backtest on the selection frames."""
+    from tsconv.experiment import prepare
+    from tsconv.walkforward import run_backtest
+
+    number, raw, folder, objective = task
+    t0 = time.perf_counter()
+    try:
+        cfg = validate_config(raw, f"trial {number}")
+        m = run_backtest(
+            cfg, Path(folder), resume=True, prep=prepare(cfg, frames), report_html=False
+        )
+    except TsconvError as exc:
+        return {"trial": number, "error": str(exc), "seconds": time.perf_counter() - t0}
+    return {
+        "trial": number,
+        "value": _objective(m, objective),
+        **trial_row(m),
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def _trial_folder(out: Path, number: int) -> Path:
+    return out / "trials" / f"{number:03d}"
+
+
+def _engine(frames, workers: int, executor: str, address: str | None, base: Config):
+    import torch
+
+    if executor == "ray":
+        from tsconv.train import select_device
+
+        gpus = int(select_device(base.train.device).type == "cuda")
+        return parallel.ray_cluster(frames, base.train.threads or 1, gpus, address)
+    return parallel.local_pool(frames, workers, max(1, torch.get_num_threads() // workers))
+
+
+def run_sweep(
+    base: Config,
+    spc: SpaceFile,
+    out: Path,
+    *,
+    resume: bool = False,
+    workers: int = 1,
+    executor: str = "local",
+    address: str | None = None,
+    on_trial: TrialHook | None = None,
+    frames: dict[str, pd.DataFrame] | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) the sweep into `out`; returns sweep.json's contents."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from tsconv.data.load import load_frames
+
+    out = Path(out)
+    t0 = time.perf_counter()
+    frames = frames if frames is not None else load_frames(base.data)
+    cut = holdout_start(frames, spc.sweep.holdout)
+    chosen_frames = selection_frames(frames, cut)
+    _check_selection(base, spc, chosen_frames, cut)
+    db = out / "study.db"
+    if db.exists() and not resume:
+        raise UsageError(f"{out} already holds a sweep: --resume {out} continues it, or pick --out")
+    n_trials = spc.sweep.trials
+    if spc.sweep.sampler == "grid":
+        n_trials = min(n_trials, space.grid_size(spc))
+    io.write_text(out / "config.yaml", dump_yaml(base))
+    io.write_text(out / "space.yaml", space.dump(spc))
+    io.write_json(out / "versions.json", {**io.versions(), "seed": base.seed})
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        storage=f"sqlite:///{db}", study_name="sweep", direction="maximize", load_if_exists=True
+    )
+    dists = space.distributions(spc)
+    rows: dict[int, dict[str, Any]] = {}
+
+    def finished(task: tuple, row: dict[str, Any]) -> None:
+        number = row["trial"]
+        if "error" in row:
+            io.write_text(_trial_folder(out, number) / "error.txt", row["error"] + "\n")
+            study.tell(number, state=TrialState.FAIL)
+        else:
+            study.tell(number, row["value"])
+        rows[number] = row
+        if on_trial is not None:
+            on_trial(len(study.get_trials(deepcopy=False, states=_done_states())), n_trials, row)
+
+    workers = 1 if executor == "ray" else max(1, min(workers, n_trials))
+    engine = _engine(chosen_frames, workers, executor, address, base)
+    with engine as run:
+        while True:
+            trials = study.get_trials(deepcopy=False)
+            pending = [t.number for t in trials if t.state == TrialState.RUNNING]
+            if not pending and len(trials) >= n_trials:
+                break
+            start = len(trials) - 1 if pending else len(trials)
+            for number in range(len(trials), space.round_end(spc, start, n_trials)):
+                study.sampler = space.sampler(spc, number)
+                pending.append(study.ask(dists).number)
+            params = {t.number: t.params for t in study.get_trials(deepcopy=False)}
+            tasks = [
+                (
+                    n,
+                    config_to_dict(
+                        trial_config(base, spc, space.decode(spc, params[n]), f"trial {n}")
+                    ),
+                    str(_trial_folder(out, n)),
+                    spc.sweep.objective,
+                )
+                for n in pending
+            ]
+            run(tasks, _run_trial, finished)
+    t_trials = time.perf_counter() - t0
+
+    result = summarize(base, spc, study, out, cut, chosen_frames)
+    best = result["chosen"]
+    holdout_cfg = space.with_values(
+        trial_config(base, spc, best["params"], "holdout"),
+        {
+            "backtest.start": str(cut.date()),
+            "backtest.workers": workers,
+            "backtest.executor": executor,
+            "backtest.ray_address": address,
+        },
+        "holdout",
+    )
+    from tsconv.experiment import prepare
+    from tsconv.walkforward import run_backtest
+
+    hm = run_backtest(holdout_cfg, out / "holdout", resume=True, prep=prepare(holdout_cfg, frames))
+    result["holdout"] = holdout_summary(hm, cut)
+    result["verdict"] = verdict(result)
+    result = metrics.clean(result)  # NaN (a flat strategy's Sharpe ratio) as null
+    io.write_json(out / "sweep.json", result)
+    io.write_json(
+        out / "timing.json",
+        {
+            "trials_seconds": t_trials,
+            "holdout_seconds": time.perf_counter() - t0 - t_trials,
+            "workers": workers,
+            "executor": executor,
+        },
+    )
+    from tsconv import sweep_report
+
+    io.write_text(out / "report.html", sweep_report.render(result, out, hm))
+    io.write_manifest(out, complete=True)
+    return result
+
+
+def _check_selection(base: Config, spc: SpaceFile, frames, cut: pd.Timestamp) -> None:
+    n = max((len(f) for f in frames.values()), default=0)
+    need = base.backtest.train_span + base.backtest.gap + base.window
+    if n <= need:
+        raise DataError(
+            f"sweep.holdout: the selection period before {cut.date()} has {n} bars, no more than "
+            f"backtest.train_span + gap + window = {need}; hold out less, or lower train_span"
+        )
+
+
+def _returns(out: Path, numbers: list[int], objective: str) -> pd.DataFrame:
+    """Per-bar performance of each trial's model, dates in rows and trials in columns, on the
+    dates all of them traded: net returns, or for the r2_oos objective the squared-error
+    reduction against the zero forecast (whose mean ranks trials as R^2 does)."""
+    cols = {}
+    for n in numbers:
+        folder = _trial_folder(out, n)
+        if objective == "r2_oos":
+            p = pd.read_parquet(folder / "predictions.parquet")
+            gain = p["realized"] ** 2 - (p["prediction"] - p["realized"]) ** 2
+            cols[n] = gain.groupby(p["date"]).mean()
+        else:
+            r = pd.read_parquet(folder / "returns.parquet")
+            cols[n] = r.set_index("date")["prediction"]
+    return pd.DataFrame(cols).dropna()
+
+
+def summarize(base, spc, study, out: Path, cut: pd.Timestamp, frames) -> dict[str, Any]:
+    """sweep.json without the holdout: settings, the chosen trial, and the luck measures.
+    Also writes trials.parquet and leaderboard.csv."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if len(complete) < 2:
+        errors = [_trial_folder(out, t.number) / "error.txt" for t in trials]
+        first = next((e.read_text().strip() for e in errors if e.exists()), "no error recorded")
+        raise DataError(f"sweep: {len(complete)} of {len(trials)} trials finished; {first}")
+    table = trials_table(spc, trials, out)
+    io.write_with(out / "trials.parquet", lambda tmp: table.to_parquet(tmp, index=False))
+    board = leaderboard(table)
+    io.write_text(out / "leaderboard.csv", board.to_csv(index=False))
+    best = int(board["trial"].iloc[0])
+    numbers = [t.number for t in complete]
+    perf = _returns(out, numbers, spc.sweep.objective)
+    nets = _returns(out, numbers, "sharpe") if spc.sweep.objective != "sharpe" else perf
+    per_bar = selection.sharpe_columns(nets.to_numpy())
+    dsr = selection.deflated_sharpe(nets[best].to_numpy(), per_bar)
+    periods = json.loads((_trial_folder(out, best) / "metrics.json").read_text())[
+        "periods_per_year"
+    ]
+    dsr["annualised"] = {
+        "sharpe": dsr["sharpe"] * np.sqrt(periods),
+        "expected_max_sharpe": dsr["expected_max_sharpe"] * np.sqrt(periods),
+        "trial_sharpe_std": float(np.sqrt(dsr["sharpe_variance"] * periods)),
+    }
+    pbo = selection.pbo_cscv(
+        perf.to_numpy(),
+        spc.sweep.blocks,
+        statistic="mean" if spc.sweep.objective == "r2_oos" else "sharpe",
+    )
+    logits = np.asarray(pbo.pop("logits"))
+    pbo["logit_quantiles"] = (
+        dict(zip(["q10", "q50", "q90"], np.quantile(logits, [0.1, 0.5, 0.9]).tolist(), strict=True))
+        if len(logits)
+        else {}
+    )
+    pbo["bars"] = len(perf)
+    row = table[table["trial"] == best].iloc[0]
+    return {
+        "settings": spc.sweep.model_dump(mode="json") | {"trials_run": len(trials)},
+        "space": list(spc.space),  # in the space file's order
+        "selection": {
+            "first_date": str(perf.index.min().date()),
+            "last_date": str(max(f.index.max() for f in frames.values()).date()),
+            "holdout_start": str(cut.date()),
+        },
+        "trials": {"complete": len(complete), "failed": len(trials) - len(complete)},
+        "chosen": {
+            "trial": best,
+            "params": space.decode(spc, {t.number: t for t in trials}[best].params),
+            "objective": spc.sweep.objective,
+            "value": float(row["value"]),
+            "sharpe": _none(row["sharpe"]),
+            "r2_oos": _none(row["r2_oos"]),
+        },
+        "deflated_sharpe": dsr,
+        "pbo": pbo,
+        "per_bar_sharpes": per_bar.tolist(),
+        "periods_per_year": int(periods),
+    }
+
+
+def _none(v: Any) -> Any:
+    return None if v is None or (isinstance(v, float) and np.isnan(v)) else float(v)
+
+
+def trials_table(spc: SpaceFile, trials: list, out: Path) -> pd.DataFrame:
+    """One row per trial: number, state, objective value, each parameter (as the config has
+    it; lists as JSON text) and the selection-period figures."""
+    metrics_rows = []
+    for t in trials:
+        folder = _trial_folder(out, t.number)
+        row: dict[str, Any] = {"trial": t.number, "state": t.state.name.lower(), "value": t.value}
+        for key, value in t.params.items():
+            row[key] = value
+        if (folder / "metrics.json").exists() and t.value is not None:
+            row.update(trial_row(json.loads((folder / "metrics.json").read_text())))
+        if (folder / "error.txt").exists():
+            row["error"] = (folder / "error.txt").read_text().strip()
+        metrics_rows.append(row)
+    return pd.DataFrame(metrics_rows)
+
+
+def leaderboard(table: pd.DataFrame) -> pd.DataFrame:
+    """Finished trials, best first (ties: the lower trial number), with their rank."""
+    done = table[table["state"] == "complete"].sort_values(
+        ["value", "trial"], ascending=[False, True], kind="stable"
+    )
+    return done.drop(columns=[c for c in ["state", "error"] if c in done]).assign(
+        rank=np.arange(1, len(done) + 1)
+    )[["rank", *[c for c in done if c not in ("state", "error")]]]
+
+
+def holdout_summary(m: dict[str, Any], cut: pd.Timestamp) -> dict[str, Any]:
+    """The chosen config's walk-forward result on the holdout, and whether it has an edge:
+    a forecast whose squared error is significantly below the zero forecast's (Diebold-Mariano,
+    Holm-adjusted over the baselines), and a strategy that beats buy-and-hold after costs
+    (Ledoit-Wolf, Holm-adjusted over the strategies)."""
+    f, t = m["forecast"]["prediction"], m["trading"]["prediction"]
+    dm = f.get("dm_vs", {})
+    vs_bh = t.get("sharpe_vs", {}).get("buy_and_hold", {})
+    forecast_edge = _significant(dm.get("zero", {}), better_if_negative=True)
+    trading_edge = _significant(vs_bh, better_if_negative=False)
+    word = {
+        (True, True): "edge",
+        (True, False): "forecast edge only",
+        (False, True): "trading edge only",
+        (False, False): "no edge",
+    }[(forecast_edge, trading_edge)]
+    return {
+        "start": str(cut.date()),
+        "first_date": m["first_date"],
+        "last_date": m["last_date"],
+        "folds": m["folds"],
+        "n_predictions": m["n_predictions"],
+        "r2_oos": f.get("r2_oos"),
+        "ic": f.get("ic"),
+        "directional_accuracy": f.get("directional_accuracy"),
+        "dm_vs_zero": dm.get("zero"),
+        "dm_vs_ridge_ar": dm.get("ridge_ar"),
+        "sharpe": t.get("sharpe"),
+        "sharpe_ci95": t.get("sharpe_ci95"),
+        "sharpe_vs_buy_and_hold": vs_bh,
+        "annual_return": t.get("annual_return"),
+        "forecast_edge": forecast_edge,
+        "trading_edge": trading_edge,
+        "verdict": word,
+        "backtest_verdict": m["verdict"],
+    }
+
+
+def _significant(test: dict[str, Any], better_if_negative: bool) -> bool:
+    p, stat = test.get("p_holm"), test.get("stat")
+    if p is None or stat is None or not p < LEVEL:
+        return False
+    return (stat < 0) == better_if_negative
+
+
+def verdict(r: dict[str, Any]) -> str:
+    """The sweep's result in words: the chosen trial, how much of it is luck, the holdout."""
+    c, d, p, h = r["chosen"], r["deflated_sharpe"], r["pbo"], r["holdout"]
+    n = r["trials"]["complete"]
+    params = ", ".join(
+        f"{k}={format(v, '.3g') if isinstance(v, float) else v}" for k, v in c["params"].items()
+    )
+    dsr = d["dsr"]
+    luck = (
+        f"Deflated Sharpe ratio {dsr:.2f}: the probability that its true Sharpe ratio beats the "
+        f"best of {n} skill-less trials (expected maximum {d['annualised']['expected_max_sharpe']:.2f} "
+        f"a year); {'significant' if dsr >= 1 - LEVEL else 'not significant'} at the "
+        f"{1 - LEVEL:.0%} level."
+        if dsr is not None and not np.isnan(dsr)
+        else "Deflated Sharpe ratio: undefined (a flat strategy has no Sharpe ratio)."
+    )
+    pbo = (
+        f"Probability of backtest overfitting {p['pbo']:.2f}: in that share of {p['splits']:,} "
+        "splits of the selection period the trial best on one half ranked at or below the "
+        "median on the other."
+        if p["splits"]
+        else "Probability of backtest overfitting: too few bars for the splits."
+    )
+    value = f"{c['objective']} {c['value']:.3f}"
+    sharpe = h["sharpe"]
+    return (
+        f"Chose trial {c['trial']} of {n} ({params}): selection-period {value}. {luck} {pbo} "
+        f"Holdout {h['first_date']} to {h['last_date']}: {h['verdict'].upper()} "
+        f"(R2 {h['r2_oos']:+.4f}, DM vs zero p = {_p(h['dm_vs_zero'])}, vs ridge AR "
+        f"p = {_p(h['dm_vs_ridge_ar'])}; net Sharpe "
+        f"{'n/a' if sharpe is None else format(sharpe, '.2f')}, vs buy-and-hold "
+        f"p = {_p(h['sharpe_vs_buy_and_hold'])})."
+    )
+
+
+def _p(test: dict[str, Any] | None) -> str:
+    p = (test or {}).get("p_holm", (test or {}).get("p_value"))
+    return "n/a" if p is None else f"{p:.2g}"
+
+
+def resumable(folder: Path, trials: int | None) -> tuple[Config, SpaceFile]:
+    """The base config and space an interrupted sweep in `folder` ran with."""
+    folder = Path(folder)
+    if not (folder / "study.db").exists() or not (folder / "space.yaml").exists():
+        raise UsageError(f"{folder}: not an interrupted sweep (no study.db and space.yaml)")
+    if trials is not None:
+        raise UsageError("--resume continues the sweep as it was set up; drop --trials")
+    base = load_config(folder / "config.yaml")
+    return base, space.read_space(folder / "space.yaml", base)
+
+
+def _done_states():
+    from optuna.trial import TrialState
+
+    return (TrialState.COMPLETE, TrialState.FAIL)
