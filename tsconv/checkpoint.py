@@ -9,6 +9,7 @@ import torch
 
 from tsconv import io
 from tsconv.config import Config, validate_config
+from tsconv.covariates import input_names
 from tsconv.errors import CheckpointError
 
 FORMAT = "tsconv-model/1"
@@ -27,8 +28,8 @@ def save(
     payload = {
         "format": FORMAT,
         "config": cfg.model_dump(mode="json"),
-        "feature_names": list(cfg.features),
-        "in_features": len(cfg.features),
+        "feature_names": input_names(cfg),
+        "in_features": len(input_names(cfg)),
         "window": cfg.window,
         "receptive_field": receptive_field,
         "burn_in": burn_in,
@@ -63,9 +64,9 @@ def config_of(payload: dict[str, Any], path: Path) -> Config:
 
 def check_compatible(payload: dict[str, Any], cfg: Config, path: Path) -> None:
     """Refuse a checkpoint whose features or model shape differ from `cfg`, saying which."""
-    if payload["feature_names"] != list(cfg.features):
+    if payload["feature_names"] != input_names(cfg):
         raise CheckpointError(
-            f"{path}: trained on features {payload['feature_names']}, config has {list(cfg.features)}"
+            f"{path}: trained on features {payload['feature_names']}, config has {input_names(cfg)}"
         )
     stored = payload["config"]["model"]
     current = cfg.model.model_dump(mode="json")

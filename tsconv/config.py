@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import difflib
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -32,12 +33,61 @@ class DataConfig(_Section):
     price: Literal["adj_close", "close"] = "adj_close"
     nan_policy: Literal["drop", "ffill", "error"] = "ffill"
     fill_limit: int = Field(5, ge=0)
+    columns_known_at: Literal["close", "next_open"] = Field(
+        "next_open",
+        description="when a user column (`col:NAME` feature) dated t is known: at t's close, "
+        "or only from the next bar on",
+    )
 
     @model_validator(mode="after")
     def _csv_needs_path(self) -> DataConfig:
         if self.source == "csv" and self.path is None:
             raise ValueError("source 'csv' needs data.path")
         return self
+
+
+class CovariateConfig(_Section):
+    """A series shared by every ticker (an index, a rate, a column of one's own), turned into
+    features on its own dates and aligned to each ticker's by `known_at` (tsconv.covariates)."""
+
+    ticker: str | None = Field(None, description="a ticker from data.source (sample or cache)")
+    file: Path | None = Field(None, description="a CSV/parquet file: a date and numeric columns")
+    features: list[str] = Field(
+        default_factory=lambda: ["log_return"], min_length=1, description="ticker: its features"
+    )
+    columns: list[str] | None = Field(None, description="file: the numeric columns to use")
+    name: str | None = Field(None, description="prefix of its features (default: ticker/file)")
+    lag: int = Field(0, ge=0, le=252, description="bars of its own calendar to delay it by")
+    known_at: Literal["close", "next_open"] = Field(
+        "next_open",
+        description="a value dated d is usable on a ticker's bar t if d < t, or also if d == t "
+        "with close",
+    )
+    fill_limit: int = Field(
+        5, ge=0, description="bars a ticker may reuse one value across holidays and gaps"
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CovariateConfig:
+        if (self.ticker is None) == (self.file is None):
+            raise ValueError("give exactly one of ticker or file")
+        if self.file is not None and "features" in self.model_fields_set:
+            raise ValueError("features are for a ticker; a file's values are used as they are")
+        if self.ticker is not None and self.columns is not None:
+            raise ValueError("columns are for a file; a ticker takes features")
+        if self.file is not None and not self.columns:
+            raise ValueError("a file covariate names its columns, e.g. columns: [vix]")
+        if self.ticker is not None:
+            from tsconv.features import check_feature_names
+
+            if any(f.startswith("col:") for f in self.features):
+                raise ValueError("a ticker covariate takes OHLCV features, not col:")
+            check_feature_names(self.features)
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.name or (self.ticker.upper() if self.ticker else Path(self.file).stem)
 
 
 class TargetConfig(_Section):
@@ -163,6 +213,7 @@ class Config(_Section):
         ],
         min_length=1,
     )
+    covariates: list[CovariateConfig] = Field(default_factory=list)
     target: TargetConfig = Field(default_factory=TargetConfig)
     window: int = Field(256, ge=2)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -191,6 +242,9 @@ class Config(_Section):
             )
         if self.train.burn_in is not None and self.train.burn_in >= self.window:
             raise ValueError(f"train.burn_in={self.train.burn_in} must be < window={self.window}")
+        labels = [c.label for c in self.covariates]
+        if len(set(labels)) < len(labels):
+            raise ValueError(f"covariates: two share the name {labels}; give each a name")
         return self
 
 
@@ -230,6 +284,9 @@ def _section_for(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     """The pydantic model that owns the key at `loc[-1]`."""
     model: Any = Config
     for part in loc[:-1]:
+        if isinstance(part, int):  # an item of a list: the list's item type
+            model = next(iter(typing.get_args(model)), None)
+            continue
         field = getattr(model, "model_fields", {}).get(part)
         if field is None:
             return None

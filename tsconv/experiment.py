@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tsconv import baselines, checkpoint, features, io
+from tsconv import baselines, checkpoint, covariates, features, io
 from tsconv.config import Config, dump_yaml
 from tsconv.data.load import load_frames
 from tsconv.errors import DataError, UsageError
@@ -47,9 +47,26 @@ class Prepared:
     sequence: int  # length of a dense training sequence (tsconv.train.dense_sequence)
 
 
-def prepare(cfg: Config, frames: dict[str, pd.DataFrame] | None = None) -> Prepared:
+def prepare(
+    cfg: Config,
+    frames: dict[str, pd.DataFrame] | None = None,
+    covariate_sources: dict[str, pd.DataFrame] | None = None,
+) -> Prepared:
+    """Features and targets of every ticker (and its covariates), ready for any fold."""
     frames = frames if frames is not None else load_frames(cfg.data)
-    data = features.build(frames, cfg.features, cfg.target.horizon, cfg.data.price)
+    if covariate_sources is None:
+        covariate_sources = covariates.load_sources(cfg)
+    rule = features.UserColumns(
+        cfg.data.columns_known_at, cfg.data.nan_policy == "ffill", cfg.data.fill_limit
+    )
+    data = features.build(
+        frames,
+        cfg.features,
+        cfg.target.horizon,
+        cfg.data.price,
+        covariates.build(cfg, covariate_sources),
+        rule,
+    )
     rf = receptive_field(cfg.model)
     sequence, burn_in = dense_sequence(cfg.window, rf, cfg.train.burn_in)
     need = cfg.window + cfg.target.horizon + 1
@@ -98,6 +115,20 @@ def split_train_val(
     return fit_spans, val_spans
 
 
+def fit_scalers(prep: Prepared, train: dict[str, Span]) -> dict[str, Scaler]:
+    """Each ticker's scaler, fitted on its training rows only."""
+    scalers = {}
+    for t, td in prep.data.items():
+        lo, hi = train.get(t, (0, 0))
+        if hi - lo < 2:
+            # Not trained on (and not predicted by the caller): any finite scaling will do, and
+            # none of its targets are looked at.
+            scalers[t] = Scaler.fit(td.x[: prep.cfg.window], np.array([]))
+            continue
+        scalers[t] = Scaler.fit(td.x[lo:hi], td.y[lo:hi])
+    return scalers
+
+
 def fit_span(
     prep: Prepared,
     train: dict[str, Span],
@@ -119,15 +150,7 @@ def fit_span(
             f"{counts} training bars, not more than window={cfg.window}; lower window or "
             "train.val_fraction, or use more data"
         )
-    scalers = {}
-    for t, td in prep.data.items():
-        lo, hi = train.get(t, (0, 0))
-        if hi - lo < 2:
-            # Not trained on (and not predicted by the caller): any finite scaling will do, and
-            # none of its targets are looked at.
-            scalers[t] = Scaler.fit(td.x[: cfg.window], np.array([]))
-            continue
-        scalers[t] = Scaler.fit(td.x[lo:hi], td.y[lo:hi])
+    scalers = fit_scalers(prep, train)
     panel = make_panel(prep.data, scalers)
     index = {t: i for i, t in enumerate(panel.tickers)}
     mode = "all" if cfg.train.targets == "all" else "last"
@@ -152,7 +175,7 @@ def fit_span(
         )
     val_ds = dataset(val, "last")  # validate exactly as we predict: the window ending at the row
     torch.manual_seed(seed)
-    model = build_model(cfg.model, len(cfg.features))
+    model = build_model(cfg.model, len(covariates.input_names(cfg)))
     if init_state is not None:
         model.load_state_dict(init_state)
     elif resume is None and getattr(model, "highway", None) is not None:
@@ -225,7 +248,7 @@ def training_spans(prep: Prepared) -> tuple[dict[str, Span], dict[str, Span]]:
 
 
 def describe_model(cfg: Config) -> dict[str, Any]:
-    model = build_model(cfg.model, len(cfg.features))
+    model = build_model(cfg.model, len(covariates.input_names(cfg)))
     rf = receptive_field(cfg.model)
     sequence, burn_in = dense_sequence(cfg.window, rf, cfg.train.burn_in)
     dense = cfg.train.targets == "all"

@@ -13,8 +13,9 @@ are emptied again.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -95,17 +96,19 @@ def resolve(name: str) -> tuple[Feature, int]:
 
 def check_feature_names(names: list[str]) -> None:
     for name in names:
+        if name.startswith("col:") and len(name) > 4:
+            continue  # a column of the ticker's own file, checked when the data is read
         try:
             resolve(name)
         except KeyError:
-            valid = ", ".join([*FIXED, "vol_N", "volume_z_N", "mom_N (N in 2..1000)"])
+            valid = ", ".join([*FIXED, "vol_N", "volume_z_N", "mom_N (N in 2..1000)", "col:NAME"])
             raise ValueError(f"unknown feature {name!r}; valid: {valid}") from None
     if len(set(names)) != len(names):
         raise ValueError("a feature is listed twice")
 
 
 def warmup(names: list[str]) -> int:
-    return max(resolve(n)[1] for n in names)
+    return max((resolve(n)[1] for n in names if not n.startswith("col:")), default=0)
 
 
 def compute_features(
@@ -177,19 +180,62 @@ def stack(frames: dict[str, pd.DataFrame], columns: list[str]) -> pd.DataFrame:
 STACK_TICKERS = 256
 
 
+@dataclass(frozen=True)
+class UserColumns:
+    """How `col:NAME` features read a ticker's own extra columns: a value dated t is used on
+    bar t only when known at the close (otherwise from the next bar), gaps forward-filled for
+    at most `fill_limit` bars when `fill` (data.nan_policy ffill)."""
+
+    known_at: str = "next_open"
+    fill: bool = True
+    fill_limit: int = 5
+
+
 def build(
-    frames: dict[str, pd.DataFrame], names: list[str], horizon: int, price: str = "adj_close"
+    frames: dict[str, pd.DataFrame],
+    names: list[str],
+    horizon: int,
+    price: str = "adj_close",
+    covariates: Sequence[Any] = (),
+    columns: UserColumns = UserColumns(),
 ) -> dict[str, TickerData]:
-    """Features and targets per ticker; leading rows without full feature history are dropped."""
+    """Features and targets per ticker; leading rows without full feature history are dropped.
+    `covariates` (tsconv.covariates.Covariate) add their aligned columns after `names`."""
     items = list(frames.items())
     out = {}
     for i in range(0, len(items), STACK_TICKERS):
-        out.update(_build_stacked(dict(items[i : i + STACK_TICKERS]), names, horizon, price))
+        part = dict(items[i : i + STACK_TICKERS])
+        out.update(_build_stacked(part, names, horizon, price, covariates, columns))
     return out
 
 
+def _user_column(frame: pd.DataFrame, ticker: str, name: str, rule: UserColumns) -> np.ndarray:
+    col = name.removeprefix("col:")
+    if col not in frame:
+        extra = [
+            c
+            for c in frame.columns
+            if c not in ("open", "high", "low", "close", "adj_close", "volume")
+        ]
+        raise DataError(
+            f"features: {name}: {ticker} has no numeric column {col!r} "
+            f"(its columns beyond OHLCV: {', '.join(extra) or 'none'})"
+        )
+    values = frame[col]
+    if rule.fill:
+        values = values.ffill(limit=rule.fill_limit)
+    if rule.known_at == "next_open":
+        values = values.shift(1)
+    return values.to_numpy(dtype="float64")
+
+
 def _build_stacked(
-    frames: dict[str, pd.DataFrame], names: list[str], horizon: int, price: str
+    frames: dict[str, pd.DataFrame],
+    names: list[str],
+    horizon: int,
+    price: str,
+    covariates: Sequence[Any],
+    columns: UserColumns,
 ) -> dict[str, TickerData]:
     if not frames:
         return {}
@@ -198,30 +244,46 @@ def _build_stacked(
     shared = set.intersection(*(set(f.columns) for f in frames.values()))
     big = stack(frames, sorted(shared & {price, "open", "high", "low", "close", "volume"}))
     position = np.arange(len(big)) - np.repeat(starts, lengths)
-    feats = compute_features(big, names, price, position).to_numpy()
-    finite_all = np.isfinite(feats).all(axis=1)
+    own = [n for n in names if not n.startswith("col:")]
+    feats_all = compute_features(big, own, price, position).to_numpy()
     logp_all = np.log(big[price].to_numpy())
     target_all = forward_log_return(logp_all, horizon, lengths)
     ret1_all = target_all if horizon == 1 else forward_log_return(logp_all, 1, lengths)
+    inputs = [*names, *(c for cov in covariates for c in cov.values.columns)]
     out = {}
     for (ticker, frame), lo, n in zip(frames.items(), starts, lengths, strict=True):
-        finite = finite_all[lo : lo + n]
+        feats = feats_all[lo : lo + n]
+        if len(own) < len(names):
+            by_name = dict(zip(own, feats.T, strict=True))
+            feats = np.column_stack(
+                [
+                    by_name[name] if name in by_name else _user_column(frame, ticker, name, columns)
+                    for name in names
+                ]
+            )
+        if covariates:
+            feats = np.hstack([feats, *(cov.align(frame.index, ticker) for cov in covariates)])
+        finite = np.isfinite(feats).all(axis=1)
         if not finite.any():
             raise DataError(
-                f"{ticker}: too few bars to compute features {names} ({len(frame)} rows)"
+                f"{ticker}: too few bars to compute features {inputs} ({len(frame)} rows)"
             )
         first = int(np.argmax(finite))
         if not finite[first:].all():
             bad = first + int(np.argmax(~finite[first:]))
-            raise DataError(f"{ticker}: non-finite feature value on {frame.index[bad].date()}")
+            which = [inputs[j] for j in np.flatnonzero(~np.isfinite(feats[bad]))]
+            raise DataError(
+                f"{ticker}: feature {', '.join(which)} is missing or not finite on "
+                f"{frame.index[bad].date()}"
+            )
         rows = slice(lo + first, lo + n)
         out[ticker] = TickerData(
             ticker=ticker,
             dates=frame.index[first:],
-            x=feats[rows].astype(np.float32),
+            x=feats[first:].astype(np.float32),
             y=target_all[rows].copy(),
             ret1=ret1_all[rows].copy(),
             logp=logp_all[rows].copy(),
-            feature_names=list(names),
+            feature_names=inputs,
         )
     return out

@@ -50,6 +50,7 @@ from tsconv.errors import ConfigError
 # What trials may not vary, and why.
 FORBIDDEN = {
     "data": "every trial reads the same data",
+    "covariates": "every trial reads the same data",
     "name": "it names the run, not the model",
     "backtest.train_span": "it moves the test dates, and trials are compared bar for bar",
     "backtest.gap": "it moves the test dates, and trials are compared bar for bar",

@@ -2,8 +2,8 @@
 holdout, and say how much of the best result is luck.
 
 The data is split by date. Every trial is a full walk-forward backtest on the selection period
-only: the frames are cut before the first holdout date before any feature is computed, so no
-trial can read the holdout. The best trial by the objective is then evaluated once, walk-forward,
+only: the bars (and covariates) are cut before the first holdout date before any feature is
+computed, so no trial can read the holdout. The best trial by the objective is then evaluated once, walk-forward,
 on the holdout (training, as always, on everything before each test fold). That is the result
 the sweep reports, next to two measures of luck over the trials: the deflated Sharpe ratio of
 the chosen one and the probability of backtest overfitting (`tsconv.selection`).
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tsconv import io, metrics, parallel, selection, space
+from tsconv import covariates, io, metrics, parallel, selection, space
 from tsconv.config import Config, config_to_dict, dump_yaml, load_config, validate_config
 from tsconv.errors import DataError, TsconvError, UsageError
 from tsconv.space import SpaceFile
@@ -82,8 +82,9 @@ def trial_row(m: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _run_trial(frames: dict[str, pd.DataFrame], task: tuple) -> dict[str, Any]:
-    """One trial, in whichever process runs it: its backtest on the selection frames."""
+def _run_trial(data: tuple[dict, dict], task: tuple) -> dict[str, Any]:
+    """One trial, in whichever process runs it: its backtest on the selection period's bars
+    and covariates."""
     from tsconv.experiment import prepare
     from tsconv.walkforward import run_backtest
 
@@ -92,7 +93,7 @@ def _run_trial(frames: dict[str, pd.DataFrame], task: tuple) -> dict[str, Any]:
     try:
         cfg = validate_config(raw, f"trial {number}")
         m = run_backtest(
-            cfg, Path(folder), resume=True, prep=prepare(cfg, frames), report_html=False
+            cfg, Path(folder), resume=True, prep=prepare(cfg, *data), report_html=False
         )
     except TsconvError as exc:
         return {"trial": number, "error": str(exc), "seconds": time.perf_counter() - t0}
@@ -143,6 +144,8 @@ def run_sweep(
     cut = holdout_start(frames, spc.sweep.holdout)
     chosen_frames = selection_frames(frames, cut)
     _check_selection(base, spc, chosen_frames, cut)
+    sources = covariates.load_sources(base)  # the same for every trial: they cannot vary
+    selection_data = (chosen_frames, selection_frames(sources, cut))
     db = out / "study.db"
     if db.exists() and not resume:
         raise UsageError(f"{out} already holds a sweep: --resume {out} continues it, or pick --out")
@@ -172,7 +175,7 @@ def run_sweep(
             on_trial(len(study.get_trials(deepcopy=False, states=_done_states())), n_trials, row)
 
     workers = 1 if executor == "ray" else max(1, min(workers, n_trials))
-    engine = _engine(chosen_frames, workers, executor, address, base)
+    engine = _engine(selection_data, workers, executor, address, base)
     with engine as run:
         while True:
             trials = study.get_trials(deepcopy=False)
@@ -213,7 +216,7 @@ def run_sweep(
     from tsconv.experiment import prepare
     from tsconv.walkforward import run_backtest
 
-    hm = run_backtest(holdout_cfg, out / "holdout", resume=True, prep=prepare(holdout_cfg, frames))
+    hm = run_backtest(holdout_cfg, out / "holdout", resume=True, prep=prepare(holdout_cfg, frames, sources))
     result["holdout"] = holdout_summary(hm, cut)
     result["verdict"] = verdict(result)
     result = metrics.clean(result)  # NaN (a flat strategy's Sharpe ratio) as null

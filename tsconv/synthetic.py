@@ -49,6 +49,26 @@ def random_walk(n: int, sigma: float = 0.01, seed: int = 0):
 SERIES = {"ar1": ar1, "tent": tent_ar, "random_walk": random_walk}
 
 
+def index_panel(
+    n: int = 2500, tickers: int = 3, beta: float = 1.0, gamma: float = 0.3, seed: int = 0
+) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """A market index with independent daily log returns m, and tickers whose return on day t
+    is beta m[t] + gamma m[t-2] + e[t]: they move with the market the same day (as stocks do)
+    and follow it two days late, the predictable part. The target of a ticker's bar t,
+    r[t+1], holds gamma m[t-1]: the index's return of the day before, known by t's close under
+    any alignment rule, and nothing the ticker's own past holds. Returns (index OHLCV, the
+    tickers' OHLCV)."""
+    rng = np.random.default_rng(seed)
+    m = rng.normal(0, 0.01, n)
+    index = ohlcv_from_returns(m, seed=seed, price0=1000.0)
+    frames = {}
+    for i in range(tickers):
+        e = rng.normal(0, 0.01, n)
+        r = beta * m + gamma * np.r_[0.0, 0.0, m[:-2]] + e
+        frames[f"STOCK{i}"] = ohlcv_from_returns(r, seed=seed + 1 + i, price0=50.0)
+    return index, frames
+
+
 def ohlcv_from_returns(
     returns: np.ndarray, start: str = "2001-01-01", seed: int = 0, price0: float = 100.0
 ) -> pd.DataFrame:

@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from tsconv.data.validate import canonical_column, canonicalize
+from tsconv.data.validate import canonical_column, canonical_series, canonicalize
 from tsconv.errors import DataError, FetchError
 
 MAX_FILE_BYTES = 512 * 1024**2  # larger files are refused before reading, never OOM-killed
@@ -106,6 +106,12 @@ def load_file(path: Path, *, nan_policy: str = "ffill", fill_limit: int = 5) -> 
     return canonicalize(
         raw, str(path), nan_policy=nan_policy, fill_limit=fill_limit, row_offset=offset
     )
+
+
+def load_series(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """A covariate file: its date column and numeric columns (`validate.canonical_series`)."""
+    raw, offset = read_table(path)
+    return canonical_series(raw, str(path), columns, offset)
 
 
 # --------------------------------------------------------------------------- embedded sample

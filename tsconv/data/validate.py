@@ -60,6 +60,7 @@ def canonicalize(
     frame = raw.copy()
     if isinstance(frame.index, pd.DatetimeIndex) or frame.index.name is not None:
         frame = frame.reset_index()
+    given = frame
     mapping: dict[object, str] = {}
     for col in frame.columns:
         canon = canonical_column(col)
@@ -79,22 +80,93 @@ def canonicalize(
     for col in [c for c in CANONICAL if c in frame.columns]:
         values[col] = _parse_numeric(frame[col], col, source, rows)
     out = pd.DataFrame(values, index=pd.DatetimeIndex(dates, name="date"))
-
-    dup = out.index.duplicated(keep="first")
-    if dup.any():
-        i = int(np.argmax(dup))
-        raise DataError(f"{_where(source, rows[i])}: duplicate date {out.index[i].date()}")
-    if not out.index.is_monotonic_increasing:
-        i = int(np.argmax(np.diff(out.index.asi8) < 0)) + 1
-        raise DataError(
-            f"{_where(source, rows[i])}: dates are not in ascending order "
-            f"({out.index[i].date()} after {out.index[i - 1].date()}); sort the file by date"
-        )
+    _check_dates(out.index, source, rows)
+    extra = extra_columns(given, mapping)
+    extra.index = out.index
     out, rows = _apply_nan_policy(out, source, rows, nan_policy, fill_limit)
     _check_values(out, source, rows)
     if len(out) < min_rows:
         raise DataError(f"{source}: only {len(out)} row(s); at least {min_rows} are needed")
-    return out
+    # a user's own columns (`col:NAME` features) ride along; their NaNs are dealt with when a
+    # feature uses them, so a column nobody uses never fails an import
+    return out.join(extra) if len(extra.columns) else out
+
+
+def _check_dates(index: pd.DatetimeIndex, source: str, rows: np.ndarray) -> None:
+    dup = index.duplicated(keep="first")
+    if dup.any():
+        i = int(np.argmax(dup))
+        raise DataError(f"{_where(source, rows[i])}: duplicate date {index[i].date()}")
+    if not index.is_monotonic_increasing:
+        i = int(np.argmax(np.diff(index.asi8) < 0)) + 1
+        raise DataError(
+            f"{_where(source, rows[i])}: dates are not in ascending order "
+            f"({index[i].date()} after {index[i - 1].date()}); sort the file by date"
+        )
+
+
+def column_name(name: object) -> str:
+    """A user column's name as features refer to it: `Sentiment Score` -> `sentiment_score`."""
+    return re.sub(r"[^0-9a-z_]+", "_", str(name).strip().lower()).strip("_")
+
+
+def extra_columns(raw: pd.DataFrame, mapping: dict[object, str]) -> pd.DataFrame:
+    """The columns beyond OHLCV whose every non-blank value is a number, as float64 (NaN where
+    blank), under `column_name`; text columns (a ticker, notes) are left out."""
+    out = {}
+    frame = raw
+    for col in frame.columns:
+        name = column_name(col)
+        if col in mapping or not name or name in CANONICAL or name in out or name == "ticker":
+            continue
+        if canonical_column(col) is not None:
+            continue
+        values = frame[col]
+        if pd.api.types.is_bool_dtype(values.dtype):
+            continue
+        parsed = pd.to_numeric(
+            values.astype("string").str.strip().str.replace(",", ""), errors="coerce"
+        )
+        blank = values.isna() | values.astype("string").str.strip().str.lower().isin(
+            ["", "nan", "null", "na", "n/a", "none", "-"]
+        )
+        if (parsed.isna() & ~blank).any() or parsed.notna().sum() == 0:
+            continue
+        out[name] = parsed.to_numpy(dtype="float64", na_value=np.nan)
+    return pd.DataFrame(out)
+
+
+def canonical_series(
+    raw: pd.DataFrame, source: str, columns: list[str] | None, row_offset: int
+) -> pd.DataFrame:
+    """A covariate file: a date column and numeric columns (all of them, or `columns`), dates
+    parsed, unique and ascending as for bars; NaNs are kept (the covariate's fill rule handles
+    them)."""
+    frame = raw.reset_index() if isinstance(raw.index, pd.DatetimeIndex) or raw.index.name else raw
+    date_cols = [c for c in frame.columns if canonical_column(c) == "date"]
+    if not date_cols:
+        found = ", ".join(map(str, raw.columns)) or "none"
+        raise DataError(f"{source}: no date column; found: {found}")
+    rows = np.arange(len(frame)) + row_offset
+    dates = pd.DatetimeIndex(_parse_dates(frame[date_cols[0]], source, rows), name="date")
+    _check_dates(dates, source, rows)
+    numeric = extra_columns(frame.drop(columns=date_cols), {})
+    if columns:
+        missing = [c for c in columns if column_name(c) not in numeric]
+        if missing:
+            have = ", ".join(numeric.columns) or "none"
+            raise DataError(
+                f"{source}: no numeric column {', '.join(missing)} (numeric columns: {have})"
+            )
+        numeric = numeric[[column_name(c) for c in columns]]
+    if not len(numeric.columns):
+        raise DataError(f"{source}: no numeric columns beside the date")
+    numeric.index = dates
+    bad = ~np.isfinite(numeric.to_numpy()) & numeric.notna().to_numpy()
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise DataError(f"{_where(source, rows[r])}: column {numeric.columns[c]} is not finite")
+    return numeric
 
 
 def _parse_dates(col: pd.Series, source: str, rows: np.ndarray) -> pd.DatetimeIndex:
