@@ -34,6 +34,11 @@ def invoke(args: list[str], code: int = 0):
     return r
 
 
+def audit_cli(report: Path, keys: list[str], code: int = 0):
+    """`tsconv audit` on the shipped quick config with these --set items."""
+    return invoke(["audit", "--config", "quick", "--out", str(report), *keys], code)
+
+
 # --------------------------------------------------------------------------- the rule
 
 
@@ -190,16 +195,7 @@ def test_the_index_as_a_covariate_beats_the_model_without_it(tmp_path, index_cac
     assert dm["stat"] < 0 and dm["p_value"] < 0.01, dm
     with_m = json.loads((tmp_path / "with" / "metrics.json").read_text())
     assert with_m["forecast"]["prediction"]["r2_oos"] > 0.02
-    r = invoke(
-        [
-            "audit",
-            "--config",
-            "quick",
-            "--out",
-            str(tmp_path / "a.json"),
-            *_keys(index_cache, "INDEX"),
-        ]
-    )
+    r = audit_cli(tmp_path / "a.json", _keys(index_cache, "INDEX"))
     assert r.output.strip().splitlines()[-1].startswith("clean"), r.output
     report = json.loads((tmp_path / "a.json").read_text())
     assert report["verdict"] == "clean" and report["checked"]["covariates"] == ["INDEX"]
@@ -213,38 +209,19 @@ def test_on_the_sample_an_index_like_covariate_backtests_and_audits_clean(tmp_pa
     m = json.loads((out / "metrics.json").read_text())
     assert m["tickers"] == ["AAPL", "MSFT"] and m["n_predictions"] > 3000
     assert "IBM" in (out / "config.yaml").read_text()
-    r = invoke(["audit", "--config", "quick", "--out", str(tmp_path / "a.json"), *keys])
+    r = audit_cli(tmp_path / "a.json", keys)
     assert r.output.strip().splitlines()[-1].startswith("clean"), r.output
 
 
 @pytest.mark.slow
 def test_audit_proves_an_early_stamped_covariate_known_at_the_close_leaks(tmp_path, index_cache):
-    r = invoke(
-        [
-            "audit",
-            "--config",
-            "quick",
-            "--out",
-            str(tmp_path / "a.json"),
-            *_keys(index_cache, "INDEXEARLY", "close"),
-        ],
-        code=3,
-    )
+    r = audit_cli(tmp_path / "a.json", _keys(index_cache, "INDEXEARLY", "close"), code=3)
     assert "leak: INDEXEARLY:log_return" in r.output and "it contains the future" in r.output, (
         r.output
     )
     # the safe rule makes the same early stamp harmless, and a late stamp is harmless too
     for cov in ["INDEXEARLY", "INDEXLATE"]:
-        r = invoke(
-            [
-                "audit",
-                "--config",
-                "quick",
-                "--out",
-                str(tmp_path / f"{cov}.json"),
-                *_keys(index_cache, cov),
-            ]
-        )
+        r = audit_cli(tmp_path / f"{cov}.json", _keys(index_cache, cov))
         assert "clean" in r.output
 
 
@@ -294,16 +271,7 @@ def test_user_columns_are_features_by_name_and_a_planted_future_is_found(tmp_pat
         ]
     )
     assert json.loads((out / "metrics.json").read_text())["n_predictions"] > 500
-    r = invoke(
-        [
-            "audit",
-            "--config",
-            "quick",
-            "--out",
-            str(tmp_path / "ok.json"),
-            *_csv_keys(path, "[log_return, col:sentiment_score]"),
-        ]
-    )
+    r = audit_cli(tmp_path / "ok.json", _csv_keys(path, "[log_return, col:sentiment_score]"))
     assert "clean" in r.output
     # the target as a column, known "at the close": a leak; two bars ahead, even the safe rule
     # lets the future in
@@ -311,17 +279,7 @@ def test_user_columns_are_features_by_name_and_a_planted_future_is_found(tmp_pat
         ("[log_return, col:future]", "close"),
         ("[log_return, col:future2]", "next_open"),
     ]:
-        r = invoke(
-            [
-                "audit",
-                "--config",
-                "quick",
-                "--out",
-                str(tmp_path / "x.json"),
-                *_csv_keys(path, features, known_at),
-            ],
-            code=3,
-        )
+        r = audit_cli(tmp_path / "x.json", _csv_keys(path, features, known_at), code=3)
         name = features.split(", ")[1].rstrip("]")
         assert f"leak: {name}" in r.output and "contains the future" in r.output, r.output
     r = invoke(

@@ -216,7 +216,9 @@ def run_sweep(
     from tsconv.experiment import prepare
     from tsconv.walkforward import run_backtest
 
-    hm = run_backtest(holdout_cfg, out / "holdout", resume=True, prep=prepare(holdout_cfg, frames, sources))
+    hm = run_backtest(
+        holdout_cfg, out / "holdout", resume=True, prep=prepare(holdout_cfg, frames, sources)
+    )
     result["holdout"] = holdout_summary(hm, cut)
     result["verdict"] = verdict(result)
     result = metrics.clean(result)  # NaN (a flat strategy's Sharpe ratio) as null
