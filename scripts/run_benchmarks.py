@@ -18,6 +18,7 @@ BENCHES = [
     ["bench_startup.py"],
     ["bench_panel.py", "--tickers", "8"],
     ["bench_scale.py", "--repeats", "3", "--ray"],
+    ["bench_ddp.py", "--repeats", "3"],
 ]
 
 

@@ -219,10 +219,13 @@ def test_audit_proves_an_early_stamped_covariate_known_at_the_close_leaks(tmp_pa
     assert "leak: INDEXEARLY:log_return" in r.output and "it contains the future" in r.output, (
         r.output
     )
-    # the safe rule makes the same early stamp harmless, and a late stamp is harmless too
-    for cov in ["INDEXEARLY", "INDEXLATE"]:
-        r = audit_cli(tmp_path / f"{cov}.json", _keys(index_cache, cov))
-        assert "clean" in r.output
+    # the safe rule holds the same early stamp back a bar, which makes it right: the audit
+    # finds the stamp wrong (a smell, exit 4) and no leak; a late stamp is harmless
+    r = audit_cli(tmp_path / "early.json", _keys(index_cache, "INDEXEARLY"), code=4)
+    assert "smell: INDEXEARLY:log_return" in r.output and "dated a bar early?" in r.output
+    assert "0 leak(s), 1 smell(s)" in r.output, r.output
+    r = audit_cli(tmp_path / "late.json", _keys(index_cache, "INDEXLATE"))
+    assert r.output.strip().splitlines()[-1].startswith("clean"), r.output
 
 
 # --------------------------------------------------------------------------- user columns

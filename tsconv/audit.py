@@ -13,7 +13,8 @@ Findings come in two kinds.
     return that well; a column shifted from the future does, while an autoregressive series
     explains itself by its past.
 - **smell** (exit 4), worth a look: a same-bar correlation of at least 0.3 with the next-step
-  target; a one-bar move of an unadjusted price series by a split's ratio (1/2, 1/3, 2, ...,
+  target; a covariate dated a bar early that the `next_open` rule holds back (its value dated d
+  follows the tickers' return from d to the next bar, not the one ending at d); a one-bar move of an unadjusted price series by a split's ratio (1/2, 1/3, 2, ...,
   within 5%); a stretch of five or more identical
   bars (stale or forward-filled data); a covariate whose calendar leaves a ticker's bar further
   than its fill limit from its last value.
@@ -69,6 +70,7 @@ def run_audit(cfg: Config, folds: int = 2, cut: pd.Timestamp | None = None) -> d
     else:
         prep = prepare(cfg, frames, sources)
         findings += _correlations(prep)
+        findings += _stamps(cfg, frames, sources)
         causal, info = _causality(prep, frames, sources, folds, cut)
         findings += causal
         checked.update(info)
@@ -247,6 +249,44 @@ def _correlations(prep: Prepared) -> list[Finding]:
             out.append(
                 Finding("smell", "correlation", name, t, detail + ": implausibly high for markets")
             )
+    return out
+
+
+def _stamps(cfg: Config, frames, sources) -> list[Finding]:
+    """A covariate whose value dated d moves with the tickers' return of the next bar (d to
+    d+1) and not with that of d itself is dated a bar early (an index of another time zone
+    stamped by its close, a file shifted by one row). Marked `known_at: close` that is a leak
+    (found by the correlation check); under `next_open` the rule holds it back a bar, which
+    makes it right, so it is a smell: the stamp is wrong, not the result."""
+    out = []
+    for c, cov in zip(cfg.covariates, covariates.build(cfg, sources), strict=True):
+        if c.known_at != "next_open":
+            continue
+        for col in cov.values.columns:
+            worst = (0.0, 0.0, "")
+            for t, f in frames.items():
+                r = np.log(f[cfg.data.price if cfg.data.price in f else "close"]).diff()
+                both = pd.DataFrame({"c": cov.values[col], "same": r, "next": r.shift(-1)})
+                both = both.dropna()
+                same, nxt = (
+                    _corr(both["c"].values, both["same"].values),
+                    _corr(both["c"].values, both["next"].values),
+                )
+                if abs(nxt) > abs(worst[0]):
+                    worst = (nxt, same, t)
+            nxt, same, t = worst
+            if abs(nxt) >= SMELL_CORRELATION and abs(nxt) > 2 * abs(same):
+                out.append(
+                    Finding(
+                        "smell",
+                        "stamp",
+                        col,
+                        t,
+                        f"its value dated d moves with the ticker's return of the next bar "
+                        f"({nxt:+.2f}), not of d ({same:+.2f}): dated a bar early? known_at: "
+                        "next_open holds it back a bar, so it does not leak",
+                    )
+                )
     return out
 
 

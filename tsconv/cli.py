@@ -179,9 +179,11 @@ def train(
         Path | None, typer.Option("--resume", help="Continue an interrupted run folder")
     ] = None,
 ) -> None:
-    """Train a TCN or multi-scale model and write a run folder (model.pt, metrics, plots)."""
-    from tsconv import checkpoint
-    from tsconv.experiment import describe_model, run_training
+    """Train a TCN or multi-scale model and write a run folder (model.pt, metrics, plots).
+    Under `torchrun --nproc-per-node N -m tsconv train ...` the processes train one model
+    together (DistributedDataParallel); rank 0 prints and writes."""
+    from tsconv import checkpoint, ddp
+    from tsconv.train import select_device
 
     if resume is not None:
         cfg = checkpoint.config_of({"config": _read_resolved(resume)}, resume / "config.yaml")
@@ -191,6 +193,18 @@ def train(
             raise UsageError("--config is required (e.g. --config configs/quick.yaml)")
         cfg = _config(config, set_)
         target = out_dir or Path("runs") / (cfg.name or config.stem)
+    ddp.start(select_device(cfg.train.device))
+    if not ddp.is_main():
+        out.quiet = err.quiet = True
+    try:
+        _train(cfg, target, resume is not None)
+    finally:
+        ddp.stop()
+
+
+def _train(cfg, target: Path, resume: bool) -> None:
+    from tsconv.experiment import describe_model, run_training
+
     info = describe_model(cfg)
     out.print(
         f"model {info['kind']}: {info['parameters']:,} parameters, receptive field "
@@ -220,9 +234,9 @@ def train(
                 ),
             )
 
-        summary = run_training(
-            cfg, target, resume=resume is not None, on_step=on_step, on_epoch_done=on_epoch
-        )
+        summary = run_training(cfg, target, resume=resume, on_step=on_step, on_epoch_done=on_epoch)
+    if not summary:  # another rank than 0: rank 0 reports
+        return
     best = (
         f"best epoch {summary['best_epoch']}/{summary['epochs_run']}"
         if summary["best_epoch"]

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tsconv import baselines, checkpoint, covariates, features, io
+from tsconv import baselines, checkpoint, covariates, ddp, features, io
 from tsconv.config import Config, dump_yaml
 from tsconv.data.load import load_frames
 from tsconv.errors import DataError, UsageError
@@ -318,6 +318,13 @@ def plot_loss(
     io.write_bytes(path, buf.getvalue())
 
 
+def _processes() -> dict[str, Any]:
+    part = ddp.shard()
+    return (
+        {} if part is None else {"processes": part[1], "backend": torch.distributed.get_backend()}
+    )
+
+
 def run_training(
     cfg: Config, out: Path, *, resume: bool = False, on_step: Any = None, on_epoch_done: Any = None
 ) -> dict[str, Any]:
@@ -337,12 +344,15 @@ def run_training(
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     train, val = training_spans(prep)
-    io.write_text(out / "config.yaml", dump_yaml(cfg))
-    io.write_json(out / "versions.json", io.run_info(cfg.seed, device))
+    main = ddp.is_main()  # under torchrun, rank 0 alone writes the run folder
+    if main:
+        io.write_text(out / "config.yaml", dump_yaml(cfg))
+        io.write_json(out / "versions.json", io.run_info(cfg.seed, device) | _processes())
 
     def save_epoch(state: FitState) -> None:
-        io.save_torch(state_path, {"fit": state.to_dict()})
-        io.write_text(out / "metrics.csv", _metrics_csv(state.result.history))
+        if main:
+            io.save_torch(state_path, {"fit": state.to_dict()})
+            io.write_text(out / "metrics.csv", _metrics_csv(state.result.history))
         if on_epoch_done is not None:
             on_epoch_done(state)
 
@@ -356,6 +366,8 @@ def run_training(
         on_epoch=save_epoch,
         on_step=on_step,
     )
+    if not main:
+        return {}
     checkpoint.save(
         out / "model.pt",
         cfg=cfg,
@@ -396,6 +408,7 @@ def run_training(
         "train_rows": {t: hi - lo for t, (lo, hi) in train.items()},
         "val_rows": {t: hi - lo for t, (lo, hi) in val.items()},
         "warning": window_warning(cfg, prep.receptive_field),
+        **_processes(),
     }
     io.write_json(out / "summary.json", summary)
     state_path.unlink(missing_ok=True)

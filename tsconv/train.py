@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tsconv import ddp
 from tsconv.config import TrainConfig
 from tsconv.errors import ConfigError, TrainingError
 from tsconv.models.tcn import TCN, window_end_outputs, window_end_plan
@@ -341,6 +342,9 @@ def fit(
     per_epoch = steps_per_epoch(len(train_ds), cfg.batch_size, epochs, cfg.min_steps)
     sched = make_scheduler(opt, cfg, per_epoch * epochs)
     step_model = torch.compile(model) if cfg.compile else model
+    part = ddp.shard()  # (rank, processes) under torchrun: this rank runs a slice of each batch
+    if part is not None:
+        step_model = ddp.wrap(step_model, device)
     penalty = _penalty(model)
     use_amp = cfg.amp
     # float16 (GPUs without bf16) needs loss scaling to keep small gradients from underflowing.
@@ -371,7 +375,7 @@ def fit(
 
     eager = model.forward
     full_steps = per_epoch * (epochs - start_epoch)
-    use_graphs = device.type == "cuda" and cfg.cuda_graphs and not cfg.compile
+    use_graphs = device.type == "cuda" and cfg.cuda_graphs and not cfg.compile and part is None
     use_graphs = use_graphs and full_steps >= GRAPH_MIN_STEPS
     params = list(model.parameters())
     with graphed_steps(model, train_ds, cfg.batch_size, use_amp, device, use_graphs) as graphed:
@@ -388,20 +392,23 @@ def fit(
             total = torch.zeros((), dtype=_sum_dtype(device), device=device)
             for idx in epoch_batches(train_ds, per_epoch, cfg.batch_size, gen):
                 run = eager if graphed and len(idx) < cfg.batch_size else step_model
+                size = len(idx)
+                if part is not None:
+                    idx = idx.tensor_split(part[1])[part[0]]
                 batch = train_ds.batch(idx)
                 loss = _train_step(
-                    run, batch, autocast, opt, scaler, params, cfg.clip_grad, penalty
+                    run, batch, autocast, opt, scaler, params, cfg.clip_grad, penalty, part
                 )
                 if sched is not None:
                     sched.step()
-                seen += len(idx)
+                seen += size
                 step += 1
-                total += loss.detach() * len(idx)
-                if on_step is not None:
+                total += loss.detach() * size
+                if on_step is not None and part is None:  # a slice's loss is no batch's loss
                     loss_value = _finite_loss(loss.item(), epoch, cfg)
                     on_step({"epoch": epoch + 1, "loss": loss_value, "seen": step, "of": per_epoch})
             result.steps += step
-            train_loss = _finite_loss(total.item() / max(seen, 1), epoch, cfg)
+            train_loss = _finite_loss(ddp.total(total).item() / max(seen, 1), epoch, cfg)
             train_seconds = time.perf_counter() - t0
             errors = (
                 squared_errors(model, val_ds, device, amp=use_amp) if val_ds is not None else None
@@ -516,15 +523,25 @@ def _train_step(
     params: list[nn.Parameter],
     clip_grad: float,
     penalty: Callable[[], torch.Tensor] | None = None,
+    part: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """One optimizer step on a batch (gradients of `params` clipped to norm `clip_grad` when
-    it is positive); returns the loss (without the penalty), still on the device."""
+    it is positive); returns the loss (without the penalty), still on the device. With `part`
+    (rank, processes) the batch is this rank's slice of one global batch: its loss is its
+    squared errors over the whole batch's target count, and the objective is scaled by the
+    processes because DistributedDataParallel averages their gradients."""
     x, y, mask = batch
     with autocast:
         pred = run(x)[:, 0]
-    loss = masked_mse(pred, y, mask)
+    if part is None:
+        loss = objective = masked_mse(pred, y, mask)
+    else:
+        count = ddp.total(mask.sum().to(torch.float64)).clamp_min(1)
+        diff = torch.where(mask, pred.float() - torch.nan_to_num(y), 0.0)
+        loss = (diff**2).sum() / count.to(diff.dtype)
+        objective = loss * part[1]
     opt.zero_grad(set_to_none=True)
-    scaler.scale(loss if penalty is None else loss + penalty()).backward()
+    scaler.scale(objective if penalty is None else objective + penalty()).backward()
     if clip_grad > 0:
         scaler.unscale_(opt)
         nn.utils.clip_grad_norm_(params, clip_grad)
