@@ -180,8 +180,9 @@ def train(
     ] = None,
 ) -> None:
     """Train a TCN or multi-scale model and write a run folder (model.pt, metrics, plots).
-    Under `torchrun --nproc-per-node N -m tsconv train ...` the processes train one model
-    together (DistributedDataParallel); rank 0 prints and writes."""
+
+    Under torchrun (--nproc-per-node N -m tsconv train) the processes train one model.
+    """
     from tsconv import checkpoint, ddp
     from tsconv.train import select_device
 
@@ -481,8 +482,10 @@ def sweep(
         ),
     ] = None,
 ) -> None:
-    """Search configs walk-forward on a selection period, evaluate the best once on a later
-    holdout, and report how much of it is luck (deflated Sharpe ratio, PBO)."""
+    """Search configs on a selection period; evaluate the best once on a later holdout.
+
+    Each trial is a walk-forward backtest; the report says how much of the best is luck.
+    """
     from tsconv import space as spaces
     from tsconv.sweep import resumable, run_sweep
 
@@ -588,9 +591,10 @@ def audit(
         typer.Option("--out", help="JSON report (default runs/<name>-audit.json)"),
     ] = None,
 ) -> None:
-    """Check a config and its data for look-ahead: rebuild everything up to a cut date with
-    the later bars perturbed and removed, and look for columns that contain the future.
-    Exit 0 clean, 3 a leak proven, 4 only smells."""
+    """Check a config and its data for look-ahead (exit 0 clean, 3 leak, 4 smells).
+
+    Perturbs and removes the bars after a cut date, and looks for columns holding the future.
+    """
     import pandas as pd
 
     from tsconv import io
