@@ -161,7 +161,6 @@ def run_sweep(
         storage=f"sqlite:///{db}", study_name="sweep", direction="maximize", load_if_exists=True
     )
     dists = space.distributions(spc)
-    rows: dict[int, dict[str, Any]] = {}
 
     def finished(task: tuple, row: dict[str, Any]) -> None:
         number = row["trial"]
@@ -170,7 +169,6 @@ def run_sweep(
             study.tell(number, state=TrialState.FAIL)
         else:
             study.tell(number, row["value"])
-        rows[number] = row
         if on_trial is not None:
             on_trial(len(study.get_trials(deepcopy=False, states=_done_states())), n_trials, row)
 
