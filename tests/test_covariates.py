@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -125,6 +126,11 @@ def test_a_covariates_future_never_changes_the_past():
         ({"ticker": "X", "columns": ["a"]}, "columns are for a file"),
         ({"ticker": "X", "features": ["col:a"]}, "OHLCV features, not col:"),
         ({"ticker": "X", "knwon_at": "close"}, "covariates.0.knwon_at: unknown key; did you mean"),
+        ({"ticker": "ZZZ"}, "covariates[0].ticker: 'ZZZ' is not in the embedded sample"),
+        (
+            {"file": "no/such.csv", "columns": ["a"]},
+            "covariates[0].file: no/such.csv: no such file (relative to the current directory",
+        ),
     ],
 )
 def test_covariate_config_errors(tmp_path, covariate, message):
@@ -298,6 +304,43 @@ def test_user_columns_are_features_by_name_and_a_planted_future_is_found(tmp_pat
     )
     assert "features: col:mood: RW has no numeric column 'mood'" in r.output
     assert "sentiment_score" in r.output and not (tmp_path / "y" / "metrics.json").exists()
+
+
+def test_a_leaky_column_is_reported_with_every_ticker_it_leaks_in():
+    rng = np.random.default_rng(0)
+
+    def ticker(leaky: bool):
+        y = rng.normal(size=400)
+        x = np.column_stack([rng.normal(size=400), y if leaky else rng.normal(size=400)])
+        return SimpleNamespace(x=x, y=y, feature_names=["noise", "col:future"])
+
+    prep = SimpleNamespace(
+        cfg=SimpleNamespace(target=SimpleNamespace(horizon=1)),
+        data={"A": ticker(True), "B": ticker(False), "C": ticker(True)},
+    )
+    found = audit._correlations(prep)
+    assert [(f.kind, f.what, f.where) for f in found] == [("leak", "col:future", "A, C")]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--cut", "2030-01-02"],
+            "error: --cut 2030-01-02: outside the audited folds; pick a date",
+        ),
+        (
+            ["--cut", "1999-01-04"],
+            "error: --cut 1999-01-04: outside the audited folds; pick a date",
+        ),
+        (["--folds", "0"], "error: --folds 0: must be at least 1"),
+    ],
+)
+def test_audit_options_outside_the_data_are_one_line_errors(tmp_path, args, message):
+    out = tmp_path / "a.json"
+    r = invoke(["audit", "--config", "quick", "--out", str(out), *args], code=2)
+    assert r.output.startswith(message) and len(r.output.strip().splitlines()) == 1, r.output
+    assert not out.exists()
 
 
 # --------------------------------------------------------------------------- smells and gaps

@@ -68,6 +68,8 @@ def test_interrupted_parallel_run_resumes_to_the_same_bytes(tmp_path):
     m = run_backtest(cfg, out, prep=prep, resume=True, on_fold=lambda d, t, i: seen.append(d))
     assert m["timing"]["folds_resumed"] == 1
     assert seen == list(range(1, m["folds"] + 1))  # the progress counts finished folds
+    columns = [list(pd.read_csv(d / "folds.csv").columns) for d in [tmp_path / "serial", out]]
+    assert columns[0] == columns[1] and "resumed" not in columns[1]
     for name in SAME:
         assert (tmp_path / "serial" / name).read_bytes() == (out / name).read_bytes(), name
 

@@ -118,6 +118,16 @@ def test_a_bad_space_file_is_one_line_naming_the_file_and_key(tmp_path, body, ex
     assert len(r.output.strip().splitlines()) == 1 and not out.exists()
 
 
+def test_sweep_options_are_checked_before_anything_runs(tmp_path):
+    path = write_space(tmp_path, "fixed: {data.tickers: [A]}\nspace: {train.lr: [0.1]}")
+    r = runner.invoke(app, ["sweep", "--config", "quick", "--space", str(path)])
+    assert r.exit_code == 2
+    assert "fixed: data.tickers belongs in the base config (--config or --set)" in r.output
+    r = runner.invoke(app, ["sweep", "--config", "quick", "--space", "quick", "--trials", "1"])
+    assert r.exit_code == 2
+    assert r.output == "error: --trials 1: must be at least 2 (a sweep selects among trials)\n"
+
+
 def test_sweep_needs_a_space_and_resume_its_own_settings(tmp_path):
     r = runner.invoke(app, ["sweep", "--config", "quick"])
     assert r.exit_code == 2 and "--config and --space are required" in r.output
@@ -219,6 +229,23 @@ def test_sweep_writes_every_output(small_sweep):
         assert f"id='{anchor}'" in html, anchor
     assert "data:image/png;base64," in html and "holdout/report.html" in html
     assert "best 5 of 6 trials" in output and r["verdict"][:40] in " ".join(output.split())
+    best = r["chosen"]["trial"]
+    assert f"Chose trial #{best} of 6 (trials/{best:03d}: " in r["verdict"]
+    # each test says which way it went, not only its p-value
+    assert r["verdict"].count(", p = ") == 3 and (
+        "lower, p" in r["verdict"] or "higher, p" in r["verdict"]
+    )
+
+
+@pytest.mark.slow
+def test_a_trial_folder_resumes_only_through_its_sweep(small_sweep):
+    """Resumed on its own a trial would read the whole data, and test on the holdout."""
+    out, _, _ = small_sweep
+    trial = out / "trials" / "000"
+    r = runner.invoke(app, ["backtest", "--resume", str(trial)])
+    assert r.exit_code == 2
+    assert f"is a trial of the sweep in {out.resolve()}" in r.output
+    assert f"tsconv sweep --resume {out.resolve()}" in " ".join(r.output.split())
 
 
 @pytest.mark.slow
@@ -237,9 +264,16 @@ def test_luck_measures_are_those_of_the_trials_own_returns(small_sweep):
     np.testing.assert_allclose(
         per_bar * np.sqrt(252), trials["sharpe"].fillna(0), rtol=1e-9, atol=1e-12
     )
-    dsr = selection.deflated_sharpe(nets[r["chosen"]["trial"]].to_numpy(), per_bar)
+    # trials with identical returns count once among the chances the best had to be lucky
+    distinct = nets.T.drop_duplicates().T
+    dsr = selection.deflated_sharpe(
+        nets[r["chosen"]["trial"]].to_numpy(), selection.sharpe_columns(distinct.to_numpy())
+    )
     assert r["deflated_sharpe"]["dsr"] == pytest.approx(dsr["dsr"])
-    assert r["deflated_sharpe"]["trials"] == 6
+    assert r["deflated_sharpe"]["trials"] == distinct.shape[1] == r["trials"]["distinct"]
+    folds = [pd.read_csv(out / "trials" / f"{n:03d}" / "folds.csv") for n in trials["trial"]]
+    assert r["trials"]["folds"] == sum(map(len, folds))
+    assert r["trials"]["folds_kept_start"] == sum(int((f["best_epoch"] == 0).sum()) for f in folds)
     pbo = selection.pbo_cscv(nets.to_numpy(), 16)
     assert r["pbo"]["pbo"] == pytest.approx(pbo["pbo"]) and r["pbo"]["splits"] == 12870
 

@@ -33,6 +33,7 @@ import torch
 
 from tsconv import covariates
 from tsconv.config import Config
+from tsconv.errors import UsageError
 from tsconv.experiment import Prepared, fit_scalers, known_rows, prepare, split_train_val
 
 LEAK_CORRELATION = 0.5
@@ -124,6 +125,13 @@ def _causality(prep: Prepared, frames, sources, folds: int, cut) -> tuple[list[F
         span = prep.calendar[(prep.calendar >= last.test_start) & (prep.calendar < last.test_end)]
         cut = span[len(span) // 2]
     cut = pd.Timestamp(cut)
+    first, last = audited[0].test_start, prep.calendar[-1]
+    if not first <= cut < last:
+        # after the data nothing can change; before the first test date no prediction is checked
+        raise UsageError(
+            f"--cut {cut.date()}: outside the audited folds; pick a date from {first.date()} "
+            f"(the first test date) to before {last.date()} (the last bar)"
+        )
     base = _fingerprint(prep, audited, cut)
     findings = []
     for variant, (f, s) in {
@@ -224,31 +232,35 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
 
 def _correlations(prep: Prepared) -> list[Finding]:
     """Same-bar features against the next-step target, and against the returns already
-    realised at the bar (the targets of the rows h, h+1, ... bars back)."""
+    realised at the bar (the targets of the rows h, h+1, ... bars back). One finding per
+    column and kind, naming every ticker where it holds, with the largest figures."""
     h = prep.cfg.target.horizon
-    worst: dict[str, tuple[float, float, str]] = {}
+    found: dict[tuple[str, str], list[tuple[float, float, str]]] = {}
     for t, td in prep.data.items():
         y = td.y
         for j, name in enumerate(td.feature_names):
             x = td.x[:, j].astype(np.float64)
             now = _corr(x, y)
             past = max(abs(_corr(x[k:], y[:-k])) for k in range(h, h + PAST_LAGS))
-            if abs(now) > abs(worst.get(name, (0.0, 0.0, ""))[0]):
-                worst[name] = (now, past, t)
+            if abs(now) >= LEAK_CORRELATION and abs(now) > 2 * past:
+                found.setdefault(("leak", name), []).append((now, past, t))
+            elif abs(now) >= SMELL_CORRELATION:
+                found.setdefault(("smell", name), []).append((now, past, t))
     out = []
-    for name, (now, past, t) in worst.items():
+    for (kind, name), hits in found.items():
+        now, past, _ = max(hits, key=lambda hit: abs(hit[0]))
         detail = (
             f"same-bar correlation {now:+.2f} with the next-step target (largest with a return "
             f"already realised: {past:.2f})"
         )
-        if abs(now) >= LEAK_CORRELATION and abs(now) > 2 * past:
-            out.append(
-                Finding("leak", "future_column", name, t, detail + ": it contains the future")
+        where = ", ".join(t for _, _, t in hits)
+        out.append(
+            Finding("leak", "future_column", name, where, detail + ": it contains the future")
+            if kind == "leak"
+            else Finding(
+                "smell", "correlation", name, where, detail + ": implausibly high for markets"
             )
-        elif abs(now) >= SMELL_CORRELATION:
-            out.append(
-                Finding("smell", "correlation", name, t, detail + ": implausibly high for markets")
-            )
+        )
     return out
 
 

@@ -436,6 +436,13 @@ def _resumable_backtest(folder: Path, config, set_, out_dir):
             "and --out"
         )
     stored = Path(folder) / "folds" / "config.json"
+    sweep_folder = Path(folder).resolve().parent.parent
+    if Path(folder).resolve().parent.name == "trials" and (sweep_folder / "study.db").exists():
+        # a trial saw only the selection period; resumed here it would test on the holdout
+        raise UsageError(
+            f"{folder} is a trial of the sweep in {sweep_folder}: continue it with "
+            f"`tsconv sweep --resume {sweep_folder}`"
+        )
     if not stored.exists():
         raise UsageError(f"{folder}: not an interrupted backtest (no folds/config.json)")
     return checkpoint.config_of({"config": json.loads(stored.read_text())}, stored)
@@ -489,6 +496,8 @@ def sweep(
     from tsconv import space as spaces
     from tsconv.sweep import resumable, run_sweep
 
+    if trials is not None and trials < 2:
+        raise UsageError(f"--trials {trials}: must be at least 2 (a sweep selects among trials)")
     if resume is not None:
         if config is not None or space_file is not None or set_ or out_dir is not None:
             raise UsageError(
@@ -542,24 +551,26 @@ def sweep(
 
 
 def _leaderboard_table(folder: Path, keys: list[str], top: int = 5) -> Table:
-    """The best trials, each parameter under the last part of its key (lr, not train.lr)."""
+    """The best trials side by side, one column each (a row per parameter keeps the table
+    narrow however many parameters the space has), each under the last part of its key."""
     import pandas as pd
     from rich import box
 
-    board = pd.read_csv(folder / "leaderboard.csv")
+    board = pd.read_csv(folder / "leaderboard.csv").head(top)
     short = [k.rsplit(".", 1)[-1] for k in keys]
     names = [*(keys if len(set(short)) < len(short) else short), "Sharpe", "R2 OS", "IC"]
     table = Table(
         box=box.SIMPLE_HEAD,
         show_edge=False,
         pad_edge=False,
-        title=f"best {min(top, len(board))} of {len(board)} trials on the selection period",
+        title=f"best {len(board)} of {len(pd.read_csv(folder / 'leaderboard.csv'))} trials "
+        "on the selection period",
     )
-    for name in ["trial", *names]:
-        table.add_column(name, justify="right")
-    for _, row in board.head(top).iterrows():
-        cells = [row[k] for k in ["trial", *keys, "sharpe", "r2_oos", "ic"]]
-        table.add_row(*(_cell(v) for v in cells))
+    table.add_column("trial")
+    for number in board["trial"]:
+        table.add_column(f"#{number}", justify="right")
+    for name, key in zip(names, [*keys, "sharpe", "r2_oos", "ic"], strict=True):
+        table.add_row(name, *(_cell(v) for v in board[key]))
     return table
 
 
@@ -578,7 +589,7 @@ def audit(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     folds: Annotated[
-        int, typer.Option("--folds", min=1, help="Walk-forward folds whose predictions are checked")
+        int, typer.Option("--folds", help="Walk-forward folds whose predictions are checked")
     ] = 2,
     cut: Annotated[
         str | None,
@@ -602,6 +613,8 @@ def audit(
 
     if config is None:
         raise UsageError("--config is required (e.g. --config configs/quick.yaml)")
+    if folds < 1:
+        raise UsageError(f"--folds {folds}: must be at least 1")
     cfg = _config(config, set_)
     when = None
     if cut is not None:

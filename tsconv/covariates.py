@@ -85,16 +85,26 @@ def load_sources(cfg: Config) -> dict[str, pd.DataFrame]:
 
     out = {}
     for i, c in enumerate(cfg.covariates):
+        key = f"covariates[{i}].{'file' if c.file is not None else 'ticker'}"
         if c.file is not None:
+            if not Path(c.file).is_file():
+                raise ConfigError(
+                    f"{key}: {c.file}: no such file (relative to the current directory, "
+                    f"{Path.cwd()})"
+                )
             out[c.label] = load_series(Path(c.file), c.columns)
         elif cfg.data.source == "sample":
-            out[c.label] = next(iter(load_sample([c.ticker]).values()))
+            out[c.label] = next(iter(load_sample([c.ticker], key=key).values()))
         elif cfg.data.source == "cache":
             kw = {"nan_policy": cfg.data.nan_policy, "fill_limit": cfg.data.fill_limit}
-            out[c.label] = next(iter(cache.load_cache(cfg.data.dir, [c.ticker], **kw).values()))
+            try:
+                loaded = cache.load_cache(cfg.data.dir, [c.ticker], **kw)
+            except DataError as exc:
+                raise DataError(f"{key}: {exc}") from None
+            out[c.label] = next(iter(loaded.values()))
         else:
             raise ConfigError(
-                f"covariates[{i}].ticker: a ticker covariate comes from data.source sample or "
+                f"{key}: a ticker covariate comes from data.source sample or "
                 "cache; with a CSV data source give it as file:"
             )
     return out

@@ -209,8 +209,13 @@ def check_against(space: SpaceFile, base: Config, path: Path) -> None:
         for key in keys:
             top = key.split(".")[0]
             reason = FORBIDDEN.get(key) or FORBIDDEN.get(top)
+            if reason and section == "fixed":
+                raise ConfigError(
+                    f"{path}: fixed: {key} belongs in the base config (--config or --set), "
+                    f"not the space file: {reason}"
+                )
             if reason:
-                raise ConfigError(f"{path}: {section}: {key} cannot vary between trials: {reason}")
+                raise ConfigError(f"{path}: space: {key} cannot vary between trials: {reason}")
     fixed = with_values(base, space.fixed, f"{path}: fixed")
     for key, param in space.space.items():
         for value in candidates(param):

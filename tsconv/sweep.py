@@ -88,13 +88,14 @@ def _run_trial(data: tuple[dict, dict], task: tuple) -> dict[str, Any]:
     from tsconv.experiment import prepare
     from tsconv.walkforward import run_backtest
 
-    number, raw, folder, objective = task
+    number, raw, folder, objective, cut = task
     t0 = time.perf_counter()
     try:
         cfg = validate_config(raw, f"trial {number}")
         m = run_backtest(
             cfg, Path(folder), resume=True, prep=prepare(cfg, *data), report_html=False
         )
+        _check_before(Path(folder), pd.Timestamp(cut))
     except TsconvError as exc:
         return {"trial": number, "error": str(exc), "seconds": time.perf_counter() - t0}
     return {
@@ -103,6 +104,16 @@ def _run_trial(data: tuple[dict, dict], task: tuple) -> dict[str, Any]:
         **trial_row(m),
         "seconds": time.perf_counter() - t0,
     }
+
+
+def _check_before(folder: Path, cut: pd.Timestamp) -> None:
+    """A trial folder resumed by hand on all the data would hold holdout predictions."""
+    last = pd.read_parquet(folder / "predictions.parquet", columns=["date"])["date"].max()
+    if pd.notna(last) and last >= cut:
+        raise DataError(
+            f"{folder}: holds predictions dated {pd.Timestamp(last).date()}, in the holdout "
+            f"(from {cut.date()}); it was run outside the sweep: delete the folder to rerun it"
+        )
 
 
 def _trial_folder(out: Path, number: int) -> Path:
@@ -193,6 +204,7 @@ def run_sweep(
                     ),
                     str(_trial_folder(out, n)),
                     spc.sweep.objective,
+                    str(cut.date()),
                 )
                 for n in pending
             ]
@@ -284,7 +296,11 @@ def summarize(base, spc, study, out: Path, cut: pd.Timestamp, frames) -> dict[st
     perf = _returns(out, numbers, spc.sweep.objective)
     nets = _returns(out, numbers, "sharpe") if spc.sweep.objective != "sharpe" else perf
     per_bar = selection.sharpe_columns(nets.to_numpy())
-    dsr = selection.deflated_sharpe(nets[best].to_numpy(), per_bar)
+    # trials with the same returns bar for bar are one trial, not several chances at luck
+    distinct = nets.T.drop_duplicates().T
+    dsr = selection.deflated_sharpe(
+        nets[best].to_numpy(), selection.sharpe_columns(distinct.to_numpy())
+    )
     periods = json.loads((_trial_folder(out, best) / "metrics.json").read_text())[
         "periods_per_year"
     ]
@@ -314,7 +330,12 @@ def summarize(base, spc, study, out: Path, cut: pd.Timestamp, frames) -> dict[st
             "last_date": str(max(f.index.max() for f in frames.values()).date()),
             "holdout_start": str(cut.date()),
         },
-        "trials": {"complete": len(complete), "failed": len(trials) - len(complete)},
+        "trials": {
+            "complete": len(complete),
+            "failed": len(trials) - len(complete),
+            "distinct": distinct.shape[1],
+            **_kept_start(out, numbers),
+        },
         "chosen": {
             "trial": best,
             "params": space.decode(spc, {t.number: t for t in trials}[best].params),
@@ -327,6 +348,16 @@ def summarize(base, spc, study, out: Path, cut: pd.Timestamp, frames) -> dict[st
         "pbo": pbo,
         "per_bar_sharpes": per_bar.tolist(),
         "periods_per_year": int(periods),
+    }
+
+
+def _kept_start(out: Path, numbers: list[int]) -> dict[str, int]:
+    """How many of the trials' folds kept the starting weights (no epoch beat them on
+    validation): there the training parameters made no difference."""
+    folds = [pd.read_csv(_trial_folder(out, n) / "folds.csv") for n in numbers]
+    return {
+        "folds": sum(len(f) for f in folds),
+        "folds_kept_start": sum(int((f["best_epoch"] == 0).sum()) for f in folds),
     }
 
 
@@ -409,14 +440,15 @@ def _significant(test: dict[str, Any], better_if_negative: bool) -> bool:
 def verdict(r: dict[str, Any]) -> str:
     """The sweep's result in words: the chosen trial, how much of it is luck, the holdout."""
     c, d, p, h = r["chosen"], r["deflated_sharpe"], r["pbo"], r["holdout"]
-    n = r["trials"]["complete"]
+    n, distinct = r["trials"]["complete"], r["trials"]["distinct"]
+    kept, folds = r["trials"]["folds_kept_start"], r["trials"]["folds"]
     params = ", ".join(
         f"{k}={format(v, '.3g') if isinstance(v, float) else v}" for k, v in c["params"].items()
     )
     dsr = d["dsr"]
     luck = (
         f"Deflated Sharpe ratio {dsr:.2f}: the probability that its true Sharpe ratio beats the "
-        f"best of {n} skill-less trials (expected maximum {d['annualised']['expected_max_sharpe']:.2f} "
+        f"best of {distinct} skill-less trials (expected maximum {d['annualised']['expected_max_sharpe']:.2f} "
         f"a year); {'significant' if dsr >= 1 - LEVEL else 'not significant'} at the "
         f"{1 - LEVEL:.0%} level."
         if dsr is not None and not np.isnan(dsr)
@@ -430,20 +462,39 @@ def verdict(r: dict[str, Any]) -> str:
         else "Probability of backtest overfitting: too few bars for the splits."
     )
     value = f"{c['objective']} {c['value']:.3f}"
+    same = (
+        f"{n - distinct} trial(s) repeat another's returns bar for bar, so {distinct} distinct. "
+        if distinct < n
+        else ""
+    )
+    start = (
+        f"In {kept} of {folds} trial folds no epoch beat the starting weights, so the training "
+        "settings made no difference there. "
+        if 2 * kept > folds
+        else ""
+    )
     sharpe = h["sharpe"]
     return (
-        f"Chose trial {c['trial']} of {n} ({params}): selection-period {value}. {luck} {pbo} "
+        f"Chose trial #{c['trial']} of {n} (trials/{c['trial']:03d}: {params}): "
+        f"selection-period {value}. {same}{start}"
+        f"{luck} {pbo} "
         f"Holdout {h['first_date']} to {h['last_date']}: {h['verdict'].upper()} "
-        f"(R2 {h['r2_oos']:+.4f}, DM vs zero p = {_p(h['dm_vs_zero'])}, vs ridge AR "
-        f"p = {_p(h['dm_vs_ridge_ar'])}; net Sharpe "
+        f"(R2 {h['r2_oos']:+.4f}; squared error vs the zero forecast "
+        f"{_p(h['dm_vs_zero'])}, vs ridge AR "
+        f"{_p(h['dm_vs_ridge_ar'])}; net Sharpe "
         f"{'n/a' if sharpe is None else format(sharpe, '.2f')}, vs buy-and-hold "
-        f"p = {_p(h['sharpe_vs_buy_and_hold'])})."
+        f"{_p(h['sharpe_vs_buy_and_hold'])})."
     )
 
 
 def _p(test: dict[str, Any] | None) -> str:
-    p = (test or {}).get("p_holm", (test or {}).get("p_value"))
-    return "n/a" if p is None else f"{p:.2g}"
+    """A test's direction and p-value (Holm-adjusted where it was): "lower, p = 0.03"."""
+    test = test or {}
+    p, stat = test.get("p_holm", test.get("p_value")), test.get("stat")
+    if p is None or stat is None:
+        return "n/a"
+    word = "lower" if stat < 0 else "higher"
+    return f"{word}, p = {p:.2g}"
 
 
 def resumable(folder: Path, trials: int | None) -> tuple[Config, SpaceFile]:

@@ -104,7 +104,8 @@ def _leaderboard_html(out: Path, keys: list[str]) -> str:
     figures = {"sharpe": "Sharpe", "r2_oos": "R2 OS", "ic": "IC", "in_market": "in market"}
     shown = board[["rank", "trial", *keys, *figures]].rename(columns={**names, **figures})
     table = shown.to_html(index=False, float_format="%.4g", na_rep="-")
-    return f"<div style='overflow-x:auto'>{table}</div>"
+    # many parameters make a wide table: smaller type, and it scrolls rather than overflow
+    return f"<div style='overflow-x:auto;font-size:0.85em'>{table}</div>"
 
 
 def render(r: dict[str, Any], out: Path, holdout_metrics: dict[str, Any]) -> str:

@@ -247,7 +247,8 @@ def run_backtest(
         io.write_with(path, lambda tmp: preds.to_parquet(tmp, index=False))
         if state is not None:
             io.save_torch(path.with_suffix(".pt"), state)
-        io.write_json(path.with_suffix(".json"), info)
+        # in the info's own order, which folds.csv keeps whether a fold ran now or is resumed
+        io.write_text(path.with_suffix(".json"), json.dumps(info, indent=2, default=str) + "\n")
         collect(fold, preds, info)
 
     warm = cfg.backtest.retrain == "warm"
@@ -283,6 +284,7 @@ def run_backtest(
 
     parts = [results[k][0] for k in sorted(results)]
     infos = [results[k][1] for k in sorted(results)]
+    table = pd.DataFrame([{k: v for k, v in i.items() if k != "resumed"} for i in infos])
     predictions = pd.concat(parts, ignore_index=True).sort_values(["date", "ticker"], kind="stable")
     predictions = predictions.reset_index(drop=True)
     metrics, nets = report.summarize_with_nets(predictions, cfg)
@@ -298,11 +300,9 @@ def run_backtest(
         "predict_seconds": float(sum(i.get("predict_seconds", 0.0) for i in ran)),
     }
     io.write_with(out / "predictions.parquet", lambda tmp: predictions.to_parquet(tmp, index=False))
-    io.write_text(out / "folds.csv", pd.DataFrame(infos).to_csv(index=False))
+    io.write_text(out / "folds.csv", table.to_csv(index=False))
     returns = pd.DataFrame(nets).rename_axis("date").reset_index()
     io.write_with(out / "returns.parquet", lambda tmp: returns.to_parquet(tmp, index=False))
-    report.write_outputs(
-        out, predictions, metrics, pd.DataFrame(infos), cfg, nets, report_html=report_html
-    )
+    report.write_outputs(out, predictions, metrics, table, cfg, nets, report_html=report_html)
     io.write_manifest(out, complete=True)
     return metrics

@@ -132,7 +132,7 @@ def _sample_table() -> pd.DataFrame:
     return _SAMPLE_CACHE["table"]
 
 
-def load_sample(tickers: list[str]) -> dict[str, pd.DataFrame]:
+def load_sample(tickers: list[str], key: str = "data.tickers") -> dict[str, pd.DataFrame]:
     """Daily OHLCV + adj_close shipped inside the package (Quandl WIKI, public domain; see
     scripts/make_sample_data.py): AAPL, IBM, MSFT 2000-2013, GOOG 2004-2013, FB 2012-2013."""
     table = _sample_table()
@@ -142,7 +142,7 @@ def load_sample(tickers: list[str]) -> dict[str, pd.DataFrame]:
         rows = table[table["ticker"] == ticker.upper()]
         if rows.empty:
             raise DataError(
-                f"data.tickers: {ticker!r} is not in the embedded sample; it has {', '.join(available)}"
+                f"{key}: {ticker!r} is not in the embedded sample; it has {', '.join(available)}"
             )
         out[ticker.upper()] = canonicalize(rows.drop(columns="ticker"), f"sample:{ticker.upper()}")
     return out
