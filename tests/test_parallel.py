@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +99,20 @@ def test_fold_results_do_not_depend_on_the_thread_count():
         np.testing.assert_array_equal(got[0][0], got[1][0], err_msg=model["kind"])
         for k in got[0][1]:
             assert torch.equal(got[0][1][k], got[1][1][k]), (model["kind"], k)
+
+
+@pytest.mark.parametrize("preset", [None, "COMPATIBLE"])
+def test_importing_tsconv_pins_mkl_to_strict_reproducible_sums(preset):
+    """MKL splits a matrix product's sums by thread count unless told otherwise (the test
+    above fails with MKL_CBWR=AUTO on an AVX-512 machine); tsconv asks for strict
+    reproducibility before torch's first product and leaves a user's own choice alone."""
+    env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
+    if preset:
+        env["MKL_CBWR"] = preset
+    code = "import tsconv, os; print(os.environ['MKL_CBWR'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == (preset or "AVX2,STRICT")
 
 
 def test_workers_setting_and_its_errors(tmp_path):
