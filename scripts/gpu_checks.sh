@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, in one run: tests/test_cuda.py (skipped where no GPU is), then the
 # rest of the test suite, then the train-step and walk-forward
-# benchmarks on the GPU, with the same walk-forward on this host's CPU for a same-machine ratio.
+# benchmarks on the GPU, with the same walk-forward on this host's CPU for a same-machine ratio,
+# then the panel benchmark at N = 1,024 and the grouped-members benchmark (issues 18, 19).
 #   bash scripts/gpu_checks.sh [OUTDIR]
 # Each step has its own time limit, so one slow step cannot eat the others' time.
 set -u
@@ -27,3 +28,8 @@ step bench_train_cuda 80 "$py" scripts/bench_train.py --device cuda --step-round
 step bench_walkforward_cuda 90 "$py" scripts/bench_walkforward.py --device cuda --repeats 3
 step bench_walkforward_cpu 90 "$py" scripts/bench_walkforward.py --device cpu --repeats 3 \
     --threads 2
+# issue 18: validation's share of a panel epoch at N = 1,024 (the seed TCN both ways, multiscale)
+step bench_panel_cuda 150 "$py" scripts/bench_panel.py --device cuda --tickers 1024
+# issue 19: 10 folds' worth of wf_msft TCNs one after another against one grouped model
+step bench_batched_cuda 60 "$py" scripts/bench_batched.py --device cuda --config wf_msft \
+    --members 10 --repeats 10

@@ -19,6 +19,7 @@ BENCHES = [
     ["bench_panel.py", "--tickers", "8"],
     ["bench_scale.py", "--repeats", "3", "--ray"],
     ["bench_ddp.py", "--repeats", "3"],
+    ["bench_batched.py", "--repeats", "10"],
 ]
 
 

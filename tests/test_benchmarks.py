@@ -11,6 +11,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import _bench  # noqa: E402
+import bench_batched  # noqa: E402
 import bench_startup  # noqa: E402
 import bench_train  # noqa: E402
 
@@ -83,3 +84,18 @@ def test_scale_benchmark_checks_results_and_prints_the_speed_up():
     rows = _rows(run.stdout)
     assert [r[0] for r in rows] == ["1", "2"] and rows[0][3] == "1.00x"
     assert all(float(r[1]) > 0 for r in rows)
+
+
+def test_batched_benchmark_checks_the_grouped_model_against_separate_ones():
+    """One grouped model of K members is K independent models: same gradients (dropout off)."""
+    shape = (3, 4, [5, 5, 6], 3, 2, 40, 20, 4)  # members, inputs, channels, k, base, L, burn-in, N
+    assert bench_batched.check_equal(shape, torch.device("cpu")) < 1e-5
+    text = bench_batched.batched_table("quick", 2, torch.device("cpu"), 1)
+    rows = _rows(text)
+    assert [r[0] for r in rows] == [
+        "tsconv, one after another",
+        "plain, one after another",
+        "grouped, K as one",
+    ]
+    assert all(float(r[1]) > 0 for r in rows) and rows[0][3] == "1.00x"
+    assert "largest relative difference" in text
