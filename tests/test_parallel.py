@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +16,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import tsconv.parallel as parallel
 from tests.conftest import ohlcv_from_returns, random_walk_returns, tiny_config
 from tsconv.cli import app
+from tsconv.errors import TsconvError
 from tsconv.experiment import prepare
 from tsconv.walkforward import fold_workers, make_folds, run_backtest, run_fold
+
+REAL_FOLD = parallel._fold
 
 runner = CliRunner()
 ARGS = [
@@ -73,6 +78,41 @@ def test_interrupted_parallel_run_resumes_to_the_same_bytes(tmp_path):
     assert seen == list(range(1, m["folds"] + 1))  # the progress counts finished folds
     columns = [list(pd.read_csv(d / "folds.csv").columns) for d in [tmp_path / "serial", out]]
     assert columns[0] == columns[1] and "resumed" not in columns[1]
+    for name in SAME:
+        assert (tmp_path / "serial" / name).read_bytes() == (out / name).read_bytes(), name
+
+
+def _dies_in_a_pool_worker(prep, task):
+    """A fold that kills the pool worker running it (a worker has its shared data set; this
+    process, which runs folds too, has not), while this process waits for that before its
+    first fold. Module-level, so spawned workers can import it."""
+    died = Path(os.environ["TSCONV_TEST_DIED"])
+    if parallel._shared is not None:
+        died.touch()
+        os._exit(1)
+    deadline = time.monotonic() + 120
+    while not died.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return REAL_FOLD(prep, task)
+
+
+def test_a_worker_that_dies_stops_the_run_cleanly_and_resume_finishes_it(tmp_path, monkeypatch):
+    frames = {t: ohlcv_from_returns(random_walk_returns(900, seed=i)) for i, t in enumerate("AB")}
+    serial_cfg = tiny_config(backtest={"train_span": 300, "test_span": 120})
+    cfg = tiny_config(backtest={"train_span": 300, "test_span": 120, "workers": 2})
+    run_backtest(serial_cfg, tmp_path / "serial", prep=prepare(serial_cfg, frames))
+    out = tmp_path / "par"
+    with monkeypatch.context() as m:
+        m.setenv("TSCONV_TEST_DIED", str(tmp_path / "died"))  # the spawned worker inherits it
+        m.setattr(parallel, "_fold", _dies_in_a_pool_worker)
+        with pytest.raises(TsconvError, match="stopped abruptly .* --resume continues"):
+            run_backtest(cfg, out, prep=prepare(cfg, frames))
+    assert not (out / "predictions.parquet").exists() and not (out / "metrics.json").exists()
+    assert (tmp_path / "died").exists()
+    # the fold this process was running when the worker died is finished and kept
+    assert len(list((out / "folds").glob("fold_*.parquet"))) == 1
+    m = run_backtest(cfg, out, prep=prepare(cfg, frames), resume=True)
+    assert m["timing"]["folds_resumed"] == 1
     for name in SAME:
         assert (tmp_path / "serial" / name).read_bytes() == (out / name).read_bytes(), name
 
@@ -158,7 +198,9 @@ def _listening_elsewhere() -> list[str]:
     return [a for a in local if "127.0.0.1" not in a and not a.startswith("[::1]")]
 
 
-def test_ray_executor_writes_the_serial_runs_bytes_on_a_loopback_cluster(tmp_path, monkeypatch):
+def test_ray_executor_writes_the_serial_runs_bytes_on_a_loopback_cluster_though_a_worker_dies(
+    tmp_path, monkeypatch
+):
     # what tsconv sets before importing Ray for a local cluster; Ray reads it at import, and
     # this test imports Ray first
     monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -175,12 +217,24 @@ def test_ray_executor_writes_the_serial_runs_bytes_on_a_loopback_cluster(tmp_pat
         return real(*a, **k)
 
     monkeypatch.setattr(parallel, "_run_ray", watched)
+    # A worker dies mid-run (once, in fold 2): Ray retries the task in a new worker, and since
+    # only this process writes, nothing of the lost attempt reaches the outputs.
+    died, real_fold = tmp_path / "died", parallel._fold
+
+    def dies_once(prep, task):  # a local function: Ray ships it by value, patch and all
+        if task[0].index == 2 and not died.exists():
+            died.touch()
+            os._exit(1)
+        return real_fold(prep, task)
+
+    monkeypatch.setattr(parallel, "_fold", dies_once)
     serial, on_ray = tmp_path / "serial", tmp_path / "ray"
     assert runner.invoke(app, [*ARGS, "--out", str(serial)]).exit_code == 0
     r = runner.invoke(app, [*ARGS, "--out", str(on_ray), "--executor", "ray"])
     assert r.exit_code == 0, r.output
     for name in SAME:
         assert (serial / name).read_bytes() == (on_ray / name).read_bytes(), name
+    assert died.exists()  # the worker did die, and the run still matches the serial one
     assert seen == [[]]  # every Ray server bound to 127.0.0.1
     assert not ray.is_initialized()  # the cluster started for the run is stopped
 

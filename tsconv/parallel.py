@@ -11,7 +11,10 @@ processes or a cluster each time.
   inherits a half-initialised thread pool from its parent). One rule shares the work while the
   pool's processes are still starting (importing torch takes seconds): the pool takes tasks
   from the last (the largest, for callers that sort them), this process from the first that
-  no worker has claimed yet. The shared data is pickled to a temporary file once and read by
+  no worker has claimed yet. A task is claimed by creating its file in a folder of the run
+  (atomic on every OS) rather than by cancelling its future, so a normal run cancels nothing:
+  Python 3.11's pool crashes its manager thread, with a traceback, when a worker dies while a
+  cancelled future is queued. The shared data is pickled to a temporary file once and read by
   each worker, not sent once per task, and not through the pipe that starts a worker (a worker
   that dies while starting, e.g. because a script calling tsconv lacks the `if __name__ ==
   "__main__":` guard that spawn needs, would leave the parent blocked writing to it).
@@ -49,12 +52,28 @@ Runner = Callable[[Sequence[Any], Task, Finished], None]
 def _start(path: str, threads: int) -> None:
     global _shared
     torch.set_num_threads(threads)
-    with open(path, "rb") as f:
-        _shared = pickle.load(f)
+    try:
+        with open(path, "rb") as f:
+            _shared = pickle.load(f)
+    except FileNotFoundError:  # started after its run ended (this process did every task)
+        pass
 
 
-def _call(fn: Task, task: Any) -> Any:
-    return fn(_shared, task)
+class _Skipped:
+    """What a worker returns for a task another process claimed first."""
+
+
+def _claim(claims: str, index: int) -> bool:
+    """True for the one process that creates task `index`'s file in the folder `claims`."""
+    try:
+        os.close(os.open(os.path.join(claims, str(index)), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except (FileExistsError, FileNotFoundError):  # claimed, or the run is over
+        return False
+    return True
+
+
+def _call(fn: Task, task: Any, claims: str, index: int) -> Any:
+    return fn(_shared, task) if _claim(claims, index) else _Skipped()
 
 
 @contextlib.contextmanager
@@ -77,25 +96,30 @@ def local_pool(shared: Any, workers: int, threads: int) -> Iterator[Runner]:
         )
 
         def run(tasks: Sequence[Any], fn: Task, finished: Finished) -> None:
-            pending = {pool.submit(_call, fn, task): task for task in reversed(tasks)}
-            unclaimed = list(pending)  # the last task first; this process pops the first
+            claims = tempfile.mkdtemp(dir=tmp)
+            order = list(enumerate(tasks))
+            futures = {i: pool.submit(_call, fn, t, claims, i) for i, t in reversed(order)}
+            pending = {futures[i]: t for i, t in order}
+            theirs = []
             try:
-                while unclaimed:
-                    future = unclaimed.pop()
-                    if future.cancel():  # no worker has it: run it here
-                        task = pending.pop(future)
+                for i, task in order:  # the pool starts from the last, this process here
+                    if _claim(claims, i):
                         finished(task, fn(shared, task))
+                    else:
+                        theirs.append(futures[i])
                     _hand_over(pending, finished, [f for f in pending if f.done()])
-                _hand_over(pending, finished, as_completed(list(pending)))
+                # a task this process ran leaves a future that only returns _Skipped
+                _hand_over(pending, finished, as_completed([f for f in theirs if f in pending]))
             except BrokenProcessPool:
                 raise TsconvError(
                     "a worker process stopped abruptly (killed, out of memory, or started from "
                     'a script without the `if __name__ == "__main__":` guard that spawned '
                     "processes need); finished work is kept, --resume continues"
                 ) from None
-            finally:
+            except BaseException:
                 for future in pending:
                     future.cancel()
+                raise
 
         previous = torch.get_num_threads()
         torch.set_num_threads(threads)
@@ -112,7 +136,9 @@ def local_pool(shared: Any, workers: int, threads: int) -> Iterator[Runner]:
 def _hand_over(pending: dict[Future, Any], finished: Finished, done) -> None:
     for future in done:
         result = future.result()
-        finished(pending.pop(future), result)
+        task = pending.pop(future)
+        if not isinstance(result, _Skipped):
+            finished(task, result)
 
 
 def _ray_call(shared: Any, fn: Task, task: Any, threads: int) -> Any:
