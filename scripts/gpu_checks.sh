@@ -3,16 +3,21 @@
 # rest of the test suite, then the train-step and walk-forward
 # benchmarks on the GPU, with the same walk-forward on this host's CPU for a same-machine ratio,
 # then the panel benchmark at N = 1,024 and the grouped-members benchmark (issues 18, 19).
-#   bash scripts/gpu_checks.sh [OUTDIR]
-# Each step has its own time limit, so one slow step cannot eat the others' time.
+#   bash scripts/gpu_checks.sh [OUTDIR [STEP...]]
+# Each step has its own time limit, so one slow step cannot eat the others' time. The limits add
+# up to about 13 minutes, more than one 10-minute device command: name steps to run a subset,
+# e.g. `bash scripts/gpu_checks.sh out pytest_cuda bench_panel_cuda bench_batched_cuda`.
 set -u
 out=${1:-gpu_checks_out}
+shift $(($# > 0 ? 1 : 0))
+only=" $* "
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 py=${PYTHON:-python3}
 step() {  # step NAME SECONDS CMD...
     local name=$1 limit=$2
     shift 2
+    [[ "$only" == "  " || "$only" == *" $name "* ]] || return 0
     echo "=== $name"
     timeout "$limit" "$@" >"$out/$name.txt" 2>&1
     echo "exit $? after ${SECONDS}s total" | tee -a "$out/$name.txt"
