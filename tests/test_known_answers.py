@@ -33,6 +33,7 @@ SHIPPED = ["quick", "wf_msft", "tcn", "multiscale"]
 def backtest(tmp_path: Path, config: str, data: list[str]) -> tuple[dict, pd.DataFrame]:
     out = tmp_path / "bt"
     args = ["backtest", "--config", str(CONFIGS / f"{config}.yaml"), "--out", str(out)]
+    args += ["--workers", "2"]  # the serial run's bytes (tests/test_parallel.py), sooner
     for key in [*data, *synthetic.SPAN_KEYS.get(config, [])]:
         args += ["--set", key]
     result = CliRunner().invoke(app, args)
