@@ -22,7 +22,7 @@ processes or a cluster each time.
   (and a GPU on CUDA); a task whose worker dies is retried by Ray, re-run from the start.
 
 Every process uses `threads` intra-op threads; results do not depend on that count
-(tests/test_walkforward.py).
+(tests/test_parallel.py; `import tsconv` pins MKL to its strict reproducible mode for that).
 """
 
 from __future__ import annotations
