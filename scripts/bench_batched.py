@@ -34,7 +34,7 @@ from torch import nn
 from tsconv.config import load_config
 from tsconv.models import receptive_field, tcn_channels
 from tsconv.models.tcn import TCN
-from tsconv.train import dense_sequence, make_optimizer
+from tsconv.train import dense_sequence, make_optimizer, select_device
 
 
 class GroupedBlock(nn.Module):
@@ -86,19 +86,26 @@ def dense_loss(out: torch.Tensor, y: torch.Tensor, burn_in: int) -> torch.Tensor
     return err.mean(dim=(0, 2)).sum()
 
 
+def member_data(shape, device: torch.device):
+    """Each member's own batch (K, N, C, L) and targets (K, N, 1, L), and the same stacked on
+    the channel axis as the grouped model reads them: (N, K * C, L) and (N, K, L)."""
+    k_members, c_in, _, _, _, length, _, batch = shape
+    xs = torch.randn(k_members, batch, c_in, length, device=device)
+    ys = torch.randn(k_members, batch, 1, length, device=device)
+    x = xs.permute(1, 0, 2, 3).reshape(batch, k_members * c_in, length)
+    return xs, ys, x, ys.permute(1, 0, 2, 3).reshape(batch, k_members, length)
+
+
 def check_equal(shape, device: torch.device) -> float:
     """Largest relative difference between the grouped model's gradients and K separate ones."""
-    k_members, c_in, channels, k, base, length, burn_in, batch = shape
+    k_members, c_in, channels, k, base, _, burn_in, _ = shape
     torch.manual_seed(0)
     members = [GroupedTCN(1, c_in, channels, k, base, 0.0).to(device) for _ in range(k_members)]
     grouped = GroupedTCN(k_members, c_in, channels, k, base, 0.0).to(device)
     member_slices(grouped, members)
-    xs = torch.randn(k_members, batch, c_in, length, device=device)
-    ys = torch.randn(k_members, batch, 1, length, device=device)
-    for m, x, y in zip(members, xs, ys, strict=True):
-        dense_loss(m(x), y, burn_in).backward()
-    x = xs.permute(1, 0, 2, 3).reshape(batch, k_members * c_in, length)
-    y = ys.permute(1, 0, 2, 3).reshape(batch, k_members, length)
+    xs, ys, x, y = member_data(shape, device)
+    for m, xm, ym in zip(members, xs, ys, strict=True):
+        dense_loss(m(xm), ym, burn_in).backward()
     dense_loss(grouped(x), y, burn_in).backward()
     worst = 0.0
     for name, p in grouped.named_parameters():
@@ -107,47 +114,33 @@ def check_equal(shape, device: torch.device) -> float:
     return worst
 
 
-def steps(shape, dropout: float, device: torch.device):
-    k_members, c_in, channels, k, base, length, burn_in, batch = shape
-    torch.manual_seed(0)
-    xs = torch.randn(k_members, batch, c_in, length, device=device)
-    ys = torch.randn(k_members, batch, 1, length, device=device)
+def train_step(models, inputs, targets, burn_in: int, device: torch.device):
+    """One AdamW step of each model on its own batch, one model after another."""
+    opts = [make_optimizer(m, 1e-3, 0.0, device) for m in models]
 
-    def sync():
+    def step():
+        for m, opt, x, y in zip(models, opts, inputs, targets, strict=True):
+            loss = dense_loss(m(x), y, burn_in)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    def one_after_another(models):
-        opts = [make_optimizer(m, 1e-3, 0.0, device) for m in models]
+    return step
 
-        def step():
-            for m, opt, x, y in zip(models, opts, xs, ys, strict=True):
-                loss = dense_loss(m(x), y, burn_in)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            sync()
 
-        return step
-
+def steps(shape, dropout: float, device: torch.device):
+    k_members, c_in, channels, k, base, _, burn_in, _ = shape
+    torch.manual_seed(0)
+    xs, ys, x, y = member_data(shape, device)
     tsconv_models = [TCN(c_in, channels, k, base, dropout).to(device) for _ in range(k_members)]
     plain = [GroupedTCN(1, c_in, channels, k, base, dropout).to(device) for _ in range(k_members)]
     grouped = GroupedTCN(k_members, c_in, channels, k, base, dropout).to(device)
-    opt = make_optimizer(grouped, 1e-3, 0.0, device)
-    x = xs.permute(1, 0, 2, 3).reshape(batch, k_members * c_in, length)
-    y = ys.permute(1, 0, 2, 3).reshape(batch, k_members, length)
-
-    def grouped_step():
-        loss = dense_loss(grouped(x), y, burn_in)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sync()
-
     return {
-        "tsconv, one after another": one_after_another(tsconv_models),
-        "plain, one after another": one_after_another(plain),
-        "grouped, K as one": grouped_step,
+        "tsconv, one after another": train_step(tsconv_models, xs, ys, burn_in, device),
+        "plain, one after another": train_step(plain, xs, ys, burn_in, device),
+        "grouped, K as one": train_step([grouped], [x], [y], burn_in, device),
     }
 
 
@@ -189,10 +182,8 @@ def main() -> None:
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--repeats", type=int, default=15)
     args = ap.parse_args()
-    device = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    )
-    print(batched_table(args.config, args.members, device, args.repeats))
+    # as tsconv trains: on CUDA that means TF32 off
+    print(batched_table(args.config, args.members, select_device(args.device), args.repeats))
 
 
 if __name__ == "__main__":

@@ -219,13 +219,13 @@ def test_ray_executor_writes_the_serial_runs_bytes_on_a_loopback_cluster_though_
     monkeypatch.setattr(parallel, "_run_ray", watched)
     # A worker dies mid-run (once, in fold 2): Ray retries the task in a new worker, and since
     # only this process writes, nothing of the lost attempt reaches the outputs.
-    died, real_fold = tmp_path / "died", parallel._fold
+    died = tmp_path / "died"
 
     def dies_once(prep, task):  # a local function: Ray ships it by value, patch and all
         if task[0].index == 2 and not died.exists():
             died.touch()
             os._exit(1)
-        return real_fold(prep, task)
+        return REAL_FOLD(prep, task)
 
     monkeypatch.setattr(parallel, "_fold", dies_once)
     serial, on_ray = tmp_path / "serial", tmp_path / "ray"
