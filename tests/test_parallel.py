@@ -1,5 +1,6 @@
-"""Folds in parallel processes (`--workers`): the same bytes as the serial run, Ctrl-C and
---resume, and results that do not depend on the thread count that makes this possible."""
+"""Folds in parallel processes (`--workers`) and on Ray: with `train.threads` set, the same
+bytes as the serial run; Ctrl-C and --resume; a dying worker; and how close results with other
+thread counts are."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from tsconv.errors import TsconvError
 from tsconv.experiment import prepare
 from tsconv.walkforward import fold_workers, make_folds, run_backtest, run_fold
 
-REAL_FOLD = parallel._fold
+REAL_FOLD = parallel._member
 
 runner = CliRunner()
 ARGS = [
@@ -36,6 +37,9 @@ ARGS = [
     "backtest.train_span=2300",
     "--set",
     "backtest.test_span=250",
+    # every process runs its folds on one thread: the bytes then cannot depend on the workers
+    "--set",
+    "train.threads=1",
 ]
 SAME = ["predictions.parquet", "metrics.json", "report.html"]
 
@@ -59,8 +63,10 @@ def test_two_workers_write_the_serial_runs_bytes(tmp_path):
 
 def test_interrupted_parallel_run_resumes_to_the_same_bytes(tmp_path):
     frames = {t: ohlcv_from_returns(random_walk_returns(900, seed=i)) for i, t in enumerate("AB")}
-    serial_cfg = tiny_config(backtest={"train_span": 300, "test_span": 120})
-    cfg = tiny_config(backtest={"train_span": 300, "test_span": 120, "workers": 2})
+    serial_cfg = tiny_config(backtest={"train_span": 300, "test_span": 120}, train={"threads": 1})
+    cfg = tiny_config(
+        backtest={"train_span": 300, "test_span": 120, "workers": 2}, train={"threads": 1}
+    )
     prep = prepare(cfg, frames)
     run_backtest(serial_cfg, tmp_path / "serial", prep=prepare(serial_cfg, frames))
 
@@ -98,13 +104,15 @@ def _dies_in_a_pool_worker(prep, task):
 
 def test_a_worker_that_dies_stops_the_run_cleanly_and_resume_finishes_it(tmp_path, monkeypatch):
     frames = {t: ohlcv_from_returns(random_walk_returns(900, seed=i)) for i, t in enumerate("AB")}
-    serial_cfg = tiny_config(backtest={"train_span": 300, "test_span": 120})
-    cfg = tiny_config(backtest={"train_span": 300, "test_span": 120, "workers": 2})
+    serial_cfg = tiny_config(backtest={"train_span": 300, "test_span": 120}, train={"threads": 1})
+    cfg = tiny_config(
+        backtest={"train_span": 300, "test_span": 120, "workers": 2}, train={"threads": 1}
+    )
     run_backtest(serial_cfg, tmp_path / "serial", prep=prepare(serial_cfg, frames))
     out = tmp_path / "par"
     with monkeypatch.context() as m:
         m.setenv("TSCONV_TEST_DIED", str(tmp_path / "died"))  # the spawned worker inherits it
-        m.setattr(parallel, "_fold", _dies_in_a_pool_worker)
+        m.setattr(parallel, "_member", _dies_in_a_pool_worker)
         with pytest.raises(TsconvError, match="stopped abruptly .* --resume continues"):
             run_backtest(cfg, out, prep=prepare(cfg, frames))
     assert not (out / "predictions.parquet").exists() and not (out / "metrics.json").exists()
@@ -117,10 +125,11 @@ def test_a_worker_that_dies_stops_the_run_cleanly_and_resume_finishes_it(tmp_pat
         assert (tmp_path / "serial" / name).read_bytes() == (out / name).read_bytes(), name
 
 
-def test_fold_results_do_not_depend_on_the_thread_count():
-    """What makes parallel folds byte-identical to serial ones: a fold trained with 1 and with
-    2 intra-op threads gives the same bits (the highway is a matrix product on CPU, not a
-    oneDNN convolution, whose weight gradient sums in thread-sized chunks)."""
+def test_fold_results_with_another_thread_count_agree_to_float_precision():
+    """What `train.threads` unset (the cores shared out among the workers) gives: a fold
+    trained with 1 and with 2 intra-op threads agrees to float32 precision. Bit for bit on
+    Intel, where `import tsconv` selects MKL's strict reproducible mode; MKL ignores that mode
+    on AMD, where some product shapes (8 input channels, 3,840 rows) differ by an ulp."""
     frames = {"A": ohlcv_from_returns(random_walk_returns(1400, seed=3))}
     for model in [{"kind": "tcn", "highway": True}, {"kind": "multiscale", "kernels": [3, 5]}]:
         cfg = tiny_config(model=model, backtest={"train_span": 1000, "test_span": 200})
@@ -131,14 +140,15 @@ def test_fold_results_do_not_depend_on_the_thread_count():
             got = []
             for threads in (1, 2):
                 torch.set_num_threads(threads)
-                preds, _, state = run_fold(prep, fold, torch.device("cpu"), None)
-                got.append((preds["prediction"].to_numpy(), state))
+                preds, _, states = run_fold(prep, fold, torch.device("cpu"), None)
+                got.append((preds["prediction"].to_numpy(), states[0]))
         finally:
             torch.set_num_threads(previous)
         assert got[0][0].std() > 0
-        np.testing.assert_array_equal(got[0][0], got[1][0], err_msg=model["kind"])
+        scale = np.abs(got[0][0]).max()
+        np.testing.assert_allclose(got[0][0], got[1][0], rtol=1e-4, atol=1e-5 * scale)
         for k in got[0][1]:
-            assert torch.equal(got[0][1][k], got[1][1][k]), (model["kind"], k)
+            torch.testing.assert_close(got[0][1][k], got[1][1][k], rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("preset", [None, "COMPATIBLE"])
@@ -227,7 +237,7 @@ def test_ray_executor_writes_the_serial_runs_bytes_on_a_loopback_cluster_though_
             os._exit(1)
         return REAL_FOLD(prep, task)
 
-    monkeypatch.setattr(parallel, "_fold", dies_once)
+    monkeypatch.setattr(parallel, "_member", dies_once)
     serial, on_ray = tmp_path / "serial", tmp_path / "ray"
     assert runner.invoke(app, [*ARGS, "--out", str(serial)]).exit_code == 0
     r = runner.invoke(app, [*ARGS, "--out", str(on_ray), "--executor", "ray"])

@@ -214,8 +214,12 @@ def _train(cfg, target: Path, resume: bool) -> None:
     )
     if info["warning"]:
         err.print(f"[yellow]warning:[/yellow] {info['warning']}", soft_wrap=True)
+    members = cfg.train.ensemble
     with _progress() as progress:
         task = progress.add_task("train", total=cfg.train.epochs, info="")
+
+        def on_member(m: int) -> None:
+            progress.update(task, description=f"member {m + 1}/{members}", completed=0)
 
         def on_step(s: dict[str, float]) -> None:
             progress.update(
@@ -235,8 +239,25 @@ def _train(cfg, target: Path, resume: bool) -> None:
                 ),
             )
 
-        summary = run_training(cfg, target, resume=resume, on_step=on_step, on_epoch_done=on_epoch)
+        summary = run_training(
+            cfg,
+            target,
+            resume=resume,
+            on_step=on_step,
+            on_epoch_done=on_epoch,
+            on_member=on_member if members > 1 else None,
+        )
     if not summary:  # another rank than 0: rank 0 reports
+        return
+    if members > 1:
+        kept = [m["best_epoch"] for m in summary["members"]]
+        mean = summary["ensemble_val_loss"]
+        mean = "n/a (no validation rows)" if mean is None else f"{mean:.4f}"
+        out.print(
+            f"ensemble of {members}: best epochs {kept} ({summary['steps']} steps in all); "
+            f"validation MSE of the mean prediction {mean}, members' mean "
+            f"{summary['best_val_loss']:.4f} (scaled target) on {summary['device']} -> {target}"
+        )
         return
     best = (
         f"best epoch {summary['best_epoch']}/{summary['epochs_run']}"

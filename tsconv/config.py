@@ -153,7 +153,17 @@ class TrainConfig(_Section):
     amp: bool = False
     compile: bool = False
     cuda_graphs: bool = Field(True, description="replay each full batch's step as a CUDA graph")
-    threads: int | None = Field(None, ge=1)
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch CPU threads of every training process; unset: the cores shared out",
+    )
+    ensemble: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="models trained from different seeds on the same data, predictions averaged",
+    )
 
 
 class BacktestConfig(_Section):

@@ -29,6 +29,7 @@ from tsconv.train import (
     dense_sequence,
     fit,
     fit_sequence,
+    intra_op_threads,
     predict_rows,
     select_device,
 )
@@ -113,6 +114,16 @@ def split_train_val(
         fit_spans[t] = (lo, max(lo, v - gap))
         val_spans[t] = (v, hi)
     return fit_spans, val_spans
+
+
+def member_seed(seed: int, member: int) -> int:
+    """The seed of ensemble member `member` of a fit seeded `seed`. Member 0 keeps `seed`, so
+    an ensemble of one is the single model, bit for bit; the others draw theirs from numpy's
+    SeedSequence of (seed, member), which almost surely repeats no other fit's seed (a fold's
+    seed is the config's plus the fold's index)."""
+    if member == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, member]).generate_state(1)[0])
 
 
 def fit_scalers(prep: Prepared, train: dict[str, Span]) -> dict[str, Scaler]:
@@ -266,21 +277,25 @@ def describe_model(cfg: Config) -> dict[str, Any]:
     }
 
 
-def _metrics_csv(history: list[dict[str, float]]) -> str:
+def _metrics_csv(histories: list[list[dict[str, float]]]) -> str:
+    """Every epoch's row; with several members, each row starts with its member's number."""
+    rows = [
+        ({"member": m} if len(histories) > 1 else {}) | row
+        for m, history in enumerate(histories)
+        for row in history
+    ]
     buf = _io.StringIO()
-    if history:
-        writer = csv.DictWriter(buf, fieldnames=list(history[0]))
+    if rows:
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
         writer.writeheader()
-        writer.writerows(history)
+        writer.writerows(rows)
     return buf.getvalue()
 
 
-def plot_loss(
-    path: Path, history: list[dict[str, float]], start: float | None = None, best: int = 0
-) -> None:
+def plot_loss(path: Path, results: list[dict[str, Any]]) -> None:
     """Training and validation loss by epoch, the starting weights' validation loss (epoch 0:
     the zero head plus the highway's ridge fit, the level training must beat) and the epoch
-    kept."""
+    kept; for an ensemble, each member's validation curve and kept epoch."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -288,29 +303,44 @@ def plot_loss(
     from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    ep = [h["epoch"] for h in history]
-    ax.plot(ep, [h["train_loss"] for h in history], marker=".", label="training (dropout on)")
-    val_ep, val = ep, [h["val_loss"] for h in history]
-    if start is not None and np.isfinite(start):
-        ax.axhline(
-            start, color="grey", ls="--", lw=0.8, label="starting weights (zero head + ridge)"
-        )
-        val_ep, val = [0, *ep], [start, *val]
-    ax.plot(val_ep, val, marker=".", label="validation (dropout off)")
-    kept = start if best == 0 else history[best - 1]["val_loss"]
-    if kept is not None and np.isfinite(kept):
-        ax.plot([best], [kept], "k*", ms=12, label=f"kept: epoch {best}")
+    single = len(results) == 1
+    for m, r in enumerate(results):
+        history, start, best = r["history"], r["initial_val"], r["best_epoch"]
+        ep = [h["epoch"] for h in history]
+        if single:
+            ax.plot(
+                ep, [h["train_loss"] for h in history], marker=".", label="training (dropout on)"
+            )
+        val_ep, val = ep, [h["val_loss"] for h in history]
+        if start is not None and np.isfinite(start):
+            if single or m == 0:
+                label = "starting weights (zero head + ridge)"
+                ax.axhline(start, color="grey", ls="--", lw=0.8, label=label)
+            val_ep, val = [0, *ep], [start, *val]
+        label = "validation (dropout off)" if single else f"member {m}: validation"
+        (line,) = ax.plot(val_ep, val, marker=".", lw=1 if single else 0.8, label=label)
+        kept = start if best == 0 else history[best - 1]["val_loss"]
+        if kept is not None and np.isfinite(kept):
+            words = f"kept: epoch {best}" if single else None
+            ax.plot(
+                [best],
+                [kept],
+                "*",
+                color="k" if single else line.get_color(),
+                ms=12 if single else 9,
+                label=words,
+            )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("MSE of the scaled target")
     ax.legend(fontsize=8)
-    fig.text(
-        0.01,
-        0.01,
+    note = (
         "Validation can sit below training: dropout is on in training only, and the two "
-        "spans differ in volatility.",
-        fontsize=7,
+        "spans differ in volatility."
+        if single
+        else f"{len(results)} members from their own seeds; a star marks the epoch each kept."
     )
+    fig.text(0.01, 0.01, note, fontsize=7)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     buf = _io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
@@ -326,48 +356,87 @@ def _processes() -> dict[str, Any]:
 
 
 def run_training(
-    cfg: Config, out: Path, *, resume: bool = False, on_step: Any = None, on_epoch_done: Any = None
+    cfg: Config,
+    out: Path,
+    *,
+    resume: bool = False,
+    on_step: Any = None,
+    on_epoch_done: Any = None,
+    on_member: Any = None,
 ) -> dict[str, Any]:
-    """`tsconv train`: fit on the chronological split and write the run folder."""
-    out = Path(out)
+    """`tsconv train`: fit on the chronological split and write the run folder. With
+    `train.ensemble: K` the K members are trained one after another (`on_member(m)` as each
+    starts), each from its own seed; a resume continues the member that was training."""
+    with intra_op_threads(cfg.train.threads):
+        return _run_training(cfg, Path(out), resume, on_step, on_epoch_done, on_member)
+
+
+def _run_training(
+    cfg: Config, out: Path, resume: bool, on_step: Any, on_epoch_done: Any, on_member: Any
+) -> dict[str, Any]:
     state_path = out / "state.pt"
-    resume_state = None
+    resume_state, first, done = None, 0, []
     if resume:
         if not state_path.exists():
             if (out / "model.pt").exists():
                 raise UsageError(f"{out}: this run already finished; nothing to resume")
             raise UsageError(f"{out}: no state.pt to resume from")
         payload = torch.load(state_path, map_location="cpu", weights_only=True)
-        resume_state = FitState.from_dict(payload["fit"])
+        first, done = payload.get("member", 0), payload.get("done", [])
+        if payload.get("fit") is not None:
+            resume_state = FitState.from_dict(payload["fit"])
     prep = prepare(cfg)
     device = select_device(cfg.train.device)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
     train, val = training_spans(prep)
     main = ddp.is_main()  # under torchrun, rank 0 alone writes the run folder
     if main:
         io.write_text(out / "config.yaml", dump_yaml(cfg))
         io.write_json(out / "versions.json", io.run_info(cfg.seed, device) | _processes())
+    members = cfg.train.ensemble
 
-    def save_epoch(state: FitState) -> None:
+    def histories(current: list[dict[str, float]]) -> list[list[dict[str, float]]]:
+        return [d["result"]["history"] for d in done] + [current]
+
+    def save(member: int, state: FitState | None, current: list[dict[str, float]]) -> None:
         if main:
-            io.save_torch(state_path, {"fit": state.to_dict()})
-            io.write_text(out / "metrics.csv", _metrics_csv(state.result.history))
-        if on_epoch_done is not None:
-            on_epoch_done(state)
+            fit_state = state.to_dict() if state is not None else None
+            io.save_torch(state_path, {"fit": fit_state, "member": member, "done": done})
+            io.write_text(out / "metrics.csv", _metrics_csv(histories(current)))
 
-    model, scalers, _, result = fit_span(
-        prep,
-        train,
-        val,
-        seed=cfg.seed,
-        device=device,
-        resume=resume_state,
-        on_epoch=save_epoch,
-        on_step=on_step,
-    )
+    for member in range(first, members):
+        if on_member is not None:
+            on_member(member)
+
+        def save_epoch(state: FitState, member: int = member) -> None:
+            save(member, state, state.result.history)
+            if on_epoch_done is not None:
+                on_epoch_done(state)
+
+        model, scalers, panel, result = fit_span(
+            prep,
+            train,
+            val,
+            seed=member_seed(cfg.seed, member),
+            device=device,
+            resume=resume_state if member == first else None,
+            on_epoch=save_epoch,
+            on_step=on_step,
+        )
+        done.append({"state_dict": _cpu_weights(model), "result": _result_dict(result)})
+        if member + 1 < members:
+            save(member + 1, None, [])
     if not main:
         return {}
+    ensemble = [d["state_dict"] for d in done]
+    model = build_model(cfg.model, len(covariates.input_names(cfg)))
+    model.load_state_dict(ensemble[0])
+    extra = {
+        "train_end": {
+            t: str(prep.data[t].dates[hi - 1].date()) for t, (lo, hi) in train.items() if hi > lo
+        }
+    }
+    if members > 1:
+        extra["ensemble"] = ensemble
     checkpoint.save(
         out / "model.pt",
         cfg=cfg,
@@ -375,17 +444,11 @@ def run_training(
         scalers=scalers,
         receptive_field=prep.receptive_field,
         burn_in=prep.burn_in,
-        extra={
-            "train_end": {
-                t: str(prep.data[t].dates[hi - 1].date())
-                for t, (lo, hi) in train.items()
-                if hi > lo
-            }
-        },
+        extra=extra,
     )
-    io.write_text(out / "metrics.csv", _metrics_csv(result.history))
-    plot_loss(out / "loss.png", result.history, result.initial_val, result.best_epoch)
-    best = result.history[result.best_epoch - 1] if result.best_epoch else {}
+    results = [d["result"] for d in done]
+    io.write_text(out / "metrics.csv", _metrics_csv([r["history"] for r in results]))
+    plot_loss(out / "loss.png", results)
     summary = {
         "tickers": list(prep.data),
         "device": str(device),
@@ -398,22 +461,88 @@ def run_training(
             if cfg.train.targets == "all"
             else cfg.window
         ),
-        "epochs_run": len(result.history),
-        "steps": result.steps,
-        "best_epoch": result.best_epoch,
-        "initial_val_loss": result.initial_val,
-        "best_val_loss": result.best_val,
-        "stopped_early": result.stopped_early,
-        "train_loss_at_best": best.get("train_loss"),  # None: the starting weights were best
+        **_fit_summary(results),
         "train_rows": {t: hi - lo for t, (lo, hi) in train.items()},
         "val_rows": {t: hi - lo for t, (lo, hi) in val.items()},
         "warning": window_warning(cfg, prep.receptive_field),
         **_processes(),
     }
+    if members > 1:
+        summary["members"] = [
+            {"seed": member_seed(cfg.seed, m), **_fit_summary([r])} for m, r in enumerate(results)
+        ]
+        nets = []
+        for state in ensemble:
+            net = build_model(cfg.model, len(covariates.input_names(cfg)))
+            net.load_state_dict(state)
+            nets.append(net)
+        summary["ensemble_val_loss"] = ensemble_val_loss(nets, panel, val, cfg.window, device)
     io.write_json(out / "summary.json", summary)
     state_path.unlink(missing_ok=True)
     io.write_manifest(out, complete=True)
     return summary
+
+
+def _cpu_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def _result_dict(result: FitResult) -> dict[str, Any]:
+    return {
+        "history": result.history,
+        "best_epoch": result.best_epoch,
+        "best_val": result.best_val,
+        "stopped_early": result.stopped_early,
+        "initial_val": result.initial_val,
+        "steps": result.steps,
+    }
+
+
+def _fit_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One fit's record, or an ensemble's: epochs and steps summed over the members, the
+    latest best epoch (0 only when no member beat its starting weights), mean losses."""
+
+    def mean(values: list[float | None]) -> float | None:
+        known = [v for v in values if v is not None]
+        return float(np.mean(known)) if known else None
+
+    at_best = [
+        r["history"][r["best_epoch"] - 1]["train_loss"] if r["best_epoch"] else None
+        for r in results
+    ]
+    return {
+        "epochs_run": sum(len(r["history"]) for r in results),
+        "steps": sum(r["steps"] for r in results),
+        "best_epoch": max(r["best_epoch"] for r in results),
+        "initial_val_loss": mean([r["initial_val"] for r in results]),
+        "best_val_loss": mean([r["best_val"] for r in results]),
+        "stopped_early": any(r["stopped_early"] for r in results),
+        "train_loss_at_best": mean(at_best),  # None: the starting weights were best
+    }
+
+
+def ensemble_predict(
+    models: list[torch.nn.Module], panel: Panel, rows: torch.Tensor, window: int, device: Any
+) -> np.ndarray:
+    """The members' mean prediction at `rows` (scaled), averaged in float64."""
+    preds = [predict_rows(m, panel, rows, window, device) for m in models]
+    return np.mean(np.stack(preds).astype(np.float64), axis=0)
+
+
+def ensemble_val_loss(
+    models: list[torch.nn.Module], panel: Panel, val: dict[str, Span], window: int, device: Any
+) -> float | None:
+    """Validation MSE (scaled target) of the members' mean prediction, each row predicted from
+    the window ending there, as early stopping scores a member."""
+    rows = [
+        global_rows(panel, t, np.arange(max(lo, window - 1), hi)) for t, (lo, hi) in val.items()
+    ]
+    rows = torch.cat([*rows, torch.zeros(0, dtype=torch.int64)])
+    rows = rows[torch.isfinite(panel.y[rows])]
+    if not len(rows):
+        return None
+    pred = ensemble_predict(models, panel, rows, window, device)
+    return float(np.mean((pred - panel.y[rows].double().numpy()) ** 2))
 
 
 # --------------------------------------------------------------------------- tsconv predict
@@ -447,8 +576,10 @@ def predict_latest(run: Path, tickers: list[str] | None = None) -> list[dict[str
     if tickers:
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"tickers": tickers})})
     prep = prepare(cfg)
-    model = build_model(cfg.model, payload["in_features"])
-    model.load_state_dict(payload["state_dict"])
+    models = []
+    for state in payload.get("ensemble") or [payload["state_dict"]]:
+        models.append(build_model(cfg.model, payload["in_features"]))
+        models[-1].load_state_dict(state)
     scalers = {}
     for t, td in prep.data.items():
         stored = payload["scalers"].get(t)
@@ -458,16 +589,9 @@ def predict_latest(run: Path, tickers: list[str] | None = None) -> list[dict[str
     rows = []
     for t, td in prep.data.items():
         last = len(td.x) - 1
-        pred = (
-            predict_rows(
-                model,
-                panel,
-                global_rows(panel, t, np.array([last])),
-                cfg.window,
-                torch.device("cpu"),
-            )[0]
-            * scalers[t].y_scale
-        )
+        row = global_rows(panel, t, np.array([last]))
+        pred = ensemble_predict(models, panel, row, cfg.window, torch.device("cpu"))[0]
+        pred = pred * scalers[t].y_scale
         rows.append(
             {
                 "ticker": t,
@@ -475,6 +599,7 @@ def predict_latest(run: Path, tickers: list[str] | None = None) -> list[dict[str
                 "horizon": cfg.target.horizon,
                 "predicted_log_return": float(pred),
                 "scaler": "training span" if t in payload["scalers"] else "own history",
+                **({"members": len(models)} if len(models) > 1 else {}),
             }
         )
     return rows

@@ -206,13 +206,12 @@ def _run_ray(ray, remote, shared_ref, threads, tasks, fn: Task, finished: Finish
 # --------------------------------------------------------------------------- folds
 
 
-def _fold(prep: Any, task: tuple[Any, torch.device]) -> tuple[Any, dict[str, Any]]:
-    """One full-retrain fold's predictions and info (its final weights are not needed)."""
-    from tsconv.walkforward import run_fold
+def _member(prep: Any, task: tuple[Any, int, torch.device]) -> Any:
+    """One ensemble member of a full-retrain fold (its final weights are not needed)."""
+    from tsconv.walkforward import fit_member
 
-    fold, device = task
-    preds, info, _ = run_fold(prep, fold, device, None)
-    return preds, info
+    fold, member, device = task
+    return fit_member(prep, fold, member, device, keep_state=False)
 
 
 def run_folds(
@@ -226,16 +225,24 @@ def run_folds(
     executor: str = "local",
     address: str | None = None,
 ) -> None:
-    """Run `folds` (in order of size, smallest first) in `workers` local processes or as Ray
-    tasks, calling `finished(fold, predictions, info)` here as each one ends."""
+    """Run every ensemble member of `folds` (in order of size, smallest first) as a task in
+    `workers` local processes or on Ray, calling `finished(fold, predictions, info)` here as
+    each fold's last member ends."""
+    from tsconv.walkforward import combine_members
+
+    members = prep.cfg.train.ensemble
     engine = (
         ray_cluster(prep, threads, int(device.type == "cuda"), address)
         if executor == "ray"
         else local_pool(prep, workers, threads)
     )
+    fits: dict[int, list[Any]] = {}
+
+    def member_done(task: tuple[Any, int, torch.device], fitted: Any) -> None:
+        fold = task[0]
+        fits.setdefault(fold.index, []).append(fitted)
+        if len(fits[fold.index]) == members:
+            finished(fold, *combine_members(fits.pop(fold.index)))
+
     with engine as run:
-        run(
-            [(fold, device) for fold in folds],
-            _fold,
-            lambda task, result: finished(task[0], *result),
-        )
+        run([(fold, m, device) for fold in folds for m in range(members)], _member, member_done)

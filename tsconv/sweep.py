@@ -128,7 +128,8 @@ def _engine(frames, workers: int, executor: str, address: str | None, base: Conf
 
         gpus = int(select_device(base.train.device).type == "cuda")
         return parallel.ray_cluster(frames, base.train.threads or 1, gpus, address)
-    return parallel.local_pool(frames, workers, max(1, torch.get_num_threads() // workers))
+    threads = base.train.threads or max(1, torch.get_num_threads() // workers)
+    return parallel.local_pool(frames, workers, threads)
 
 
 def run_sweep(

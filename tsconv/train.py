@@ -55,6 +55,19 @@ def _pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+@contextlib.contextmanager
+def intra_op_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to `threads` (unset: left alone), put back on exit:
+    a run called from a test or a notebook leaves the caller's setting as it found it."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def seed_everything(seed: int) -> torch.Generator:
     random.seed(seed)
     np.random.seed(seed % 2**32)

@@ -28,10 +28,11 @@ from tsconv.experiment import (
     fit_span,
     global_rows,
     known_rows,
+    member_seed,
     prepare,
     split_train_val,
 )
-from tsconv.train import predict_rows, select_device
+from tsconv.train import FitResult, intra_op_threads, predict_rows, select_device
 
 
 @dataclass(frozen=True)
@@ -102,9 +103,33 @@ def _fold_path(out: Path, k: int) -> Path:
     return out / "folds" / f"fold_{k:03d}.parquet"
 
 
-def run_fold(
-    prep: Prepared, fold: Fold, device: torch.device, init_state: dict | None
-) -> tuple[pd.DataFrame, dict[str, Any], dict[str, torch.Tensor]]:
+@dataclass
+class MemberFit:
+    """One ensemble member's fit on one fold: its predictions (in return units, for each test
+    ticker in `fold_spans` order), its training record and, for member 0, the fold's rows with
+    every column but the prediction (the baselines do not depend on the member)."""
+
+    member: int
+    predictions: dict[str, np.ndarray]
+    result: FitResult
+    fit_seconds: float
+    predict_seconds: float
+    rows: pd.DataFrame | None = None
+    info: dict[str, Any] | None = None
+    state: dict[str, torch.Tensor] | None = None
+
+
+def fit_member(
+    prep: Prepared,
+    fold: Fold,
+    member: int,
+    device: torch.device,
+    init_state: dict | None = None,
+    keep_state: bool = True,
+) -> MemberFit:
+    """Fit member `member` of the fold's ensemble (seed `member_seed(seed + fold, member)`) on
+    the fold's training rows and predict its test rows. Members share the data and the
+    scaler, so they are independent tasks: any process may fit any of them."""
     cfg = prep.cfg
     bt = cfg.backtest
     train, test = fold_spans(prep, fold)
@@ -120,23 +145,42 @@ def run_fold(
         prep,
         fit_spans,
         val_spans,
-        seed=cfg.seed + fold.index,
+        seed=member_seed(cfg.seed + fold.index, member),
         device=device,
         init_state=init_state if warm else None,
         epochs=epochs,
     )
     t_fit = time.perf_counter() - t0
-    preds_by_ticker = {
+    predictions = {
         t: predict_rows(
             model, panel, global_rows(panel, t, rows), cfg.window, device, amp=cfg.train.amp
         )
         * scalers[t].y_scale
         for t, rows in test.items()
     }
-    t_predict = time.perf_counter() - t0 - t_fit
+    fitted = MemberFit(member, predictions, result, t_fit, time.perf_counter() - t0 - t_fit)
+    if keep_state:
+        fitted.state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if member == 0:
+        fitted.rows, fitted.info = _fold_rows(prep, fold, train, test, scalers)
+        fitted.info["train_rows"] = int(sum(hi - lo for lo, hi in fit_spans.values()))
+        fitted.info["val_rows"] = int(sum(hi - lo for lo, hi in val_spans.values()))
+    return fitted
+
+
+def _fold_rows(
+    prep: Prepared,
+    fold: Fold,
+    train: dict[str, tuple[int, int]],
+    test: dict[str, np.ndarray],
+    scalers: dict[str, Any],
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The fold's test rows with realised returns and baselines (the prediction column is
+    filled by `combine_members`), and the dates of its spans."""
+    cfg, bt = prep.cfg, prep.cfg.backtest
     frames = []
     for t, rows in test.items():
-        td, s, pred = prep.data[t], scalers[t], preds_by_ticker[t]
+        td, s = prep.data[t], scalers[t]
         lo, hi = train.get(t, (0, 0))
         frames.append(
             pd.DataFrame(
@@ -144,7 +188,7 @@ def run_fold(
                     "date": td.dates[rows],
                     "ticker": t,
                     "fold": fold.index,
-                    "prediction": pred.astype(np.float64),
+                    "prediction": np.nan,
                     "realized": td.y[rows],
                     "realized_1": td.ret1[rows],
                     "zero": 0.0,
@@ -158,26 +202,57 @@ def run_fold(
                 }
             )
         )
-    preds = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     train_dates = [prep.data[t].dates[[lo, hi - 1]] for t, (lo, hi) in train.items()]
     info = {
         "fold": fold.index,
         "train_start": str(min(d[0] for d in train_dates).date()),
         "train_end": str(max(d[1] for d in train_dates).date()),
         "test_start": str(fold.test_start.date()),
-        "test_end": str(preds["date"].max().date()) if len(preds) else None,
-        "train_rows": int(sum(hi - lo for lo, hi in fit_spans.values())),
-        "val_rows": int(sum(hi - lo for lo, hi in val_spans.values())),
-        "test_rows": len(preds),
-        "epochs": len(result.history),
-        "steps": result.steps,
-        "best_epoch": result.best_epoch,  # 0: no epoch clearly beat the starting weights
-        "best_val_loss": result.best_val,
-        "fit_seconds": t_fit,
-        "predict_seconds": t_predict,
+        "test_end": str(rows["date"].max().date()) if len(rows) else None,
     }
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return preds, info, state
+    return rows, info
+
+
+def combine_members(fits: list[MemberFit]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The fold's predictions (the members' mean, in float64) and its info row. One member
+    gives exactly its own numbers; the same members give the same bytes in any process."""
+    fits = sorted(fits, key=lambda f: f.member)
+    first = fits[0]
+    preds = first.rows.copy()
+    if len(preds):
+        per_member = [np.concatenate(list(f.predictions.values())) for f in fits]
+        preds["prediction"] = np.mean(np.stack(per_member).astype(np.float64), axis=0)
+    results = [f.result for f in fits]
+    info = {
+        **first.info,
+        "test_rows": len(preds),
+        # over all members; best_epoch 0 only when no member's training beat its start
+        "epochs": sum(len(r.history) for r in results),
+        "steps": sum(r.steps for r in results),
+        "best_epoch": max(r.best_epoch for r in results),
+        "best_val_loss": float(np.mean([r.best_val for r in results])),
+        "fit_seconds": sum(f.fit_seconds for f in fits),
+        "predict_seconds": sum(f.predict_seconds for f in fits),
+    }
+    if len(fits) > 1:
+        info["members"] = len(fits)
+        info["members_kept_start"] = sum(r.best_epoch == 0 for r in results)
+        info["member_best_epochs"] = " ".join(str(r.best_epoch) for r in results)
+    return preds, info
+
+
+def run_fold(
+    prep: Prepared, fold: Fold, device: torch.device, init_state: list | None
+) -> tuple[pd.DataFrame, dict[str, Any], list[dict[str, torch.Tensor]]]:
+    """Every member of the fold's ensemble, one after another; `init_state` (warm retrain):
+    the members' weights from the previous fold, each member continuing its own."""
+    fits = [
+        fit_member(prep, fold, m, device, init_state[m] if init_state else None)
+        for m in range(prep.cfg.train.ensemble)
+    ]
+    preds, info = combine_members(fits)
+    return preds, info, [f.state for f in fits]
 
 
 FoldHook = Callable[[int, int, dict[str, Any]], None]
@@ -186,17 +261,37 @@ RESUMED = {"resumed": True}
 
 def fold_workers(cfg: Config, folds: int) -> int:
     """How many processes run the folds: `backtest.workers` (auto: torch's intra-op thread
-    count, which is the physical cores unless set), at most one per fold; 1 for `retrain:
-    warm`, whose folds chain."""
+    count, which is the physical cores unless set), at most one per task (a fold's ensemble
+    member); 1 for `retrain: warm`, whose folds chain."""
     workers = cfg.backtest.workers
     if workers == "auto":
         workers = torch.get_num_threads()
     if cfg.backtest.retrain == "warm":
         return 1
-    return max(1, min(int(workers), folds))
+    return max(1, min(int(workers), folds * cfg.train.ensemble))
 
 
-def run_backtest(
+def fold_threads(cfg: Config, workers: int) -> int:
+    """Intra-op threads of each process running folds: `train.threads` when set (in this
+    process and in every worker alike, so results do not depend on the worker count on any
+    CPU), else the cores shared out (a Ray task: 1). MKL's sums may depend on the thread count
+    (on AMD EPYC, by an ulp in some shapes; not on Intel, where `import tsconv` selects MKL's
+    strict reproducible mode)."""
+    if cfg.train.threads:
+        return cfg.train.threads
+    if cfg.backtest.executor == "ray":
+        return 1
+    return max(1, torch.get_num_threads() // workers)
+
+
+def run_backtest(cfg: Config, out: Path, **kwargs: Any) -> dict[str, Any]:
+    """Run every fold (resuming finished ones from disk), then write predictions, each
+    strategy's net returns, metrics and (unless `report_html` is false) the report."""
+    with intra_op_threads(cfg.train.threads):
+        return _run_backtest(cfg, out, **kwargs)
+
+
+def _run_backtest(
     cfg: Config,
     out: Path,
     *,
@@ -205,8 +300,6 @@ def run_backtest(
     prep: Prepared | None = None,
     report_html: bool = True,
 ) -> dict[str, Any]:
-    """Run every fold (resuming finished ones from disk), then write predictions, each
-    strategy's net returns, metrics and (unless `report_html` is false) the report."""
     from tsconv import report
 
     out = Path(out)
@@ -220,8 +313,6 @@ def run_backtest(
         )
     folds = make_folds(prep)
     device = select_device(cfg.train.device)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
     resolved = results_config(cfg)
     stored_path = out / "folds" / "config.json"
     if resume and stored_path.exists():
@@ -265,14 +356,13 @@ def run_backtest(
             todo.append(fold)
     workers = fold_workers(cfg, len(todo))
     if todo and (workers > 1 or cfg.backtest.executor == "ray") and not warm:
-        ray = cfg.backtest.executor == "ray"
         parallel.run_folds(
             prep,
             todo,
             device,
             finished,
             workers=workers,
-            threads=(cfg.train.threads or 1) if ray else max(1, torch.get_num_threads() // workers),
+            threads=fold_threads(cfg, workers),
             executor=cfg.backtest.executor,
             address=cfg.backtest.ray_address,
         )
