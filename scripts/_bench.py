@@ -9,6 +9,8 @@ from collections.abc import Callable
 
 import torch
 
+from tsconv.io import cpu_name
+
 
 def timeit(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> dict[str, float]:
     for _ in range(warmup):
@@ -55,7 +57,7 @@ def time_rounds(
 def machine() -> str:
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (
-        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"{cpu_name()} ({platform.machine()}), {torch.get_num_threads()} torch threads, "
         f"torch {torch.__version__}, {dev}"
     )
 

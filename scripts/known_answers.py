@@ -1,6 +1,7 @@
 """What tsconv can learn: every shipped config's walk-forward R^2 on series with a known answer.
 
     python scripts/known_answers.py [--out docs/known_answers.md] [--configs quick tcn ...]
+                                    [--set train.ensemble=4 ...]
 
 Runs the same cases as tests/test_known_answers.py (tsconv.synthetic.CASES, the configs
 unchanged but for data keys and tsconv.synthetic.SPAN_KEYS) and prints, per series, the oracle's
@@ -91,11 +92,19 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="also write the table as markdown here")
     ap.add_argument("--configs", nargs="+", default=CONFIGS, choices=CONFIGS)
     ap.add_argument("--series", nargs="+", default=[*synthetic.CASES, "sample"])
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config override after the case's own, e.g. train.ensemble=4 (repeatable)",
+    )
     args = ap.parse_args()
     results = {}
     for config in args.configs:
         for series in args.series:
-            results[(config, series)] = r = run(config, series)
+            results[(config, series)] = r = run(config, series, args.overrides)
             print(
                 f"{config:10s} {series:12s} model {fmt(r['model'])} ridge {fmt(r['ridge'])} "
                 f"oracle {fmt(r['oracle'])} DM p {r['dm_p']:.2g} ({r['folds']} folds, "
@@ -110,7 +119,9 @@ def main() -> None:
             "Walk-forward R^2 out of sample (against the zero forecast) of every shipped config on "
             "series whose best forecast is known, from `make known-answers` "
             f"(`python scripts/known_answers.py --out {args.out}`) on {platform.node() or 'this machine'}"
-            f", torch {torch.__version__}, {torch.get_num_threads()} threads. Ridge AR is the "
+            f", torch {torch.__version__}, {torch.get_num_threads()} threads"
+            + (f", with {' '.join(args.overrides)}" if args.overrides else "")
+            + ". Ridge AR is the "
             "baseline of the same backtest (the configs differ in features and spans). The oracle "
             "is the generating process's own conditional mean on the same rows. DM: the "
             "Diebold-Mariano test of the model's squared error against the zero forecast's. "

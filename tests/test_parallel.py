@@ -51,7 +51,11 @@ def test_two_workers_write_the_serial_runs_bytes(tmp_path):
     r = runner.invoke(app, [*ARGS, "--out", str(par), "--workers", "2"])
     assert r.exit_code == 0, r.output
     assert "folds on 2 processes in" in r.output
-    assert json.loads((par / "timing.json").read_text())["workers"] == 2
+    timing = json.loads((par / "timing.json").read_text())
+    assert timing["workers"] == 2 and timing["threads"] == 1
+    # what the numbers depend on besides the config
+    versions = json.loads((par / "versions.json").read_text())
+    assert versions["cpu"] and versions["threads"] == 1 and versions["mkl_cbwr"]
     folds = pd.read_csv(par / "folds.csv")
     assert len(folds) >= 3 and list(folds["fold"]) == list(range(len(folds)))
     for name in SAME:
@@ -123,6 +127,41 @@ def test_a_worker_that_dies_stops_the_run_cleanly_and_resume_finishes_it(tmp_pat
     assert m["timing"]["folds_resumed"] == 1
     for name in SAME:
         assert (tmp_path / "serial" / name).read_bytes() == (out / name).read_bytes(), name
+
+
+def test_a_closed_run_takes_no_more_claims(tmp_path):
+    """Workers may still hold queued tasks of a run that has ended (this process ran them);
+    once the run is over none of them may claim, not even a task whose claim file a clean-up
+    just deleted."""
+    with parallel._claims(str(tmp_path)) as claims:
+        assert parallel._claim(claims, 0) and not parallel._claim(claims, 0)
+        assert parallel._claim(claims, 1)
+    assert not parallel._claim(claims, 0) and not parallel._claim(claims, 2)
+    (closed,) = tmp_path.iterdir()
+    assert sorted(p.name for p in closed.iterdir()) == ["0", "1"]
+
+
+def test_both_processes_share_the_tasks_and_each_is_handed_over_once(tmp_path):
+    done = []
+    shared = (os.getpid(), str(tmp_path / "worker-ran"))
+    with parallel.local_pool(shared, workers=2, threads=1) as run:
+        run(list(range(60)), _waits_for_the_worker, lambda task, pid: done.append((task, pid)))
+    assert sorted(task for task, _ in done) == list(range(60))
+    assert {pid for _, pid in done} - {os.getpid()}  # the worker ran some
+
+
+def _waits_for_the_worker(shared, task):
+    """This process's first task waits until the spawned worker has run one, so both run
+    some; every task takes a little while, so the worker still holds queued ones at the end."""
+    main, marker = shared
+    if os.getpid() != main:
+        Path(marker).touch()
+    elif task == 0:
+        deadline = time.monotonic() + 120
+        while not Path(marker).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    time.sleep(0.02)
+    return os.getpid()
 
 
 def test_fold_results_with_another_thread_count_agree_to_float_precision():

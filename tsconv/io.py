@@ -88,15 +88,35 @@ def sha256(path: Path) -> str:
 
 
 def run_info(seed: int, device: Any) -> dict[str, Any]:
-    """What a run's numbers depend on besides its config: versions, seed and the device used
-    (the config may say "auto")."""
+    """What a run's numbers depend on besides its config: versions, seed, the device used (the
+    config may say "auto") and, on a CPU, its model, torch's thread count and MKL's
+    reproducibility mode (MKL's sums may depend on all three: docs/performance.md)."""
     import torch
 
-    info: dict[str, Any] = {**versions(), "seed": seed, "device": str(device)}
+    info: dict[str, Any] = {
+        **versions(),
+        "seed": seed,
+        "device": str(device),
+        "cpu": cpu_name(),
+        "threads": torch.get_num_threads(),
+        "mkl_cbwr": os.environ.get("MKL_CBWR"),
+    }
     if getattr(device, "type", None) == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = str(torch.version.cuda)
     return info
+
+
+def cpu_name() -> str:
+    """The CPU's model name ("AMD EPYC", "Intel(R) Xeon(R) ..."), or the architecture."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def versions() -> dict[str, str]:

@@ -72,6 +72,19 @@ def _claim(claims: str, index: int) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def _claims(folder: str) -> Iterator[str]:
+    """A new folder of task claims inside `folder`, closed on exit by renaming it: a worker
+    still holding queued tasks of a finished run then finds no folder to claim in. Deleting
+    the claims instead would let such a worker re-create a claim just deleted, run that task
+    a second time for nothing, and make the folder's removal fail (seen with 32 tasks)."""
+    claims = tempfile.mkdtemp(dir=folder)
+    try:
+        yield claims
+    finally:
+        os.rename(claims, claims + ".closed")
+
+
 def _call(fn: Task, task: Any, claims: str, index: int) -> Any:
     return fn(_shared, task) if _claim(claims, index) else _Skipped()
 
@@ -96,7 +109,10 @@ def local_pool(shared: Any, workers: int, threads: int) -> Iterator[Runner]:
         )
 
         def run(tasks: Sequence[Any], fn: Task, finished: Finished) -> None:
-            claims = tempfile.mkdtemp(dir=tmp)
+            with _claims(tmp) as claims:
+                _run_claimed(tasks, fn, finished, claims)
+
+        def _run_claimed(tasks: Sequence[Any], fn: Task, finished: Finished, claims: str) -> None:
             order = list(enumerate(tasks))
             futures = {i: pool.submit(_call, fn, t, claims, i) for i, t in reversed(order)}
             pending = {futures[i]: t for i, t in order}

@@ -355,14 +355,16 @@ def _run_backtest(
         else:
             todo.append(fold)
     workers = fold_workers(cfg, len(todo))
-    if todo and (workers > 1 or cfg.backtest.executor == "ray") and not warm:
+    spread = (workers > 1 or cfg.backtest.executor == "ray") and not warm
+    threads = fold_threads(cfg, workers) if spread else torch.get_num_threads()
+    if todo and spread:
         parallel.run_folds(
             prep,
             todo,
             device,
             finished,
             workers=workers,
-            threads=fold_threads(cfg, workers),
+            threads=threads,
             executor=cfg.backtest.executor,
             address=cfg.backtest.ray_address,
         )
@@ -385,6 +387,7 @@ def _run_backtest(
         "folds": len(folds),
         "folds_resumed": len(infos) - len(ran),
         "workers": workers,
+        "threads": threads,  # of each process training folds
         "seconds_per_fold": t_folds / max(len(ran), 1),
         "fit_seconds": float(sum(i.get("fit_seconds", 0.0) for i in ran)),
         "predict_seconds": float(sum(i.get("predict_seconds", 0.0) for i in ran)),
