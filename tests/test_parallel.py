@@ -92,6 +92,44 @@ def test_interrupted_parallel_run_resumes_to_the_same_bytes(tmp_path):
         assert (tmp_path / "serial" / name).read_bytes() == (out / name).read_bytes(), name
 
 
+@pytest.mark.skipif(not hasattr(os, "killpg"), reason="needs POSIX process groups")
+def test_ctrl_c_in_a_terminal_keeps_finished_folds_in_one_line_and_resume_finishes(tmp_path):
+    """Ctrl-C in a terminal reaches every process of the group, the pool's workers too."""
+    import glob
+    import signal
+
+    out = tmp_path / "par"
+    args = [*ARGS, "--set", "train.ensemble=2", "--workers", "2", "--out", str(out)]
+    run = subprocess.Popen(
+        [sys.executable, "-m", "tsconv", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while not glob.glob(str(out / "folds" / "fold_*.parquet")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(run.pid, signal.SIGINT)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 130, err
+    assert err.strip().splitlines() == [
+        "interrupted; finished work is saved (use --resume to continue)"
+    ]
+    assert not (out / "predictions.parquet").exists()
+    # a fold is kept once its info is written after its predictions (Ctrl-C may fall between)
+    infos = glob.glob(str(out / "folds" / "fold_*.json"))
+    kept = sum(Path(i).with_suffix(".parquet").exists() for i in infos)
+    r = runner.invoke(app, ["backtest", "--resume", str(out), "--workers", "2"])
+    assert r.exit_code == 0, r.output
+    assert (f"{kept} kept from the interrupted run" if kept else "folds on 2 processes") in r.output
+    serial = tmp_path / "serial"
+    args = [*ARGS, "--set", "train.ensemble=2", "--out", str(serial)]
+    assert runner.invoke(app, args).exit_code == 0
+    for name in SAME:
+        assert (serial / name).read_bytes() == (out / name).read_bytes(), name
+
+
 def _dies_in_a_pool_worker(prep, task):
     """A fold that kills the pool worker running it (a worker has its shared data set; this
     process, which runs folds too, has not), while this process waits for that before its

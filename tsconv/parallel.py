@@ -31,7 +31,9 @@ import contextlib
 import multiprocessing as mp
 import os
 import pickle
+import signal
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -51,6 +53,7 @@ Runner = Callable[[Sequence[Any], Task, Finished], None]
 
 def _start(path: str, threads: int) -> None:
     global _shared
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited on POSIX; Windows: from here on
     torch.set_num_threads(threads)
     try:
         with open(path, "rb") as f:
@@ -92,8 +95,8 @@ def _call(fn: Task, task: Any, claims: str, index: int) -> Any:
 @contextlib.contextmanager
 def local_pool(shared: Any, workers: int, threads: int) -> Iterator[Runner]:
     """`run(tasks, fn, finished)` over this process and `workers - 1` spawned ones. On an
-    error or Ctrl-C the tasks not yet started are cancelled and the exception propagates;
-    finished ones were handed over. One worker: every task here, in order, no pool."""
+    error or Ctrl-C the workers are stopped and the exception propagates; finished tasks
+    were handed over. One worker: every task here, in order, no pool."""
     if workers <= 1:
         yield lambda tasks, fn, finished: [finished(task, fn(shared, task)) for task in tasks]
         return
@@ -114,7 +117,8 @@ def local_pool(shared: Any, workers: int, threads: int) -> Iterator[Runner]:
 
         def _run_claimed(tasks: Sequence[Any], fn: Task, finished: Finished, claims: str) -> None:
             order = list(enumerate(tasks))
-            futures = {i: pool.submit(_call, fn, t, claims, i) for i, t in reversed(order)}
+            with _sigint_ignored():  # the first submits start the workers
+                futures = {i: pool.submit(_call, fn, t, claims, i) for i, t in reversed(order)}
             pending = {futures[i]: t for i, t in order}
             theirs = []
             try:
@@ -132,21 +136,48 @@ def local_pool(shared: Any, workers: int, threads: int) -> Iterator[Runner]:
                     'a script without the `if __name__ == "__main__":` guard that spawned '
                     "processes need); finished work is kept, --resume continues"
                 ) from None
-            except BaseException:
-                for future in pending:
-                    future.cancel()
-                raise
 
         previous = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
             yield run
         except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
+            _stop_workers(pool)
             raise
         finally:
             torch.set_num_threads(previous)
         pool.shutdown(wait=False)  # the workers exit while this process writes its outputs
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Processes started inside inherit an ignored SIGINT, which Python then leaves ignored.
+    Ctrl-C in a terminal reaches every process of its group, and a worker interrupted while
+    importing torch or reading the shared data printed a traceback; this process alone
+    handles Ctrl-C and stops the workers (`_stop_workers`). A Ctrl-C within the few
+    milliseconds of starting them is lost. Only the main thread may set signal handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """End the workers now, not after their current task (they ignore Ctrl-C), without
+    cancelling futures: Python 3.11's pool manager crashes with a traceback when a worker
+    dies while a cancelled future is queued. Queued tasks would find their run's claims
+    closed and skip."""
+    terminate = getattr(pool, "terminate_workers", None)  # Python 3.14
+    if terminate is not None:
+        terminate()
+        return
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.terminate()
+    pool.shutdown(wait=False)
 
 
 def _hand_over(pending: dict[Future, Any], finished: Finished, done) -> None:
