@@ -76,6 +76,8 @@ def test_backtest_ensemble_is_its_members_mean_and_the_same_bytes_on_two_workers
     assert len(folds) >= 2 and set(folds["members"]) == {2}
     assert all(len(str(e).split()) == 2 for e in folds["member_best_epochs"])
     assert "members" not in pd.read_csv(one / "folds.csv")
+    assert "<th>member_best_epochs</th>" in (serial / "report.html").read_text()
+    assert "<th>members</th>" not in (one / "report.html").read_text()
 
     got = pd.read_parquet(serial / "predictions.parquet").set_index("date")["prediction"]
     member0 = pd.read_parquet(one / "predictions.parquet").set_index("date")["prediction"]

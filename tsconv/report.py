@@ -60,7 +60,9 @@ DEFINITIONS = [
         "best_epoch",
         "The training epoch whose weights a fold kept (lowest validation loss, clearly "
         "better than the start); 0: no epoch beat the starting weights (the ridge-initialised "
-        "highway, or the zero forecast without one), so the fold predicts with those.",
+        "highway, or the zero forecast without one), so the fold predicts with those. For a "
+        "seed ensemble (train.ensemble), the latest of its members' (0: every member kept its "
+        "start); member_best_epochs lists each member's, and epochs and steps are summed.",
     ),
     (
         "Quantile table",
@@ -776,6 +778,9 @@ def render_html(
         "epochs",
         "steps",
         "best_val_loss",
+        "members",
+        "members_kept_start",
+        "member_best_epochs",
     ]
     fold_extra = folds[[c for c in ["fold", "test_start", "test_end", "best_epoch"] if c in folds]]
     fold_table = folds[[c for c in fold_cols if c in folds]].to_html(
