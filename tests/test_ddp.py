@@ -129,3 +129,17 @@ def test_an_interrupted_run_resumes_in_two_processes(tmp_path, one_process):
     train_in_processes(config, out, tmp_path / "store", ["--resume", str(out)])
     pd.testing.assert_frame_equal(curve(out), curve(one), rtol=1e-5)
     assert not (out / "state.pt").exists()
+
+
+def test_an_ensemble_trains_member_by_member_in_two_processes(tmp_path):
+    config = tmp_path / "ens.yaml"
+    config.write_text(yaml.safe_dump({**CONFIG, "train": {**CONFIG["train"], "ensemble": 2}}))
+    r = CliRunner().invoke(app, ["train", "--config", str(config), "--out", str(tmp_path / "one")])
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "two"
+    assert train_in_processes(config, out, tmp_path / "store") == []
+    columns = ["member", *CURVE]
+    one = pd.read_csv(tmp_path / "one" / "metrics.csv")[columns]
+    pd.testing.assert_frame_equal(pd.read_csv(out / "metrics.csv")[columns], one, rtol=1e-5)
+    assert list(one["member"].unique()) == [0, 1]
+    assert yaml.safe_load((out / "summary.json").read_text())["ensemble_val_loss"] > 0
