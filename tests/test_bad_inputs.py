@@ -313,3 +313,28 @@ def test_outputs_respect_the_umask(tmp_path, umask, mode):
     finally:
         os.umask(old)
     assert (tmp_path / "a" / "out.txt").stat().st_mode & 0o777 == mode
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (
+            ["predict", "runs/x"],
+            "error: Missing option '--run'. (see python -m tsconv predict --help)",
+        ),
+        (
+            ["trian"],
+            "error: No such command 'trian'. Did you mean 'train'? (see python -m tsconv --help)",
+        ),
+    ],
+)
+def test_usage_errors_of_the_real_command_are_one_line(tmp_path, args, line):
+    """Click's usage errors, which CliRunner shows as typer's box, are one line from `tsconv`."""
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-m", "tsconv", *args], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert run.returncode == 2 and run.stdout == ""
+    assert run.stderr.strip().splitlines() == [line]

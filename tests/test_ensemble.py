@@ -113,6 +113,7 @@ def test_train_ensemble_predicts_the_mean_of_its_members_trained_one_by_one(tmp_
     assert seeds[0] == cfg.seed and len(set(seeds)) == 3
     assert summary["epochs_run"] == sum(m["epochs_run"] for m in summary["members"]) == 9
     assert np.isfinite(summary["ensemble_val_loss"])
+    assert summary["members_kept_start"] == sum(m["best_epoch"] == 0 for m in summary["members"])
     payload = torch.load(tmp_path / "ens/model.pt", weights_only=True)
     assert len(payload["ensemble"]) == 3
     metrics = pd.read_csv(tmp_path / "ens/metrics.csv")
@@ -145,18 +146,25 @@ def test_train_ensemble_predicts_the_mean_of_its_members_trained_one_by_one(tmp_
 def test_interrupted_ensemble_resumes_in_the_member_it_stopped_in(tmp_path):
     cfg = tiny_config(train={"epochs": 3, "ensemble": 2}, model={"dropout": 0.2})
     run_training(cfg, tmp_path / "full")
-    members = []
+    members, headers = [], []
 
     def interrupt(state):
+        headers.append(pd.read_csv(tmp_path / "cut/metrics.csv").columns[0])
         if len(members) == 2 and state.epoch == 2:  # epoch 2 of the second member
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         run_training(cfg, tmp_path / "cut", on_epoch_done=interrupt, on_member=members.append)
     assert members == [0, 1] and not (tmp_path / "cut/model.pt").exists()
+    assert set(headers) == {"member"}  # from the first epoch of the first member on
     assert len(pd.read_csv(tmp_path / "cut/metrics.csv")) == 5
+    r = runner.invoke(app, ["train", "--resume", str(tmp_path / "cut"), "--set", "seed=3"])
+    assert r.exit_code == 2 and "drop --config, --set and --out" in r.output
     r = runner.invoke(app, ["train", "--resume", str(tmp_path / "cut")])
     assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["train", "--resume", str(tmp_path / "cut")])
+    assert r.exit_code == 2 and r.output.strip().endswith("nothing to resume")
+    assert "parameters" not in r.output  # refused before the model's banner
     full = torch.load(tmp_path / "full/model.pt", weights_only=True)["ensemble"]
     resumed = torch.load(tmp_path / "cut/model.pt", weights_only=True)["ensemble"]
     for a, b in zip(full, resumed, strict=True):
@@ -179,3 +187,15 @@ def test_ensemble_size_is_checked(tmp_path):
         ],
     )
     assert r.exit_code == 2 and "train.ensemble" in r.output and "Traceback" not in r.output
+
+
+def test_an_ensemble_whose_members_all_kept_their_start_says_it_is_one_model(tmp_path):
+    # a learning rate too small to move the weights: no member beats its (seed-free) start
+    cfg = tiny_config(train={"ensemble": 2, "epochs": 2, "lr": 1e-9, "restore_best": True})
+    args = ["train", "--config", str(_write(tmp_path, "still", cfg)), "--out", str(tmp_path / "s")]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "s/summary.json").read_text())
+    assert summary["members_kept_start"] == 2 and summary["best_epoch"] == 0
+    assert "all 2 members kept their starting weights" in r.output
+    assert "predicts as one model" in r.output

@@ -187,6 +187,13 @@ def train(
     from tsconv.train import select_device
 
     if resume is not None:
+        if config is not None or set_ or out_dir is not None:
+            raise UsageError(
+                "--resume FOLDER continues with the config saved in FOLDER; drop --config, "
+                "--set and --out"
+            )
+        if (resume / "model.pt").exists() and not (resume / "state.pt").exists():
+            raise UsageError(f"{resume}: this run already finished; nothing to resume")
         cfg = checkpoint.config_of({"config": _read_resolved(resume)}, resume / "config.yaml")
         target = resume
     else:
@@ -251,12 +258,20 @@ def _train(cfg, target: Path, resume: bool) -> None:
         return
     if members > 1:
         kept = [m["best_epoch"] for m in summary["members"]]
+        if summary["members_kept_start"] == members:
+            err.print(
+                f"[yellow]warning:[/yellow] all {members} members kept their starting weights "
+                "(zero head + ridge highway), which do not depend on the seed: the ensemble "
+                "predicts as one model",
+                soft_wrap=True,
+            )
         mean = summary["ensemble_val_loss"]
         mean = "n/a (no validation rows)" if mean is None else f"{mean:.4f}"
         out.print(
             f"ensemble of {members}: best epochs {kept} ({summary['steps']} steps in all); "
             f"validation MSE of the mean prediction {mean}, members' mean "
-            f"{summary['best_val_loss']:.4f} (scaled target) on {summary['device']} -> {target}"
+            f"{summary['best_val_loss']:.4f} (scaled target) on {summary['device']} -> {target}",
+            soft_wrap=True,
         )
         return
     best = (
@@ -698,4 +713,20 @@ def config_show(
 
 
 def main() -> None:
-    app()
+    """The `tsconv` command. Click's usage errors (a missing option, an unknown flag or
+    command) come out as one line too, not as a box: every user error is one line."""
+    try:
+        code = typer.main.get_command(app).main(standalone_mode=False)
+    except typer.Abort:
+        sys.exit(1)
+    except Exception as exc:
+        # typer vendors click, so its exception classes are private: a click error is one
+        # with click's interface
+        if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
+            raise
+        if type(exc).__name__ != "NoArgsIsHelpError":  # its help is printed already
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+            err.print(f"[red]error:[/red] {escape(exc.format_message())}{hint}", soft_wrap=True)
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

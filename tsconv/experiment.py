@@ -277,10 +277,10 @@ def describe_model(cfg: Config) -> dict[str, Any]:
     }
 
 
-def _metrics_csv(histories: list[list[dict[str, float]]]) -> str:
-    """Every epoch's row; with several members, each row starts with its member's number."""
+def _metrics_csv(histories: list[list[dict[str, float]]], members: int = 1) -> str:
+    """Every epoch's row; in an ensemble, each row starts with its member's number."""
     rows = [
-        ({"member": m} if len(histories) > 1 else {}) | row
+        ({"member": m} if members > 1 else {}) | row
         for m, history in enumerate(histories)
         for row in history
     ]
@@ -321,7 +321,7 @@ def plot_loss(path: Path, results: list[dict[str, Any]]) -> None:
         (line,) = ax.plot(val_ep, val, marker=".", lw=1 if single else 0.8, label=label)
         kept = start if best == 0 else history[best - 1]["val_loss"]
         if kept is not None and np.isfinite(kept):
-            words = f"kept: epoch {best}" if single else None
+            words = f"kept: epoch {best}" if single else ("kept epoch" if m == 0 else None)
             ax.plot(
                 [best],
                 [kept],
@@ -401,7 +401,7 @@ def _run_training(
         if main:
             fit_state = state.to_dict() if state is not None else None
             io.save_torch(state_path, {"fit": fit_state, "member": member, "done": done})
-            io.write_text(out / "metrics.csv", _metrics_csv(histories(current)))
+            io.write_text(out / "metrics.csv", _metrics_csv(histories(current), members))
 
     for member in range(first, members):
         if on_member is not None:
@@ -447,7 +447,7 @@ def _run_training(
         extra=extra,
     )
     results = [d["result"] for d in done]
-    io.write_text(out / "metrics.csv", _metrics_csv([r["history"] for r in results]))
+    io.write_text(out / "metrics.csv", _metrics_csv([r["history"] for r in results], members))
     plot_loss(out / "loss.png", results)
     summary = {
         "tickers": list(prep.data),
@@ -471,6 +471,8 @@ def _run_training(
         summary["members"] = [
             {"seed": member_seed(cfg.seed, m), **_fit_summary([r])} for m, r in enumerate(results)
         ]
+        # the starting weights (zero head + ridge highway) do not depend on the seed
+        summary["members_kept_start"] = sum(r["best_epoch"] == 0 for r in results)
         nets = []
         for state in ensemble:
             net = build_model(cfg.model, len(covariates.input_names(cfg)))
