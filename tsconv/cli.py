@@ -187,14 +187,11 @@ def train(
     from tsconv.train import select_device
 
     if resume is not None:
-        if config is not None or set_ or out_dir is not None:
-            raise UsageError(
-                "--resume FOLDER continues with the config saved in FOLDER; drop --config, "
-                "--set and --out"
-            )
-        if (resume / "model.pt").exists() and not (resume / "state.pt").exists():
-            raise UsageError(f"{resume}: this run already finished; nothing to resume")
+        from tsconv.experiment import check_resumable
+
+        _resume_alone(config, set_, out_dir)
         cfg = checkpoint.config_of({"config": _read_resolved(resume)}, resume / "config.yaml")
+        check_resumable(resume)  # before the model's banner
         target = resume
     else:
         if config is None:
@@ -462,15 +459,19 @@ def _int_or_text(text: str) -> int | str:
     return int(text) if text.strip().lstrip("-").isdigit() else text
 
 
-def _resumable_backtest(folder: Path, config, set_, out_dir):
-    """The config an interrupted backtest in `folder` ran with (as `train --resume` does)."""
-    from tsconv import checkpoint
-
+def _resume_alone(config, set_, out_dir) -> None:
     if config is not None or set_ or out_dir is not None:
         raise UsageError(
             "--resume FOLDER continues with the config saved in FOLDER; drop --config, --set "
             "and --out"
         )
+
+
+def _resumable_backtest(folder: Path, config, set_, out_dir):
+    """The config an interrupted backtest in `folder` ran with (as `train --resume` does)."""
+    from tsconv import checkpoint
+
+    _resume_alone(config, set_, out_dir)
     stored = Path(folder) / "folds" / "config.json"
     sweep_folder = Path(folder).resolve().parent.parent
     if Path(folder).resolve().parent.name == "trials" and (sweep_folder / "study.db").exists():

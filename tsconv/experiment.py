@@ -26,6 +26,7 @@ from tsconv.models import build_model, count_parameters, receptive_field
 from tsconv.train import (
     FitResult,
     FitState,
+    cpu_state,
     dense_sequence,
     fit,
     fit_sequence,
@@ -371,16 +372,21 @@ def run_training(
         return _run_training(cfg, Path(out), resume, on_step, on_epoch_done, on_member)
 
 
+def check_resumable(out: Path) -> None:
+    """Refuse `--resume` on a folder without an interrupted training run in it."""
+    if not (out / "state.pt").exists():
+        if (out / "model.pt").exists():
+            raise UsageError(f"{out}: this run already finished; nothing to resume")
+        raise UsageError(f"{out}: no state.pt to resume from")
+
+
 def _run_training(
     cfg: Config, out: Path, resume: bool, on_step: Any, on_epoch_done: Any, on_member: Any
 ) -> dict[str, Any]:
     state_path = out / "state.pt"
     resume_state, first, done = None, 0, []
     if resume:
-        if not state_path.exists():
-            if (out / "model.pt").exists():
-                raise UsageError(f"{out}: this run already finished; nothing to resume")
-            raise UsageError(f"{out}: no state.pt to resume from")
+        check_resumable(out)
         payload = torch.load(state_path, map_location="cpu", weights_only=True)
         first, done = payload.get("member", 0), payload.get("done", [])
         if payload.get("fit") is not None:
@@ -422,14 +428,14 @@ def _run_training(
             on_epoch=save_epoch,
             on_step=on_step,
         )
-        done.append({"state_dict": _cpu_weights(model), "result": _result_dict(result)})
+        done.append({"state_dict": cpu_state(model), "result": result.to_dict()})
         if member + 1 < members:
             save(member + 1, None, [])
     if not main:
         return {}
     ensemble = [d["state_dict"] for d in done]
-    model = build_model(cfg.model, len(covariates.input_names(cfg)))
-    model.load_state_dict(ensemble[0])
+    nets = load_members(cfg.model, len(covariates.input_names(cfg)), ensemble)
+    model = nets[0]
     extra = {
         "train_end": {
             t: str(prep.data[t].dates[hi - 1].date()) for t, (lo, hi) in train.items() if hi > lo
@@ -473,11 +479,6 @@ def _run_training(
         ]
         # the starting weights (zero head + ridge highway) do not depend on the seed
         summary["members_kept_start"] = sum(r["best_epoch"] == 0 for r in results)
-        nets = []
-        for state in ensemble:
-            net = build_model(cfg.model, len(covariates.input_names(cfg)))
-            net.load_state_dict(state)
-            nets.append(net)
         summary["ensemble_val_loss"] = ensemble_val_loss(nets, panel, val, cfg.window, device)
     io.write_json(out / "summary.json", summary)
     state_path.unlink(missing_ok=True)
@@ -485,19 +486,15 @@ def _run_training(
     return summary
 
 
-def _cpu_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-
-
-def _result_dict(result: FitResult) -> dict[str, Any]:
-    return {
-        "history": result.history,
-        "best_epoch": result.best_epoch,
-        "best_val": result.best_val,
-        "stopped_early": result.stopped_early,
-        "initial_val": result.initial_val,
-        "steps": result.steps,
-    }
+def load_members(
+    model_cfg: Any, in_features: int, states: list[dict[str, torch.Tensor]]
+) -> list[torch.nn.Module]:
+    """One model per stored state: an ensemble's members, or a single model's."""
+    models = []
+    for state in states:
+        models.append(build_model(model_cfg, in_features))
+        models[-1].load_state_dict(state)
+    return models
 
 
 def _fit_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -578,10 +575,8 @@ def predict_latest(run: Path, tickers: list[str] | None = None) -> list[dict[str
     if tickers:
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"tickers": tickers})})
     prep = prepare(cfg)
-    models = []
-    for state in payload.get("ensemble") or [payload["state_dict"]]:
-        models.append(build_model(cfg.model, payload["in_features"]))
-        models[-1].load_state_dict(state)
+    states = payload.get("ensemble") or [payload["state_dict"]]
+    models = load_members(cfg.model, payload["in_features"], states)
     scalers = {}
     for t, td in prep.data.items():
         stored = payload["scalers"].get(t)

@@ -43,6 +43,7 @@ from typing import Any
 import torch
 
 from tsconv.errors import TsconvError, UsageError
+from tsconv.train import intra_op_threads
 
 _shared: Any = None  # a worker's copy of the shared data, set once by _start
 
@@ -137,15 +138,12 @@ def local_pool(shared: Any, workers: int, threads: int) -> Iterator[Runner]:
                     "processes need); finished work is kept, --resume continues"
                 ) from None
 
-        previous = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            yield run
-        except BaseException:
-            _stop_workers(pool)
-            raise
-        finally:
-            torch.set_num_threads(previous)
+        with intra_op_threads(threads):
+            try:
+                yield run
+            except BaseException:
+                _stop_workers(pool)
+                raise
         pool.shutdown(wait=False)  # the workers exit while this process writes its outputs
 
 

@@ -149,6 +149,16 @@ class FitResult:
     initial_val: float = math.nan
     steps: int = 0
 
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "history": self.history,
+            "best_epoch": self.best_epoch,
+            "best_val": self.best_val,
+            "stopped_early": self.stopped_early,
+            "initial_val": self.initial_val,
+            "steps": self.steps,
+        }
+
 
 @dataclass
 class FitState:
@@ -165,7 +175,6 @@ class FitState:
     initial_errors: torch.Tensor | None = None  # validation errors of the starting weights
 
     def to_dict(self) -> dict[str, Any]:
-        r = self.result
         return {
             "initial_errors": self.initial_errors,
             "epoch": self.epoch,
@@ -175,14 +184,7 @@ class FitState:
             "best_model": self.best_model,
             "bad_epochs": self.bad_epochs,
             "rng": self.rng,
-            "result": {
-                "history": r.history,
-                "best_epoch": r.best_epoch,
-                "best_val": r.best_val,
-                "stopped_early": r.stopped_early,
-                "initial_val": r.initial_val,
-                "steps": r.steps,
-            },
+            "result": self.result.to_dict(),
         }
 
     @classmethod
@@ -237,7 +239,7 @@ def _set_rng_state(state: dict[str, Any], gen: torch.Generator, device: torch.de
     random.setstate((p[0], tuple(int(v) for v in p[1].tolist()), p[2]))
 
 
-def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
@@ -368,7 +370,7 @@ def fit(
         train_ds = train_ds.to(device)
         val_ds = val_ds.to(device) if val_ds is not None and val_ds.mode != "last" else val_ds
 
-    result, best_state, bad, start_epoch = FitResult(), _cpu_state(model), 0, 0
+    result, best_state, bad, start_epoch = FitResult(), cpu_state(model), 0, 0
     initial_errors = None
     if resume is not None:
         model.load_state_dict(resume.model)
@@ -442,7 +444,7 @@ def fit(
             score = _score(row)
             if score < result.best_val and beats_clearly(errors, initial_errors):
                 result.best_val, result.best_epoch = score, epoch + 1
-                best_state = _cpu_state(model)
+                best_state = cpu_state(model)
             if score < lowest:
                 lowest, bad = score, 0
             else:
@@ -453,7 +455,7 @@ def fit(
                 on_epoch(
                     FitState(
                         epoch + 1,
-                        _cpu_state(model),
+                        cpu_state(model),
                         copy.deepcopy(opt.state_dict()),
                         sched.state_dict() if sched is not None else None,
                         best_state,
