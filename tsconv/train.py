@@ -199,14 +199,8 @@ class FitState:
             bad_epochs=d["bad_epochs"],
             rng=d["rng"],
             initial_errors=d.get("initial_errors"),
-            result=FitResult(
-                list(res["history"]),
-                res["best_epoch"],
-                res["best_val"],
-                res["stopped_early"],
-                res.get("initial_val", math.nan),
-                res.get("steps", 0),
-            ),
+            # FitResult.to_dict's keys; a state saved before initial_val or steps gets defaults
+            result=FitResult(**{**res, "history": list(res["history"])}),
         )
 
 
