@@ -51,7 +51,7 @@ known-answers: setup
 # The README's image of a report (needs Chromium): the top of runs/quick-bt/report.html, the
 # backtest run again first when that report is missing or older than the code or the config.
 REPORT := runs/quick-bt/report.html
-$(REPORT): $(STAMP) $(CONFIG) $(wildcard tsconv/*.py tsconv/*/*.py)
+$(REPORT): $(STAMP) $(CONFIG) $(shell find tsconv -name "*.py")
 	$(BIN)/tsconv fetch --sample --data-dir data
 	$(BIN)/tsconv backtest --config $(CONFIG) --out runs/quick-bt
 

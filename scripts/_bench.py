@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import torch
 
-from tsconv.io import cpu_name
+from tsconv.runfolder import cpu_name
 
 
 def timeit(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> dict[str, float]:

@@ -32,9 +32,10 @@ from _bench import machine, table, timeit_interleaved
 from torch import nn
 
 from tsconv.config import load_config
+from tsconv.engine.fit import dense_sequence, make_optimizer
+from tsconv.engine.runtime import select_device
 from tsconv.models import receptive_field, tcn_channels
 from tsconv.models.tcn import TCN
-from tsconv.train import dense_sequence, make_optimizer, select_device
 
 
 class GroupedBlock(nn.Module):

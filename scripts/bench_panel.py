@@ -32,10 +32,12 @@ import numpy as np
 import torch
 from _bench import machine, table
 
-from tsconv import features, synthetic
+from tsconv import synthetic
 from tsconv.config import load_config
-from tsconv.experiment import fit_span, global_rows, prepare
-from tsconv.train import _predict_windows, predict_rows
+from tsconv.data import features
+from tsconv.engine.predict import _predict_windows, predict_rows
+from tsconv.recipes.fit_span import fit_span
+from tsconv.recipes.prepare import global_rows, prepare
 
 KINDS = {
     "seed-rf>window": [

@@ -25,8 +25,8 @@ import pandas as pd
 from _bench import machine, summary
 
 from tsconv.config import load_config
-from tsconv.experiment import prepare
-from tsconv.walkforward import run_backtest
+from tsconv.recipes.backtest import run_backtest
+from tsconv.recipes.prepare import prepare
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from _bench import machine, table, timeit_interleaved
 
-from tsconv.models.streaming import StreamingTCN
+from tsconv.models.fast.streaming import StreamingTCN
 from tsconv.models.tcn import TCN
 
 

@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from _bench import machine, summary, table, time_rounds, timeit
 from torch import nn
 
-from tsconv.models import timemajor
+from tsconv.engine.fit import make_optimizer
+from tsconv.models.fast import timemajor
+from tsconv.models.fast.timemajor import conv_rows, conv_rows_backward, taps
 from tsconv.models.tcn import TCN
-from tsconv.models.timemajor import conv_rows, conv_rows_backward, taps
-from tsconv.train import make_optimizer
 
 
 class SeedTCNBlock(nn.Module):

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from _bench import machine, table, timeit, timeit_interleaved
 
-from tsconv.windows import Panel, WindowDataset
+from tsconv.engine.windows import Panel, WindowDataset
 
 
 def main() -> None:

@@ -23,8 +23,8 @@ import torch
 
 from tsconv import synthetic
 from tsconv.config import load_config
-from tsconv.experiment import prepare
-from tsconv.walkforward import run_backtest
+from tsconv.recipes.backtest import run_backtest
+from tsconv.recipes.prepare import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ["quick", "wf_msft", "tcn", "multiscale"]

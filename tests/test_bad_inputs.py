@@ -229,7 +229,7 @@ def test_output_path_through_a_file_is_an_environment_error(tmp_path):
 
 def test_unwritable_output_is_an_environment_error_without_partial_files(tmp_path, monkeypatch):
     """Simulates a full disk: the rename fails, nothing half-written is left behind."""
-    import tsconv.io as tio
+    import tsconv.runfolder as tio
 
     real = os.replace
 
@@ -305,7 +305,7 @@ def test_command_line_misuse_is_bad_input(tmp_path, monkeypatch, args, fragment)
 def test_outputs_respect_the_umask(tmp_path, umask, mode):
     """Atomic writes go through a private temporary file; the result gets the mode a plain
     write would (0666 less the umask), not the temporary file's 0600."""
-    from tsconv import io as tio
+    from tsconv import runfolder as tio
 
     old = os.umask(umask)
     try:

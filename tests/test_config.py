@@ -24,8 +24,8 @@ def test_tcn_config_is_the_seeds_model_with_a_receptive_field_that_fits_its_wind
     """The seed's TCN in spirit (8 features, 64 channels, kernel 3, dilations 1, 2, 4, ...,
     window 256), with 6 blocks instead of 8: the seed's 8 reach 1021 bars, four times the
     window, so the earliest taps would read zero padding (and tsconv would warn)."""
-    from tsconv.experiment import window_warning
     from tsconv.models import receptive_field
+    from tsconv.recipes.prepare import window_warning
 
     cfg = load_config(ROOT / "configs" / "tcn.yaml")
     assert (

@@ -20,11 +20,14 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.conftest import ohlcv_from_returns, random_walk_returns, tiny_config
-from tsconv import audit, covariates, metrics, synthetic
+from tsconv import synthetic
 from tsconv.cli import app
-from tsconv.covariates import Covariate
+from tsconv.data import covariates
+from tsconv.data.covariates import Covariate
 from tsconv.errors import DataError
-from tsconv.experiment import prepare
+from tsconv.evaluate import metrics
+from tsconv.recipes import audit
+from tsconv.recipes.prepare import prepare
 
 runner = CliRunner()
 

@@ -17,12 +17,16 @@ from typer.testing import CliRunner
 
 from tests.conftest import random_head, tiny_config
 from tests.test_train import _panel, _resume_cut_run, _train_cut_after_epoch_2
-from tsconv import train as train_module
 from tsconv.cli import app
-from tsconv.experiment import fit_span, prepare
+from tsconv.engine import cuda_graphs
+from tsconv.engine import fit as train_module
+from tsconv.engine import predict as engine_predict
+from tsconv.engine.predict import predict_rows
+from tsconv.engine.runtime import select_device
+from tsconv.engine.windows import WindowDataset
 from tsconv.models import TCN, MultiScaleConv1d
-from tsconv.train import predict_rows, select_device
-from tsconv.windows import WindowDataset
+from tsconv.recipes.fit_span import fit_span
+from tsconv.recipes.prepare import prepare
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,7 +86,8 @@ def test_amp_trains_in_both_half_types_with_loss_scaling_for_float16(monkeypatch
             super().__init__(*args, **kw)
             built.append(self)
 
-    monkeypatch.setattr(train_module, "amp_dtype", lambda device: half)
+    for module in (train_module, cuda_graphs, engine_predict):  # each binds its own name
+        monkeypatch.setattr(module, "amp_dtype", lambda device: half)
     monkeypatch.setattr(torch.amp, "GradScaler", SpyScaler)
     cfg = tiny_config(train={"epochs": 2, "device": "cuda", "amp": True})
     model, _, _, result = _fit(cfg)
@@ -141,7 +146,7 @@ def test_graphed_training_equals_eager_training_without_dropout(monkeypatch, hig
 
 @pytest.mark.parametrize("kind", ["tcn", "multiscale"])
 def test_graphed_steps_replay_with_fresh_dropout_and_leave_eval_eager(kind):
-    from tsconv.train import graphed_steps  # noqa: PLC0415
+    from tsconv.engine.cuda_graphs import graphed_steps
 
     torch.manual_seed(0)
     model = TCN(3, [8, 8], 3, 2, dropout=0.3) if kind == "tcn" else MultiScaleConv1d(3, 4, (3, 5))
@@ -168,7 +173,7 @@ def test_graphed_steps_replay_with_fresh_dropout_and_leave_eval_eager(kind):
 
 
 def test_graphs_are_skipped_without_a_full_batch():
-    from tsconv.train import graphed_steps  # noqa: PLC0415
+    from tsconv.engine.cuda_graphs import graphed_steps
 
     model = TCN(3, [4], 3, 2).to(CUDA)
     ds = WindowDataset(_panel([40]), [(0, 0, 40)], 32, "all", 8).to(CUDA)
@@ -197,7 +202,7 @@ def test_interrupted_gpu_run_with_dropout_resumes_to_the_same_weights(
 
 
 def test_graph_capture_leaves_batchnorm_statistics_and_the_generator_as_they_were():
-    from tsconv.train import graphed_steps  # noqa: PLC0415
+    from tsconv.engine.cuda_graphs import graphed_steps
 
     torch.manual_seed(0)
     model = MultiScaleConv1d(3, 4, (3, 5), dropout=0.2).to(CUDA)

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from tsconv.cli import app
 from tsconv.config import load_config
-from tsconv.experiment import run_training
+from tsconv.recipes.train import run_training
 
 pytestmark = pytest.mark.slow
 

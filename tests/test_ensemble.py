@@ -16,17 +16,12 @@ from typer.testing import CliRunner
 from tests.conftest import tiny_config
 from tsconv.cli import app
 from tsconv.config import dump_yaml
-from tsconv.experiment import (
-    fit_span,
-    global_rows,
-    member_seed,
-    predict_latest,
-    prepare,
-    run_training,
-    split_train_val,
-)
-from tsconv.train import predict_rows
-from tsconv.walkforward import fold_spans, make_folds
+from tsconv.engine.predict import predict_rows
+from tsconv.recipes.backtest import fold_spans, make_folds
+from tsconv.recipes.fit_span import fit_span, member_seed
+from tsconv.recipes.predict import predict_latest
+from tsconv.recipes.prepare import global_rows, prepare, split_train_val
+from tsconv.recipes.train import run_training
 
 runner = CliRunner()
 CPU = torch.device("cpu")

@@ -10,10 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import ohlcv_from_returns, random_walk_returns
-from tsconv import features
 from tsconv.config import Config
-from tsconv.features import build, compute_features, make_target
-from tsconv.windows import Scaler, WindowDataset, make_panel, window_segments
+from tsconv.data import features
+from tsconv.data.features import build, compute_features, make_target
+from tsconv.engine.windows import Scaler, WindowDataset, make_panel, window_segments
 
 ALL = Config().features  # the default set: every fixed and parametric feature kind
 
@@ -160,7 +160,7 @@ def test_dense_windows_use_far_fewer_windows():
 
 def test_window_dataset_memory_is_within_1_1x_of_raw():
     n, f = 1_000_000, 8
-    from tsconv.windows import Panel
+    from tsconv.engine.windows import Panel
 
     panel = Panel(torch.zeros(n, f), torch.zeros(n), np.array([0, n]), ["X"])
     raw = sum(t.element_size() * t.nelement() for t in (panel.x, panel.y))  # the series itself
@@ -176,7 +176,7 @@ def test_window_dataset_memory_is_within_1_1x_of_raw():
 
 
 def test_moving_a_window_dataset_moves_rows_not_windows():
-    from tsconv.windows import Panel
+    from tsconv.engine.windows import Panel
 
     g = torch.Generator().manual_seed(0)
     panel = Panel(torch.randn(500, 3, generator=g), torch.randn(500, generator=g), [0, 500], ["X"])

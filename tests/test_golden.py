@@ -14,7 +14,6 @@ and say in the commit why the outputs moved.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import platform

@@ -21,8 +21,9 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.conftest import cache_keys
-from tsconv import metrics, synthetic
+from tsconv import synthetic
 from tsconv.cli import app
+from tsconv.evaluate import metrics
 
 pytestmark = pytest.mark.slow
 
@@ -106,8 +107,8 @@ def test_on_ar1_a_cost_aware_position_beats_sign_after_10_bps(tmp_path, known_ca
     """Trading a forecast by its sign pays for every tiny forecast that flips; at 10 bps the
     threshold rule (trade only past the cost) keeps more of AR(1)'s edge. Same predictions,
     two position rules."""
-    from tsconv import report
     from tsconv.config import load_config
+    from tsconv.evaluate.summary import summarize
 
     data = [
         *cache_keys(known_cache, "ar1"),
@@ -117,7 +118,7 @@ def test_on_ar1_a_cost_aware_position_beats_sign_after_10_bps(tmp_path, known_ca
     m, pred = backtest(tmp_path, "quick", data)
     threshold = m["trading"]["prediction"]
     sign_cfg = load_config(CONFIGS / "quick.yaml", [*data[:-1], "backtest.position=sign"])
-    sign = report.summarize(pred, sign_cfg)["trading"]["prediction"]
+    sign = summarize(pred, sign_cfg)["trading"]["prediction"]
     assert threshold["sharpe"] > sign["sharpe"], (threshold, sign)
     assert threshold["sharpe_at_bps"]["10"] == pytest.approx(threshold["sharpe"])
     assert threshold["break_even_bps"] > 10  # the edge survives this cost

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tsconv import metrics
+from tsconv.evaluate import metrics
 
 
 def test_sharpe_sortino_and_annualisation_by_hand():

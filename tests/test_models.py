@@ -21,8 +21,8 @@ from tsconv.models import (
     receptive_field,
     tcn_receptive_field,
 )
+from tsconv.models.fast.streaming import StreamingTCN
 from tsconv.models.layers import Dropout
-from tsconv.models.streaming import StreamingTCN
 
 torch.set_default_dtype(torch.float32)
 
@@ -455,8 +455,8 @@ def test_models_run_on_cuda():
 def test_highway_is_the_ridge_forecast_on_top_of_the_network(kind):
     """Output = network + sum over lags j and features f of coef[j, f] * x[f, t - j]: the
     ridge AR model's forecast, so a model whose network is still at its zero head is it."""
-    from tsconv.baselines import lagged
     from tsconv.config import ModelConfig
+    from tsconv.evaluate.baselines import lagged
     from tsconv.models import build_model, receptive_field
 
     cfg = ModelConfig(
@@ -481,7 +481,7 @@ def test_highway_is_the_ridge_forecast_on_top_of_the_network(kind):
 
 
 def test_ridge_selection_shrinks_noise_and_keeps_signal():
-    from tsconv.baselines import ridge_select
+    from tsconv.evaluate.baselines import ridge_select
 
     rng = np.random.default_rng(0)
     penalties = (1e-4, 1e-2, 1.0, 100.0)

@@ -17,12 +17,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import tsconv.parallel as parallel
+import tsconv.executors as parallel
 from tests.conftest import ohlcv_from_returns, random_walk_returns, tiny_config
 from tsconv.cli import app
 from tsconv.errors import TsconvError
-from tsconv.experiment import prepare
-from tsconv.walkforward import fold_workers, make_folds, run_backtest, run_fold
+from tsconv.recipes.backtest import fold_workers, make_folds, run_backtest, run_fold
+from tsconv.recipes.prepare import prepare
 
 REAL_FOLD = parallel._member
 
@@ -294,7 +294,7 @@ def test_ray_executor_writes_the_serial_runs_bytes_on_a_loopback_cluster_though_
     pytest.importorskip("ray")
     import ray
 
-    import tsconv.parallel as parallel
+    import tsconv.executors as parallel
 
     seen: list[list[str]] = []
     real = parallel._run_ray

@@ -9,11 +9,11 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.conftest import ar1_returns, ohlcv_from_returns, random_walk_returns, tiny_config
-from tsconv import portfolio
 from tsconv.cli import app
 from tsconv.config import validate_config
-from tsconv.experiment import prepare
-from tsconv.walkforward import run_backtest
+from tsconv.evaluate import strategy
+from tsconv.recipes.backtest import run_backtest
+from tsconv.recipes.prepare import prepare
 
 DATES = pd.bdate_range("2021-01-04", periods=3)
 
@@ -23,7 +23,7 @@ def _scores(rows: list[list[float]]) -> pd.DataFrame:
 
 
 def test_long_short_equal_weights_by_hand():
-    w = portfolio.cross_sectional_weights(
+    w = strategy.cross_sectional_weights(
         _scores([[0.3, -0.1, 0.2, -0.4], [0.0, 0.0, 0.0, 0.0]]), "long_short", top_k=1
     )
     # date 1: long the top (A), short the bottom (D), legs +0.5 / -0.5; date 2: no spread
@@ -34,16 +34,16 @@ def test_long_short_equal_weights_by_hand():
 def test_long_short_rank_weights_and_long_only_by_hand():
     s = _scores([[0.3, -0.1, 0.2, -0.4]])
     # ranks 4, 2, 3, 1 around the middle rank 2.5: |distance| 1.5, 0.5, 0.5, 1.5
-    w = portfolio.cross_sectional_weights(s, "long_short", quantile=0.5, weighting="rank")
+    w = strategy.cross_sectional_weights(s, "long_short", quantile=0.5, weighting="rank")
     np.testing.assert_allclose(w.iloc[0], [0.375, -0.125, 0.125, -0.375])
-    w = portfolio.cross_sectional_weights(s, "long_only", top_k=2, weighting="rank")
+    w = strategy.cross_sectional_weights(s, "long_only", top_k=2, weighting="rank")
     np.testing.assert_allclose(w.iloc[0], [0.75, 0, 0.25, 0])
     assert np.isclose(w.iloc[0].sum(), 1.0)
 
 
 def test_untradable_tickers_and_thin_dates_hold_nothing():
     s = _scores([[0.3, np.nan, np.nan, np.nan], [0.3, np.nan, 0.1, -0.2]])
-    w = portfolio.cross_sectional_weights(s, "long_short", top_k=3)
+    w = strategy.cross_sectional_weights(s, "long_short", top_k=3)
     np.testing.assert_allclose(w.iloc[0], 0)  # one ticker: nothing to rank against
     # three tradable tickers: at most one a leg, the NaN one never held
     np.testing.assert_allclose(w.iloc[1], [0.5, 0, 0, -0.5])
@@ -74,8 +74,8 @@ def _panel(n_tickers: int, n_dates: int, seed: int, signal: float) -> pd.DataFra
 def test_book_returns_and_turnover_match_the_weights():
     frame = _panel(6, 50, seed=0, signal=0.5)
     cfg = validate_config({"backtest": {"portfolio": "long_short", "top_k": 2}})
-    rows = portfolio.strategy_rows(frame, "prediction", cfg)
-    per_bar = portfolio.by_date(rows, cfg, "prediction")
+    rows = strategy.strategy_rows(frame, "prediction", cfg)
+    per_bar = strategy.by_date(rows, cfg, "prediction")
     w = rows.pivot(index="date", columns="ticker", values="weight")
     ret = np.expm1(frame.pivot(index="date", columns="ticker", values="realized_1"))
     np.testing.assert_allclose(per_bar["gross"], (w * ret).sum(axis=1))
@@ -101,15 +101,15 @@ def test_weights_use_no_later_forecast_or_return(target_vol):
     rng = np.random.default_rng(9)
     for col in ["prediction", "realized", "realized_1"]:
         shocked.loc[later, col] = rng.normal(0, 0.05, later.sum())
-    a = portfolio.strategy_rows(frame, "prediction", cfg).set_index(["date", "ticker"])
-    b = portfolio.strategy_rows(shocked, "prediction", cfg).set_index(["date", "ticker"])
+    a = strategy.strategy_rows(frame, "prediction", cfg).set_index(["date", "ticker"])
+    b = strategy.strategy_rows(shocked, "prediction", cfg).set_index(["date", "ticker"])
     past = a.index.get_level_values("date") <= cut
     pd.testing.assert_series_equal(a.loc[past, "weight"], b.loc[past, "weight"])
     assert not a.loc[~past, "weight"].equals(b.loc[~past, "weight"])
 
 
 def test_quantile_table_finds_a_signal_and_not_noise():
-    q = portfolio.quantile_table(_panel(10, 300, seed=2, signal=0.5), "prediction", 5)
+    q = strategy.quantile_table(_panel(10, 300, seed=2, signal=0.5), "prediction", 5)
     assert q["method"] == "cross_sectional" and [r["bucket"] for r in q["buckets"]] == [
         1,
         2,
@@ -123,11 +123,11 @@ def test_quantile_table_finds_a_signal_and_not_noise():
     f = [r["mean_prediction"] for r in q["buckets"]]
     assert q["spread"]["mean"] == pytest.approx(0.5 * (f[-1] - f[0]), rel=0.15)
     assert sum(r["n"] for r in q["buckets"]) == 3000
-    noise = portfolio.quantile_table(_panel(10, 300, seed=3, signal=0.0), "prediction", 5)
+    noise = strategy.quantile_table(_panel(10, 300, seed=3, signal=0.0), "prediction", 5)
     assert noise["spread"]["p_value"] > 0.01
     # one ticker: pooled over time
     one = _panel(1, 300, seed=2, signal=0.5)
-    assert portfolio.quantile_table(one, "prediction", 5)["method"] == "pooled"
+    assert strategy.quantile_table(one, "prediction", 5)["method"] == "pooled"
 
 
 def test_quantile_table_by_hand():
@@ -138,11 +138,11 @@ def test_quantile_table_by_hand():
             "realized": [0.0, 0.1, 0.2, 0.5, 0.7, 0.2, 0.1, -0.1],
         }
     )
-    q = portfolio.quantile_table(frame, "prediction", 2)
+    q = strategy.quantile_table(frame, "prediction", 2)
     # date 1: bottom {0, 0.1} mean 0.05, top {0.2, 0.5} 0.35; date 2: bottom 0.0, top 0.45
     assert [r["mean_realized"] for r in q["buckets"]] == pytest.approx([0.025, 0.4])
     assert q["spread"]["mean"] == pytest.approx(0.375)
-    pooled = portfolio.quantile_table(frame, "prediction", 2, pooled=True)
+    pooled = strategy.quantile_table(frame, "prediction", 2, pooled=True)
     # pooled with rank ties broken by order: bottom = the first 1, 1, 2, 2
     assert pooled["method"] == "pooled"
     assert pooled["buckets"][0]["mean_realized"] == pytest.approx((0.0 - 0.1 + 0.1 + 0.1) / 4)
@@ -215,13 +215,14 @@ def test_a_portfolio_of_one_ticker_is_a_config_error(tmp_path):
 
 def test_a_ranked_book_of_few_tickers_gets_a_cross_sectional_table():
     four = _panel(4, 200, seed=5, signal=0.5)
-    assert portfolio.quantile_table(four, "prediction", 5)["method"] == "pooled"
-    q = portfolio.quantile_table(four, "prediction", 5, ranked=True)
+    assert strategy.quantile_table(four, "prediction", 5)["method"] == "pooled"
+    q = strategy.quantile_table(four, "prediction", 5, ranked=True)
     assert q["method"] == "cross_sectional" and len(q["buckets"]) == 4
 
 
 def test_report_cells_and_time_in_the_market():
-    from tsconv.report import _fmt, summarize
+    from tsconv.evaluate.summary import summarize
+    from tsconv.report.tables import _fmt
 
     assert _fmt(-0.00001, ".4f") == "0.0000" and _fmt(-0.0004, ".1%") == "0.0%"
     assert _fmt(-1.5, ".2f") == "-1.50" and _fmt(-2e-5, ".2e") == "-2.00e-05"
@@ -239,7 +240,7 @@ def test_report_cells_and_time_in_the_market():
 
 
 def test_the_report_says_how_many_folds_kept_their_starting_weights():
-    from tsconv.report import _kept_words
+    from tsconv.report.backtest_html import _kept_words
 
     folds = pd.DataFrame({"fold": [0, 1, 2], "best_epoch": [0, 3, 0]})
     words = _kept_words(folds, tiny_config(model={"highway": True}))
@@ -249,7 +250,7 @@ def test_the_report_says_how_many_folds_kept_their_starting_weights():
 
 
 def test_the_report_names_tickers_that_start_late():
-    from tsconv.report import _late_words
+    from tsconv.report.backtest_html import _late_words
 
     frame = _panel(3, 10, seed=0, signal=0.0)
     assert _late_words(frame) == ""

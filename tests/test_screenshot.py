@@ -116,8 +116,8 @@ def test_a_backtest_report_renders_every_section(tmp_path):
     """A real report.html (tiny backtest on two synthetic tickers), rendered whole: its
     sections and five plots make a long page, and the plots' colours are on it."""
     from tests.conftest import ohlcv_from_returns, random_walk_returns, tiny_config
-    from tsconv.experiment import prepare
-    from tsconv.walkforward import run_backtest
+    from tsconv.recipes.backtest import run_backtest
+    from tsconv.recipes.prepare import prepare
 
     frames = {t: ohlcv_from_returns(random_walk_returns(700, seed=i)) for i, t in enumerate("AB")}
     cfg = tiny_config(backtest={"train_span": 400, "test_span": 150})

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from tsconv.selection import (
+from tsconv.evaluate.selection import (
     deflated_sharpe,
     expected_max_sharpe,
     pbo_cscv,

@@ -20,10 +20,12 @@ import yaml
 from typer.testing import CliRunner
 
 from tests.conftest import cache_keys
-from tsconv import selection, space, synthetic
+from tsconv import synthetic
 from tsconv.cli import app
 from tsconv.config import load_config
-from tsconv.sweep import holdout_start, run_sweep, selection_frames
+from tsconv.evaluate import selection
+from tsconv.recipes import search_space
+from tsconv.recipes.sweep import holdout_start, run_sweep, selection_frames
 
 runner = CliRunner()
 
@@ -144,37 +146,39 @@ def test_sweep_needs_a_space_and_resume_its_own_settings(tmp_path):
 
 def test_space_values_grid_and_rounds():
     base = load_config(Path("quick"))
-    spc = space.SpaceFile.model_validate(
+    spc = search_space.SpaceFile.model_validate(
         {
             "sweep": {"sampler": "grid"},
             "space": {
-                "model.layers": space._as_param({"low": 2, "high": 6, "step": 2}),
-                "model.dropout": space._as_param({"low": 0.0, "high": 0.3, "step": 0.1}),
-                "model.kernels": space._as_param([[3, 5], [3, 5, 21]]),
+                "model.layers": search_space._as_param({"low": 2, "high": 6, "step": 2}),
+                "model.dropout": search_space._as_param({"low": 0.0, "high": 0.3, "step": 0.1}),
+                "model.kernels": search_space._as_param([[3, 5], [3, 5, 21]]),
             },
         }
     )
-    space.check_against(spc, base, Path("s.yaml"))
-    g = space.grid(spc)
+    search_space.check_against(spc, base, Path("s.yaml"))
+    g = search_space.grid(spc)
     assert g["model.layers"] == [2, 4, 6]
     assert g["model.dropout"] == [0.0, 0.1, 0.2, 0.3]
     assert g["model.kernels"] == ["[3, 5]", "[3, 5, 21]"]  # Optuna stores scalars: JSON text
-    assert space.grid_size(spc) == 24
-    assert space.decode(spc, {"model.kernels": "[3, 5, 21]"}) == {"model.kernels": [3, 5, 21]}
+    assert search_space.grid_size(spc) == 24
+    assert search_space.decode(spc, {"model.kernels": "[3, 5, 21]"}) == {
+        "model.kernels": [3, 5, 21]
+    }
     # the ends written as integers make an integer range, and stay integers when dumped
-    assert yaml.safe_load(space.dump(spc))["space"]["model.layers"] == {
+    assert yaml.safe_load(search_space.dump(spc))["space"]["model.layers"] == {
         "low": 2,
         "high": 6,
         "log": False,
         "step": 2,
     }
     # TPE: 8 random trials, then rounds of 4 proposed from the finished ones
-    tpe = space.SpaceFile.model_validate(
+    tpe = search_space.SpaceFile.model_validate(
         {"sweep": {"startup": 8, "batch": 4}, "space": {"train.lr": {"choices": [0.1]}}}
     )
-    ends = [space.round_end(tpe, n, 22) for n in range(22)]
+    ends = [search_space.round_end(tpe, n, 22) for n in range(22)]
     assert ends == [8] * 8 + [12] * 4 + [16] * 4 + [20] * 4 + [22] * 2
-    assert {space.round_end(spc, n, 24) for n in range(24)} == {24}
+    assert {search_space.round_end(spc, n, 24) for n in range(24)} == {24}
 
 
 def test_holdout_split_by_fraction_and_by_date():
@@ -305,11 +309,11 @@ def test_the_holdout_is_never_read_before_selection_ends(tmp_path):
         )
         perturbed[t] = g
     base = load_config(Path("quick"), ["data.tickers=[AR10]"])
-    spc = space.SpaceFile.model_validate(
+    spc = search_space.SpaceFile.model_validate(
         {
             **SMALL,
             "sweep": {**SMALL["sweep"], "trials": 3},
-            "space": {k: space._as_param(v) for k, v in SMALL["space"].items()},
+            "space": {k: search_space._as_param(v) for k, v in SMALL["space"].items()},
         }
     )
     a = run_sweep(base, spc, tmp_path / "a", frames=frames)
@@ -331,7 +335,7 @@ def test_the_holdout_is_never_read_before_selection_ends(tmp_path):
 def test_an_interrupted_sweep_resumes_to_the_same_result(tmp_path, small_sweep, known_cache):
     reference, spc_path, _ = small_sweep
     base = load_config(Path("quick"), cache_keys(known_cache, "random_walk"))
-    spc = space.read_space(spc_path, base)
+    spc = search_space.read_space(spc_path, base)
 
     def stop(done, total, row):
         if done == 3:  # mid-round: trial 3 was proposed with trial 2 and is still to run

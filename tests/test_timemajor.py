@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tsconv.models import timemajor
+from tsconv.models.fast import timemajor
+from tsconv.models.fast.timemajor import TemporalBlockFunction, from_rows, to_rows, weight_grad
 from tsconv.models.tcn import TCN, TemporalBlock, block_ends
-from tsconv.models.timemajor import TemporalBlockFunction, from_rows, to_rows, weight_grad
 
 
 def block_pair(c_in: int, c_out: int, k: int, d: int, p: float, seed: int = 0):

@@ -20,26 +20,19 @@ from tests.conftest import (
     random_walk_returns,
     tiny_config,
 )
-from tsconv import checkpoint
 from tsconv.cli import app
 from tsconv.config import load_config
+from tsconv.engine import checkpoint
+from tsconv.engine.fit import dense_sequence, evaluate, fit_sequence, steps_per_epoch
+from tsconv.engine.predict import _predict_windows, predict_rows, predicts_without_windows
+from tsconv.engine.runtime import _rng_state, _set_rng_state, select_device
+from tsconv.engine.windows import Panel, WindowDataset
 from tsconv.errors import CheckpointError, TrainingError
-from tsconv.experiment import fit_span, global_rows, prepare, run_training
 from tsconv.models import TCN, MultiScaleConv1d
 from tsconv.models.tcn import TemporalBlock, tcn_receptive_field, window_end_plan
-from tsconv.train import (
-    _predict_windows,
-    _rng_state,
-    _set_rng_state,
-    dense_sequence,
-    evaluate,
-    fit_sequence,
-    predict_rows,
-    predicts_without_windows,
-    select_device,
-    steps_per_epoch,
-)
-from tsconv.windows import Panel, WindowDataset
+from tsconv.recipes.fit_span import fit_span
+from tsconv.recipes.prepare import global_rows, prepare
+from tsconv.recipes.train import run_training
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -192,7 +185,7 @@ def test_rng_state_round_trips_and_a_gpu_state_is_ignored_on_the_cpu():
 
 
 def test_ctrl_c_in_cli_exits_130(tmp_path, monkeypatch):
-    import tsconv.experiment as experiment
+    import tsconv.recipes.train as experiment
 
     def boom(*a, **k):
         raise KeyboardInterrupt
@@ -289,14 +282,14 @@ def _training_dataset(prep, train, val):
         seen["ds"] = train_ds
         raise KeyboardInterrupt
 
-    import tsconv.experiment as experiment  # noqa: PLC0415
+    import tsconv.recipes.fit_span as fitting
 
-    original, experiment.fit = experiment.fit, spy
+    original, fitting.fit = fitting.fit, spy
     try:
         with pytest.raises(KeyboardInterrupt):
             fit_span(prep, train, val, seed=0, device=CPU)
     finally:
-        experiment.fit = original
+        fitting.fit = original
     return seen["ds"]
 
 
@@ -553,7 +546,7 @@ def test_predicting_a_row_without_a_full_window_of_its_own_ticker_is_refused():
 
 
 def test_trained_weights_replace_the_starting_ones_only_when_clearly_better():
-    from tsconv.train import beats_clearly
+    from tsconv.engine.fit import beats_clearly
 
     g = torch.Generator().manual_seed(0)
     reference = torch.rand(400, generator=g, dtype=torch.float64)

@@ -17,9 +17,9 @@ from typer.testing import CliRunner
 
 from tests.conftest import ar1_returns, ohlcv_from_returns, random_walk_returns, tiny_config
 from tsconv.cli import app
-from tsconv.experiment import prepare
-from tsconv.train import select_device
-from tsconv.walkforward import fold_bounds, fold_spans, make_folds, run_backtest, train_rows
+from tsconv.engine.runtime import select_device
+from tsconv.recipes.backtest import fold_bounds, fold_spans, make_folds, run_backtest, train_rows
+from tsconv.recipes.prepare import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -237,7 +237,7 @@ def test_backtest_cli_outputs_resume_and_determinism(tmp_path):
 
     # interrupted after the first fold: finished folds stay, --resume finishes the same way
     resumed = tmp_path / "resumed"
-    import tsconv.walkforward as wf
+    import tsconv.recipes.backtest as wf
 
     real = wf.run_fold
     calls = {"n": 0}
@@ -310,9 +310,9 @@ def test_a_ticker_listed_mid_backtest_is_traded_only_once_it_has_training_histor
 def test_results_table_fits_80_columns_without_cutting_a_figure():
     from rich.console import Console
 
-    from tsconv.baselines import NAMES
     from tsconv.cli import results_table
-    from tsconv.report import TABLE_HEADER, table_rows
+    from tsconv.evaluate.baselines import NAMES
+    from tsconv.report.tables import TABLE_HEADER, table_rows
 
     # the widest figures a backtest gives: R^2 of a persistence forecast, a wiped-out strategy
     worst = {"mse": 1.23456e-3, "r2_oos": -1.0532, "directional_accuracy": 0.5}

@@ -183,11 +183,11 @@ def train(
 
     Under torchrun (--nproc-per-node N -m tsconv train) the processes train one model.
     """
-    from tsconv import checkpoint, ddp
-    from tsconv.train import select_device
+    from tsconv.engine import checkpoint, ddp
+    from tsconv.engine.runtime import select_device
 
     if resume is not None:
-        from tsconv.experiment import check_resumable
+        from tsconv.recipes.train import check_resumable
 
         _resume_alone(config, set_, out_dir)
         cfg = checkpoint.config_of({"config": _read_resolved(resume)}, resume / "config.yaml")
@@ -208,7 +208,7 @@ def train(
 
 
 def _train(cfg, target: Path, resume: bool) -> None:
-    from tsconv.experiment import describe_model, run_training
+    from tsconv.recipes.train import describe_model, run_training
 
     info = describe_model(cfg)
     out.print(
@@ -304,7 +304,7 @@ def predict(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON", metavar="")] = False,
 ) -> None:
     """Predict the next-step return after each ticker's latest bar."""
-    from tsconv.experiment import predict_latest
+    from tsconv.recipes.predict import predict_latest
 
     rows = predict_latest(run, tickers)
     if as_json:
@@ -363,8 +363,14 @@ def backtest(
     ] = None,
 ) -> None:
     """Walk-forward evaluation against naive baselines; writes predictions, metrics and report.html."""
-    from tsconv.report import TABLE_HEADER, cost_header, cost_rows, quantile_words, table_rows
-    from tsconv.walkforward import run_backtest
+    from tsconv.recipes.backtest import run_backtest
+    from tsconv.report.tables import (
+        TABLE_HEADER,
+        cost_header,
+        cost_rows,
+        quantile_words,
+        table_rows,
+    )
 
     if resume is not None:
         cfg, target = _resumable_backtest(resume, config, set_, out_dir), resume
@@ -469,7 +475,7 @@ def _resume_alone(config, set_, out_dir) -> None:
 
 def _resumable_backtest(folder: Path, config, set_, out_dir):
     """The config an interrupted backtest in `folder` ran with (as `train --resume` does)."""
-    from tsconv import checkpoint
+    from tsconv.engine import checkpoint
 
     _resume_alone(config, set_, out_dir)
     stored = Path(folder) / "folds" / "config.json"
@@ -530,8 +536,8 @@ def sweep(
 
     Each trial is a walk-forward backtest; the report says how much of the best is luck.
     """
-    from tsconv import space as spaces
-    from tsconv.sweep import resumable, run_sweep
+    from tsconv.recipes import search_space as spaces
+    from tsconv.recipes.sweep import resumable, run_sweep
 
     if trials is not None and trials < 2:
         raise UsageError(f"--trials {trials}: must be at least 2 (a sweep selects among trials)")
@@ -645,8 +651,8 @@ def audit(
     """
     import pandas as pd
 
-    from tsconv import io
-    from tsconv.audit import run_audit
+    from tsconv import runfolder
+    from tsconv.recipes.audit import run_audit
 
     if config is None:
         raise UsageError("--config is required (e.g. --config configs/quick.yaml)")
@@ -661,7 +667,7 @@ def audit(
             raise UsageError(f"--cut {cut}: not a date (YYYY-MM-DD)") from None
     report = run_audit(cfg, folds=folds, cut=when)
     target = out_file or Path("runs") / f"{cfg.name or config.stem}-audit.json"
-    io.write_json(target, report)
+    runfolder.write_json(target, report)
     for f in report["findings"]:
         out.print(f["line"], highlight=False, soft_wrap=True)
     checked = report["checked"]

@@ -78,7 +78,7 @@ class CovariateConfig(_Section):
         if self.file is not None and not self.columns:
             raise ValueError("a file covariate names its columns, e.g. columns: [vix]")
         if self.ticker is not None:
-            from tsconv.features import check_feature_names
+            from tsconv.data.features import check_feature_names
 
             if any(f.startswith("col:") for f in self.features):
                 raise ValueError("a ticker covariate takes OHLCV features, not col:")
@@ -233,7 +233,7 @@ class Config(_Section):
     @field_validator("features")
     @classmethod
     def _known_features(cls, names: list[str]) -> list[str]:
-        from tsconv.features import check_feature_names
+        from tsconv.data.features import check_feature_names
 
         check_feature_names(names)
         return names

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tsconv import io
+from tsconv import runfolder
 from tsconv.errors import DataError, OutputError
 
 _SAFE = re.compile(r"^[A-Za-z0-9^][A-Za-z0-9.^=_-]{0,31}$")
@@ -114,7 +114,7 @@ def store(
 ) -> dict[str, Any]:
     """Write one ticker's frame and its manifest entry atomically (caller holds the lock)."""
     path = ticker_path(data_dir, ticker)
-    io.write_with(path, lambda tmp: frame.to_parquet(tmp, engine="pyarrow"))
+    runfolder.write_with(path, lambda tmp: frame.to_parquet(tmp, engine="pyarrow"))
     entry = {
         "file": path.name,
         "source": source,
@@ -132,5 +132,5 @@ def store(
     }
     manifest = read_manifest(data_dir)
     manifest[safe_ticker(ticker)] = entry
-    io.write_json(Path(data_dir) / MANIFEST, manifest)
+    runfolder.write_json(Path(data_dir) / MANIFEST, manifest)
     return entry

@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from tsconv import io
+from tsconv import runfolder
 from tsconv.data import cache
 from tsconv.data.sources import Downloader, fetch_yahoo, load_file, load_sample
 from tsconv.errors import FetchError
@@ -37,7 +37,7 @@ def fetch_one(
     """Fetch one ticker into the cache; a second call only appends bars after the cached ones."""
     symbol = cache.safe_ticker(ticker)
     old = cache.read_cached(data_dir, symbol)
-    now = io.now_utc()
+    now = runfolder.now_utc()
     if old is None:
         new = fetch_yahoo(
             symbol, start=start, end=end, interval=interval, download=download, **retry
@@ -125,7 +125,7 @@ def import_file(data_dir: Path, path: Path, ticker: str, **kw: Any) -> dict[str,
             symbol,
             frame,
             source=f"file:{Path(path).resolve()}",
-            fetched_at=io.now_utc(),
+            fetched_at=runfolder.now_utc(),
             note="imported",
         )
 
@@ -144,7 +144,7 @@ def import_sample(data_dir: Path, tickers: list[str]) -> dict[str, dict[str, Any
                 symbol,
                 frame,
                 source="tsconv embedded sample (Quandl WIKI, public domain)",
-                fetched_at=io.now_utc(),
+                fetched_at=runfolder.now_utc(),
                 note="copied from the package",
             )
     return out

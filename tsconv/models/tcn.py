@@ -11,6 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tsconv.models.fast.timemajor import (
+    TemporalBlockFunction,
+    TorchEnds,
+    compute_dtype,
+    from_rows,
+    to_rows,
+)
 from tsconv.models.layers import (
     CausalConv1d,
     Dropout,
@@ -18,13 +25,6 @@ from tsconv.models.layers import (
     keep_mask,
     maybe_weight_norm,
     zero_head,
-)
-from tsconv.models.timemajor import (
-    TemporalBlockFunction,
-    TorchEnds,
-    compute_dtype,
-    from_rows,
-    to_rows,
 )
 
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
-from tsconv import io
+from tsconv import runfolder
 from tsconv.config import Config, validate_config
-from tsconv.covariates import input_names
+from tsconv.data.covariates import input_names
 from tsconv.errors import CheckpointError
 
 FORMAT = "tsconv-model/1"
@@ -35,10 +35,10 @@ def save(
         "burn_in": burn_in,
         "scalers": {t: s.to_dict() for t, s in scalers.items()},
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "versions": io.versions(),
+        "versions": runfolder.versions(),
         **(extra or {}),
     }
-    io.save_torch(path, payload)
+    runfolder.save_torch(path, payload)
 
 
 def load(path: Path) -> dict[str, Any]:

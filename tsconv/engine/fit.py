@@ -6,81 +6,23 @@ from window views by index, never through a per-sample DataLoader.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
-import random
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from tsconv import ddp
 from tsconv.config import TrainConfig
-from tsconv.errors import ConfigError, TrainingError
-from tsconv.models.tcn import TCN, window_end_outputs, window_end_plan
-from tsconv.windows import Panel, WindowDataset, chunk_inputs, chunk_plan, last_step_inputs
-
-
-def select_device(name: str) -> torch.device:
-    device = _pick_device(name)
-    if device.type == "cuda":
-        # TF32 convolutions keep 10 mantissa bits: predictions would differ from CPU's in the
-        # third digit. The tiny models here gain nothing from it; train.amp is the speed knob.
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cuda.matmul.allow_tf32 = False
-    return device
-
-
-def _pick_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            "train.device: cuda requested but no CUDA GPU is available (use auto or cpu)"
-        )
-    if name == "mps" and not (
-        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
-    ):
-        raise ConfigError("train.device: mps requested but not available (use auto or cpu)")
-    return torch.device(name)
-
-
-@contextlib.contextmanager
-def intra_op_threads(threads: int | None) -> Iterator[None]:
-    """torch's intra-op thread count set to `threads` (unset: left alone), put back on exit:
-    a run called from a test or a notebook leaves the caller's setting as it found it."""
-    previous = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    # cuDNN may otherwise pick kernels whose sums run in a different order on every run.
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-    return torch.Generator().manual_seed(seed)
-
-
-def amp_dtype(device: torch.device) -> torch.dtype:
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16
+from tsconv.engine import ddp
+from tsconv.engine.cuda_graphs import GRAPH_MIN_STEPS, graphed_steps
+from tsconv.engine.predict import predict_rows, predicts_without_windows
+from tsconv.engine.runtime import _rng_state, _set_rng_state, amp_dtype, cpu_state, seed_everything
+from tsconv.engine.windows import WindowDataset
+from tsconv.errors import TrainingError
 
 
 def dense_sequence(window: int, receptive_field: int, burn_in: int | None) -> tuple[int, int]:
@@ -202,39 +144,6 @@ class FitState:
             # FitResult.to_dict's keys; a state saved before initial_val or steps gets defaults
             result=FitResult(**{**res, "history": list(res["history"])}),
         )
-
-
-def _rng_state(gen: torch.Generator, device: torch.device) -> dict[str, Any]:
-    np_state = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "gen": gen.get_state(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-        "python": _py_state(),
-    }
-    if device.type == "cuda":  # dropout on a GPU draws from the device's own generator
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _py_state() -> list[Any]:
-    version, internal, gauss = random.getstate()
-    return [version, torch.tensor(internal, dtype=torch.int64), gauss]
-
-
-def _set_rng_state(state: dict[str, Any], gen: torch.Generator, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and device.type == "cuda":  # not when a GPU run resumes on the CPU
-        torch.cuda.set_rng_state(state["cuda"], device)
-    gen.set_state(state["gen"])
-    n = state["numpy"]
-    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
-    p = state["python"]
-    random.setstate((p[0], tuple(int(v) for v in p[1].tolist()), p[2]))
-
-
-def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float, device: torch.device):
@@ -475,54 +384,6 @@ def _penalty(model: nn.Module) -> Callable[[], torch.Tensor] | None:
     return highway.penalty_loss if highway is not None else None
 
 
-# On an H200 the seed's TCN step took 6.3 ms eagerly and 1.7 ms replayed, and capturing took
-# 340 ms (warm-up passes, then the capture): it pays for itself after about 75 full batches
-# (`scripts/bench_train.py --device cuda`). Fits with fewer than twice that run eagerly.
-GRAPH_MIN_STEPS = 150
-
-
-@contextlib.contextmanager
-def graphed_steps(
-    model: nn.Module,
-    ds: WindowDataset,
-    batch_size: int,
-    amp: bool,
-    device: torch.device,
-    enabled: bool,
-) -> Iterator[bool]:
-    """Small models on a GPU are bound by kernel launches, not arithmetic. Inside this
-    context `model.forward` replays its training forward and backward for a full batch as
-    CUDA graphs (`torch.cuda.make_graphed_callables`); in eval mode it runs eagerly, and a
-    batch of another size must go through the eager forward saved before (as `fit` does).
-    Dropout still draws new masks on every replay. The capture's warm-up passes draw masks
-    and update BatchNorm's running statistics; both are put back to where they were before
-    them, so the capture leaves no trace in training, and a resumed run (which captures again)
-    replays the same masks as the uninterrupted one. Yields whether graphs were captured (not
-    when disabled or without a full batch); the eager forward is back on exit, also after an
-    error."""
-    if not enabled or len(ds) < batch_size:
-        yield False
-        return
-    sample = ds.batch(torch.arange(batch_size))[0]
-    model.train()
-    with warnings.catch_warnings():
-        # The captured graph keeps the parameters' gradient accumulators made on the capture
-        # stream; PyTorch warns when replayed gradients arrive from the main stream. Values
-        # are unaffected (tests/test_cuda.py compares graphed and eager training).
-        warnings.filterwarnings("ignore", message="The AccumulateGrad node's stream")
-        rng = torch.cuda.get_rng_state(device)
-        buffers = [(b, b.clone()) for b in model.buffers()]
-        with torch.autocast(device.type, amp_dtype(device), enabled=amp, cache_enabled=False):
-            torch.cuda.make_graphed_callables(model, (sample,))
-        torch.cuda.set_rng_state(rng, device)
-        for live, saved in buffers:  # in place: the graphs read and write these addresses
-            live.copy_(saved)
-        try:
-            yield True
-        finally:
-            del model.forward  # the instance attribute the capture set; the class's one remains
-
-
 def _train_step(
     run: Callable[[torch.Tensor], torch.Tensor],
     batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
@@ -570,145 +431,3 @@ def _finite_loss(value: float, epoch: int, cfg: TrainConfig) -> float:
             f"(now {cfg.lr}) or check the input data"
         )
     return value
-
-
-def fits_in_window(model: nn.Module, window: int) -> bool:
-    rf = getattr(model, "receptive_field", None)
-    return rf is not None and rf <= window
-
-
-def predicts_without_windows(model: nn.Module, window: int) -> bool:
-    """Whether `predict_rows` shares work between rows instead of a pass per window."""
-    if fits_in_window(model, window):
-        return True
-    return isinstance(model, TCN) and window_end_plan(model, window) is not None
-
-
-def predict_rows(
-    model: nn.Module,
-    panel: Panel,
-    rows: torch.Tensor,
-    window: int,
-    device: torch.device,
-    batch_size: int = 1024,
-    amp: bool = False,
-    rows_per_chunk: int = 512,
-    chunks_per_call: int | None = None,
-) -> np.ndarray:
-    """Scaled prediction at each global row, as from the window of `window` bars ending there.
-
-    When the receptive field fits in the window, the prediction at row t depends on the last
-    receptive-field bars only, so one pass over a chunk of consecutive rows (plus that much
-    context) gives the same numbers as one window per row, for about window/(1 + context /
-    rows_per_chunk) times less work. Otherwise the window's own zero padding is part of the
-    input: a TCN then shares the values that do not depend on where the window starts
-    (`_predict_window_ends`, about 25x less work for the seed's 8 blocks at window 256), and
-    other models get a pass per window as in training.
-    """
-    model.eval().to(device)
-    rows = torch.as_tensor(rows, dtype=torch.int64)
-    if len(rows) == 0:
-        return np.zeros(0, dtype=np.float32)
-    offsets = torch.as_tensor(panel.offsets, dtype=torch.int64)
-    ticker = torch.searchsorted(offsets, rows, right=True).clamp(max=len(offsets) - 1) - 1
-    if (rows >= offsets[-1]).any() or (rows - offsets[ticker] < window - 1).any():
-        raise ValueError("predict_rows: a row has fewer than window - 1 bars of its own before it")
-    if not fits_in_window(model, window):
-        plan = window_end_plan(model, window) if isinstance(model, TCN) else None
-        if plan is None:
-            return _predict_windows(model, panel, rows, window, device, batch_size, amp)
-        return _predict_window_ends(
-            model, panel, rows, window, device, amp, plan, rows_per_chunk, chunks_per_call
-        )
-    context = model.receptive_field - 1
-
-    def chunk_outputs(x: torch.Tensor) -> torch.Tensor:
-        return model(x)[:, 0, context:]
-
-    return _predict_chunks(
-        chunk_outputs, panel, rows, context, device, amp, rows_per_chunk, chunks_per_call
-    )
-
-
-def _predict_chunks(
-    chunk_outputs: Callable[[torch.Tensor], torch.Tensor],
-    panel: Panel,
-    rows: torch.Tensor,
-    context: int,
-    device: torch.device,
-    amp: bool,
-    rows_per_chunk: int,
-    chunks_per_call: int | None,
-) -> np.ndarray:
-    """Predictions at `rows` from chunks of up to `rows_per_chunk` consecutive rows, each with
-    `context` bars before its first row; `chunk_outputs` maps a batch of chunk inputs
-    (B, F, context + rows_per_chunk) to (B, rows_per_chunk) predictions."""
-    order = torch.argsort(rows, stable=True)
-    firsts, chunk = chunk_plan(rows[order], rows_per_chunk)
-    length = context + rows_per_chunk
-    per_call = chunks_per_call or CHUNKS_PER_CALL[device.type == "cuda"]
-    outs = []
-    with torch.inference_mode(), torch.autocast(device.type, amp_dtype(device), enabled=amp):
-        for group in firsts.split(per_call):
-            x = fixed_batch(chunk_inputs(panel, group, context, length), per_call).to(device)
-            outs.append(chunk_outputs(x)[: len(group)].float().cpu())
-    out = torch.cat(outs)
-    pred = torch.empty(len(rows))
-    pred[order] = out[chunk, rows[order] - firsts[chunk]]
-    return pred.numpy()
-
-
-# Chunks predicted per call (CPU, CUDA). Every call gets exactly this many (zeros fill the
-# last), so a chunk's arithmetic has the same shapes however many other chunks, i.e. however
-# much data, there are: oneDNN takes other code paths for other batch sizes. On a GPU a call
-# per chunk was bound by kernel launches.
-CHUNKS_PER_CALL = (4, 64)
-
-
-def fixed_batch(x: torch.Tensor, size: int) -> torch.Tensor:
-    """`x` with zero rows appended up to `size` along the first dimension."""
-    if len(x) == size:
-        return x
-    return torch.cat([x, x.new_zeros(size - len(x), *x.shape[1:])])
-
-
-def _predict_window_ends(
-    model: TCN,
-    panel: Panel,
-    rows: torch.Tensor,
-    window: int,
-    device: torch.device,
-    amp: bool,
-    plan: list[dict[str, list[int]]],
-    rows_per_chunk: int,
-    chunks_per_call: int | None = None,
-) -> np.ndarray:
-    """`_predict_windows`' numbers (each row's window on its own, zero padding and all) from
-    one dense pass per chunk of consecutive rows plus the few window-specific values
-    (`tcn.window_end_outputs`). Every chunk computes all `rows_per_chunk` windows, wanted or
-    not, so its arithmetic has the same shapes however many rows (or future bars) exist."""
-    every = torch.arange(rows_per_chunk, device=device)
-
-    def chunk_outputs(x: torch.Tensor) -> torch.Tensor:
-        return window_end_outputs(model, x, every, window, plan).view(len(x), -1)
-
-    return _predict_chunks(
-        chunk_outputs, panel, rows, window - 1, device, amp, rows_per_chunk, chunks_per_call
-    )
-
-
-def _predict_windows(
-    model: nn.Module,
-    panel: Panel,
-    rows: torch.Tensor,
-    window: int,
-    device: torch.device,
-    batch_size: int,
-    amp: bool,
-) -> np.ndarray:
-    out = []
-    with torch.inference_mode(), torch.autocast(device.type, amp_dtype(device), enabled=amp):
-        for chunk in rows.split(batch_size):
-            x = last_step_inputs(panel, chunk, window).to(device)
-            out.append(model(x)[:, 0, -1].float().cpu())
-    return torch.cat(out).numpy()

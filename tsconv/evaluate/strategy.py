@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tsconv import metrics
 from tsconv.config import Config
+from tsconv.evaluate import metrics
 
 
 def periods_per_year(frame: pd.DataFrame, cfg: Config) -> int:

@@ -20,19 +20,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tsconv import baselines, io, parallel
+from tsconv import executors, runfolder
 from tsconv.config import Config, dump_yaml, results_config
+from tsconv.engine.fit import FitResult
+from tsconv.engine.predict import predict_rows
+from tsconv.engine.runtime import intra_op_threads, select_device
 from tsconv.errors import ConfigError, DataError, UsageError
-from tsconv.experiment import (
-    Prepared,
-    fit_span,
-    global_rows,
-    known_rows,
-    member_seed,
-    prepare,
-    split_train_val,
-)
-from tsconv.train import FitResult, intra_op_threads, predict_rows, select_device
+from tsconv.evaluate import baselines
+from tsconv.recipes.fit_span import fit_span, member_seed
+from tsconv.recipes.prepare import Prepared, global_rows, known_rows, prepare, split_train_val
 
 
 @dataclass(frozen=True)
@@ -300,7 +296,8 @@ def _run_backtest(
     prep: Prepared | None = None,
     report_html: bool = True,
 ) -> dict[str, Any]:
-    from tsconv import report
+    from tsconv.evaluate.summary import summarize_with_nets
+    from tsconv.report import backtest_html
 
     out = Path(out)
     t0 = time.perf_counter()
@@ -322,9 +319,9 @@ def _run_backtest(
     elif (out / "folds").exists() and not resume:
         for old in (out / "folds").glob("fold_*"):
             old.unlink()
-    io.write_text(out / "config.yaml", dump_yaml(cfg))
-    io.write_json(out / "folds" / "config.json", resolved)
-    io.write_json(out / "versions.json", io.run_info(cfg.seed, device))
+    runfolder.write_text(out / "config.yaml", dump_yaml(cfg))
+    runfolder.write_json(out / "folds" / "config.json", resolved)
+    runfolder.write_json(out / "versions.json", runfolder.run_info(cfg.seed, device))
 
     results: dict[int, tuple[pd.DataFrame, dict[str, Any]]] = {}
 
@@ -335,11 +332,13 @@ def _run_backtest(
 
     def finished(fold: Fold, preds: pd.DataFrame, info: dict[str, Any], state=None) -> None:
         path = _fold_path(out, fold.index)
-        io.write_with(path, lambda tmp: preds.to_parquet(tmp, index=False))
+        runfolder.write_with(path, lambda tmp: preds.to_parquet(tmp, index=False))
         if state is not None:
-            io.save_torch(path.with_suffix(".pt"), state)
+            runfolder.save_torch(path.with_suffix(".pt"), state)
         # in the info's own order, which folds.csv keeps whether a fold ran now or is resumed
-        io.write_text(path.with_suffix(".json"), json.dumps(info, indent=2, default=str) + "\n")
+        runfolder.write_text(
+            path.with_suffix(".json"), json.dumps(info, indent=2, default=str) + "\n"
+        )
         collect(fold, preds, info)
 
     warm = cfg.backtest.retrain == "warm"
@@ -358,7 +357,7 @@ def _run_backtest(
     spread = (workers > 1 or cfg.backtest.executor == "ray") and not warm
     threads = fold_threads(cfg, workers) if spread else torch.get_num_threads()
     if todo and spread:
-        parallel.run_folds(
+        executors.run_folds(
             prep,
             todo,
             device,
@@ -379,7 +378,7 @@ def _run_backtest(
     table = pd.DataFrame([{k: v for k, v in i.items() if k != "resumed"} for i in infos])
     predictions = pd.concat(parts, ignore_index=True).sort_values(["date", "ticker"], kind="stable")
     predictions = predictions.reset_index(drop=True)
-    metrics, nets = report.summarize_with_nets(predictions, cfg)
+    metrics, nets = summarize_with_nets(predictions, cfg)
     ran = [i for i in infos if not i.get("resumed")]  # this invocation's folds only
     metrics["timing"] = {
         "prepare_seconds": t_prep,
@@ -392,10 +391,14 @@ def _run_backtest(
         "fit_seconds": float(sum(i.get("fit_seconds", 0.0) for i in ran)),
         "predict_seconds": float(sum(i.get("predict_seconds", 0.0) for i in ran)),
     }
-    io.write_with(out / "predictions.parquet", lambda tmp: predictions.to_parquet(tmp, index=False))
-    io.write_text(out / "folds.csv", table.to_csv(index=False))
+    runfolder.write_with(
+        out / "predictions.parquet", lambda tmp: predictions.to_parquet(tmp, index=False)
+    )
+    runfolder.write_text(out / "folds.csv", table.to_csv(index=False))
     returns = pd.DataFrame(nets).rename_axis("date").reset_index()
-    io.write_with(out / "returns.parquet", lambda tmp: returns.to_parquet(tmp, index=False))
-    report.write_outputs(out, predictions, metrics, table, cfg, nets, report_html=report_html)
-    io.write_manifest(out, complete=True)
+    runfolder.write_with(out / "returns.parquet", lambda tmp: returns.to_parquet(tmp, index=False))
+    backtest_html.write_outputs(
+        out, predictions, metrics, table, cfg, nets, report_html=report_html
+    )
+    runfolder.write_manifest(out, complete=True)
     return metrics

@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 
 from tsconv.config import Config, CovariateConfig
+from tsconv.data.features import compute_features
 from tsconv.errors import ConfigError, DataError
-from tsconv.features import compute_features
 
 
 def names(cfg: Config) -> list[str]:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from tsconv.features import TickerData
+from tsconv.data.features import TickerData
 
 # --------------------------------------------------------------------------- scaling
 

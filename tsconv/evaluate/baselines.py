@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from tsconv.features import TickerData
+from tsconv.data.features import TickerData
 
 # numpy's BLAS (OpenBLAS) wakes its threads for the ridge fits' small products and leaves them
 # spinning afterwards, taking the cores torch trains on: a quick fold ran 1.4x slower with 2

@@ -24,10 +24,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tsconv import covariates, io, metrics, parallel, selection, space
+from tsconv import executors, runfolder
 from tsconv.config import Config, config_to_dict, dump_yaml, load_config, validate_config
+from tsconv.data import covariates
 from tsconv.errors import DataError, TsconvError, UsageError
-from tsconv.space import SpaceFile
+from tsconv.evaluate import metrics, selection
+from tsconv.recipes import search_space
+from tsconv.recipes.search_space import SpaceFile
 
 LEVEL = 0.05
 TrialHook = Callable[[int, int, dict[str, Any]], None]
@@ -55,8 +58,10 @@ def selection_frames(frames: dict[str, pd.DataFrame], cut: pd.Timestamp) -> dict
 def trial_config(base: Config, spc: SpaceFile, params: dict[str, Any], source: str) -> Config:
     """The base config with the space's fixed keys and a trial's parameters; the trial's own
     folds run one after another (the sweep runs trials side by side instead)."""
-    cfg = space.with_values(base, {**spc.fixed, **params}, source)
-    return space.with_values(cfg, {"backtest.workers": 1, "backtest.executor": "local"}, source)
+    cfg = search_space.with_values(base, {**spc.fixed, **params}, source)
+    return search_space.with_values(
+        cfg, {"backtest.workers": 1, "backtest.executor": "local"}, source
+    )
 
 
 def _objective(m: dict[str, Any], objective: str) -> float:
@@ -85,8 +90,8 @@ def trial_row(m: dict[str, Any]) -> dict[str, Any]:
 def _run_trial(data: tuple[dict, dict], task: tuple) -> dict[str, Any]:
     """One trial, in whichever process runs it: its backtest on the selection period's bars
     and covariates."""
-    from tsconv.experiment import prepare
-    from tsconv.walkforward import run_backtest
+    from tsconv.recipes.backtest import run_backtest
+    from tsconv.recipes.prepare import prepare
 
     number, raw, folder, objective, cut = task
     t0 = time.perf_counter()
@@ -124,12 +129,12 @@ def _engine(frames, workers: int, executor: str, address: str | None, base: Conf
     import torch
 
     if executor == "ray":
-        from tsconv.train import select_device
+        from tsconv.engine.runtime import select_device
 
         gpus = int(select_device(base.train.device).type == "cuda")
-        return parallel.ray_cluster(frames, base.train.threads or 1, gpus, address)
+        return executors.ray_cluster(frames, base.train.threads or 1, gpus, address)
     threads = base.train.threads or max(1, torch.get_num_threads() // workers)
-    return parallel.local_pool(frames, workers, threads)
+    return executors.local_pool(frames, workers, threads)
 
 
 def run_sweep(
@@ -163,21 +168,21 @@ def run_sweep(
         raise UsageError(f"{out} already holds a sweep: --resume {out} continues it, or pick --out")
     n_trials = spc.sweep.trials
     if spc.sweep.sampler == "grid":
-        n_trials = min(n_trials, space.grid_size(spc))
-    io.write_text(out / "config.yaml", dump_yaml(base))
-    io.write_text(out / "space.yaml", space.dump(spc))
-    io.write_json(out / "versions.json", {**io.versions(), "seed": base.seed})
+        n_trials = min(n_trials, search_space.grid_size(spc))
+    runfolder.write_text(out / "config.yaml", dump_yaml(base))
+    runfolder.write_text(out / "space.yaml", search_space.dump(spc))
+    runfolder.write_json(out / "versions.json", {**runfolder.versions(), "seed": base.seed})
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         storage=f"sqlite:///{db}", study_name="sweep", direction="maximize", load_if_exists=True
     )
-    dists = space.distributions(spc)
+    dists = search_space.distributions(spc)
 
     def finished(task: tuple, row: dict[str, Any]) -> None:
         number = row["trial"]
         if "error" in row:
-            io.write_text(_trial_folder(out, number) / "error.txt", row["error"] + "\n")
+            runfolder.write_text(_trial_folder(out, number) / "error.txt", row["error"] + "\n")
             study.tell(number, state=TrialState.FAIL)
         else:
             study.tell(number, row["value"])
@@ -193,15 +198,15 @@ def run_sweep(
             if not pending and len(trials) >= n_trials:
                 break
             start = len(trials) - 1 if pending else len(trials)
-            for number in range(len(trials), space.round_end(spc, start, n_trials)):
-                study.sampler = space.sampler(spc, number)
+            for number in range(len(trials), search_space.round_end(spc, start, n_trials)):
+                study.sampler = search_space.sampler(spc, number)
                 pending.append(study.ask(dists).number)
             params = {t.number: t.params for t in study.get_trials(deepcopy=False)}
             tasks = [
                 (
                     n,
                     config_to_dict(
-                        trial_config(base, spc, space.decode(spc, params[n]), f"trial {n}")
+                        trial_config(base, spc, search_space.decode(spc, params[n]), f"trial {n}")
                     ),
                     str(_trial_folder(out, n)),
                     spc.sweep.objective,
@@ -214,7 +219,7 @@ def run_sweep(
 
     result = summarize(base, spc, study, out, cut, chosen_frames)
     best = result["chosen"]
-    holdout_cfg = space.with_values(
+    holdout_cfg = search_space.with_values(
         trial_config(base, spc, best["params"], "holdout"),
         {
             "backtest.start": str(cut.date()),
@@ -224,8 +229,8 @@ def run_sweep(
         },
         "holdout",
     )
-    from tsconv.experiment import prepare
-    from tsconv.walkforward import run_backtest
+    from tsconv.recipes.backtest import run_backtest
+    from tsconv.recipes.prepare import prepare
 
     hm = run_backtest(
         holdout_cfg, out / "holdout", resume=True, prep=prepare(holdout_cfg, frames, sources)
@@ -233,8 +238,8 @@ def run_sweep(
     result["holdout"] = holdout_summary(hm, cut)
     result["verdict"] = verdict(result)
     result = metrics.clean(result)  # NaN (a flat strategy's Sharpe ratio) as null
-    io.write_json(out / "sweep.json", result)
-    io.write_json(
+    runfolder.write_json(out / "sweep.json", result)
+    runfolder.write_json(
         out / "timing.json",
         {
             "trials_seconds": t_trials,
@@ -243,10 +248,10 @@ def run_sweep(
             "executor": executor,
         },
     )
-    from tsconv import sweep_report
+    from tsconv.report import sweep_html
 
-    io.write_text(out / "report.html", sweep_report.render(result, out, hm))
-    io.write_manifest(out, complete=True)
+    runfolder.write_text(out / "report.html", sweep_html.render(result, out, hm))
+    runfolder.write_manifest(out, complete=True)
     return result
 
 
@@ -289,9 +294,9 @@ def summarize(base, spc, study, out: Path, cut: pd.Timestamp, frames) -> dict[st
         first = next((e.read_text().strip() for e in errors if e.exists()), "no error recorded")
         raise DataError(f"sweep: {len(complete)} of {len(trials)} trials finished; {first}")
     table = trials_table(spc, trials, out)
-    io.write_with(out / "trials.parquet", lambda tmp: table.to_parquet(tmp, index=False))
+    runfolder.write_with(out / "trials.parquet", lambda tmp: table.to_parquet(tmp, index=False))
     board = leaderboard(table)
-    io.write_text(out / "leaderboard.csv", board.to_csv(index=False))
+    runfolder.write_text(out / "leaderboard.csv", board.to_csv(index=False))
     best = int(board["trial"].iloc[0])
     numbers = [t.number for t in complete]
     perf = _returns(out, numbers, spc.sweep.objective)
@@ -339,7 +344,7 @@ def summarize(base, spc, study, out: Path, cut: pd.Timestamp, frames) -> dict[st
         },
         "chosen": {
             "trial": best,
-            "params": space.decode(spc, {t.number: t for t in trials}[best].params),
+            "params": search_space.decode(spc, {t.number: t for t in trials}[best].params),
             "objective": spc.sweep.objective,
             "value": float(row["value"]),
             "sharpe": _none(row["sharpe"]),
@@ -506,7 +511,7 @@ def resumable(folder: Path, trials: int | None) -> tuple[Config, SpaceFile]:
     if trials is not None:
         raise UsageError("--resume continues the sweep as it was set up; drop --trials")
     base = load_config(folder / "config.yaml")
-    return base, space.read_space(folder / "space.yaml", base)
+    return base, search_space.read_space(folder / "space.yaml", base)
 
 
 def _done_states():

@@ -10,14 +10,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tsconv.report import (
-    STYLE,
-    TABLE_HEADER,
-    html_section,
-    html_table,
-    png_base64,
-    table_rows,
-)
+from tsconv.report.backtest_html import STYLE, html_section, html_table
+from tsconv.report.figures import png_base64
+from tsconv.report.tables import TABLE_HEADER, table_rows
 
 
 def _sharpe_figure(r: dict[str, Any]) -> str:

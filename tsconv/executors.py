@@ -42,8 +42,8 @@ from typing import Any
 
 import torch
 
+from tsconv.engine.runtime import intra_op_threads
 from tsconv.errors import TsconvError, UsageError
-from tsconv.train import intra_op_threads
 
 _shared: Any = None  # a worker's copy of the shared data, set once by _start
 
@@ -253,7 +253,7 @@ def _run_ray(ray, remote, shared_ref, threads, tasks, fn: Task, finished: Finish
 
 def _member(prep: Any, task: tuple[Any, int, torch.device]) -> Any:
     """One ensemble member of a full-retrain fold (its final weights are not needed)."""
-    from tsconv.walkforward import fit_member
+    from tsconv.recipes.backtest import fit_member
 
     fold, member, device = task
     return fit_member(prep, fold, member, device, keep_state=False)
@@ -273,7 +273,7 @@ def run_folds(
     """Run every ensemble member of `folds` (in order of size, smallest first) as a task in
     `workers` local processes or on Ray, calling `finished(fold, predictions, info)` here as
     each fold's last member ends."""
-    from tsconv.walkforward import combine_members
+    from tsconv.recipes.backtest import combine_members
 
     members = prep.cfg.train.ensemble
     engine = (

@@ -31,10 +31,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tsconv import covariates
 from tsconv.config import Config
+from tsconv.data import covariates
 from tsconv.errors import UsageError
-from tsconv.experiment import Prepared, fit_scalers, known_rows, prepare, split_train_val
+from tsconv.recipes.prepare import Prepared, fit_scalers, known_rows, prepare, split_train_val
 
 LEAK_CORRELATION = 0.5
 SMELL_CORRELATION = 0.3
@@ -117,7 +117,7 @@ def truncated(frames: dict[str, pd.DataFrame], cut: pd.Timestamp) -> dict[str, p
 
 
 def _causality(prep: Prepared, frames, sources, folds: int, cut) -> tuple[list[Finding], dict]:
-    from tsconv.walkforward import make_folds
+    from tsconv.recipes.backtest import make_folds
 
     audited = make_folds(prep)[:folds]
     if cut is None:  # the middle of the last audited fold's test span
@@ -153,7 +153,7 @@ def _fingerprint(prep: Prepared, folds, cut: pd.Timestamp) -> dict[str, Any]:
     """What must not change when the bars after `cut` do: per ticker the features and the
     targets realised by `cut`, each fold's scaler statistics, and the predictions (model and
     baselines) dated up to `cut`."""
-    from tsconv.walkforward import fold_spans, run_fold
+    from tsconv.recipes.backtest import fold_spans, run_fold
 
     h = prep.cfg.target.horizon
     out: dict[str, Any] = {"x": {}, "y": {}, "scaler": {}, "pred": []}

@@ -1,0 +1,103 @@
+"""Where and how a run computes: device, threads, seeds and the random generators' state."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from tsconv.errors import ConfigError
+
+
+def select_device(name: str) -> torch.device:
+    device = _pick_device(name)
+    if device.type == "cuda":
+        # TF32 convolutions keep 10 mantissa bits: predictions would differ from CPU's in the
+        # third digit. The tiny models here gain nothing from it; train.amp is the speed knob.
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    return device
+
+
+def _pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "train.device: cuda requested but no CUDA GPU is available (use auto or cpu)"
+        )
+    if name == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise ConfigError("train.device: mps requested but not available (use auto or cpu)")
+    return torch.device(name)
+
+
+@contextlib.contextmanager
+def intra_op_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to `threads` (unset: left alone), put back on exit:
+    a run called from a test or a notebook leaves the caller's setting as it found it."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    # cuDNN may otherwise pick kernels whose sums run in a different order on every run.
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    return torch.Generator().manual_seed(seed)
+
+
+def amp_dtype(device: torch.device) -> torch.dtype:
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16
+
+
+def _rng_state(gen: torch.Generator, device: torch.device) -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "gen": gen.get_state(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": _py_state(),
+    }
+    if device.type == "cuda":  # dropout on a GPU draws from the device's own generator
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _py_state() -> list[Any]:
+    version, internal, gauss = random.getstate()
+    return [version, torch.tensor(internal, dtype=torch.int64), gauss]
+
+
+def _set_rng_state(state: dict[str, Any], gen: torch.Generator, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and device.type == "cuda":  # not when a GPU run resumes on the CPU
+        torch.cuda.set_rng_state(state["cuda"], device)
+    gen.set_state(state["gen"])
+    n = state["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
+    p = state["python"]
+    random.setstate((p[0], tuple(int(v) for v in p[1].tolist()), p[2]))
+
+
+def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}

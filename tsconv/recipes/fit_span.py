@@ -1,0 +1,135 @@
+"""Fit one model on one training span: build it, start its linear part at a ridge fit, train."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from tsconv.data import covariates
+from tsconv.engine.fit import FitResult, FitState, fit, fit_sequence
+from tsconv.engine.windows import Panel, Scaler, WindowDataset, make_panel
+from tsconv.errors import DataError
+from tsconv.evaluate import baselines
+from tsconv.models import build_model
+from tsconv.recipes.prepare import (
+    Prepared,
+    Span,
+    fit_scalers,
+    global_rows,
+)
+
+
+def member_seed(seed: int, member: int) -> int:
+    """The seed of ensemble member `member` of a fit seeded `seed`. Member 0 keeps `seed`, so
+    an ensemble of one is the single model, bit for bit; the others draw theirs from numpy's
+    SeedSequence of (seed, member), which almost surely repeats no other fit's seed (a fold's
+    seed is the config's plus the fold's index)."""
+    if member == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, member]).generate_state(1)[0])
+
+
+def fit_span(
+    prep: Prepared,
+    train: dict[str, Span],
+    val: dict[str, Span],
+    *,
+    seed: int,
+    device: torch.device,
+    init_state: dict[str, torch.Tensor] | None = None,
+    epochs: int | None = None,
+    resume: FitState | None = None,
+    on_epoch: Any = None,
+    on_step: Any = None,
+) -> tuple[torch.nn.Module, dict[str, Scaler], Panel, FitResult]:
+    """Fit scalers on the training rows only, then train a model on those rows."""
+    cfg = prep.cfg
+    if not any(hi - lo > cfg.window for lo, hi in train.values()):
+        counts = ", ".join(f"{t}: {hi - lo}" for t, (lo, hi) in train.items())
+        raise DataError(
+            f"{counts} training bars, not more than window={cfg.window}; lower window or "
+            "train.val_fraction, or use more data"
+        )
+    scalers = fit_scalers(prep, train)
+    panel = make_panel(prep.data, scalers)
+    index = {t: i for i, t in enumerate(panel.tickers)}
+    mode = "all" if cfg.train.targets == "all" else "last"
+    sequence = fit_sequence(
+        prep.sequence, prep.burn_in, [hi for lo, hi in train.values() if hi > lo]
+    )
+
+    def dataset(spans: dict[str, Span], m: str) -> WindowDataset:
+        return WindowDataset(
+            panel,
+            [(index[t], lo, hi) for t, (lo, hi) in spans.items() if hi > lo],
+            sequence if m == "all" else cfg.window,
+            m,
+            prep.burn_in,
+        )
+
+    train_ds = dataset(train, mode)
+    if len(train_ds) == 0:
+        raise DataError(
+            f"no training target has the {prep.burn_in} bars of context its receptive field "
+            f"({prep.receptive_field}) needs; lower window or the model's depth, or use more data"
+        )
+    val_ds = dataset(val, "last")  # validate exactly as we predict: the window ending at the row
+    torch.manual_seed(seed)
+    model = build_model(cfg.model, len(covariates.input_names(cfg)))
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    elif resume is None and getattr(model, "highway", None) is not None:
+        fit_highway(model.highway, panel, train, val)
+    result = fit(
+        model,
+        train_ds,
+        val_ds if len(val_ds) else None,
+        cfg.train,
+        seed=seed,
+        device=device,
+        epochs=epochs,
+        resume=resume,
+        on_epoch=on_epoch,
+        on_step=on_step,
+    )
+    return model, scalers, panel, result
+
+
+# Ridge penalties the highway chooses from on validation, in mean-squared-error units on
+# standardised features: from almost none to about a hundredth of the least-squares weights.
+HIGHWAY_PENALTIES = (1e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0)
+
+
+def fit_highway(
+    highway: torch.nn.Module, panel: Panel, train: dict[str, Span], val: dict[str, Span]
+) -> None:
+    """Start the highway at the ridge regression of the (scaled) target on the last `lags`
+    bars of the features, pooled over tickers and fitted on the training rows, with its
+    penalty chosen on the validation rows: the model then starts as a well-regularised linear
+    AR model and the network learns what that leaves. Only rows before the fold's validation
+    cut are fitted, and only validation rows choose, as for early stopping."""
+    lags = highway.lags
+    x, y = panel.x.numpy(), panel.y.numpy()
+
+    def target_rows(spans: dict[str, Span]) -> np.ndarray:
+        # from the lags-th bar of each ticker on, so every lag read is the ticker's own bar
+        rows = [
+            global_rows(panel, t, np.arange(max(lo, lags - 1), hi)).numpy()
+            for t, (lo, hi) in spans.items()
+        ]
+        rows = np.concatenate([*rows, np.zeros(0, np.int64)])
+        return rows[np.isfinite(y[rows])]
+
+    fit_rows, val_rows = target_rows(train), target_rows(val)
+    if len(fit_rows) <= x.shape[1] * lags:
+        return  # fewer rows than weights: stay at zero
+    coef, penalty = baselines.ridge_select(
+        baselines.lagged(x, fit_rows, lags),
+        y[fit_rows],
+        baselines.lagged(x, val_rows, lags),
+        y[val_rows],
+        HIGHWAY_PENALTIES,
+    )
+    highway.set_ridge(coef.reshape(lags, x.shape[1]), penalty)

@@ -1,0 +1,93 @@
+"""`tsconv predict`: the next-bar forecast of a trained run for each ticker's latest bar."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tsconv.engine import checkpoint
+from tsconv.engine.predict import predict_rows
+from tsconv.engine.windows import Panel, Scaler, make_panel
+from tsconv.errors import UsageError
+from tsconv.models import build_model
+from tsconv.recipes.prepare import (
+    global_rows,
+    prepare,
+)
+
+
+def load_members(
+    model_cfg: Any, in_features: int, states: list[dict[str, torch.Tensor]]
+) -> list[torch.nn.Module]:
+    """One model per stored state: an ensemble's members, or a single model's."""
+    models = []
+    for state in states:
+        models.append(build_model(model_cfg, in_features))
+        models[-1].load_state_dict(state)
+    return models
+
+
+def ensemble_predict(
+    models: list[torch.nn.Module], panel: Panel, rows: torch.Tensor, window: int, device: Any
+) -> np.ndarray:
+    """The members' mean prediction at `rows` (scaled), averaged in float64."""
+    preds = [predict_rows(m, panel, rows, window, device) for m in models]
+    return np.mean(np.stack(preds).astype(np.float64), axis=0)
+
+
+def check_run_folder(run: Path) -> None:
+    """Say what `run` is and what to do when it holds no trained model."""
+    if (run / "model.pt").exists():
+        return
+    if not run.is_dir():
+        raise UsageError(
+            f"{run}: no such run folder; train one with tsconv train --config CONFIG --out {run}"
+        )
+    if (run / "folds").is_dir() or (run / "predictions.parquet").exists():
+        raise UsageError(
+            f"{run}: a backtest folder (walk-forward folds keep no model); predict needs a "
+            "folder written by tsconv train"
+        )
+    if (run / "state.pt").exists():
+        raise UsageError(
+            f"{run}: an unfinished training run; finish it with tsconv train --resume {run}"
+        )
+    raise UsageError(f"{run}: not a run folder (no model.pt); predict needs tsconv train's output")
+
+
+def predict_latest(run: Path, tickers: list[str] | None = None) -> list[dict[str, Any]]:
+    """The next-step prediction after each ticker's latest bar, from a trained run folder."""
+    check_run_folder(Path(run))
+    payload = checkpoint.load(Path(run) / "model.pt")
+    cfg = checkpoint.config_of(payload, Path(run) / "model.pt")
+    if tickers:
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"tickers": tickers})})
+    prep = prepare(cfg)
+    states = payload.get("ensemble") or [payload["state_dict"]]
+    models = load_members(cfg.model, payload["in_features"], states)
+    scalers = {}
+    for t, td in prep.data.items():
+        stored = payload["scalers"].get(t)
+        # A ticker the model never saw is scaled on its own history, all of it before the bar.
+        scalers[t] = Scaler.from_dict(stored) if stored else Scaler.fit(td.x, td.y)
+    panel = make_panel(prep.data, scalers)
+    rows = []
+    for t, td in prep.data.items():
+        last = len(td.x) - 1
+        row = global_rows(panel, t, np.array([last]))
+        pred = ensemble_predict(models, panel, row, cfg.window, torch.device("cpu"))[0]
+        pred = pred * scalers[t].y_scale
+        rows.append(
+            {
+                "ticker": t,
+                "last_bar": str(td.dates[last].date()),
+                "horizon": cfg.target.horizon,
+                "predicted_log_return": float(pred),
+                "scaler": "training span" if t in payload["scalers"] else "own history",
+                **({"members": len(models)} if len(models) > 1 else {}),
+            }
+        )
+    return rows

@@ -1,0 +1,124 @@
+"""Prepare a run's data: frames, features, covariates and target per ticker, spans and scalers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from tsconv.config import Config
+from tsconv.data import covariates, features
+from tsconv.data.features import TickerData
+from tsconv.data.load import load_frames
+from tsconv.engine.fit import dense_sequence
+from tsconv.engine.windows import Panel, Scaler
+from tsconv.errors import DataError
+from tsconv.models import receptive_field
+
+
+@dataclass
+class Prepared:
+    cfg: Config
+    data: dict[str, TickerData]
+    receptive_field: int
+    burn_in: int
+    calendar: pd.DatetimeIndex  # union of all tickers' usable dates
+    sequence: int  # length of a dense training sequence (tsconv.train.dense_sequence)
+
+
+def prepare(
+    cfg: Config,
+    frames: dict[str, pd.DataFrame] | None = None,
+    covariate_sources: dict[str, pd.DataFrame] | None = None,
+) -> Prepared:
+    """Features and targets of every ticker (and its covariates), ready for any fold."""
+    frames = frames if frames is not None else load_frames(cfg.data)
+    if covariate_sources is None:
+        covariate_sources = covariates.load_sources(cfg)
+    rule = features.UserColumns(
+        cfg.data.columns_known_at, cfg.data.nan_policy == "ffill", cfg.data.fill_limit
+    )
+    data = features.build(
+        frames,
+        cfg.features,
+        cfg.target.horizon,
+        cfg.data.price,
+        covariates.build(cfg, covariate_sources),
+        rule,
+    )
+    rf = receptive_field(cfg.model)
+    sequence, burn_in = dense_sequence(cfg.window, rf, cfg.train.burn_in)
+    need = cfg.window + cfg.target.horizon + 1
+    for t, td in data.items():
+        if len(td.x) < need:
+            raise DataError(
+                f"{t}: {len(td.x)} usable bars after feature warm-up; at least window + horizon + 1 "
+                f"= {need} are needed"
+            )
+    calendar = pd.DatetimeIndex(
+        np.unique(np.concatenate([td.dates.values for td in data.values()]))
+    )
+    return Prepared(cfg, data, rf, burn_in, calendar, sequence)
+
+
+def window_warning(cfg: Config, rf: int) -> str | None:
+    if cfg.window < rf:
+        return (
+            f"window {cfg.window} is shorter than the receptive field {rf} by {rf - cfg.window} "
+            "steps: the earliest inputs each prediction could use are zero padding"
+        )
+    return None
+
+
+def known_rows(td: TickerData) -> int:
+    """Rows whose target is already realised in the data."""
+    finite = np.isfinite(td.y)
+    return int(len(finite) - np.argmax(finite[::-1])) if finite.any() else 0
+
+
+def split_train_val(
+    prep: Prepared, train: dict[str, Span], val_gap: int | None = None
+) -> tuple[dict[str, Span], dict[str, Span]]:
+    """Cut one common date so that validation is the last `val_fraction` of the training dates."""
+    cfg = prep.cfg
+    gap = cfg.target.horizon - 1 if val_gap is None else val_gap
+    first = min(prep.data[t].dates[lo] for t, (lo, hi) in train.items() if hi > lo)
+    last = max(prep.data[t].dates[hi - 1] for t, (lo, hi) in train.items() if hi > lo)
+    span = prep.calendar[(prep.calendar >= first) & (prep.calendar <= last)]
+    cut = span[int(len(span) * (1 - cfg.train.val_fraction))]
+    fit_spans, val_spans = {}, {}
+    for t, (lo, hi) in train.items():
+        v = max(lo, int(prep.data[t].dates.searchsorted(cut)))
+        fit_spans[t] = (lo, max(lo, v - gap))
+        val_spans[t] = (v, hi)
+    return fit_spans, val_spans
+
+
+def fit_scalers(prep: Prepared, train: dict[str, Span]) -> dict[str, Scaler]:
+    """Each ticker's scaler, fitted on its training rows only."""
+    scalers = {}
+    for t, td in prep.data.items():
+        lo, hi = train.get(t, (0, 0))
+        if hi - lo < 2:
+            # Not trained on (and not predicted by the caller): any finite scaling will do, and
+            # none of its targets are looked at.
+            scalers[t] = Scaler.fit(td.x[: prep.cfg.window], np.array([]))
+            continue
+        scalers[t] = Scaler.fit(td.x[lo:hi], td.y[lo:hi])
+    return scalers
+
+
+def global_rows(panel: Panel, ticker: str, rows: np.ndarray) -> torch.Tensor:
+    base = int(panel.offsets[panel.tickers.index(ticker)])
+    return torch.as_tensor(rows + base, dtype=torch.int64)
+
+
+def training_spans(prep: Prepared) -> tuple[dict[str, Span], dict[str, Span]]:
+    return split_train_val(
+        prep, {t: (0, known_rows(td)) for t, td in prep.data.items()}, prep.cfg.train.val_gap
+    )
+
+
+Span = tuple[int, int]  # rows [lo, hi) of one ticker

@@ -1,0 +1,258 @@
+"""Recipes that read top-down: prepare data once, fit on a span, train a run, predict.
+
+`tsconv train` and every walk-forward fold go through `fit_span`, so the rules (scaler fitted on
+the training rows only, validation after a gap, windows within one ticker) live in one place.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tsconv import runfolder
+from tsconv.config import Config, dump_yaml
+from tsconv.data import covariates
+from tsconv.engine import checkpoint, ddp
+from tsconv.engine.fit import FitState, dense_sequence, fit_sequence
+from tsconv.engine.runtime import cpu_state, intra_op_threads, select_device
+from tsconv.engine.windows import Panel
+from tsconv.errors import UsageError
+from tsconv.models import build_model, count_parameters, receptive_field
+from tsconv.recipes.fit_span import fit_span, member_seed
+from tsconv.recipes.predict import ensemble_predict, load_members
+from tsconv.recipes.prepare import (
+    Span,
+    global_rows,
+    prepare,
+    training_spans,
+    window_warning,
+)
+from tsconv.report.figures import plot_loss
+
+# --------------------------------------------------------------------------- tsconv train
+
+
+def describe_model(cfg: Config) -> dict[str, Any]:
+    model = build_model(cfg.model, len(covariates.input_names(cfg)))
+    rf = receptive_field(cfg.model)
+    sequence, burn_in = dense_sequence(cfg.window, rf, cfg.train.burn_in)
+    dense = cfg.train.targets == "all"
+    return {
+        "kind": cfg.model.kind,
+        "parameters": count_parameters(model),
+        "receptive_field": rf,
+        "window": cfg.window,
+        "training": (
+            f"dense targets on {sequence}-bar sequences after a {burn_in}-bar burn-in"
+            if dense
+            else f"last-step targets on {cfg.window}-bar windows"
+        ),
+        "warning": window_warning(cfg, rf),
+    }
+
+
+def _metrics_csv(histories: list[list[dict[str, float]]], members: int = 1) -> str:
+    """Every epoch's row; in an ensemble, each row starts with its member's number."""
+    rows = [
+        ({"member": m} if members > 1 else {}) | row
+        for m, history in enumerate(histories)
+        for row in history
+    ]
+    buf = _io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _processes() -> dict[str, Any]:
+    part = ddp.shard()
+    return (
+        {} if part is None else {"processes": part[1], "backend": torch.distributed.get_backend()}
+    )
+
+
+def run_training(
+    cfg: Config,
+    out: Path,
+    *,
+    resume: bool = False,
+    on_step: Any = None,
+    on_epoch_done: Any = None,
+    on_member: Any = None,
+) -> dict[str, Any]:
+    """`tsconv train`: fit on the chronological split and write the run folder. With
+    `train.ensemble: K` the K members are trained one after another (`on_member(m)` as each
+    starts), each from its own seed; a resume continues the member that was training."""
+    with intra_op_threads(cfg.train.threads):
+        return _run_training(cfg, Path(out), resume, on_step, on_epoch_done, on_member)
+
+
+def check_resumable(out: Path) -> None:
+    """Refuse `--resume` on a folder without an interrupted training run in it."""
+    if not (out / "state.pt").exists():
+        if (out / "model.pt").exists():
+            raise UsageError(f"{out}: this run already finished; nothing to resume")
+        raise UsageError(f"{out}: no state.pt to resume from")
+
+
+def _run_training(
+    cfg: Config, out: Path, resume: bool, on_step: Any, on_epoch_done: Any, on_member: Any
+) -> dict[str, Any]:
+    state_path = out / "state.pt"
+    resume_state, first, done = None, 0, []
+    if resume:
+        check_resumable(out)
+        payload = torch.load(state_path, map_location="cpu", weights_only=True)
+        first, done = payload.get("member", 0), payload.get("done", [])
+        if payload.get("fit") is not None:
+            resume_state = FitState.from_dict(payload["fit"])
+    prep = prepare(cfg)
+    device = select_device(cfg.train.device)
+    train, val = training_spans(prep)
+    main = ddp.is_main()  # under torchrun, rank 0 alone writes the run folder
+    if main:
+        runfolder.write_text(out / "config.yaml", dump_yaml(cfg))
+        runfolder.write_json(
+            out / "versions.json", runfolder.run_info(cfg.seed, device) | _processes()
+        )
+    members = cfg.train.ensemble
+
+    def histories(current: list[dict[str, float]]) -> list[list[dict[str, float]]]:
+        return [d["result"]["history"] for d in done] + [current]
+
+    def save(member: int, state: FitState | None, current: list[dict[str, float]]) -> None:
+        if main:
+            fit_state = state.to_dict() if state is not None else None
+            runfolder.save_torch(state_path, {"fit": fit_state, "member": member, "done": done})
+            runfolder.write_text(out / "metrics.csv", _metrics_csv(histories(current), members))
+
+    for member in range(first, members):
+        if on_member is not None:
+            on_member(member)
+
+        def save_epoch(state: FitState, member: int = member) -> None:
+            save(member, state, state.result.history)
+            if on_epoch_done is not None:
+                on_epoch_done(state)
+
+        model, scalers, panel, result = fit_span(
+            prep,
+            train,
+            val,
+            seed=member_seed(cfg.seed, member),
+            device=device,
+            resume=resume_state if member == first else None,
+            on_epoch=save_epoch,
+            on_step=on_step,
+        )
+        done.append({"state_dict": cpu_state(model), "result": result.to_dict()})
+        if member + 1 < members:
+            save(member + 1, None, [])
+    if not main:
+        return {}
+    ensemble = [d["state_dict"] for d in done]
+    nets = load_members(cfg.model, len(covariates.input_names(cfg)), ensemble)
+    model = nets[0]
+    extra = {
+        "train_end": {
+            t: str(prep.data[t].dates[hi - 1].date()) for t, (lo, hi) in train.items() if hi > lo
+        }
+    }
+    if members > 1:
+        extra["ensemble"] = ensemble
+    checkpoint.save(
+        out / "model.pt",
+        cfg=cfg,
+        model=model,
+        scalers=scalers,
+        receptive_field=prep.receptive_field,
+        burn_in=prep.burn_in,
+        extra=extra,
+    )
+    results = [d["result"] for d in done]
+    runfolder.write_text(
+        out / "metrics.csv", _metrics_csv([r["history"] for r in results], members)
+    )
+    plot_loss(out / "loss.png", results)
+    summary = {
+        "tickers": list(prep.data),
+        "device": str(device),
+        "seed": cfg.seed,
+        "parameters": count_parameters(model),
+        "receptive_field": prep.receptive_field,
+        "burn_in": prep.burn_in,
+        "train_sequence": (
+            fit_sequence(prep.sequence, prep.burn_in, [hi for lo, hi in train.values() if hi > lo])
+            if cfg.train.targets == "all"
+            else cfg.window
+        ),
+        **_fit_summary(results),
+        "train_rows": {t: hi - lo for t, (lo, hi) in train.items()},
+        "val_rows": {t: hi - lo for t, (lo, hi) in val.items()},
+        "warning": window_warning(cfg, prep.receptive_field),
+        **_processes(),
+    }
+    if members > 1:
+        summary["members"] = [
+            {"seed": member_seed(cfg.seed, m), **_fit_summary([r])} for m, r in enumerate(results)
+        ]
+        # the starting weights (zero head + ridge highway) do not depend on the seed
+        summary["members_kept_start"] = sum(r["best_epoch"] == 0 for r in results)
+        summary["ensemble_val_loss"] = ensemble_val_loss(nets, panel, val, cfg.window, device)
+    runfolder.write_json(out / "summary.json", summary)
+    state_path.unlink(missing_ok=True)
+    runfolder.write_manifest(out, complete=True)
+    return summary
+
+
+def _fit_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One fit's record, or an ensemble's: epochs and steps summed over the members, the
+    latest best epoch (0 only when no member beat its starting weights), mean losses."""
+
+    def mean(values: list[float | None]) -> float | None:
+        known = [v for v in values if v is not None]
+        return float(np.mean(known)) if known else None
+
+    at_best = [
+        r["history"][r["best_epoch"] - 1]["train_loss"] if r["best_epoch"] else None
+        for r in results
+    ]
+    return {
+        "epochs_run": sum(len(r["history"]) for r in results),
+        "steps": sum(r["steps"] for r in results),
+        "best_epoch": max(r["best_epoch"] for r in results),
+        "initial_val_loss": mean([r["initial_val"] for r in results]),
+        "best_val_loss": mean([r["best_val"] for r in results]),
+        "stopped_early": any(r["stopped_early"] for r in results),
+        "train_loss_at_best": mean(at_best),  # None: the starting weights were best
+    }
+
+
+def ensemble_val_loss(
+    models: list[torch.nn.Module], panel: Panel, val: dict[str, Span], window: int, device: Any
+) -> float | None:
+    """Validation MSE (scaled target) of the members' mean prediction, each row predicted from
+    the window ending there, as early stopping scores a member."""
+    rows = [
+        global_rows(panel, t, np.arange(max(lo, window - 1), hi)) for t, (lo, hi) in val.items()
+    ]
+    rows = torch.cat([*rows, torch.zeros(0, dtype=torch.int64)])
+    rows = rows[torch.isfinite(panel.y[rows])]
+    if not len(rows):
+        return None
+    pred = ensemble_predict(models, panel, rows, window, device)
+    return float(np.mean((pred - panel.y[rows].double().numpy()) ** 2))
+
+
+# --------------------------------------------------------------------------- tsconv predict
+
+
+warnings.filterwarnings("ignore", message=".*weight_norm.*")

@@ -1,0 +1,377 @@
+"""Turn walk-forward predictions into metrics.json, a terminal table and a self-contained report.html."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tsconv import runfolder
+from tsconv.config import Config, results_config
+from tsconv.evaluate.summary import _strategy_nets
+from tsconv.report.figures import _figures
+from tsconv.report.tables import (
+    TABLE_HEADER,
+    _fmt,
+    cost_header,
+    cost_rows,
+    quantile_words,
+    table_rows,
+)
+
+DEFINITIONS = [
+    (
+        "Returns",
+        "Targets and predictions are log returns over the horizon h: log(p[t+h] / p[t]) "
+        "on the adjusted close.",
+    ),
+    (
+        "Positions",
+        "backtest.position: sign(prediction); scaled: the prediction divided by the trailing "
+        "standard deviation of earlier predictions, clipped to [-1, 1]; threshold: "
+        "sign(prediction) only where |prediction| exceeds the one-way cost (cost_bps / "
+        "10,000), flat otherwise. With backtest.target_vol each instrument's position is "
+        "scaled by target_vol / its trailing 63-bar annualised volatility (returns known at "
+        "the bar only), at most 3x.",
+    ),
+    (
+        "P&L",
+        "A position set at bar t's close earns the next bar's simple return exp(r) - 1. "
+        "Costs: cost_bps / 10,000 times turnover |pos_t - pos_(t-1)|, charged on the bar it trades. "
+        "Gross figures leave costs out; the cost table shows net Sharpe at 0, 5, 10 and 20 bps "
+        "and the break-even cost: mean gross return / mean turnover, in bps.",
+    ),
+    (
+        "Portfolios",
+        "backtest.portfolio per_ticker (default): each ticker is traded on its own and the "
+        "tickers are equally weighted each bar. long_short: each bar the tickers are ranked by "
+        "forecast; the top k (top_k, else the fraction `quantile`, at least one) are held long "
+        "and the bottom k short, legs of +0.5 and -0.5 (gross exposure 1, market-neutral), "
+        "equal or rank weights; long_only holds the top k with weights summing to 1. The book "
+        "is rebalanced to its weights every bar; turnover is the sum of |weight changes|; with "
+        "target_vol the whole book is scaled by its own trailing volatility. Buy-and-hold is "
+        "always the equal-weighted panel.",
+    ),
+    (
+        "Equity",
+        "Compounded: equity = prod(1 + net return), never summed. In market: the share of "
+        "bars on which the strategy holds a position; a fold or ticker never in the market "
+        "shows its Sharpe ratio as flat.",
+    ),
+    (
+        "best_epoch",
+        "The training epoch whose weights a fold kept (lowest validation loss, clearly "
+        "better than the start); 0: no epoch beat the starting weights (the ridge-initialised "
+        "highway, or the zero forecast without one), so the fold predicts with those. For a "
+        "seed ensemble (train.ensemble), the latest of its members' (0: every member kept its "
+        "start); member_best_epochs lists each member's, and epochs and steps are summed.",
+    ),
+    (
+        "Quantile table",
+        "Realised returns by forecast bucket (backtest.buckets). Cross-sectional when every "
+        "date has at least that many tickers (for a long_short or long_only book at least "
+        "two, in as many buckets as the thinnest date has): each date's tickers are bucketed by forecast "
+        "rank and the bucket means averaged over dates, standard errors across dates (the "
+        "top-minus-bottom spread's with Newey-West lags h - 1). Otherwise pooled: all "
+        "predictions bucketed by the quantiles of the whole test span, iid standard errors; "
+        "that describes calibration and is not a rule that could have been traded (its "
+        "bucket edges use the whole span).",
+    ),
+    (
+        "Annualisation",
+        "P = periods_per_year (unless set, inferred from the bars' spacing: 252 for business "
+        "days, 365 for every calendar day, 52 weekly, 12 monthly, 252 x bars per day "
+        "intraday): annual return = equity^(P/n) - 1, "
+        "volatility = std * sqrt(P), Sharpe = mean / std * sqrt(P) with a zero risk-free rate, "
+        "Sortino uses the root-mean-square of negative returns.",
+    ),
+    (
+        "IC",
+        "Pearson (IC) and Spearman (rank IC) correlation of prediction and realised return, "
+        "overall and per fold; the mean IC is the equal-weighted mean of per-fold ICs, "
+        "ICIR = mean / std, and its t-statistic is mean / (std / sqrt(folds)).",
+    ),
+    (
+        "R2 (out of sample)",
+        "1 - SSE(model) / SSE(zero forecast): positive means better than predicting no change.",
+    ),
+    (
+        "Diebold-Mariano",
+        "Squared-error loss differential vs the zero forecast, averaged across "
+        "tickers per date, Newey-West variance with h-1 lags; negative statistic = smaller loss.",
+    ),
+]
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _tests_html(m: dict[str, Any]) -> str:
+    """The verdict's tests as two tables: DM per baseline, Sharpe difference per strategy."""
+    dm = m["forecast"]["prediction"].get("dm_vs", {})
+    dm_rows = [
+        [b, _fmt(t.get("stat"), ".2f"), _fmt(t.get("p_value"), ".3g"), _fmt(t.get("p_holm"), ".3g")]
+        for b, t in dm.items()
+    ]
+    root = (m.get("periods_per_year") or 252) ** 0.5
+    sv = m["trading"].get("prediction", {}).get("sharpe_vs", {})
+    sv_rows = [
+        [
+            b,
+            _fmt(m["trading"].get(b, {}).get("sharpe"), ".2f"),
+            _fmt(None if t.get("difference") is None else t["difference"] * root, "+.2f"),
+            _fmt(t.get("stat"), ".2f"),
+            _fmt(t.get("p_value"), ".3g"),
+            _fmt(t.get("p_holm"), ".3g"),
+        ]
+        for b, t in sv.items()
+    ]
+    return (
+        "<h3>Forecast against each baseline (Diebold-Mariano on squared error; negative: the "
+        "model's error is lower)</h3>"
+        + html_table(["baseline", "DM", "p", "p, Holm"], dm_rows)
+        + "<h3>Strategy against each other strategy, net of costs (Ledoit-Wolf test of equal "
+        "Sharpe ratios)</h3>"
+        + html_table(
+            ["strategy", "its Sharpe", "model minus it, annualised", "z", "p", "p, Holm"], sv_rows
+        )
+    )
+
+
+def _breakdown_html(rows: dict[str, dict[str, Any]], label: str, extra: pd.DataFrame | None) -> str:
+    head = [label, "n", "R2 oos", "IC", "dir. acc (se)", "in market", "Sharpe [95% CI]"]
+    head.append("ann. return")
+    extra_cols = [] if extra is None else [c for c in extra.columns if c != label]
+    body = []
+    for key, r in rows.items():
+        ci = r.get("sharpe_ci95") or [None, None]
+        cells = [
+            key,
+            str(r["n"]),
+            _fmt(r.get("r2_oos"), ".4f"),
+            _fmt(r.get("ic"), ".3f"),
+            f"{_fmt(r.get('directional_accuracy'), '.3f')} "
+            f"({_fmt(r.get('directional_accuracy_se'), '.3f')})",
+            _fmt(r.get("in_market"), ".0%"),
+            "flat"
+            if r.get("in_market") == 0
+            else f"{_fmt(r.get('sharpe'), '.2f')} [{_fmt(ci[0], '.2f')}, {_fmt(ci[1], '.2f')}]",
+            _fmt(r.get("annual_return"), ".1%"),
+        ]
+        if extra is not None:
+            match = extra[extra[label].astype(str) == key]
+            cells += [str(match[c].iloc[0]) if len(match) else "-" for c in extra_cols]
+        body.append(cells)
+    return html_table([*head, *extra_cols], body)
+
+
+def _monthly_html(net: pd.Series) -> str:
+    """The strategy's net return per calendar month (compounded), a row per year."""
+    if net.empty:
+        return ""
+    monthly = (1 + net).groupby([net.index.year, net.index.month]).prod() - 1
+    table = monthly.unstack().reindex(columns=range(1, 13))
+    months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+    rows = [
+        [str(year), *("" if pd.isna(v) else _fmt(v, ".1%") for v in table.loc[year])]
+        for year in table.index
+    ]
+    return html_table(["year", *months], rows)
+
+
+def _strategy_words(cfg: Config) -> str:
+    bt = cfg.backtest
+    tv = "" if bt.target_vol is None else f", target_vol {bt.target_vol:g}"
+    if bt.portfolio == "per_ticker":
+        return f"each ticker traded on its own, backtest.position {bt.position}{tv}"
+    legs = f"top {bt.top_k}" if bt.top_k else f"top {bt.quantile:.0%}"
+    if bt.portfolio == "long_short":
+        legs += f" long, bottom {bt.top_k or format(bt.quantile, '.0%')} short"
+    return (
+        f"{bt.portfolio} portfolio ranked by forecast each bar, {legs}, {bt.weighting} "
+        f"weights{tv} (backtest.position is not used)"
+    )
+
+
+def _rank_ic_html(m: dict[str, Any]) -> str:
+    """Each forecast's mean cross-sectional rank IC (3+ tickers): what a ranked book earns on."""
+    ics = {
+        n: f.get("cross_sectional_rank_ic")
+        for n, f in m["forecast"].items()
+        if f.get("cross_sectional_rank_ic") is not None
+    }
+    if not ics:
+        return ""
+    cells = ", ".join(f"{'model' if n == 'prediction' else n} {v:.3f}" for n, v in ics.items())
+    return f"<p>Mean cross-sectional rank IC (Spearman across tickers, per date): {cells}.</p>"
+
+
+def _quantile_html(q: dict[str, Any]) -> str:
+    if not q.get("buckets"):
+        return "<p>No predictions.</p>"
+    rows = [
+        [
+            str(r["bucket"]),
+            str(r["n"]),
+            _fmt(r["mean_prediction"] * 1e4, ".2f"),
+            _fmt(r["mean_realized"] * 1e4, ".2f"),
+            _fmt(r["se"] * 1e4, ".2f"),
+        ]
+        for r in q["buckets"]
+    ]
+    how = (
+        "Each date's tickers bucketed by forecast rank, means averaged over dates"
+        if q["method"] == "cross_sectional"
+        else "All predictions bucketed by the quantiles of the whole test span (fewer tickers "
+        "a date than buckets): a calibration check, not a tradable rule"
+    )
+    return f"<p>{html.escape(how)}. {html.escape(quantile_words(q))}</p>" + html_table(
+        ["bucket", "n", "mean prediction, bps", "mean realised, bps", "se, bps"], rows
+    )
+
+
+def _late_words(pred: pd.DataFrame) -> str:
+    """Tickers whose predictions start after the first date (listed later, or too little
+    history for the first folds), so a reader knows the panel's breadth changed."""
+    starts = pred.groupby("ticker")["date"].min()
+    late = starts[starts > starts.min()]
+    if late.empty:
+        return ""
+    return " (" + ", ".join(f"{t} from {d.date()}" for t, d in late.items()) + ")"
+
+
+def _kept_words(folds: pd.DataFrame, cfg: Config) -> str:
+    """Say how many folds kept their starting weights: there the model's forecast is its start
+    (the ridge highway's, or zero), not something training learned."""
+    if "best_epoch" not in folds or not len(folds):
+        return ""
+    kept = int((folds["best_epoch"] == 0).sum())
+    if not kept:
+        return ""
+    start = "the ridge highway's forecast" if cfg.model.highway else "the zero forecast"
+    return (
+        f" In {kept} of {len(folds)} folds no training epoch beat the starting weights on "
+        f"validation (best_epoch 0), so there the model predicts its start, {start}."
+    )
+
+
+STYLE = """body{font-family:sans-serif;max-width:960px;margin:2em auto}table{border-collapse:collapse}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td{white-space:nowrap}
+dt{font-weight:bold}
+figure{margin:0.5em 0}"""
+
+
+def html_section(anchor: str, title: str, body: str) -> str:
+    return f"<section id='{anchor}'><h2>{html.escape(title)}</h2>{body}</section>\n"
+
+
+def render_html(
+    pred: pd.DataFrame,
+    m: dict[str, Any],
+    folds: pd.DataFrame,
+    cfg: Config,
+    nets: dict[str, pd.Series] | None = None,
+) -> str:
+    esc = html.escape
+    fold_cols = [  # the test dates and best epoch are in the per-fold table
+        "fold",
+        "train_start",
+        "train_end",
+        "train_rows",
+        "val_rows",
+        "test_rows",
+        "epochs",
+        "steps",
+        "best_val_loss",
+        "members",
+        "members_kept_start",
+        "member_best_epochs",
+    ]
+    fold_extra = folds[[c for c in ["fold", "test_start", "test_end", "best_epoch"] if c in folds]]
+    fold_table = folds[[c for c in fold_cols if c in folds]].to_html(
+        index=False, float_format="%.4g"
+    )
+    nets = nets if nets is not None else _strategy_nets(pred, cfg)
+    figs = {
+        title: f"<figure><img alt='{esc(alt)}' src='data:image/png;base64,{b}'/></figure>"
+        for title, alt, b in _figures(pred, m, cfg, nets)
+    }
+    defs = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in DEFINITIONS)
+    bt = cfg.backtest
+    costs = (
+        f"<p>Each strategy at {bt.cost_bps:g} bps a unit of turnover, {esc(_strategy_words(cfg))}; "
+        "turnover is the mean |change of position| a bar, cost drag what costs take a year, "
+        "break-even the cost at which the mean net return is zero.</p>"
+        + html_table(cost_header(sharpe="Sharpe at "), cost_rows(m))
+    )
+    sections = [
+        html_section("verdict", "Verdict", f"<p>{esc(m['verdict'])}</p>{_tests_html(m)}"),
+        html_section("baselines", "Model vs baselines", html_table(TABLE_HEADER, table_rows(m))),
+        html_section("costs", "Costs and turnover", costs),
+        html_section("equity", "Equity and drawdown", figs["Equity curves"] + figs["Drawdown"]),
+        html_section(
+            "quantiles",
+            "Quantile analysis: realised return by forecast bucket",
+            _quantile_html(m.get("quantiles") or {})
+            + _rank_ic_html(m)
+            + figs.get("Quantile chart", ""),
+        ),
+        html_section("calibration", "Predicted vs realised", figs["Predicted vs realised"]),
+        html_section("rolling", "Rolling IC and Sharpe", figs["Rolling IC and Sharpe"]),
+        html_section(
+            "per-ticker",
+            "Per ticker"
+            if bt.portfolio == "per_ticker"
+            else "Per ticker: contribution to the book",
+            _breakdown_html(m["by_ticker"], "ticker", None),
+        ),
+        html_section("per-fold", "Per fold", _breakdown_html(m["by_fold"], "fold", fold_extra)),
+        html_section(
+            "monthly",
+            "Monthly net returns of the model's strategy",
+            _monthly_html(nets["prediction"]),
+        ),
+        html_section("folds", "Folds (bookkeeping)", fold_table),
+        html_section("definitions", "Definitions", f"<dl>{defs}</dl>"),
+        html_section(
+            "config",
+            "Resolved config",
+            f"<pre>{esc(json.dumps(results_config(cfg), indent=2))}</pre>",
+        ),
+    ]
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>tsconv backtest</title>
+<style>{STYLE}</style></head><body>
+<h1>tsconv walk-forward backtest</h1>
+<p>{esc(", ".join(m["tickers"]))}: {m["n_predictions"]} predictions from {m["first_date"]} to {m["last_date"]}{esc(_late_words(pred))}
+in {m["folds"]} folds ({esc(bt.scheme)} window, refit every {bt.test_span} bars,
+gap {bt.gap}, cost {bt.cost_bps:g} bps; {esc(_strategy_words(cfg))}).{esc(_kept_words(folds, cfg))}</p>
+{"".join(sections)}</body></html>"""
+
+
+def write_outputs(
+    out: Path,
+    pred: pd.DataFrame,
+    m: dict[str, Any],
+    folds: pd.DataFrame,
+    cfg: Config,
+    nets: dict[str, pd.Series] | None = None,
+    report_html: bool = True,
+) -> None:
+    timing = m.pop("timing", None)
+    runfolder.write_json(Path(out) / "metrics.json", m)
+    if timing is not None:
+        runfolder.write_json(Path(out) / "timing.json", timing)
+        m["timing"] = timing
+    if report_html:
+        runfolder.write_text(Path(out) / "report.html", render_html(pred, m, folds, cfg, nets))

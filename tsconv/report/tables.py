@@ -1,0 +1,106 @@
+"""The metric tables, as rows for the terminal and the HTML report."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tsconv.evaluate import metrics
+from tsconv.evaluate.baselines import NAMES as BASELINES
+
+
+def _fmt(v: Any, spec: str) -> str:
+    """A table cell: "-" for a missing figure (None in metrics.json), and no sign on a figure
+    that rounds to zero ("-0.0000")."""
+    if v is None:
+        return "-"
+    text = format(v, spec)
+    return text[1:] if text.startswith("-") and not text.strip("-0.%e+") else text
+
+
+def table_rows(m: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for name in ["prediction", *BASELINES, "buy_and_hold"]:
+        f = m["forecast"].get(name, {})
+        t = m["trading"].get(name, {})
+        rows.append(
+            [
+                "model" if name == "prediction" else name,
+                _fmt(f.get("mse"), ".2e"),
+                _fmt(f.get("r2_oos"), ".4f"),
+                _fmt(f.get("directional_accuracy"), ".3f"),
+                _fmt(f.get("ic"), ".3f"),
+                _fmt(f.get("rank_ic"), ".3f"),
+                _fmt(t.get("annual_return"), ".1%"),
+                _fmt(t.get("sharpe"), ".2f"),
+                _fmt(t.get("max_drawdown"), ".1%"),
+            ]
+        )
+    return rows
+
+
+def cost_rows(m: dict[str, Any], drag: bool = True) -> list[list[str]]:
+    """Per strategy: turnover, gross and net annual return, cost drag (unless `drag` is off:
+    the terminal's 80 columns), break-even cost and the net Sharpe at each of
+    metrics.COST_LEVELS_BPS."""
+    rows = []
+    for name in ["prediction", *(b for b in BASELINES if b != "zero")]:
+        t = m["trading"].get(name, {})
+        if not t:
+            continue
+        at = t.get("sharpe_at_bps", {})
+        rows.append(
+            [
+                "model" if name == "prediction" else name,
+                _fmt(t.get("turnover_per_bar"), ".3f"),
+                _fmt(t.get("gross_annual_return"), ".1%"),
+                _fmt(t.get("annual_return"), ".1%"),
+                *([_fmt(t.get("cost_drag_annual"), ".1%")] if drag else []),
+                _fmt(t.get("break_even_bps"), ".1f"),
+                *(_fmt(at.get(str(b)), ".2f") for b in metrics.COST_LEVELS_BPS),
+            ]
+        )
+    return rows
+
+
+def cost_header(drag: bool = True, sharpe: str = "") -> list[str]:
+    """`cost_rows`' header; `sharpe` prefixes the net-Sharpe columns (the terminal has no room)."""
+    return [
+        "strategy",
+        "turnover",
+        "gross ann.",
+        "net ann.",
+        *(["cost drag"] if drag else []),
+        "break-even bps",
+        *(f"{sharpe}{b} bps" for b in metrics.COST_LEVELS_BPS),
+    ]
+
+
+TABLE_HEADER = [
+    "forecast",
+    "MSE",
+    "R2 oos",
+    "dir. acc",
+    "IC",
+    "rank IC",
+    "ann. return",
+    "Sharpe",
+    "max DD",
+]
+
+
+def quantile_words(q: dict[str, Any]) -> str:
+    """The quantile table's spread in one sentence."""
+    if not q.get("buckets"):
+        return ""
+    sp = q["spread"]
+    how = (
+        "cross-sectional"
+        if q["method"] == "cross_sectional"
+        else "pooled over time: a calibration check, not a tradable rule"
+    )
+    mean = None if sp.get("mean") is None else sp["mean"] * 1e4
+    return (
+        f"Top minus bottom of {len(q['buckets'])} forecast buckets ({how}): "
+        f"{_fmt(mean, '.1f')} bps a bar (t = {_fmt(sp.get('t_stat'), '.2f')}, "
+        f"p = {_fmt(sp.get('p_value'), '.3g')})."
+    )
