@@ -33,9 +33,11 @@ $(TESTSTAMP): $(STAMP)
 test: $(TESTSTAMP)
 	$(BIN)/python -m pytest -q
 
+# ruff, and the layering contract of pyproject.toml ([tool.importlinter]): data flows one way.
 lint: setup
 	$(BIN)/ruff check tsconv tests scripts
 	$(BIN)/ruff format --check tsconv tests scripts
+	$(BIN)/lint-imports
 
 format: setup
 	$(BIN)/ruff format tsconv tests scripts
