@@ -149,7 +149,7 @@ def test_offline_fetch_keeps_cache_byte_for_byte(tmp_path, monkeypatch):
     def offline(**kw):
         raise OSError("Failed to resolve 'query2.finance.yahoo.com'")
 
-    monkeypatch.setattr(sources, "_yf_download", offline)
+    monkeypatch.setattr(sources, "yahoo_download_quietly", offline)
     monkeypatch.setattr(sources.time, "sleep", lambda s: None)
     result = run("fetch", "MSFT", "--data-dir", str(tmp_path))
     assert_user_error(result, 1, "could not reach Yahoo Finance for MSFT: OSError", "--sample")

@@ -40,9 +40,20 @@ class DataConfig(_Section):
     )
 
     @model_validator(mode="after")
-    def _csv_needs_path(self) -> DataConfig:
-        if self.source == "csv" and self.path is None:
+    def _csv_is_one_named_file(self) -> DataConfig:
+        if self.source != "csv":
+            return self
+        if self.path is None:
             raise ValueError("source 'csv' needs data.path")
+        if "tickers" not in self.model_fields_set:
+            self.tickers = [self.path.stem]  # written out, so a saved config reloads as it was
+        if len(self.tickers) != 1:
+            raise ValueError(
+                f"source 'csv' reads one ticker from data.path; name it with one ticker, e.g. "
+                f"data.tickers=[{self.path.stem.upper()}] (got {self.tickers}); for several "
+                "files, import each with `tsconv fetch --from-csv FILE --ticker NAME` and set "
+                "data.source=cache"
+            )
         return self
 
 
@@ -52,8 +63,9 @@ class CovariateConfig(_Section):
 
     ticker: str | None = Field(None, description="a ticker from data.source (sample or cache)")
     file: Path | None = Field(None, description="a CSV/parquet file: a date and numeric columns")
-    features: list[str] = Field(
-        default_factory=lambda: ["log_return"], min_length=1, description="ticker: its features"
+    # None for a file, so that a saved config (every key written out) reloads as it was
+    features: list[str] | None = Field(
+        None, min_length=1, description="ticker: its features (default [log_return])"
     )
     columns: list[str] | None = Field(None, description="file: the numeric columns to use")
     name: str | None = Field(None, description="prefix of its features (default: ticker/file)")
@@ -71,7 +83,7 @@ class CovariateConfig(_Section):
     def _one_source(self) -> CovariateConfig:
         if (self.ticker is None) == (self.file is None):
             raise ValueError("give exactly one of ticker or file")
-        if self.file is not None and "features" in self.model_fields_set:
+        if self.file is not None and self.features is not None:
             raise ValueError("features are for a ticker; a file's values are used as they are")
         if self.ticker is not None and self.columns is not None:
             raise ValueError("columns are for a file; a ticker takes features")
@@ -80,6 +92,8 @@ class CovariateConfig(_Section):
         if self.ticker is not None:
             from tsconv.data.features import check_feature_names
 
+            if self.features is None:
+                self.features = ["log_return"]
             if any(f.startswith("col:") for f in self.features):
                 raise ValueError("a ticker covariate takes OHLCV features, not col:")
             check_feature_names(self.features)

@@ -69,9 +69,17 @@ def read_manifest(data_dir: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: unreadable cache manifest ({exc})") from None
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        problem = str(exc)
+    else:
+        if isinstance(manifest, dict):
+            return manifest
+        problem = f"a JSON {type(manifest).__name__}, not an object"
+    raise DataError(
+        f"{path}: unreadable cache manifest ({problem}); delete it to start a new one (the "
+        "cached files are read without it)"
+    )
 
 
 def read_cached(data_dir: Path, ticker: str) -> pd.DataFrame | None:
@@ -112,9 +120,10 @@ def same_history(old: pd.DataFrame, new: pd.DataFrame, rtol: float = 1e-6) -> bo
 def store(
     data_dir: Path, ticker: str, frame: pd.DataFrame, *, source: str, fetched_at: str, note: str
 ) -> dict[str, Any]:
-    """Write one ticker's frame and its manifest entry atomically (caller holds the lock)."""
+    """Write one ticker's frame and its manifest entry atomically (caller holds the lock).
+    The manifest is read first: an unreadable one fails the store before anything is written."""
     path = ticker_path(data_dir, ticker)
-    runfolder.write_with(path, lambda tmp: frame.to_parquet(tmp, engine="pyarrow"))
+    manifest = read_manifest(data_dir)
     entry = {
         "file": path.name,
         "source": source,
@@ -130,7 +139,7 @@ def store(
         ),
         "note": note,
     }
-    manifest = read_manifest(data_dir)
     manifest[safe_ticker(ticker)] = entry
+    runfolder.write_with(path, lambda tmp: frame.to_parquet(tmp, engine="pyarrow"))
     runfolder.write_json(Path(data_dir) / MANIFEST, manifest)
     return entry

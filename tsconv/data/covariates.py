@@ -81,7 +81,8 @@ def load_sources(cfg: Config) -> dict[str, pd.DataFrame]:
     """Each covariate's raw series by label: OHLCV bars of a ticker from the data source, or a
     file's numeric columns."""
     from tsconv.data import cache
-    from tsconv.data.sources import load_sample, load_series
+    from tsconv.data.load import load_from_sample
+    from tsconv.data.sources import load_series
 
     out = {}
     for i, c in enumerate(cfg.covariates):
@@ -94,7 +95,8 @@ def load_sources(cfg: Config) -> dict[str, pd.DataFrame]:
                 )
             out[c.label] = load_series(Path(c.file), c.columns)
         elif cfg.data.source == "sample":
-            out[c.label] = next(iter(load_sample([c.ticker], key=key).values()))
+            loaded = load_from_sample([c.ticker], cfg.data.dir, key=key)
+            out[c.label] = next(iter(loaded.values()))
         elif cfg.data.source == "cache":
             kw = {"nan_policy": cfg.data.nan_policy, "fill_limit": cfg.data.fill_limit}
             try:

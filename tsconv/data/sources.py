@@ -154,7 +154,7 @@ log = logging.getLogger(__name__)
 Downloader = Callable[..., pd.DataFrame]
 
 
-def _yf_download(**kwargs: Any) -> pd.DataFrame:
+def yahoo_download_quietly(**kwargs: Any) -> pd.DataFrame:
     """yf.download with its log lines, prints and warnings held back: offline it writes about
     50 lines per ticker before tsconv's one useful line. `TSCONV_VERBOSE=1` (`fetch
     --verbose`) lets them through."""
@@ -216,7 +216,7 @@ def fetch_yahoo(
     yfinance does not raise on network failure: it logs and returns an empty frame. Empty results
     and exceptions are both retried with exponential backoff, then reported in one line.
     """
-    download = download or _yf_download
+    download = download or yahoo_download_quietly
     sleep = sleep or time.sleep
     last = "no data returned"
     for attempt in range(retries + 1):

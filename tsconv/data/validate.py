@@ -23,6 +23,7 @@ _ALIASES = {
     "timestamp": "date",
     "time": "date",
     "day": "date",
+    "observationdate": "date",  # FRED's downloads
     "open": "open",
     "high": "high",
     "low": "low",
@@ -32,6 +33,10 @@ _ALIASES = {
     "adjustedclose": "adj_close",
     "adjclosed": "adj_close",
 }
+
+
+# Cells that mean "no value": pandas' and spreadsheets' spellings, and FRED's `.`.
+MISSING = ["", "nan", "null", "na", "n/a", "none", "-", "."]
 
 
 def canonical_column(name: object) -> str | None:
@@ -127,9 +132,7 @@ def extra_columns(raw: pd.DataFrame, mapping: dict[object, str]) -> pd.DataFrame
         parsed = pd.to_numeric(
             values.astype("string").str.strip().str.replace(",", ""), errors="coerce"
         )
-        blank = values.isna() | values.astype("string").str.strip().str.lower().isin(
-            ["", "nan", "null", "na", "n/a", "none", "-"]
-        )
+        blank = values.isna() | values.astype("string").str.strip().str.lower().isin(MISSING)
         if (parsed.isna() & ~blank).any() or parsed.notna().sum() == 0:
             continue
         out[name] = parsed.to_numpy(dtype="float64", na_value=np.nan)
@@ -139,9 +142,10 @@ def extra_columns(raw: pd.DataFrame, mapping: dict[object, str]) -> pd.DataFrame
 def canonical_series(
     raw: pd.DataFrame, source: str, columns: list[str] | None, row_offset: int
 ) -> pd.DataFrame:
-    """A covariate file: a date column and numeric columns (all of them, or `columns`), dates
-    parsed, unique and ascending as for bars; NaNs are kept (the covariate's fill rule handles
-    them)."""
+    """A covariate file: a date column and numeric columns (`columns`, or every all-numeric
+    one), dates parsed, unique and ascending as for bars. Blank cells (and FRED's `.`) are
+    NaN, kept for the covariate's fill rule; any other text in a named column is an error
+    naming its row and value."""
     frame = raw.reset_index() if isinstance(raw.index, pd.DatetimeIndex) or raw.index.name else raw
     date_cols = [c for c in frame.columns if canonical_column(c) == "date"]
     if not date_cols:
@@ -150,15 +154,11 @@ def canonical_series(
     rows = np.arange(len(frame)) + row_offset
     dates = pd.DatetimeIndex(_parse_dates(frame[date_cols[0]], source, rows), name="date")
     _check_dates(dates, source, rows)
-    numeric = extra_columns(frame.drop(columns=date_cols), {})
+    others = frame.drop(columns=date_cols)
     if columns:
-        missing = [c for c in columns if column_name(c) not in numeric]
-        if missing:
-            have = ", ".join(numeric.columns) or "none"
-            raise DataError(
-                f"{source}: no numeric column {', '.join(missing)} (numeric columns: {have})"
-            )
-        numeric = numeric[[column_name(c) for c in columns]]
+        numeric = _named_columns(others, columns, source, rows)
+    else:
+        numeric = extra_columns(others, {})
     if not len(numeric.columns):
         raise DataError(f"{source}: no numeric columns beside the date")
     numeric.index = dates
@@ -169,22 +169,37 @@ def canonical_series(
     return numeric
 
 
+def _named_columns(
+    frame: pd.DataFrame, columns: list[str], source: str, rows: np.ndarray
+) -> pd.DataFrame:
+    """`columns` of `frame` (matched by `column_name`) parsed as numbers, strictly."""
+    by_name = {column_name(c): c for c in reversed(frame.columns)}  # the first of a name wins
+    missing = [c for c in columns if column_name(c) not in by_name]
+    if missing:
+        have = ", ".join(column_name(c) for c in frame.columns) or "none"
+        raise DataError(f"{source}: no column {', '.join(missing)} (its columns: {have})")
+    return pd.DataFrame(
+        {
+            column_name(c): _parse_numeric(frame[by_name[column_name(c)]], c, source, rows)
+            for c in columns
+        }
+    )
+
+
+# A timestamp's UTC offset after its time of day: `16:00:00-05:00`, `16:00-0500`, `16:00Z`.
+_OFFSET_AT_END = re.compile(r"^(.*\d:\d\d(?::\d\d(?:\.\d+)?)?)\s*(Z|[+-]\d\d:?\d\d)$")
+# A zone's offsets differ by its daylight-saving shift, an hour; more is two zones.
+_ONE_ZONE_SPREAD_MINUTES = 60
+_SLASH_DATE = re.compile(r"^\d{1,2}/\d{1,2}/\d{4}$")
+
+
 def _parse_dates(col: pd.Series, source: str, rows: np.ndarray) -> pd.DatetimeIndex:
     if pd.api.types.is_datetime64_any_dtype(col.dtype):
         parsed = pd.Series(col)
+    elif pd.api.types.is_object_dtype(col.dtype) or pd.api.types.is_string_dtype(col.dtype):
+        parsed = _parse_date_text(col.astype("string").str.strip(), source, rows)
     else:
-        try:
-            parsed = pd.to_datetime(col, errors="coerce", format="mixed")
-        except (ValueError, TypeError) as exc:
-            if "timezone" in str(exc).lower() or "offset" in str(exc).lower():
-                raise DataError(
-                    f"{source}: column date mixes timezones; convert all timestamps to one zone"
-                ) from None
-            raise DataError(f"{source}: column date cannot be parsed as dates ({exc})") from None
-        if parsed.dtype == object:
-            raise DataError(
-                f"{source}: column date mixes timezones; convert all timestamps to one zone"
-            )
+        parsed = _to_datetime(col, source)
     years = parsed.dt.year
     bad = (parsed.isna() | (years < 1800) | (years > 2200)).to_numpy()
     if bad.any():
@@ -199,12 +214,78 @@ def _parse_dates(col: pd.Series, source: str, rows: np.ndarray) -> pd.DatetimeIn
     return pd.DatetimeIndex(normalized if normalized.is_unique else parsed)
 
 
+def _parse_date_text(text: pd.Series, source: str, rows: np.ndarray) -> pd.Series:
+    """Dates written as text. Timestamps with UTC offsets keep their local clock time, as a
+    zone-aware column does: a New York file across a DST change (-05:00, then -04:00) is one
+    zone and its bars keep their New York dates."""
+    text = _local_clock_times(text, source, rows)
+    filled = text.dropna()
+    if len(filled) and filled.str.fullmatch(_SLASH_DATE).all():
+        slashed = _slash_dates(text)
+        if slashed is not None:
+            return slashed
+    return _to_datetime(text, source)
+
+
+def _local_clock_times(text: pd.Series, source: str, rows: np.ndarray) -> pd.Series:
+    """`text` with the UTC offsets cut off, after checking that they can be one zone's."""
+    parts = text.str.extract(_OFFSET_AT_END)
+    has_offset = parts[1].notna().to_numpy()
+    if not has_offset.any():
+        return text
+    without = ~has_offset & text.notna().to_numpy()
+    if without.any():
+        i, first = int(np.argmax(without)), int(np.argmax(has_offset))
+        raise DataError(
+            f"{_where(source, rows[i])}: date {text.iloc[i]!r} has no UTC offset but row "
+            f"{rows[first]}'s has one; give every timestamp its offset, or none"
+        )
+    offsets = parts[1].str.replace("Z", "+00:00").str.replace(":", "")
+    sign = np.where(offsets.str[0] == "-", -1, 1)
+    minutes = sign * (offsets.str[1:3].astype(int) * 60 + offsets.str[3:5].astype(int))
+    lo, hi = int(np.argmin(minutes)), int(np.argmax(minutes))
+    if minutes.iloc[hi] - minutes.iloc[lo] > _ONE_ZONE_SPREAD_MINUTES:
+        raise DataError(
+            f"{source}: column date mixes timezones (UTC offsets {parts[1].iloc[lo]} and "
+            f"{parts[1].iloc[hi]}, more than a daylight-saving hour apart); convert all "
+            "timestamps to one zone"
+        )
+    return parts[0].str.strip()
+
+
+def _slash_dates(text: pd.Series) -> pd.Series | None:
+    """One reading of `3/6/2020` for the whole file, month first (as pandas and the US write
+    it) unless only day first parses every row in ascending order: guessing row by row
+    would read 3/6/2020 as March and 13/6/2020 as June in one file."""
+    for fmt in ("%m/%d/%Y", "%d/%m/%Y"):
+        parsed = pd.to_datetime(text, format=fmt, errors="coerce")
+        if parsed.notna().all() and parsed.is_monotonic_increasing:
+            return parsed
+    return None
+
+
+def _to_datetime(values: pd.Series, source: str) -> pd.Series:
+    try:
+        parsed = pd.to_datetime(values, errors="coerce", format="mixed")
+    except (ValueError, TypeError) as exc:
+        if "timezone" in str(exc).lower() or "offset" in str(exc).lower():
+            raise DataError(
+                f"{source}: column date mixes timezones; convert all timestamps to one zone"
+            ) from None
+        raise DataError(f"{source}: column date cannot be parsed as dates ({exc})") from None
+    if parsed.dtype == object:
+        raise DataError(
+            f"{source}: column date mixes timezones; convert all timestamps to one zone"
+        )
+    return parsed
+
+
 def _parse_numeric(col: pd.Series, name: str, source: str, rows: np.ndarray) -> np.ndarray:
     if pd.api.types.is_numeric_dtype(col.dtype) and not pd.api.types.is_bool_dtype(col.dtype):
         return col.to_numpy(dtype="float64", na_value=np.nan)
     as_str = col.astype("string").str.strip()
     parsed = pd.to_numeric(as_str.str.replace(",", "", regex=False), errors="coerce")
-    blank = as_str.isna() | as_str.str.lower().isin(["", "nan", "null", "na", "n/a", "none", "-"])
+    blank = as_str.isna() | as_str.str.lower().isin(MISSING)
     bad = (parsed.isna() & ~blank).to_numpy()
     if bad.any():
         i = int(np.argmax(bad))

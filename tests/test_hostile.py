@@ -1,0 +1,233 @@
+"""Your own data, end to end: ordinary files from elsewhere (a FRED download, a CSV with US
+dates, New York timestamps across a DST change) through the command line, as a user runs it.
+
+Each failure is one line on stderr with exit 2, no traceback; each success is checked on what
+was read, not only on the exit code.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from tsconv.cli import app
+from tsconv.config import dump_yaml, load_config, shipped_configs, validate_config
+from tsconv.data.sources import load_sample
+
+runner = CliRunner()
+
+# The shipped quick config made tiny: two years of bars, one cheap epoch.
+TINY = [
+    "data.start=2011-01-01",
+    "window=16",
+    "model.channels=4",
+    "model.layers=2",
+    "train.epochs=1",
+    "train.min_steps=0",
+    "train.device=cpu",
+    "train.threads=1",
+]
+
+
+def sets(*keys: str) -> list[str]:
+    return [a for k in keys for a in ("--set", k)]
+
+
+def invoke(*args: str, code: int = 0):
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == code, result.output
+    return result
+
+
+def one_line_error(args: list[str], *fragments: str) -> str:
+    result = invoke(*args, code=2)
+    text = result.stderr.strip()
+    assert "Traceback" not in text and len(text.splitlines()) == 1, text
+    for fragment in fragments:
+        assert fragment in text, text
+    return text
+
+
+def msft_bars() -> pd.DataFrame:
+    return load_sample(["MSFT"])["MSFT"].loc["2011-01-01":]
+
+
+def write_yahoo_csv(path: Path, bars: pd.DataFrame, dates: list[str]) -> Path:
+    """Bars as Yahoo Finance's CSV download writes them, with the dates given."""
+    table = pd.DataFrame(
+        {
+            "Date": dates,
+            "Open": bars["open"].to_numpy(),
+            "High": bars["high"].to_numpy(),
+            "Low": bars["low"].to_numpy(),
+            "Close": bars["close"].to_numpy(),
+            "Adj Close": bars["adj_close"].to_numpy(),
+            "Volume": bars["volume"].to_numpy().astype(int),
+        }
+    )
+    table.to_csv(path, index=False)
+    return path
+
+
+def write_fred_csv(path: Path, header: str = "observation_date", bad: str | None = None) -> Path:
+    """A FRED download of VIXCLS: every weekday, `.` where there is no value (holidays)."""
+    days = pd.bdate_range("2010-12-01", "2013-12-31")
+    level = 20 + np.cumsum(np.random.default_rng(0).normal(0, 0.3, len(days)))
+    cells = [f"{v:.2f}" for v in level]
+    for i in range(3, len(cells), 40):
+        cells[i] = "."
+    if bad is not None:
+        cells[10] = bad
+    pd.DataFrame({header: days.strftime("%Y-%m-%d"), "VIXCLS": cells}).to_csv(path, index=False)
+    return path
+
+
+# --------------------------------------------------------------------------- covariate files
+
+
+def test_a_fred_file_is_a_covariate_and_its_run_reloads(tmp_path, monkeypatch):
+    """FRED's `.` is a missing value; the run's saved config, which names the file, reloads
+    for predict and as a --config."""
+    monkeypatch.chdir(tmp_path)
+    write_fred_csv(tmp_path / "vix.csv")
+    covariate = "covariates=[{file: vix.csv, columns: [VIXCLS]}]"
+    invoke(
+        "train",
+        "--config",
+        "quick",
+        "--out",
+        "runs/x",
+        *sets(*TINY, "data.tickers=[MSFT]", covariate),
+    )
+    saved = yaml.safe_load((tmp_path / "runs/x/config.yaml").read_text())
+    assert saved["covariates"][0]["file"] == "vix.csv"
+    rows = json.loads(invoke("predict", "--run", "runs/x", "--json").output)
+    assert [r["ticker"] for r in rows] == ["MSFT"]
+    invoke("train", "--config", "runs/x/config.yaml", "--out", "runs/y")
+
+
+@pytest.mark.parametrize("header", ["DATE", "observation_date"])
+def test_text_in_a_covariate_file_names_the_file_row_and_value(tmp_path, header):
+    path = write_fred_csv(tmp_path / "vix.csv", header=header, bad="ND")
+    covariate = f"covariates=[{{file: {path}, columns: [vixcls]}}]"
+    one_line_error(
+        ["train", "--config", "quick", "--out", str(tmp_path / "r"), *sets(*TINY, covariate)],
+        f"{path}: row 12: non-numeric value 'ND' in column vixcls",
+    )
+    wrong = f"covariates=[{{file: {path}, columns: [vix]}}]"
+    one_line_error(
+        ["train", "--config", "quick", "--out", str(tmp_path / "r"), *sets(*TINY, wrong)],
+        f"{path}: no column vix (its columns: vixcls)",
+    )
+
+
+COVARIATES = {
+    "ticker": [{"ticker": "IBM"}],
+    "ticker, features": [{"ticker": "IBM", "features": ["log_return", "vol_5"], "lag": 1}],
+    "file": [{"file": "vix.csv", "columns": ["vixcls"], "known_at": "close"}],
+}
+
+
+@pytest.mark.parametrize("form", COVARIATES)
+@pytest.mark.parametrize("name", sorted(shipped_configs()))
+def test_a_saved_config_reloads_equal(name, form):
+    """The way a run saves config.yaml (`dump_yaml`) reloads to the same config."""
+    cfg = load_config(shipped_configs()[name])
+    cfg = cfg.model_copy(
+        update={"covariates": validate_config({"covariates": COVARIATES[form]}).covariates}
+    )
+    reloaded = validate_config(yaml.safe_load(dump_yaml(cfg)))
+    assert reloaded == cfg
+    assert dump_yaml(reloaded) == dump_yaml(cfg)
+
+
+# --------------------------------------------------------------------------- one's own CSV
+
+
+def test_an_imported_ticker_with_the_sample_source_says_what_to_set(tmp_path):
+    bars = msft_bars()
+    us_dates = [f"{d.month}/{d.day}/{d.year}" for d in bars.index]
+    path = write_yahoo_csv(tmp_path / "sp500.csv", bars, us_dates)
+    data = tmp_path / "d"
+    invoke("fetch", "--from-csv", str(path), "--ticker", "SPX", "--data-dir", str(data))
+    keys = [*TINY, "data.tickers=[SPX]", f"data.dir={data}"]
+    out = str(tmp_path / "r")
+    one_line_error(
+        ["train", "--config", "quick", "--out", out, *sets(*keys)],
+        "data.tickers: 'SPX' is not in the embedded sample",
+        "--set data.source=cache",
+    )
+    invoke("train", "--config", "quick", "--out", out, *sets(*keys, "data.source=cache"))
+
+
+def test_a_csv_source_takes_one_ticker_name(tmp_path):
+    path = write_yahoo_csv(tmp_path / "sp500.csv", msft_bars(), list(msft_bars().index.date))
+    keys = [*TINY, "data.source=csv", f"data.path={path}"]
+    one_line_error(
+        ["train", "--config", "quick", "--out", str(tmp_path / "r"), *sets(*keys)],
+        "source 'csv' reads one ticker from data.path",
+        "data.tickers=[SP500]",
+    )
+    cfg = validate_config({"data": {"source": "csv", "path": str(path)}})
+    assert cfg.data.tickers == ["sp500"]
+    assert validate_config(yaml.safe_load(dump_yaml(cfg))) == cfg
+
+
+# --------------------------------------------------------------------------- dates
+
+
+def imported_dates(tmp_path: Path, dates: list[str]) -> pd.DatetimeIndex:
+    bars = msft_bars().iloc[: len(dates)]
+    path = write_yahoo_csv(tmp_path / "in.csv", bars, dates)
+    invoke("fetch", "--from-csv", str(path), "--ticker", "X", "--data-dir", str(tmp_path / "d"))
+    return pd.read_parquet(tmp_path / "d/X.parquet").index
+
+
+@pytest.mark.parametrize("day_first", [False, True])
+def test_slash_dates_import_read_one_way_for_the_whole_file(tmp_path, day_first):
+    days = msft_bars().index[:40]  # across a month end: day 31 cannot be a month
+    written = [
+        f"{d.day}/{d.month}/{d.year}" if day_first else f"{d.month}/{d.day}/{d.year}" for d in days
+    ]
+    assert list(imported_dates(tmp_path, written)) == list(days)
+
+
+def test_new_york_timestamps_across_dst_are_one_zone(tmp_path):
+    days = pd.bdate_range("2020-02-24", "2020-03-20")  # DST began on 2020-03-08
+    closes = (days + pd.Timedelta(hours=16)).tz_localize("America/New_York")
+    written = [t.isoformat(sep=" ") for t in closes]
+    assert written[9].endswith("-05:00") and written[10].endswith("-04:00")
+    assert list(imported_dates(tmp_path, written)) == list(days)
+
+
+def test_offsets_no_one_zone_has_are_refused(tmp_path):
+    days = pd.bdate_range("2020-02-24", "2020-03-20")
+    written = [f"{d.date()} 16:00:00{'+09:00' if i % 2 else '-05:00'}" for i, d in enumerate(days)]
+    path = write_yahoo_csv(tmp_path / "in.csv", msft_bars().iloc[: len(days)], written)
+    one_line_error(
+        ["fetch", "--from-csv", str(path), "--ticker", "X", "--data-dir", str(tmp_path / "d")],
+        "column date mixes timezones (UTC offsets -05:00 and +09:00",
+    )
+
+
+# --------------------------------------------------------------------------- the cache
+
+
+def test_a_failed_import_writes_nothing(tmp_path):
+    bars = msft_bars()
+    path = write_yahoo_csv(tmp_path / "in.csv", bars, list(bars.index.date))
+    data = tmp_path / "d"
+    invoke("fetch", "--from-csv", str(path), "--ticker", "OLD", "--data-dir", str(data))
+    (data / "manifest.json").write_text("{not json")
+    before = {p.name: p.read_bytes() for p in data.iterdir()}
+    one_line_error(
+        ["fetch", "--from-csv", str(path), "--ticker", "NEW", "--data-dir", str(data)],
+        "manifest.json: unreadable cache manifest",
+    )
+    assert {p.name: p.read_bytes() for p in data.iterdir()} == before
