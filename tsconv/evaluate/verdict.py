@@ -11,9 +11,9 @@ SIGNIFICANCE_LEVEL = 0.05
 
 
 def outcome(test: dict[str, Any], better_if_negative: bool) -> str:
-    """ "better", "worse" or "same": whether the model is significantly better or worse than the
-    other side of a test (its Holm-adjusted p-value below SIGNIFICANCE_LEVEL, the sign of its
-    statistic saying which way), or neither."""
+    """Whether a test finds the model significantly "better" or "worse" than the other side
+    (its Holm-adjusted p-value below SIGNIFICANCE_LEVEL, the sign of its statistic saying
+    which way), or neither: "same"."""
     p, stat = test.get("p_holm"), test.get("stat")
     if p is None or stat is None or not p < SIGNIFICANCE_LEVEL:  # a NaN p-value is not < level
         return "same"
