@@ -150,7 +150,7 @@ def write_png(pixels: np.ndarray, out: Path) -> None:
     os.close(fd)
     try:
         # A 256-colour palette: text, tables and line plots lose nothing visible and the file
-        # is 2-3x smaller, which matters for an image kept in git.
+        # is much smaller, which matters for an image kept in git.
         image = Image.fromarray(pixels).quantize(
             256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE
         )

@@ -108,7 +108,7 @@ def test_on_ar1_a_cost_aware_position_beats_sign_after_10_bps(tmp_path, known_ca
     threshold rule (trade only past the cost) keeps more of AR(1)'s edge. Same predictions,
     two position rules."""
     from tsconv.config import load_config
-    from tsconv.evaluate.summary import summarize
+    from tsconv.evaluate.summary import summarize_backtest
 
     data = [
         *cache_keys(known_cache, "ar1"),
@@ -118,7 +118,7 @@ def test_on_ar1_a_cost_aware_position_beats_sign_after_10_bps(tmp_path, known_ca
     m, pred = backtest(tmp_path, "quick", data)
     threshold = m["trading"]["prediction"]
     sign_cfg = load_config(CONFIGS / "quick.yaml", [*data[:-1], "backtest.position=sign"])
-    sign = summarize(pred, sign_cfg)["trading"]["prediction"]
+    sign = summarize_backtest(pred, sign_cfg)[0]["trading"]["prediction"]
     assert threshold["sharpe"] > sign["sharpe"], (threshold, sign)
     assert threshold["sharpe_at_bps"]["10"] == pytest.approx(threshold["sharpe"])
     assert threshold["break_even_bps"] > 10  # the edge survives this cost

@@ -221,17 +221,17 @@ def test_a_ranked_book_of_few_tickers_gets_a_cross_sectional_table():
 
 
 def test_report_cells_and_time_in_the_market():
-    from tsconv.evaluate.summary import summarize
-    from tsconv.report.tables import _fmt
+    from tsconv.evaluate.summary import summarize_backtest
+    from tsconv.report.tables import format_cell
 
-    assert _fmt(-0.00001, ".4f") == "0.0000" and _fmt(-0.0004, ".1%") == "0.0%"
-    assert _fmt(-1.5, ".2f") == "-1.50" and _fmt(-2e-5, ".2e") == "-2.00e-05"
-    assert _fmt(None, ".2f") == "-"
+    assert format_cell(-0.00001, ".4f") == "0.0000" and format_cell(-0.0004, ".1%") == "0.0%"
+    assert format_cell(-1.5, ".2f") == "-1.50" and format_cell(-2e-5, ".2e") == "-2.00e-05"
+    assert format_cell(None, ".2f") == "-"
     frame = _panel(6, 300, seed=6, signal=0.3).assign(
         zero=0.0, persistence=0.0, trailing_mean=0.0, ridge_ar=0.0
     )
     frame.loc[frame["date"] < frame["date"].unique()[100], "prediction"] = 0.0
-    m = summarize(frame, validate_config({"backtest": {"portfolio": "long_short"}}))
+    m, _ = summarize_backtest(frame, validate_config({"backtest": {"portfolio": "long_short"}}))
     assert m["trading"]["buy_and_hold"]["in_market"] == 1.0
     # no spread in the first 100 of 300 dates' forecasts: no book
     assert m["trading"]["prediction"]["in_market"] == pytest.approx(200 / 300)
@@ -240,19 +240,19 @@ def test_report_cells_and_time_in_the_market():
 
 
 def test_the_report_says_how_many_folds_kept_their_starting_weights():
-    from tsconv.report.backtest_html import _kept_words
+    from tsconv.report.backtest_html import kept_start_note
 
     folds = pd.DataFrame({"fold": [0, 1, 2], "best_epoch": [0, 3, 0]})
-    words = _kept_words(folds, tiny_config(model={"highway": True}))
+    words = kept_start_note(folds, tiny_config(model={"highway": True}))
     assert "In 2 of 3 folds no training epoch beat the starting weights" in words
     assert "the ridge highway's forecast" in words
-    assert _kept_words(folds.assign(best_epoch=1), tiny_config()) == ""
+    assert kept_start_note(folds.assign(best_epoch=1), tiny_config()) == ""
 
 
 def test_the_report_names_tickers_that_start_late():
-    from tsconv.report.backtest_html import _late_words
+    from tsconv.report.backtest_html import late_start_note
 
     frame = _panel(3, 10, seed=0, signal=0.0)
-    assert _late_words(frame) == ""
+    assert late_start_note(frame) == ""
     late = frame[~((frame["ticker"] == "T2") & (frame["date"] < frame["date"].iloc[12]))]
-    assert _late_words(late) == f" (T2 from {late[late.ticker == 'T2']['date'].min().date()})"
+    assert late_start_note(late) == f" (T2 from {late[late.ticker == 'T2']['date'].min().date()})"

@@ -8,9 +8,8 @@ from threadpoolctl import threadpool_limits
 from tsconv.data.features import TickerData
 
 # numpy's BLAS (OpenBLAS) wakes its threads for the ridge fits' small products and leaves them
-# spinning afterwards, taking the cores torch trains on: a quick fold ran 1.4x slower with 2
-# torch threads, and two folds in parallel processes 1.3x slower each (scripts/bench_scale.py).
-# One BLAS thread is plenty for a 40 x 40 system.
+# spinning afterwards, taking the cores torch trains on. One BLAS thread is plenty for a
+# 40 x 40 system.
 _one_blas_thread = threadpool_limits.wrap(limits=1, user_api="blas")
 
 NAMES = ["zero", "persistence", "trailing_mean", "ridge_ar"]
@@ -77,9 +76,8 @@ def ridge_select(
     errors). Returns (coef, penalty).
 
     No intercept: the zero forecast is the benchmark, and a fitted mean return is a forecast
-    of its own, a poor one for daily returns (on the sample it cost 2% of R^2 in a fold). The
-    penalty is in mean-squared-error units, mean((b - a c)^2) + penalty * |c|^2, so it means
-    the same for any number of rows. The rule matters on returns: the lowest of a dozen noisy
+    of its own, a poor one for daily returns. The penalty is in mean-squared-error units,
+    mean((b - a c)^2) + penalty * |c|^2, so it means the same for any number of rows. The rule matters on returns: the lowest of a dozen noisy
     validation errors is low partly by luck, and a linear forecast that is not clearly better
     than a near-zero one loses out of sample.
     Without validation rows the largest penalty is taken.

@@ -296,7 +296,7 @@ def _run_backtest(
     prep: Prepared | None = None,
     report_html: bool = True,
 ) -> dict[str, Any]:
-    from tsconv.evaluate.summary import summarize_with_nets
+    from tsconv.evaluate.summary import summarize_backtest
     from tsconv.report import backtest_html
 
     out = Path(out)
@@ -378,7 +378,7 @@ def _run_backtest(
     table = pd.DataFrame([{k: v for k, v in i.items() if k != "resumed"} for i in infos])
     predictions = pd.concat(parts, ignore_index=True).sort_values(["date", "ticker"], kind="stable")
     predictions = predictions.reset_index(drop=True)
-    metrics, nets = summarize_with_nets(predictions, cfg)
+    metrics, nets = summarize_backtest(predictions, cfg)
     ran = [i for i in infos if not i.get("resumed")]  # this invocation's folds only
     metrics["timing"] = {
         "prepare_seconds": t_prep,

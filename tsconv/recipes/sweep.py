@@ -28,11 +28,12 @@ from tsconv import executors, runfolder
 from tsconv.config import Config, config_to_dict, dump_yaml, load_config, validate_config
 from tsconv.data import covariates
 from tsconv.errors import DataError, TsconvError, UsageError
-from tsconv.evaluate import metrics, selection
+from tsconv.evaluate import metrics
+from tsconv.evaluate.sweep_summary import holdout_summary, leaderboard, luck_measures
+from tsconv.evaluate.verdict import sweep_verdict
 from tsconv.recipes import search_space
 from tsconv.recipes.search_space import SpaceFile
 
-LEVEL = 0.05
 TrialHook = Callable[[int, int, dict[str, Any]], None]
 
 
@@ -217,7 +218,7 @@ def run_sweep(
             run(tasks, _run_trial, finished)
     t_trials = time.perf_counter() - t0
 
-    result = summarize(base, spc, study, out, cut, chosen_frames)
+    result = summarize_selection(spc, study, out, cut, chosen_frames)
     best = result["chosen"]
     holdout_cfg = search_space.with_values(
         trial_config(base, spc, best["params"], "holdout"),
@@ -236,7 +237,7 @@ def run_sweep(
         holdout_cfg, out / "holdout", resume=True, prep=prepare(holdout_cfg, frames, sources)
     )
     result["holdout"] = holdout_summary(hm, cut)
-    result["verdict"] = verdict(result)
+    result["verdict"] = sweep_verdict(result)
     result = metrics.clean(result)  # NaN (a flat strategy's Sharpe ratio) as null
     runfolder.write_json(out / "sweep.json", result)
     runfolder.write_json(
@@ -265,7 +266,7 @@ def _check_selection(base: Config, spc: SpaceFile, frames, cut: pd.Timestamp) ->
         )
 
 
-def _returns(out: Path, numbers: list[int], objective: str) -> pd.DataFrame:
+def _trial_performance(out: Path, numbers: list[int], objective: str) -> pd.DataFrame:
     """Per-bar performance of each trial's model, dates in rows and trials in columns, on the
     dates all of them traded: net returns, or for the r2_oos objective the squared-error
     reduction against the zero forecast (whose mean ranks trials as R^2 does)."""
@@ -282,7 +283,9 @@ def _returns(out: Path, numbers: list[int], objective: str) -> pd.DataFrame:
     return pd.DataFrame(cols).dropna()
 
 
-def summarize(base, spc, study, out: Path, cut: pd.Timestamp, frames) -> dict[str, Any]:
+def summarize_selection(
+    spc: SpaceFile, study, out: Path, cut: pd.Timestamp, frames
+) -> dict[str, Any]:
     """sweep.json without the holdout: settings, the chosen trial, and the luck measures.
     Also writes trials.parquet and leaderboard.csv."""
     from optuna.trial import TrialState
@@ -293,40 +296,18 @@ def summarize(base, spc, study, out: Path, cut: pd.Timestamp, frames) -> dict[st
         errors = [_trial_folder(out, t.number) / "error.txt" for t in trials]
         first = next((e.read_text().strip() for e in errors if e.exists()), "no error recorded")
         raise DataError(f"sweep: {len(complete)} of {len(trials)} trials finished; {first}")
-    table = trials_table(spc, trials, out)
+    table = trials_table(trials, out)
     runfolder.write_with(out / "trials.parquet", lambda tmp: table.to_parquet(tmp, index=False))
     board = leaderboard(table)
     runfolder.write_text(out / "leaderboard.csv", board.to_csv(index=False))
     best = int(board["trial"].iloc[0])
     numbers = [t.number for t in complete]
-    perf = _returns(out, numbers, spc.sweep.objective)
-    nets = _returns(out, numbers, "sharpe") if spc.sweep.objective != "sharpe" else perf
-    per_bar = selection.sharpe_columns(nets.to_numpy())
-    # trials with the same returns bar for bar are one trial, not several chances at luck
-    distinct = nets.T.drop_duplicates().T
-    dsr = selection.deflated_sharpe(
-        nets[best].to_numpy(), selection.sharpe_columns(distinct.to_numpy())
-    )
+    perf = _trial_performance(out, numbers, spc.sweep.objective)
+    nets = _trial_performance(out, numbers, "sharpe") if spc.sweep.objective != "sharpe" else perf
     periods = json.loads((_trial_folder(out, best) / "metrics.json").read_text())[
         "periods_per_year"
     ]
-    dsr["annualised"] = {
-        "sharpe": dsr["sharpe"] * np.sqrt(periods),
-        "expected_max_sharpe": dsr["expected_max_sharpe"] * np.sqrt(periods),
-        "trial_sharpe_std": float(np.sqrt(dsr["sharpe_variance"] * periods)),
-    }
-    pbo = selection.pbo_cscv(
-        perf.to_numpy(),
-        spc.sweep.blocks,
-        statistic="mean" if spc.sweep.objective == "r2_oos" else "sharpe",
-    )
-    logits = np.asarray(pbo.pop("logits"))
-    pbo["logit_quantiles"] = (
-        dict(zip(["q10", "q50", "q90"], np.quantile(logits, [0.1, 0.5, 0.9]).tolist(), strict=True))
-        if len(logits)
-        else {}
-    )
-    pbo["bars"] = len(perf)
+    luck = luck_measures(nets, perf, best, periods, spc.sweep.blocks, spc.sweep.objective)
     row = table[table["trial"] == best].iloc[0]
     return {
         "settings": spc.sweep.model_dump(mode="json") | {"trials_run": len(trials)},
@@ -339,7 +320,7 @@ def summarize(base, spc, study, out: Path, cut: pd.Timestamp, frames) -> dict[st
         "trials": {
             "complete": len(complete),
             "failed": len(trials) - len(complete),
-            "distinct": distinct.shape[1],
+            "distinct": luck["distinct_trials"],
             **_kept_start(out, numbers),
         },
         "chosen": {
@@ -350,9 +331,9 @@ def summarize(base, spc, study, out: Path, cut: pd.Timestamp, frames) -> dict[st
             "sharpe": _none(row["sharpe"]),
             "r2_oos": _none(row["r2_oos"]),
         },
-        "deflated_sharpe": dsr,
-        "pbo": pbo,
-        "per_bar_sharpes": per_bar.tolist(),
+        "deflated_sharpe": luck["deflated_sharpe"],
+        "pbo": luck["pbo"],
+        "per_bar_sharpes": luck["per_bar_sharpes"],
         "periods_per_year": int(periods),
     }
 
@@ -371,7 +352,7 @@ def _none(v: Any) -> Any:
     return None if v is None or (isinstance(v, float) and np.isnan(v)) else float(v)
 
 
-def trials_table(spc: SpaceFile, trials: list, out: Path) -> pd.DataFrame:
+def trials_table(trials: list, out: Path) -> pd.DataFrame:
     """One row per trial: number, state, objective value, each parameter (as the config has
     it; lists as JSON text) and the selection-period figures."""
     metrics_rows = []
@@ -386,121 +367,6 @@ def trials_table(spc: SpaceFile, trials: list, out: Path) -> pd.DataFrame:
             row["error"] = (folder / "error.txt").read_text().strip()
         metrics_rows.append(row)
     return pd.DataFrame(metrics_rows)
-
-
-def leaderboard(table: pd.DataFrame) -> pd.DataFrame:
-    """Finished trials, best first (ties: the lower trial number), with their rank."""
-    done = table[table["state"] == "complete"].sort_values(
-        ["value", "trial"], ascending=[False, True], kind="stable"
-    )
-    return done.drop(columns=[c for c in ["state", "error"] if c in done]).assign(
-        rank=np.arange(1, len(done) + 1)
-    )[["rank", *[c for c in done if c not in ("state", "error")]]]
-
-
-def holdout_summary(m: dict[str, Any], cut: pd.Timestamp) -> dict[str, Any]:
-    """The chosen config's walk-forward result on the holdout, and whether it has an edge:
-    a forecast whose squared error is significantly below the zero forecast's (Diebold-Mariano,
-    Holm-adjusted over the baselines), and a strategy that beats buy-and-hold after costs
-    (Ledoit-Wolf, Holm-adjusted over the strategies)."""
-    f, t = m["forecast"]["prediction"], m["trading"]["prediction"]
-    dm = f.get("dm_vs", {})
-    vs_bh = t.get("sharpe_vs", {}).get("buy_and_hold", {})
-    forecast_edge = _significant(dm.get("zero", {}), better_if_negative=True)
-    trading_edge = _significant(vs_bh, better_if_negative=False)
-    word = {
-        (True, True): "edge",
-        (True, False): "forecast edge only",
-        (False, True): "trading edge only",
-        (False, False): "no edge",
-    }[(forecast_edge, trading_edge)]
-    return {
-        "start": str(cut.date()),
-        "first_date": m["first_date"],
-        "last_date": m["last_date"],
-        "folds": m["folds"],
-        "n_predictions": m["n_predictions"],
-        "r2_oos": f.get("r2_oos"),
-        "ic": f.get("ic"),
-        "directional_accuracy": f.get("directional_accuracy"),
-        "dm_vs_zero": dm.get("zero"),
-        "dm_vs_ridge_ar": dm.get("ridge_ar"),
-        "sharpe": t.get("sharpe"),
-        "sharpe_ci95": t.get("sharpe_ci95"),
-        "sharpe_vs_buy_and_hold": vs_bh,
-        "annual_return": t.get("annual_return"),
-        "forecast_edge": forecast_edge,
-        "trading_edge": trading_edge,
-        "verdict": word,
-        "backtest_verdict": m["verdict"],
-    }
-
-
-def _significant(test: dict[str, Any], better_if_negative: bool) -> bool:
-    p, stat = test.get("p_holm"), test.get("stat")
-    if p is None or stat is None or not p < LEVEL:
-        return False
-    return (stat < 0) == better_if_negative
-
-
-def verdict(r: dict[str, Any]) -> str:
-    """The sweep's result in words: the chosen trial, how much of it is luck, the holdout."""
-    c, d, p, h = r["chosen"], r["deflated_sharpe"], r["pbo"], r["holdout"]
-    n, distinct = r["trials"]["complete"], r["trials"]["distinct"]
-    kept, folds = r["trials"]["folds_kept_start"], r["trials"]["folds"]
-    params = ", ".join(
-        f"{k}={format(v, '.3g') if isinstance(v, float) else v}" for k, v in c["params"].items()
-    )
-    dsr = d["dsr"]
-    luck = (
-        f"Deflated Sharpe ratio {dsr:.2f}: the probability that its true Sharpe ratio beats the "
-        f"best of {distinct} skill-less trials (expected maximum {d['annualised']['expected_max_sharpe']:.2f} "
-        f"a year); {'significant' if dsr >= 1 - LEVEL else 'not significant'} at the "
-        f"{1 - LEVEL:.0%} level."
-        if dsr is not None and not np.isnan(dsr)
-        else "Deflated Sharpe ratio: undefined (a flat strategy has no Sharpe ratio)."
-    )
-    pbo = (
-        f"Probability of backtest overfitting {p['pbo']:.2f}: in that share of {p['splits']:,} "
-        "splits of the selection period the trial best on one half ranked at or below the "
-        "median on the other."
-        if p["splits"]
-        else "Probability of backtest overfitting: too few bars for the splits."
-    )
-    value = f"{c['objective']} {c['value']:.3f}"
-    same = (
-        f"{n - distinct} trial(s) repeat another's returns bar for bar, so {distinct} distinct. "
-        if distinct < n
-        else ""
-    )
-    start = (
-        f"In {kept} of {folds} trial folds no epoch beat the starting weights, so the training "
-        "settings made no difference there. "
-        if 2 * kept > folds
-        else ""
-    )
-    sharpe = h["sharpe"]
-    return (
-        f"Chose trial #{c['trial']} of {n} (trials/{c['trial']:03d}: {params}): "
-        f"selection-period {value}. {same}{start}"
-        f"{luck} {pbo} "
-        f"Holdout {h['first_date']} to {h['last_date']}: {h['verdict'].upper()} "
-        f"(R2 {h['r2_oos']:+.4f}; squared error vs the zero forecast "
-        f"{_p(h['dm_vs_zero'])}, vs ridge AR "
-        f"{_p(h['dm_vs_ridge_ar'])}; net Sharpe "
-        f"{'n/a' if sharpe is None else format(sharpe, '.2f')}, vs buy-and-hold "
-        f"{_p(h['sharpe_vs_buy_and_hold'])})."
-    )
-
-
-def _p(test: dict[str, Any] | None) -> str:
-    """A test's direction and p-value (Holm-adjusted where it was): "lower, p = 0.03"."""
-    test = test or {}
-    p, stat = test.get("p_holm", test.get("p_value")), test.get("stat")
-    if p is None or stat is None:
-        return "n/a"
-    word = "lower" if stat < 0 else "higher"
-    return f"{word}, p = {p:.2g}"
 
 
 def resumable(folder: Path, trials: int | None) -> tuple[Config, SpaceFile]:

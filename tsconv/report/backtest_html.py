@@ -1,4 +1,5 @@
-"""Turn walk-forward predictions into metrics.json, a terminal table and a self-contained report.html."""
+"""The backtest's report.html, self-contained (figures inline), and `write_outputs`, which
+writes it with metrics.json and timing.json."""
 
 from __future__ import annotations
 
@@ -11,13 +12,13 @@ import pandas as pd
 
 from tsconv import runfolder
 from tsconv.config import Config, results_config
-from tsconv.evaluate.summary import _strategy_nets
-from tsconv.report.figures import _figures
+from tsconv.report.figures import backtest_figures
+from tsconv.report.html_page import html_figure, html_page, html_section, html_table
 from tsconv.report.tables import (
     TABLE_HEADER,
-    _fmt,
     cost_header,
     cost_rows,
+    format_cell,
     quantile_words,
     table_rows,
 )
@@ -105,89 +106,136 @@ DEFINITIONS = [
     ),
 ]
 
+# The folds' bookkeeping table; their test dates and best epochs are in the per-fold table.
+FOLD_COLUMNS = [
+    "fold",
+    "train_start",
+    "train_end",
+    "train_rows",
+    "val_rows",
+    "test_rows",
+    "epochs",
+    "steps",
+    "best_val_loss",
+    "members",
+    "members_kept_start",
+    "member_best_epochs",
+]
 
-# --------------------------------------------------------------------------- outputs
+
+def write_outputs(
+    out: Path,
+    pred: pd.DataFrame,
+    m: dict[str, Any],
+    folds: pd.DataFrame,
+    cfg: Config,
+    nets: dict[str, pd.Series],
+    report_html: bool = True,
+) -> None:
+    """metrics.json, timing.json (the timings `m` holds, kept out of metrics.json) and, unless
+    `report_html` is off, report.html; `nets`: each strategy's net return per bar."""
+    timing = m.pop("timing", None)
+    runfolder.write_json(Path(out) / "metrics.json", m)
+    if timing is not None:
+        runfolder.write_json(Path(out) / "timing.json", timing)
+        m["timing"] = timing
+    if report_html:
+        runfolder.write_text(Path(out) / "report.html", render(pred, m, folds, cfg, nets))
 
 
-def html_table(header: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows
+def render(
+    pred: pd.DataFrame,
+    m: dict[str, Any],
+    folds: pd.DataFrame,
+    cfg: Config,
+    nets: dict[str, pd.Series],
+) -> str:
+    """The report: the verdict and its tests, the model against the baselines, costs, the
+    figures, per-ticker and per-fold figures, monthly returns, the folds, definitions and the
+    resolved config."""
+    esc = html.escape
+    figs = {
+        title: html_figure(alt, png) for title, alt, png in backtest_figures(pred, m, cfg, nets)
+    }
+    per_ticker = (
+        "Per ticker"
+        if cfg.backtest.portfolio == "per_ticker"
+        else "Per ticker: contribution to the book"
     )
-    return f"<table><tr>{head}</tr>{body}</table>"
+    fold_extra = folds[[c for c in ["fold", "test_start", "test_end", "best_epoch"] if c in folds]]
+    fold_table = folds[[c for c in FOLD_COLUMNS if c in folds]]
+    definitions = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in DEFINITIONS)
+    sections = [
+        html_section("verdict", "Verdict", f"<p>{esc(m['verdict'])}</p>{_tests_html(m)}"),
+        html_section("baselines", "Model vs baselines", html_table(TABLE_HEADER, table_rows(m))),
+        html_section("costs", "Costs and turnover", _costs_html(m, cfg)),
+        html_section("equity", "Equity and drawdown", figs["Equity curves"] + figs["Drawdown"]),
+        html_section(
+            "quantiles",
+            "Quantile analysis: realised return by forecast bucket",
+            _quantile_html(m.get("quantiles") or {})
+            + _rank_ic_html(m)
+            + figs.get("Quantile chart", ""),
+        ),
+        html_section("calibration", "Predicted vs realised", figs["Predicted vs realised"]),
+        html_section("rolling", "Rolling IC and Sharpe", figs["Rolling IC and Sharpe"]),
+        html_section("per-ticker", per_ticker, _breakdown_html(m["by_ticker"], "ticker", None)),
+        html_section("per-fold", "Per fold", _breakdown_html(m["by_fold"], "fold", fold_extra)),
+        html_section(
+            "monthly",
+            "Monthly net returns of the model's strategy",
+            _monthly_html(nets["prediction"]),
+        ),
+        html_section(
+            "folds", "Folds (bookkeeping)", fold_table.to_html(index=False, float_format="%.4g")
+        ),
+        html_section("definitions", "Definitions", f"<dl>{definitions}</dl>"),
+        html_section(
+            "config",
+            "Resolved config",
+            f"<pre>{esc(json.dumps(results_config(cfg), indent=2))}</pre>",
+        ),
+    ]
+    intro = _intro_html(pred, m, folds, cfg)
+    return html_page("tsconv backtest", "tsconv walk-forward backtest", intro, sections)
 
 
-def _tests_html(m: dict[str, Any]) -> str:
-    """The verdict's tests as two tables: DM per baseline, Sharpe difference per strategy."""
-    dm = m["forecast"]["prediction"].get("dm_vs", {})
-    dm_rows = [
-        [b, _fmt(t.get("stat"), ".2f"), _fmt(t.get("p_value"), ".3g"), _fmt(t.get("p_holm"), ".3g")]
-        for b, t in dm.items()
-    ]
-    root = (m.get("periods_per_year") or 252) ** 0.5
-    sv = m["trading"].get("prediction", {}).get("sharpe_vs", {})
-    sv_rows = [
-        [
-            b,
-            _fmt(m["trading"].get(b, {}).get("sharpe"), ".2f"),
-            _fmt(None if t.get("difference") is None else t["difference"] * root, "+.2f"),
-            _fmt(t.get("stat"), ".2f"),
-            _fmt(t.get("p_value"), ".3g"),
-            _fmt(t.get("p_holm"), ".3g"),
-        ]
-        for b, t in sv.items()
-    ]
+def _intro_html(pred: pd.DataFrame, m: dict[str, Any], folds: pd.DataFrame, cfg: Config) -> str:
+    """What was backtested: tickers, dates, folds, costs and the strategy."""
+    esc = html.escape
+    bt = cfg.backtest
     return (
-        "<h3>Forecast against each baseline (Diebold-Mariano on squared error; negative: the "
-        "model's error is lower)</h3>"
-        + html_table(["baseline", "DM", "p", "p, Holm"], dm_rows)
-        + "<h3>Strategy against each other strategy, net of costs (Ledoit-Wolf test of equal "
-        "Sharpe ratios)</h3>"
-        + html_table(
-            ["strategy", "its Sharpe", "model minus it, annualised", "z", "p", "p, Holm"], sv_rows
-        )
+        f"{esc(', '.join(m['tickers']))}: {m['n_predictions']} predictions from "
+        f"{m['first_date']} to {m['last_date']}{esc(late_start_note(pred))}\n"
+        f"in {m['folds']} folds ({esc(bt.scheme)} window, refit every {bt.test_span} bars,\n"
+        f"gap {bt.gap}, cost {bt.cost_bps:g} bps; {esc(_strategy_words(cfg))})."
+        f"{esc(kept_start_note(folds, cfg))}"
     )
 
 
-def _breakdown_html(rows: dict[str, dict[str, Any]], label: str, extra: pd.DataFrame | None) -> str:
-    head = [label, "n", "R2 oos", "IC", "dir. acc (se)", "in market", "Sharpe [95% CI]"]
-    head.append("ann. return")
-    extra_cols = [] if extra is None else [c for c in extra.columns if c != label]
-    body = []
-    for key, r in rows.items():
-        ci = r.get("sharpe_ci95") or [None, None]
-        cells = [
-            key,
-            str(r["n"]),
-            _fmt(r.get("r2_oos"), ".4f"),
-            _fmt(r.get("ic"), ".3f"),
-            f"{_fmt(r.get('directional_accuracy'), '.3f')} "
-            f"({_fmt(r.get('directional_accuracy_se'), '.3f')})",
-            _fmt(r.get("in_market"), ".0%"),
-            "flat"
-            if r.get("in_market") == 0
-            else f"{_fmt(r.get('sharpe'), '.2f')} [{_fmt(ci[0], '.2f')}, {_fmt(ci[1], '.2f')}]",
-            _fmt(r.get("annual_return"), ".1%"),
-        ]
-        if extra is not None:
-            match = extra[extra[label].astype(str) == key]
-            cells += [str(match[c].iloc[0]) if len(match) else "-" for c in extra_cols]
-        body.append(cells)
-    return html_table([*head, *extra_cols], body)
-
-
-def _monthly_html(net: pd.Series) -> str:
-    """The strategy's net return per calendar month (compounded), a row per year."""
-    if net.empty:
+def late_start_note(pred: pd.DataFrame) -> str:
+    """Tickers whose predictions start after the first date (listed later, or too little
+    history for the first folds), so a reader knows the panel's breadth changed."""
+    starts = pred.groupby("ticker")["date"].min()
+    late = starts[starts > starts.min()]
+    if late.empty:
         return ""
-    monthly = (1 + net).groupby([net.index.year, net.index.month]).prod() - 1
-    table = monthly.unstack().reindex(columns=range(1, 13))
-    months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
-    rows = [
-        [str(year), *("" if pd.isna(v) else _fmt(v, ".1%") for v in table.loc[year])]
-        for year in table.index
-    ]
-    return html_table(["year", *months], rows)
+    return " (" + ", ".join(f"{t} from {d.date()}" for t, d in late.items()) + ")"
+
+
+def kept_start_note(folds: pd.DataFrame, cfg: Config) -> str:
+    """Say how many folds kept their starting weights: there the model's forecast is its start
+    (the ridge highway's, or zero), not something training learned."""
+    if "best_epoch" not in folds or not len(folds):
+        return ""
+    kept = int((folds["best_epoch"] == 0).sum())
+    if not kept:
+        return ""
+    start = "the ridge highway's forecast" if cfg.model.highway else "the zero forecast"
+    return (
+        f" In {kept} of {len(folds)} folds no training epoch beat the starting weights on "
+        f"validation (best_epoch 0), so there the model predicts its start, {start}."
+    )
 
 
 def _strategy_words(cfg: Config) -> str:
@@ -204,17 +252,52 @@ def _strategy_words(cfg: Config) -> str:
     )
 
 
-def _rank_ic_html(m: dict[str, Any]) -> str:
-    """Each forecast's mean cross-sectional rank IC (3+ tickers): what a ranked book earns on."""
-    ics = {
-        n: f.get("cross_sectional_rank_ic")
-        for n, f in m["forecast"].items()
-        if f.get("cross_sectional_rank_ic") is not None
-    }
-    if not ics:
-        return ""
-    cells = ", ".join(f"{'model' if n == 'prediction' else n} {v:.3f}" for n, v in ics.items())
-    return f"<p>Mean cross-sectional rank IC (Spearman across tickers, per date): {cells}.</p>"
+def _tests_html(m: dict[str, Any]) -> str:
+    """The verdict's tests as two tables: DM per baseline, Sharpe difference per strategy."""
+    dm = m["forecast"]["prediction"].get("dm_vs", {})
+    dm_rows = [
+        [
+            b,
+            format_cell(t.get("stat"), ".2f"),
+            format_cell(t.get("p_value"), ".3g"),
+            format_cell(t.get("p_holm"), ".3g"),
+        ]
+        for b, t in dm.items()
+    ]
+    root = (m.get("periods_per_year") or 252) ** 0.5
+    sv = m["trading"].get("prediction", {}).get("sharpe_vs", {})
+    sv_rows = [
+        [
+            b,
+            format_cell(m["trading"].get(b, {}).get("sharpe"), ".2f"),
+            format_cell(None if t.get("difference") is None else t["difference"] * root, "+.2f"),
+            format_cell(t.get("stat"), ".2f"),
+            format_cell(t.get("p_value"), ".3g"),
+            format_cell(t.get("p_holm"), ".3g"),
+        ]
+        for b, t in sv.items()
+    ]
+    return (
+        "<h3>Forecast against each baseline (Diebold-Mariano on squared error; negative: the "
+        "model's error is lower)</h3>"
+        + html_table(["baseline", "DM", "p", "p, Holm"], dm_rows)
+        + "<h3>Strategy against each other strategy, net of costs (Ledoit-Wolf test of equal "
+        "Sharpe ratios)</h3>"
+        + html_table(
+            ["strategy", "its Sharpe", "model minus it, annualised", "z", "p", "p, Holm"], sv_rows
+        )
+    )
+
+
+def _costs_html(m: dict[str, Any], cfg: Config) -> str:
+    bt = cfg.backtest
+    return (
+        f"<p>Each strategy at {bt.cost_bps:g} bps a unit of turnover, "
+        f"{html.escape(_strategy_words(cfg))}; "
+        "turnover is the mean |change of position| a bar, cost drag what costs take a year, "
+        "break-even the cost at which the mean net return is zero.</p>"
+        + html_table(cost_header(sharpe="Sharpe at "), cost_rows(m))
+    )
 
 
 def _quantile_html(q: dict[str, Any]) -> str:
@@ -224,9 +307,9 @@ def _quantile_html(q: dict[str, Any]) -> str:
         [
             str(r["bucket"]),
             str(r["n"]),
-            _fmt(r["mean_prediction"] * 1e4, ".2f"),
-            _fmt(r["mean_realized"] * 1e4, ".2f"),
-            _fmt(r["se"] * 1e4, ".2f"),
+            format_cell(r["mean_prediction"] * 1e4, ".2f"),
+            format_cell(r["mean_realized"] * 1e4, ".2f"),
+            format_cell(r["se"] * 1e4, ".2f"),
         ]
         for r in q["buckets"]
     ]
@@ -241,137 +324,55 @@ def _quantile_html(q: dict[str, Any]) -> str:
     )
 
 
-def _late_words(pred: pd.DataFrame) -> str:
-    """Tickers whose predictions start after the first date (listed later, or too little
-    history for the first folds), so a reader knows the panel's breadth changed."""
-    starts = pred.groupby("ticker")["date"].min()
-    late = starts[starts > starts.min()]
-    if late.empty:
-        return ""
-    return " (" + ", ".join(f"{t} from {d.date()}" for t, d in late.items()) + ")"
-
-
-def _kept_words(folds: pd.DataFrame, cfg: Config) -> str:
-    """Say how many folds kept their starting weights: there the model's forecast is its start
-    (the ridge highway's, or zero), not something training learned."""
-    if "best_epoch" not in folds or not len(folds):
-        return ""
-    kept = int((folds["best_epoch"] == 0).sum())
-    if not kept:
-        return ""
-    start = "the ridge highway's forecast" if cfg.model.highway else "the zero forecast"
-    return (
-        f" In {kept} of {len(folds)} folds no training epoch beat the starting weights on "
-        f"validation (best_epoch 0), so there the model predicts its start, {start}."
-    )
-
-
-STYLE = """body{font-family:sans-serif;max-width:960px;margin:2em auto}table{border-collapse:collapse}
-td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td{white-space:nowrap}
-dt{font-weight:bold}
-figure{margin:0.5em 0}"""
-
-
-def html_section(anchor: str, title: str, body: str) -> str:
-    return f"<section id='{anchor}'><h2>{html.escape(title)}</h2>{body}</section>\n"
-
-
-def render_html(
-    pred: pd.DataFrame,
-    m: dict[str, Any],
-    folds: pd.DataFrame,
-    cfg: Config,
-    nets: dict[str, pd.Series] | None = None,
-) -> str:
-    esc = html.escape
-    fold_cols = [  # the test dates and best epoch are in the per-fold table
-        "fold",
-        "train_start",
-        "train_end",
-        "train_rows",
-        "val_rows",
-        "test_rows",
-        "epochs",
-        "steps",
-        "best_val_loss",
-        "members",
-        "members_kept_start",
-        "member_best_epochs",
-    ]
-    fold_extra = folds[[c for c in ["fold", "test_start", "test_end", "best_epoch"] if c in folds]]
-    fold_table = folds[[c for c in fold_cols if c in folds]].to_html(
-        index=False, float_format="%.4g"
-    )
-    nets = nets if nets is not None else _strategy_nets(pred, cfg)
-    figs = {
-        title: f"<figure><img alt='{esc(alt)}' src='data:image/png;base64,{b}'/></figure>"
-        for title, alt, b in _figures(pred, m, cfg, nets)
+def _rank_ic_html(m: dict[str, Any]) -> str:
+    """Each forecast's mean cross-sectional rank IC (3+ tickers): what a ranked book earns on."""
+    ics = {
+        n: f.get("cross_sectional_rank_ic")
+        for n, f in m["forecast"].items()
+        if f.get("cross_sectional_rank_ic") is not None
     }
-    defs = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in DEFINITIONS)
-    bt = cfg.backtest
-    costs = (
-        f"<p>Each strategy at {bt.cost_bps:g} bps a unit of turnover, {esc(_strategy_words(cfg))}; "
-        "turnover is the mean |change of position| a bar, cost drag what costs take a year, "
-        "break-even the cost at which the mean net return is zero.</p>"
-        + html_table(cost_header(sharpe="Sharpe at "), cost_rows(m))
-    )
-    sections = [
-        html_section("verdict", "Verdict", f"<p>{esc(m['verdict'])}</p>{_tests_html(m)}"),
-        html_section("baselines", "Model vs baselines", html_table(TABLE_HEADER, table_rows(m))),
-        html_section("costs", "Costs and turnover", costs),
-        html_section("equity", "Equity and drawdown", figs["Equity curves"] + figs["Drawdown"]),
-        html_section(
-            "quantiles",
-            "Quantile analysis: realised return by forecast bucket",
-            _quantile_html(m.get("quantiles") or {})
-            + _rank_ic_html(m)
-            + figs.get("Quantile chart", ""),
-        ),
-        html_section("calibration", "Predicted vs realised", figs["Predicted vs realised"]),
-        html_section("rolling", "Rolling IC and Sharpe", figs["Rolling IC and Sharpe"]),
-        html_section(
-            "per-ticker",
-            "Per ticker"
-            if bt.portfolio == "per_ticker"
-            else "Per ticker: contribution to the book",
-            _breakdown_html(m["by_ticker"], "ticker", None),
-        ),
-        html_section("per-fold", "Per fold", _breakdown_html(m["by_fold"], "fold", fold_extra)),
-        html_section(
-            "monthly",
-            "Monthly net returns of the model's strategy",
-            _monthly_html(nets["prediction"]),
-        ),
-        html_section("folds", "Folds (bookkeeping)", fold_table),
-        html_section("definitions", "Definitions", f"<dl>{defs}</dl>"),
-        html_section(
-            "config",
-            "Resolved config",
-            f"<pre>{esc(json.dumps(results_config(cfg), indent=2))}</pre>",
-        ),
+    if not ics:
+        return ""
+    cells = ", ".join(f"{'model' if n == 'prediction' else n} {v:.3f}" for n, v in ics.items())
+    return f"<p>Mean cross-sectional rank IC (Spearman across tickers, per date): {cells}.</p>"
+
+
+def _breakdown_html(rows: dict[str, dict[str, Any]], label: str, extra: pd.DataFrame | None) -> str:
+    head = [label, "n", "R2 oos", "IC", "dir. acc (se)", "in market", "Sharpe [95% CI]"]
+    head.append("ann. return")
+    extra_cols = [] if extra is None else [c for c in extra.columns if c != label]
+    body = []
+    for key, r in rows.items():
+        ci = r.get("sharpe_ci95") or [None, None]
+        cells = [
+            key,
+            str(r["n"]),
+            format_cell(r.get("r2_oos"), ".4f"),
+            format_cell(r.get("ic"), ".3f"),
+            f"{format_cell(r.get('directional_accuracy'), '.3f')} "
+            f"({format_cell(r.get('directional_accuracy_se'), '.3f')})",
+            format_cell(r.get("in_market"), ".0%"),
+            "flat"
+            if r.get("in_market") == 0
+            else f"{format_cell(r.get('sharpe'), '.2f')} [{format_cell(ci[0], '.2f')}, {format_cell(ci[1], '.2f')}]",
+            format_cell(r.get("annual_return"), ".1%"),
+        ]
+        if extra is not None:
+            match = extra[extra[label].astype(str) == key]
+            cells += [str(match[c].iloc[0]) if len(match) else "-" for c in extra_cols]
+        body.append(cells)
+    return html_table([*head, *extra_cols], body)
+
+
+def _monthly_html(net: pd.Series) -> str:
+    """The strategy's net return per calendar month (compounded), a row per year."""
+    if net.empty:
+        return ""
+    monthly = (1 + net).groupby([net.index.year, net.index.month]).prod() - 1
+    table = monthly.unstack().reindex(columns=range(1, 13))
+    months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+    rows = [
+        [str(year), *("" if pd.isna(v) else format_cell(v, ".1%") for v in table.loc[year])]
+        for year in table.index
     ]
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>tsconv backtest</title>
-<style>{STYLE}</style></head><body>
-<h1>tsconv walk-forward backtest</h1>
-<p>{esc(", ".join(m["tickers"]))}: {m["n_predictions"]} predictions from {m["first_date"]} to {m["last_date"]}{esc(_late_words(pred))}
-in {m["folds"]} folds ({esc(bt.scheme)} window, refit every {bt.test_span} bars,
-gap {bt.gap}, cost {bt.cost_bps:g} bps; {esc(_strategy_words(cfg))}).{esc(_kept_words(folds, cfg))}</p>
-{"".join(sections)}</body></html>"""
-
-
-def write_outputs(
-    out: Path,
-    pred: pd.DataFrame,
-    m: dict[str, Any],
-    folds: pd.DataFrame,
-    cfg: Config,
-    nets: dict[str, pd.Series] | None = None,
-    report_html: bool = True,
-) -> None:
-    timing = m.pop("timing", None)
-    runfolder.write_json(Path(out) / "metrics.json", m)
-    if timing is not None:
-        runfolder.write_json(Path(out) / "timing.json", timing)
-        m["timing"] = timing
-    if report_html:
-        runfolder.write_text(Path(out) / "report.html", render_html(pred, m, folds, cfg, nets))
+    return html_table(["year", *months], rows)

@@ -1,7 +1,10 @@
+"""The plots, drawn with matplotlib: a training run's loss curves (loss.png) and the backtest
+report's figures (inline PNGs)."""
+
 from __future__ import annotations
 
 import base64
-import io as _io
+import io
 from pathlib import Path
 from typing import Any
 
@@ -63,18 +66,18 @@ def plot_loss(path: Path, results: list[dict[str, Any]]) -> None:
     )
     fig.text(0.01, 0.01, note, fontsize=7)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
-    buf = _io.BytesIO()
+    buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     runfolder.write_bytes(path, buf.getvalue())
 
 
 def png_base64(fig: Any, left: float = 0.7, bottom: float = 0.45) -> str:
-    """PNG as base64. Margins are fixed in inches: `tight_layout` measured every tick label
-    and took about 40% of the report's time (0.05 s a figure, `scripts/bench_walkforward.py`)."""
+    """The figure as a base64 PNG, closed. Its margins are fixed in inches rather than fitted
+    by `tight_layout`, which measures every tick label and is slow."""
     import matplotlib.pyplot as plt
 
-    buf = _io.BytesIO()
+    buf = io.BytesIO()
     width, height = fig.get_size_inches()
     fig.subplots_adjust(
         left=left / width, right=1 - 0.2 / width, bottom=bottom / height, top=1 - 0.35 / height
@@ -114,17 +117,29 @@ def _log_ticks(ax: Any, lo: float, hi: float) -> None:
     ax.yaxis.set_minor_formatter(NullFormatter())
 
 
-def _figures(
+def backtest_figures(
     pred: pd.DataFrame, m: dict[str, Any], cfg: Config, nets: dict[str, pd.Series]
 ) -> list[tuple[str, str, str]]:
-    """The report's plots as (title, alt text, base64 PNG); `nets` from `_strategy_nets`."""
+    """The backtest report's plots as (title, alt text, base64 PNG); `nets`: each strategy's
+    net return per bar (`summarize_backtest`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import PercentFormatter
 
-    figs = []
+    figs = [
+        _equity_figure(nets, cfg, plt),
+        _drawdown_figure(nets, plt),
+        _rolling_figure(pred, nets["prediction"], m, plt),
+        _calibration_figure(pred, plt),
+    ]
+    q = m.get("quantiles") or {}
+    if q.get("buckets"):
+        figs.append(_quantile_figure(q, plt))
+    return figs
+
+
+def _equity_figure(nets: dict[str, pd.Series], cfg: Config, plt: Any):
     fig, ax = plt.subplots(figsize=(8, 3.8))
     lo, hi = 1.0, 1.0
     for name, net in nets.items():
@@ -138,14 +153,17 @@ def _figures(
     ax.set_ylabel("growth of 1, log scale")
     ax.legend(fontsize=8, ncol=3)
     ax.set_title(f"Equity after {cfg.backtest.cost_bps:g} bps costs: model and every baseline")
-    figs.append(
-        (
-            "Equity curves",
-            "Compounded equity after costs of the model's strategy, each baseline's strategy "
-            "and buy-and-hold, on a log scale",
-            png_base64(fig, left=0.8),
-        )
+    return (
+        "Equity curves",
+        "Compounded equity after costs of the model's strategy, each baseline's strategy "
+        "and buy-and-hold, on a log scale",
+        png_base64(fig, left=0.8),
     )
+
+
+def _drawdown_figure(nets: dict[str, pd.Series], plt: Any):
+    from matplotlib.ticker import PercentFormatter
+
     fig, ax = plt.subplots(figsize=(8, 2.6))
     for name in ("prediction", "buy_and_hold"):
         eq = (1 + nets[name]).cumprod()
@@ -155,19 +173,11 @@ def _figures(
     ax.set_ylabel("drawdown")
     ax.legend(fontsize=8)
     ax.set_title("Drawdown from the running peak (%)")
-    figs.append(
-        (
-            "Drawdown",
-            "Drawdown in percent of the model's strategy and of buy-and-hold",
-            png_base64(fig, left=0.8),
-        )
+    return (
+        "Drawdown",
+        "Drawdown in percent of the model's strategy and of buy-and-hold",
+        png_base64(fig, left=0.8),
     )
-    figs.append(_rolling_figure(pred, nets["prediction"], m, plt))
-    figs.append(_calibration_figure(pred, plt))
-    q = m.get("quantiles") or {}
-    if q.get("buckets"):
-        figs.append(_quantile_figure(q, plt))
-    return figs
 
 
 def _rolling_figure(pred: pd.DataFrame, net: pd.Series, m: dict[str, Any], plt: Any):

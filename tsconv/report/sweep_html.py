@@ -1,5 +1,5 @@
 """A sweep's report.html: the verdict, the holdout result, how much of the best is luck, the
-leaderboard and the settings, self-contained like the backtest report (whose helpers it uses)."""
+leaderboard and the settings, self-contained like the backtest report."""
 
 from __future__ import annotations
 
@@ -10,9 +10,83 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tsconv.report.backtest_html import STYLE, html_section, html_table
 from tsconv.report.figures import png_base64
+from tsconv.report.html_page import html_figure, html_page, html_section, html_table
 from tsconv.report.tables import TABLE_HEADER, table_rows
+
+
+def render(r: dict[str, Any], out: Path, holdout_metrics: dict[str, Any]) -> str:
+    """The report: the verdict, the chosen config's holdout result, the luck measures, the
+    leaderboard and the settings; `holdout_metrics`: the holdout backtest's metrics.json."""
+    esc = html.escape
+    h = r["holdout"]
+    holdout = (
+        f"<p>The chosen config, evaluated once, walk-forward, on dates from {esc(h['start'])} "
+        f"that no trial saw: {h['n_predictions']} predictions in {h['folds']} folds. "
+        f"<b>{esc(h['verdict'])}</b>. {esc(h['backtest_verdict'])}</p>"
+        + html_table(TABLE_HEADER, table_rows(holdout_metrics))
+        + "<p>The full backtest report of the holdout: "
+        "<a href='holdout/report.html'>holdout/report.html</a>.</p>"
+    )
+    s = r["selection"]
+    settings = (
+        f"<p>Selection period {esc(s['first_date'])} to {esc(s['last_date'])} (first test date "
+        f"to the last bar before the holdout); objective: {esc(r['chosen']['objective'])}.</p>"
+        f"<h3>space.yaml</h3><pre>{esc((out / 'space.yaml').read_text())}</pre>"
+        f"<h3>base config</h3><pre>{esc((out / 'config.yaml').read_text())}</pre>"
+    )
+    sections = [
+        html_section("verdict", "Verdict", f"<p>{esc(r['verdict'])}</p>"),
+        html_section("holdout", "Holdout", holdout),
+        html_section("luck", "How much of the best is luck", _luck_html(r)),
+        html_section(
+            "leaderboard", "Leaderboard (selection period)", _leaderboard_html(out, r["space"])
+        ),
+        html_section("settings", "Settings", settings),
+    ]
+    intro = (
+        f"{r['trials']['complete']} trials ({esc(r['settings']['sampler'])} sampler), each a "
+        f"walk-forward\nbacktest on the selection period; the best by "
+        f"{esc(r['chosen']['objective'])} evaluated on the\nholdout from {esc(h['start'])}."
+    )
+    return html_page("tsconv sweep", "tsconv sweep", intro, sections)
+
+
+def _luck_html(r: dict[str, Any]) -> str:
+    d, p = r["deflated_sharpe"], r["pbo"]
+    a = d["annualised"]
+    q = p.get("logit_quantiles") or {}
+    rows = [
+        ["trials finished", f"{r['trials']['complete']}"],
+        ["chosen trial's Sharpe ratio, a year", _number_or_dash(d["annualised"]["sharpe"], ".3f")],
+        ["std of the trials' Sharpe ratios, a year", _number_or_dash(a["trial_sharpe_std"], ".3f")],
+        [
+            "expected maximum Sharpe of as many skill-less trials, a year",
+            _number_or_dash(a["expected_max_sharpe"], ".3f"),
+        ],
+        [
+            "skewness / kurtosis of its returns",
+            f"{_number_or_dash(d['skew'], '.2f')} / {_number_or_dash(d['kurtosis'], '.2f')}",
+        ],
+        ["deflated Sharpe ratio (P(true Sharpe > that maximum))", _number_or_dash(d["dsr"], ".3f")],
+        ["probability of backtest overfitting (PBO)", _number_or_dash(p["pbo"], ".3f")],
+        ["CSCV splits / bars", f"{p['splits']:,} / {p['bars']:,}"],
+        [
+            "logit of the in-sample best's out-of-sample rank: 10%, 50%, 90%",
+            ", ".join(f"{q[k]:+.2f}" for k in ("q10", "q50", "q90")) if q else "-",
+        ],
+    ]
+    body = "".join(
+        f"<tr><td style='text-align:left'>{html.escape(a)}</td><td>{html.escape(b)}</td></tr>"
+        for a, b in rows
+    )
+    return (
+        "<p>A deflated Sharpe ratio near 1 says the chosen trial's Sharpe ratio is unlikely to "
+        "be the luck of trying many; 0.95 is the usual bar. PBO is the share of ways to split "
+        "the selection period in two halves where picking the best trial on one half gives "
+        "one at or below the median on the other: 0.5 or more means the search picks noise.</p>"
+        f"<table>{body}</table>{_sharpe_figure(r)}"
+    )
 
 
 def _sharpe_figure(r: dict[str, Any]) -> str:
@@ -43,51 +117,10 @@ def _sharpe_figure(r: dict[str, Any]) -> str:
     ax.legend(loc="upper left", fontsize=8, frameon=False)
     alt = (
         f"Histogram of {len(sharpes)} trials' Sharpe ratios; the chosen trial at "
-        f"{_num(chosen, '.2f')}, the maximum expected without skill at "
+        f"{_number_or_dash(chosen, '.2f')}, the maximum expected without skill at "
         f"{d['annualised']['expected_max_sharpe']:.2f}"
     )
-    return f"<figure><img alt='{html.escape(alt)}' src='data:image/png;base64,{png_base64(fig)}'/></figure>"
-
-
-def _luck_html(r: dict[str, Any]) -> str:
-    d, p = r["deflated_sharpe"], r["pbo"]
-    a = d["annualised"]
-    q = p.get("logit_quantiles") or {}
-    rows = [
-        ["trials finished", f"{r['trials']['complete']}"],
-        ["chosen trial's Sharpe ratio, a year", _num(d["annualised"]["sharpe"], ".3f")],
-        ["std of the trials' Sharpe ratios, a year", _num(a["trial_sharpe_std"], ".3f")],
-        [
-            "expected maximum Sharpe of as many skill-less trials, a year",
-            _num(a["expected_max_sharpe"], ".3f"),
-        ],
-        [
-            "skewness / kurtosis of its returns",
-            f"{_num(d['skew'], '.2f')} / {_num(d['kurtosis'], '.2f')}",
-        ],
-        ["deflated Sharpe ratio (P(true Sharpe > that maximum))", _num(d["dsr"], ".3f")],
-        ["probability of backtest overfitting (PBO)", _num(p["pbo"], ".3f")],
-        ["CSCV splits / bars", f"{p['splits']:,} / {p['bars']:,}"],
-        [
-            "logit of the in-sample best's out-of-sample rank: 10%, 50%, 90%",
-            ", ".join(f"{q[k]:+.2f}" for k in ("q10", "q50", "q90")) if q else "-",
-        ],
-    ]
-    body = "".join(
-        f"<tr><td style='text-align:left'>{html.escape(a)}</td><td>{html.escape(b)}</td></tr>"
-        for a, b in rows
-    )
-    return (
-        "<p>A deflated Sharpe ratio near 1 says the chosen trial's Sharpe ratio is unlikely to "
-        "be the luck of trying many; 0.95 is the usual bar. PBO is the share of ways to split "
-        "the selection period in two halves where picking the best trial on one half gives "
-        "one at or below the median on the other: 0.5 or more means the search picks noise.</p>"
-        f"<table>{body}</table>{_sharpe_figure(r)}"
-    )
-
-
-def _num(v: Any, spec: str) -> str:
-    return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, spec)
+    return html_figure(alt, png_base64(fig))
 
 
 def _leaderboard_html(out: Path, keys: list[str]) -> str:
@@ -103,37 +136,5 @@ def _leaderboard_html(out: Path, keys: list[str]) -> str:
     return f"<div style='overflow-x:auto;font-size:0.85em'>{table}</div>"
 
 
-def render(r: dict[str, Any], out: Path, holdout_metrics: dict[str, Any]) -> str:
-    esc = html.escape
-    h = r["holdout"]
-    holdout = (
-        f"<p>The chosen config, evaluated once, walk-forward, on dates from {esc(h['start'])} "
-        f"that no trial saw: {h['n_predictions']} predictions in {h['folds']} folds. "
-        f"<b>{esc(h['verdict'])}</b>. {esc(h['backtest_verdict'])}</p>"
-        + html_table(TABLE_HEADER, table_rows(holdout_metrics))
-        + "<p>The full backtest report of the holdout: "
-        "<a href='holdout/report.html'>holdout/report.html</a>.</p>"
-    )
-    s = r["selection"]
-    settings = (
-        f"<p>Selection period {esc(s['first_date'])} to {esc(s['last_date'])} (first test date "
-        f"to the last bar before the holdout); objective: {esc(r['chosen']['objective'])}.</p>"
-        f"<h3>space.yaml</h3><pre>{esc((out / 'space.yaml').read_text())}</pre>"
-        f"<h3>base config</h3><pre>{esc((out / 'config.yaml').read_text())}</pre>"
-    )
-    sections = [
-        html_section("verdict", "Verdict", f"<p>{esc(r['verdict'])}</p>"),
-        html_section("holdout", "Holdout", holdout),
-        html_section("luck", "How much of the best is luck", _luck_html(r)),
-        html_section(
-            "leaderboard", "Leaderboard (selection period)", _leaderboard_html(out, r["space"])
-        ),
-        html_section("settings", "Settings", settings),
-    ]
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>tsconv sweep</title>
-<style>{STYLE}</style></head><body>
-<h1>tsconv sweep</h1>
-<p>{r["trials"]["complete"]} trials ({esc(r["settings"]["sampler"])} sampler), each a walk-forward
-backtest on the selection period; the best by {esc(r["chosen"]["objective"])} evaluated on the
-holdout from {esc(h["start"])}.</p>
-{"".join(sections)}</body></html>"""
+def _number_or_dash(v: Any, spec: str) -> str:
+    return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, spec)

@@ -8,7 +8,7 @@ from tsconv.evaluate import metrics
 from tsconv.evaluate.baselines import NAMES as BASELINES
 
 
-def _fmt(v: Any, spec: str) -> str:
+def format_cell(v: Any, spec: str) -> str:
     """A table cell: "-" for a missing figure (None in metrics.json), and no sign on a figure
     that rounds to zero ("-0.0000")."""
     if v is None:
@@ -17,7 +17,22 @@ def _fmt(v: Any, spec: str) -> str:
     return text[1:] if text.startswith("-") and not text.strip("-0.%e+") else text
 
 
+TABLE_HEADER = [
+    "forecast",
+    "MSE",
+    "R2 oos",
+    "dir. acc",
+    "IC",
+    "rank IC",
+    "ann. return",
+    "Sharpe",
+    "max DD",
+]
+
+
 def table_rows(m: dict[str, Any]) -> list[list[str]]:
+    """Per forecast (the model's, each baseline's) and buy-and-hold: forecast metrics and the
+    net trading figures of its strategy, under TABLE_HEADER."""
     rows = []
     for name in ["prediction", *BASELINES, "buy_and_hold"]:
         f = m["forecast"].get(name, {})
@@ -25,14 +40,14 @@ def table_rows(m: dict[str, Any]) -> list[list[str]]:
         rows.append(
             [
                 "model" if name == "prediction" else name,
-                _fmt(f.get("mse"), ".2e"),
-                _fmt(f.get("r2_oos"), ".4f"),
-                _fmt(f.get("directional_accuracy"), ".3f"),
-                _fmt(f.get("ic"), ".3f"),
-                _fmt(f.get("rank_ic"), ".3f"),
-                _fmt(t.get("annual_return"), ".1%"),
-                _fmt(t.get("sharpe"), ".2f"),
-                _fmt(t.get("max_drawdown"), ".1%"),
+                format_cell(f.get("mse"), ".2e"),
+                format_cell(f.get("r2_oos"), ".4f"),
+                format_cell(f.get("directional_accuracy"), ".3f"),
+                format_cell(f.get("ic"), ".3f"),
+                format_cell(f.get("rank_ic"), ".3f"),
+                format_cell(t.get("annual_return"), ".1%"),
+                format_cell(t.get("sharpe"), ".2f"),
+                format_cell(t.get("max_drawdown"), ".1%"),
             ]
         )
     return rows
@@ -51,12 +66,12 @@ def cost_rows(m: dict[str, Any], drag: bool = True) -> list[list[str]]:
         rows.append(
             [
                 "model" if name == "prediction" else name,
-                _fmt(t.get("turnover_per_bar"), ".3f"),
-                _fmt(t.get("gross_annual_return"), ".1%"),
-                _fmt(t.get("annual_return"), ".1%"),
-                *([_fmt(t.get("cost_drag_annual"), ".1%")] if drag else []),
-                _fmt(t.get("break_even_bps"), ".1f"),
-                *(_fmt(at.get(str(b)), ".2f") for b in metrics.COST_LEVELS_BPS),
+                format_cell(t.get("turnover_per_bar"), ".3f"),
+                format_cell(t.get("gross_annual_return"), ".1%"),
+                format_cell(t.get("annual_return"), ".1%"),
+                *([format_cell(t.get("cost_drag_annual"), ".1%")] if drag else []),
+                format_cell(t.get("break_even_bps"), ".1f"),
+                *(format_cell(at.get(str(b)), ".2f") for b in metrics.COST_LEVELS_BPS),
             ]
         )
     return rows
@@ -75,19 +90,6 @@ def cost_header(drag: bool = True, sharpe: str = "") -> list[str]:
     ]
 
 
-TABLE_HEADER = [
-    "forecast",
-    "MSE",
-    "R2 oos",
-    "dir. acc",
-    "IC",
-    "rank IC",
-    "ann. return",
-    "Sharpe",
-    "max DD",
-]
-
-
 def quantile_words(q: dict[str, Any]) -> str:
     """The quantile table's spread in one sentence."""
     if not q.get("buckets"):
@@ -101,6 +103,6 @@ def quantile_words(q: dict[str, Any]) -> str:
     mean = None if sp.get("mean") is None else sp["mean"] * 1e4
     return (
         f"Top minus bottom of {len(q['buckets'])} forecast buckets ({how}): "
-        f"{_fmt(mean, '.1f')} bps a bar (t = {_fmt(sp.get('t_stat'), '.2f')}, "
-        f"p = {_fmt(sp.get('p_value'), '.3g')})."
+        f"{format_cell(mean, '.1f')} bps a bar (t = {format_cell(sp.get('t_stat'), '.2f')}, "
+        f"p = {format_cell(sp.get('p_value'), '.3g')})."
     )
