@@ -24,7 +24,8 @@ from tsconv.engine import predict as engine_predict
 from tsconv.engine.predict import predict_rows
 from tsconv.engine.runtime import select_device
 from tsconv.engine.windows import WindowDataset
-from tsconv.models import TCN, MultiScaleConv1d
+from tsconv.models.fast.multiscale import FastDropoutMultiScaleConv1d
+from tsconv.models.fast.tcn import TimeMajorTCN
 from tsconv.recipes.fit_span import fit_span
 from tsconv.recipes.prepare import prepare
 
@@ -68,7 +69,11 @@ def test_same_seed_gives_identical_weights_on_cuda():
 def test_gpu_and_cpu_predictions_agree_to_float32_precision(kind):
     select_device("cuda")
     torch.manual_seed(0)
-    model = TCN(3, [16, 16, 16], 3, 2) if kind == "tcn" else MultiScaleConv1d(3, 8, (3, 5, 21))
+    model = (
+        TimeMajorTCN(3, [16, 16, 16], 3, 2)
+        if kind == "tcn"
+        else FastDropoutMultiScaleConv1d(3, 8, (3, 5, 21))
+    )
     model = random_head(model).eval()
     panel = _panel([500])
     rows = torch.arange(100, 500)
@@ -149,7 +154,11 @@ def test_graphed_steps_replay_with_fresh_dropout_and_leave_eval_eager(kind):
     from tsconv.engine.cuda_graphs import graphed_steps
 
     torch.manual_seed(0)
-    model = TCN(3, [8, 8], 3, 2, dropout=0.3) if kind == "tcn" else MultiScaleConv1d(3, 4, (3, 5))
+    model = (
+        TimeMajorTCN(3, [8, 8], 3, 2, dropout=0.3)
+        if kind == "tcn"
+        else FastDropoutMultiScaleConv1d(3, 4, (3, 5))
+    )
     model = random_head(model).to(CUDA)
     ds = WindowDataset(_panel([1000]), [(0, 0, 1000)], 32, "all", 8).to(CUDA)
     x = ds.batch(torch.arange(16))[0]
@@ -175,7 +184,7 @@ def test_graphed_steps_replay_with_fresh_dropout_and_leave_eval_eager(kind):
 def test_graphs_are_skipped_without_a_full_batch():
     from tsconv.engine.cuda_graphs import graphed_steps
 
-    model = TCN(3, [4], 3, 2).to(CUDA)
+    model = TimeMajorTCN(3, [4], 3, 2).to(CUDA)
     ds = WindowDataset(_panel([40]), [(0, 0, 40)], 32, "all", 8).to(CUDA)
     with graphed_steps(model, ds, 64, False, CUDA, True) as graphed:
         assert not graphed and "forward" not in vars(model)
@@ -205,7 +214,7 @@ def test_graph_capture_leaves_batchnorm_statistics_and_the_generator_as_they_wer
     from tsconv.engine.cuda_graphs import graphed_steps
 
     torch.manual_seed(0)
-    model = MultiScaleConv1d(3, 4, (3, 5), dropout=0.2).to(CUDA)
+    model = FastDropoutMultiScaleConv1d(3, 4, (3, 5), dropout=0.2).to(CUDA)
     ds = WindowDataset(_panel([1000]), [(0, 0, 1000)], 32, "all", 8).to(CUDA)
     stats = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
     rng = torch.cuda.get_rng_state()

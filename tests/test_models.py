@@ -8,23 +8,30 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import TypeAdapter
 from torch import nn
 
 from tests.conftest import random_head
-from tsconv.config import ModelConfig
-from tsconv.models import (
-    TCN,
-    CausalConv1d,
-    MultiScaleConv1d,
+from tsconv.models.fast.dropout import Dropout
+from tsconv.models.fast.multiscale import FastDropoutMultiScaleConv1d
+from tsconv.models.fast.tcn import TimeMajorTCN
+from tsconv.models.layers import CausalConv1d
+from tsconv.models.multiscale import MultiScaleConv1d
+from tsconv.models.registry import (
+    ModelConfig,
+    ModelConfigBase,
     build_model,
     count_parameters,
     receptive_field,
-    tcn_receptive_field,
 )
-from tsconv.models.fast.streaming import StreamingTCN
-from tsconv.models.layers import Dropout
+from tsconv.models.tcn import TCN, tcn_receptive_field
 
 torch.set_default_dtype(torch.float32)
+
+
+def model_config(**keys) -> ModelConfigBase:
+    """The `model:` section with these keys, as a config file would give it."""
+    return TypeAdapter(ModelConfig).validate_python(keys)
 
 
 # --------------------------------------------------------------------------- NumPy reference
@@ -172,10 +179,10 @@ def test_dropout_mask_follows_the_input_memory_layout():
 
 
 def test_weight_norm_is_the_parametrization():
-    block = build_model(ModelConfig(channels=4, layers=1), 2).blocks[0]
+    block = build_model(model_config(channels=4, layers=1), 2).blocks[0]
     assert nn.utils.parametrize.is_parametrized(block.conv1, "weight")
     assert not nn.utils.parametrize.is_parametrized(
-        build_model(ModelConfig(channels=4, layers=1, weight_norm=False), 2).blocks[0].conv1
+        build_model(model_config(channels=4, layers=1, weight_norm=False), 2).blocks[0].conv1
     )
 
 
@@ -189,7 +196,7 @@ def test_tcn_receptive_field_is_1021_not_the_seeds_511():
     # The seed adds one convolution per block: 1 + 2*(1+...+128) = 511. Each TCN block has two
     # dilated convolutions, so the field grows twice as fast: 1 + 2*2*(2^8 - 1) = 1021.
     assert tcn_receptive_field(3, 8, 2) == 1021
-    assert receptive_field(ModelConfig(kind="tcn", channels=64, layers=8, kernel_size=3)) == 1021
+    assert receptive_field(model_config(kind="tcn", channels=64, layers=8, kernel_size=3)) == 1021
     model = TCN(2, [4] * 8, 3, 2, dropout=0.0)
     assert empirical_rf(model, 2, 1400) == 1021
 
@@ -231,7 +238,7 @@ def test_seed_multiscale_extractor_shape_and_leak():
 @pytest.mark.parametrize("kind,mix", [("tcn", 0), ("multiscale", 0), ("multiscale", 5)])
 def test_untrained_model_is_the_zero_forecast_and_still_learns(kind, mix):
     torch.manual_seed(0)
-    model = build_model(ModelConfig(kind=kind, channels=4, layers=2, dropout=0.0, mix=mix), 3)
+    model = build_model(model_config(kind=kind, channels=4, layers=2, dropout=0.0, mix=mix), 3)
     x, y = torch.randn(8, 3, 40), torch.randn(8, 1, 40)
     assert torch.all(model(x) == 0)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -246,10 +253,10 @@ def test_untrained_model_is_the_zero_forecast_and_still_learns(kind, mix):
 
 
 def test_tcn_predicts_every_step_and_counts_parameters():
-    model = build_model(ModelConfig(channels=64, layers=8), 8)
+    model = build_model(model_config(channels=64, layers=8), 8)
     assert model(torch.randn(2, 8, 256)).shape == (2, 1, 256)
     # Weight norm adds a gain per output channel (g) to each conv: 64 per conv, 16 convs.
-    plain = build_model(ModelConfig(channels=64, layers=8, weight_norm=False), 8)
+    plain = build_model(model_config(channels=64, layers=8, weight_norm=False), 8)
     assert count_parameters(model) - count_parameters(plain) == 64 * 16
     conv = 64 * 64 * 3 + 64
     first = (8 * 64 * 3 + 64) + conv + (8 * 64 + 64)
@@ -259,18 +266,18 @@ def test_tcn_predicts_every_step_and_counts_parameters():
 def test_multiscale_parameters_with_and_without_the_mixing_layer():
     # seed shape: 3 branches of Conv1d(8 -> 32, k) + BatchNorm (weight, bias), then Conv1d(96 -> 1)
     branches = sum(8 * 32 * k + 32 + 2 * 32 for k in (3, 5, 21))
-    seed = build_model(ModelConfig(kind="multiscale", channels=32), 8)
+    seed = build_model(model_config(kind="multiscale", channels=32), 8)
     assert count_parameters(seed) == branches + 96 + 1
-    mixed = build_model(ModelConfig(kind="multiscale", channels=32, mix=64), 8)
+    mixed = build_model(model_config(kind="multiscale", channels=32, mix=64), 8)
     assert count_parameters(mixed) == branches + (96 * 64 + 64 + 2 * 64) + 64 + 1
     assert mixed(torch.randn(2, 8, 64)).shape == (2, 1, 64)
 
 
 CAUSAL_KINDS = [
-    ModelConfig(kind="tcn", channels=4, layers=3, kernel_size=3, dropout=0.0),
-    ModelConfig(kind="tcn", channels=4, layers=2, kernel_size=2, dilation_base=3, dropout=0.0),
-    ModelConfig(kind="multiscale", channels=4, kernels=[3, 5, 21]),
-    ModelConfig(kind="multiscale", channels=4, kernels=[3, 5, 21], mix=6),
+    model_config(kind="tcn", channels=4, layers=3, kernel_size=3, dropout=0.0),
+    model_config(kind="tcn", channels=4, layers=2, kernel_size=2, dilation_base=3, dropout=0.0),
+    model_config(kind="multiscale", channels=4, kernels=[3, 5, 21]),
+    model_config(kind="multiscale", channels=4, kernels=[3, 5, 21], mix=6),
 ]
 
 
@@ -293,8 +300,8 @@ def test_causality_under_future_perturbation(cfg, t, seed):
     "cfg",
     CAUSAL_KINDS[:2]
     + [
-        ModelConfig(kind="multiscale", channels=4, kernels=[3, 7]),
-        ModelConfig(kind="multiscale", channels=4, kernels=[3, 7], mix=5),
+        model_config(kind="multiscale", channels=4, kernels=[3, 7]),
+        model_config(kind="multiscale", channels=4, kernels=[3, 7], mix=5),
     ],
 )
 def test_receptive_field_is_tight(cfg):
@@ -309,35 +316,6 @@ def test_receptive_field_is_tight(cfg):
     with torch.no_grad():
         assert model(far)[0, 0, t] == base
         assert model(near)[0, 0, t] != base
-
-
-@pytest.mark.parametrize("k,base,layers", [(3, 2, 4), (2, 2, 5), (5, 3, 2), (1, 2, 2)])
-@pytest.mark.parametrize("length", [1, 17, 130])
-@pytest.mark.parametrize("highway", [0, 7])
-def test_streaming_equals_full_forward(k, base, layers, length, highway):
-    torch.manual_seed(k * 10 + base)
-    model = TCN(3, [6, 6, 4, 8, 5][:layers], k, base, dropout=0.3, highway_lags=highway)
-    model = random_head(model).eval()
-    if highway:
-        model.highway.set_ridge(np.random.default_rng(0).normal(size=(highway, 3)), 0.1)
-    x = torch.randn(4, 3, length)
-    with torch.no_grad():
-        full = model(x)[:, 0].numpy()
-    stream = StreamingTCN(model, batch=4)
-    np.testing.assert_allclose(stream.run(x), full, atol=1e-5, rtol=1e-5)
-    # and bar by bar, continuing after a buffer compaction
-    stream.reset()
-    steps = [stream.step(x[:, :, i]) for i in range(length)]
-    np.testing.assert_allclose(np.stack(steps, 1), full, atol=1e-5, rtol=1e-5)
-
-
-def test_streaming_survives_many_compactions():
-    torch.manual_seed(3)
-    model = random_head(TCN(2, [4, 4], 3, 2, dropout=0.0)).eval()
-    x = torch.randn(1, 2, 1000)
-    with torch.no_grad():
-        full = model(x)[:, 0].numpy()
-    np.testing.assert_allclose(StreamingTCN(model).run(x), full, atol=1e-5)
 
 
 # --------------------------------------------------------------------------- dropout
@@ -417,7 +395,7 @@ def test_dropout_just_below_one_keeps_the_scale_finite():
     finite, in the module and in the fused block."""
     out = Dropout(0.9999999).train()(torch.ones(200_000))
     assert torch.isfinite(out).all() and (out == 0).double().mean() > 0.9999
-    block = TCN(2, [4], dropout=0.9999999).train()
+    block = TimeMajorTCN(2, [4], dropout=0.9999999).train()
     assert torch.isfinite(block(torch.randn(3, 2, 20))).all()
 
 
@@ -455,11 +433,9 @@ def test_models_run_on_cuda():
 def test_highway_is_the_ridge_forecast_on_top_of_the_network(kind):
     """Output = network + sum over lags j and features f of coef[j, f] * x[f, t - j]: the
     ridge AR model's forecast, so a model whose network is still at its zero head is it."""
-    from tsconv.config import ModelConfig
     from tsconv.evaluate.baselines import lagged
-    from tsconv.models import build_model, receptive_field
 
-    cfg = ModelConfig(
+    cfg = model_config(
         kind=kind, channels=4, layers=1, kernels=[3], highway=True, highway_lags=6, dropout=0.0
     )
     model = build_model(cfg, 3).eval()
@@ -502,3 +478,80 @@ def test_ridge_selection_shrinks_noise_and_keeps_signal():
     assert abs(coef[0] - 0.5) < 0.1
     # no validation rows: the largest penalty
     assert ridge_select(a, b, a_val[:0], b_val[:0], penalties)[1] == 100.0
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def test_every_kind_builds_its_model_and_knows_its_receptive_field():
+    from tsconv.models.layers import ForecastModel
+    from tsconv.models.registry import MODEL_KINDS
+
+    for name, kind in MODEL_KINDS.items():
+        cfg = kind.config(highway=True, highway_lags=2)
+        assert cfg.kind == name and model_config(kind=name) == kind.config()
+        model = build_model(cfg, 3)
+        assert isinstance(model, ForecastModel) and model.highway is not None
+        assert model.receptive_field == receptive_field(cfg)
+
+
+def test_the_file_layout_holds_every_kinds_keys():
+    from tsconv.models.registry import FILE_KEYS, MODEL_KINDS
+
+    keys = {k for kind in MODEL_KINDS.values() for k in kind.config.model_fields}
+    assert set(FILE_KEYS) == keys and len(FILE_KEYS) == len(keys)
+    dumped = model_config(kind="multiscale", layers=4, kernels=[3, 7]).model_dump()
+    assert list(dumped) == list(FILE_KEYS)
+    assert dumped["layers"] == 4 and dumped["kernels"] == [3, 7]  # kept, though unused
+    assert dumped["kernel_size"] == 3  # the TCN's default
+    assert model_config(**dumped).model_dump() == dumped
+
+
+def test_another_kinds_keys_are_checked_by_that_kind():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="every entry must be >= 1"):
+        model_config(kind="tcn", kernels=[3, -1])
+    with pytest.raises(ValidationError, match="greater than or equal to 1"):
+        model_config(kind="multiscale", layers=0)
+    with pytest.raises(ValidationError, match="Extra inputs"):
+        model_config(kind="tcn", hidden=4)
+
+
+def test_an_unknown_kind_is_one_line_naming_the_kinds():
+    from typer.testing import CliRunner
+
+    from tsconv.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--config", "quick", "--set", "model.kind=lstm"])
+    assert result.exit_code == 2
+    assert "model.kind: unknown kind 'lstm'; valid kinds: tcn, multiscale" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_loading_a_config_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from tsconv.config import load_config; load_config('quick');"
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("mix", [0, 5])
+def test_fast_dropout_multiscale_is_the_reference_model(mix):
+    """Same parameters, and the same function wherever dropout does not draw (eval, p = 0);
+    with dropout its masks come from the fast Dropout on CPU."""
+    torch.manual_seed(0)
+    fast = random_head(FastDropoutMultiScaleConv1d(3, 4, (3, 7), dropout=0.3, mix=mix))
+    ref = MultiScaleConv1d(3, 4, (3, 7), dropout=0.3, mix=mix)
+    ref.load_state_dict(fast.state_dict())
+    assert list(ref.state_dict()) == list(fast.state_dict())
+    assert isinstance(fast.dropout, Dropout)
+    x = torch.randn(2, 3, 30)
+    with torch.no_grad():
+        torch.testing.assert_close(fast.eval()(x), ref.eval()(x))
+        fast.dropout.p = ref.dropout.p = 0.0
+        torch.testing.assert_close(fast.train()(x), ref.train()(x))
