@@ -179,7 +179,7 @@ def beats_clearly(errors: torch.Tensor, reference: torch.Tensor | None) -> bool:
     standard error of their paired difference: the one-standard-error rule. A trained model
     replaces the starting one only then; on returns the best of a dozen noisy validation
     scores is low partly by luck, and such a model can lose out of sample what it seemed to
-    gain (on the sample: a 0.15% lower validation MSE, then R^2 -0.07 on the next year)."""
+    gain (docs/notes-models.md)."""
     if reference is None or len(errors) < 2:
         return True
     d = reference - errors
@@ -272,6 +272,7 @@ def _set_up(
     device: torch.device,
     epochs: int,
 ) -> _Training:
+    """Seeds, the model on its device, optimizer, schedule, the step's wrappers and the data."""
     gen = seed_everything(seed)
     model.to(device)
     opt = make_optimizer(model, cfg.lr, cfg.weight_decay, device)
@@ -308,6 +309,7 @@ def _set_up(
 
 
 def _start(run: _Training) -> _Tracking:
+    """Tracking from the starting weights, whose validation errors are the ones to beat."""
     track = _Tracking(FitResult(), cpu_state(run.model), 0, None)
     if run.val_ds is not None:
         # The starting weights compete too: with a zero head they are the zero forecast plus
@@ -319,6 +321,7 @@ def _start(run: _Training) -> _Tracking:
 
 
 def _resume(run: _Training, resume: FitState) -> _Tracking:
+    """Weights, optimizer, schedule, generators and tracking as the interrupted fit left them."""
     run.model.load_state_dict(resume.model)
     run.opt.load_state_dict(resume.optimizer)
     if run.sched is not None and resume.scheduler is not None:

@@ -4,9 +4,9 @@ Each branch is Conv1d -> BatchNorm1d -> ReLU; branches are concatenated on chann
 head predicts at every step. `mix` > 0 puts one more 1x1 Conv1d -> BatchNorm1d -> ReLU layer of
 that width between the branches and the head, so the scales are mixed nonlinearly before the
 head (docs/known_answers.md shows what that buys on a nonlinear signal). With `causal=True`
-(default) each branch pads on the left only. `causal=False` pads both sides, as the seed's
-`FinancialFeatureExtractor` does: its output at step t then sees (k-1)/2 future steps inside the
-window, which is look-ahead for forecasting.
+(default) each branch pads on the left only. `causal=False` pads both sides, to reproduce a
+symmetric extractor: the output at step t then sees (k-1)/2 future steps inside the window,
+which is look-ahead for forecasting.
 """
 
 from __future__ import annotations
