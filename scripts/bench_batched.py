@@ -32,10 +32,11 @@ from _bench import machine, table, timeit_interleaved
 from torch import nn
 
 from tsconv.config import load_config
-from tsconv.engine.fit import dense_sequence, make_optimizer
+from tsconv.engine.fit import make_optimizer
 from tsconv.engine.runtime import select_device
-from tsconv.models import receptive_field, tcn_channels
-from tsconv.models.tcn import TCN
+from tsconv.engine.windows import dense_sequence
+from tsconv.models.fast.tcn import TimeMajorTCN
+from tsconv.models.registry import receptive_field
 
 
 class GroupedBlock(nn.Module):
@@ -135,7 +136,9 @@ def steps(shape, dropout: float, device: torch.device):
     k_members, c_in, channels, k, base, _, burn_in, _ = shape
     torch.manual_seed(0)
     xs, ys, x, y = member_data(shape, device)
-    tsconv_models = [TCN(c_in, channels, k, base, dropout).to(device) for _ in range(k_members)]
+    tsconv_models = [
+        TimeMajorTCN(c_in, channels, k, base, dropout).to(device) for _ in range(k_members)
+    ]
     plain = [GroupedTCN(1, c_in, channels, k, base, dropout).to(device) for _ in range(k_members)]
     grouped = GroupedTCN(k_members, c_in, channels, k, base, dropout).to(device)
     return {
@@ -152,7 +155,7 @@ def batched_table(config: str, members: int, device: torch.device, repeats: int)
         raise SystemExit(f"{config}: model.kind is {cfg.model.kind}; this compares TCNs")
     m = cfg.model
     length, burn_in = dense_sequence(cfg.window, receptive_field(m), cfg.train.burn_in)
-    channels = tcn_channels(m)
+    channels = m.block_channels()
     batch = cfg.train.batch_size
     shape = (members, len(cfg.features), channels, m.kernel_size, m.dilation_base)
     shape += (length, burn_in, batch)

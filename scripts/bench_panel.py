@@ -17,7 +17,7 @@ the training span, per ticker. Model kinds (`--kinds`):
 Peak memory is the process's maximum resident set (CPU) or `torch.cuda.max_memory_allocated`.
 Baselines measured in the same run: preparation one ticker at a time (the route `features.build`
 replaced), and, for `seed-rf>window`, the validation rows predicted one window each
-(`train._predict_windows`, the route `train._predict_window_ends` replaced).
+(`tsconv.engine.predict.predict_windows`, the route the window-end prediction replaced).
 
 `--prepare-only` times just the preparation (e.g. `--tickers 4096 --prepare-only`).
 """
@@ -35,7 +35,7 @@ from _bench import machine, table
 from tsconv import synthetic
 from tsconv.config import load_config
 from tsconv.data import features
-from tsconv.engine.predict import _predict_windows, predict_rows
+from tsconv.engine.predict import predict_rows, predict_windows
 from tsconv.recipes.fit_span import fit_span
 from tsconv.recipes.prepare import global_rows, prepare
 
@@ -129,7 +129,7 @@ def run(kind: str, n: int, bars: int, device: torch.device) -> list[object]:
     if kind == "seed-rf>window":  # the validation rows, one window each, as before
         vrows = torch.cat([global_rows(panel, t, np.arange(lo, hi)) for t, (lo, hi) in val.items()])
         t0 = time.perf_counter()
-        _predict_windows(model, panel, vrows, cfg.window, device, 512, False)
+        predict_windows(model, panel, vrows, cfg.window, device, 512, False)
         if device.type == "cuda":
             torch.cuda.synchronize()
         before = (

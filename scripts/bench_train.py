@@ -20,6 +20,8 @@ from torch import nn
 
 from tsconv.engine.fit import make_optimizer
 from tsconv.models.fast import timemajor
+from tsconv.models.fast.dropout import Dropout
+from tsconv.models.fast.tcn import TimeMajorTCN
 from tsconv.models.fast.timemajor import conv_rows, conv_rows_backward, taps
 from tsconv.models.tcn import TCN
 
@@ -93,7 +95,7 @@ def convs_only_step(model: TCN, x: torch.Tensor, route: str):
     step (ReLU, dropout, residuals, optimizer) is the difference to the model's row.
 
     route "rows": the time-major matrix products the CPU block runs (timemajor.py);
-    "conv2d": (1, k) conv2d over channels-last memory (CausalConv1d's CPU route);
+    "im2col": windows times weights on (N, C, L) memory (CausalConv1d's CPU route);
     "conv1d": left padding, then conv1d on (N, C, L) memory, the plain PyTorch way."""
     blocks = list(model.blocks)
     convs = [(c, b.conv1.dilation[0]) for b in blocks for c in (b.conv1, b.conv2)]
@@ -103,8 +105,6 @@ def convs_only_step(model: TCN, x: torch.Tensor, route: str):
     def activation(c: int) -> torch.Tensor:
         if route == "rows":
             return torch.randn(length * batch, c, device=dev)
-        if route == "conv2d":  # (N, C, L) viewed over channels-last memory
-            return torch.randn(batch, length, c, device=dev).transpose(1, 2)
         return torch.randn(batch, c, length, device=dev)
 
     ins = [activation(c.in_channels).requires_grad_(i > 0) for i, (c, _) in enumerate(convs)]
@@ -126,19 +126,27 @@ def convs_only_step(model: TCN, x: torch.Tensor, route: str):
             if route == "rows":
                 on_rows(conv, d, xi, g, i > 0)
             else:
-                (conv(xi) if route == "conv2d" else plain(conv, xi)).backward(g)
+                (conv(xi) if route == "im2col" else plain(conv, xi)).backward(g)
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
     return step
 
 
-def blocks_via_autograd(model: TCN) -> TCN:
-    """A copy whose blocks compose their modules through autograd (TemporalBlock.forward_modules)
-    instead of the fused time-major CPU kernel, to measure what the fused block buys."""
-    twin = copy.deepcopy(model)
+def blocks_via_autograd(model: TimeMajorTCN) -> TCN:
+    """The reference TCN with `model`'s weights and its dropout: the blocks compose their
+    modules through autograd instead of the fused time-major CPU kernel, to measure what the
+    fused block buys."""
+    twin = TCN(
+        model.blocks[0].conv1.in_channels,
+        [b.conv2.out_channels for b in model.blocks],
+        model.kernel_size,
+        model.dilation_base,
+        model.blocks[0].dropout.p,
+    ).to(model.head.weight.device)
+    twin.load_state_dict(model.state_dict())
     for block in twin.blocks:
-        block.forward = block.forward_modules
+        block.dropout = Dropout(block.dropout.p)
     return twin
 
 
@@ -176,7 +184,7 @@ def speed_rows(device, repeats):
             torch.cuda.synchronize()
 
     torch.manual_seed(0)
-    ours = TCN(n, [c] * layers, k, 2, 0.2).to(device)
+    ours = TimeMajorTCN(n, [c] * layers, k, 2, 0.2).to(device)
     seed = SeedTCN(n, c, k, layers, 0.2).to(device)
     peak_name, seed_name = (
         f"float32 matmul {PEAK_N}^2 (peak)",
@@ -193,9 +201,7 @@ def speed_rows(device, repeats):
         "its convolutions alone: time-major matrix products, fp32": convs_only_step(
             ours, x, "rows"
         ),
-        "the same as (1, k) conv2d on channels-last memory, fp32": convs_only_step(
-            ours, x, "conv2d"
-        ),
+        "the same as CausalConv1d's CPU route (im2col), fp32": convs_only_step(ours, x, "im2col"),
         "the same as conv1d on (N, C, L) memory, fp32": convs_only_step(ours, x, "conv1d"),
     }
     if device.type == "cuda":  # what `train.cuda_graphs` does in training: replay the step
@@ -267,7 +273,7 @@ def split_weight_grad_rows(rounds: int) -> str:
     where it moves a median of separately timed steps by several percent."""
     torch.manual_seed(0)
     x, y = torch.randn(32, 8, 256), torch.randn(32)
-    step = step_fn(TCN(8, [64] * 8, 3, 2, 0.2), x, y, False, torch.device("cpu"), True)
+    step = step_fn(TimeMajorTCN(8, [64] * 8, 3, 2, 0.2), x, y, False, torch.device("cpu"), True)
     sides = {"one product": patched(step, timemajor, "weight_grad", one_product_weight_grad)}
     sides["two halves (tsconv)"] = step
     ms = {name: [] for name in sides}

@@ -12,7 +12,6 @@ HERE = Path(__file__).resolve().parent
 BENCHES = [
     ["bench_train.py"],
     ["bench_windows.py"],
-    ["bench_streaming.py"],
     ["bench_walkforward.py"],
     ["bench_quality.py"],
     ["bench_startup.py"],

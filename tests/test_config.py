@@ -24,7 +24,7 @@ def test_tcn_config_is_the_seeds_model_with_a_receptive_field_that_fits_its_wind
     """The seed's TCN in spirit (8 features, 64 channels, kernel 3, dilations 1, 2, 4, ...,
     window 256), with 6 blocks instead of 8: the seed's 8 reach 1021 bars, four times the
     window, so the earliest taps would read zero padding (and tsconv would warn)."""
-    from tsconv.models import receptive_field
+    from tsconv.models.registry import receptive_field
     from tsconv.recipes.prepare import window_warning
 
     cfg = load_config(ROOT / "configs" / "tcn.yaml")
@@ -105,9 +105,13 @@ def test_bad_yaml(tmp_path, text, message):
 def test_overrides_are_typed_by_the_schema(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("model: {channels: 64}\n")
-    cfg = load_config(
-        path, ["model.channels=32", "train.epochs=3", "model.kernels=[3, 7]", "data.tickers=[IBM]"]
-    )
+    overrides = [
+        "model.channels=32",
+        "train.epochs=3",
+        "model.kernels=[3, 7]",
+        "data.tickers=[IBM]",
+    ]
+    cfg = load_config(path, ["model.kind=multiscale", *overrides])
     assert cfg.model.channels == 32 and cfg.train.epochs == 3 and cfg.model.kernels == [3, 7]
     assert cfg.data.tickers == ["IBM"]
     with pytest.raises(ConfigError, match="train.epochs: Input should be a valid integer"):

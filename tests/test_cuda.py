@@ -16,7 +16,8 @@ import torch
 from typer.testing import CliRunner
 
 from tests.conftest import random_head, tiny_config
-from tests.test_train import _panel, _resume_cut_run, _train_cut_after_epoch_2
+from tests.test_predict import random_panel
+from tests.test_train import resume_cut_run, train_cut_after_epoch_2
 from tsconv.cli import app
 from tsconv.engine import cuda_graphs
 from tsconv.engine import fit as train_module
@@ -24,7 +25,8 @@ from tsconv.engine import predict as engine_predict
 from tsconv.engine.predict import predict_rows
 from tsconv.engine.runtime import select_device
 from tsconv.engine.windows import WindowDataset
-from tsconv.models import TCN, MultiScaleConv1d
+from tsconv.models.fast.multiscale import FastDropoutMultiScaleConv1d
+from tsconv.models.fast.tcn import TimeMajorTCN
 from tsconv.recipes.fit_span import fit_span
 from tsconv.recipes.prepare import prepare
 
@@ -47,7 +49,7 @@ def test_auto_selects_cuda_and_turns_tf32_off():
 
 @pytest.mark.parametrize("mode", ["all", "last"])
 def test_batches_gathered_on_the_gpu_equal_the_cpu_ones(mode):
-    panel = _panel([300, 200])
+    panel = random_panel([300, 200])
     ds = WindowDataset(panel, [(0, 0, 300), (1, 20, 200)], 32, mode, 8)
     gpu = ds.to(CUDA)
     idx = torch.randperm(len(ds))[:50]
@@ -68,9 +70,13 @@ def test_same_seed_gives_identical_weights_on_cuda():
 def test_gpu_and_cpu_predictions_agree_to_float32_precision(kind):
     select_device("cuda")
     torch.manual_seed(0)
-    model = TCN(3, [16, 16, 16], 3, 2) if kind == "tcn" else MultiScaleConv1d(3, 8, (3, 5, 21))
+    model = (
+        TimeMajorTCN(3, [16, 16, 16], 3, 2)
+        if kind == "tcn"
+        else FastDropoutMultiScaleConv1d(3, 8, (3, 5, 21))
+    )
     model = random_head(model).eval()
-    panel = _panel([500])
+    panel = random_panel([500])
     rows = torch.arange(100, 500)
     cpu = predict_rows(model, panel, rows, 40, torch.device("cpu"))
     gpu = predict_rows(model, panel, rows, 40, CUDA)
@@ -149,9 +155,13 @@ def test_graphed_steps_replay_with_fresh_dropout_and_leave_eval_eager(kind):
     from tsconv.engine.cuda_graphs import graphed_steps
 
     torch.manual_seed(0)
-    model = TCN(3, [8, 8], 3, 2, dropout=0.3) if kind == "tcn" else MultiScaleConv1d(3, 4, (3, 5))
+    model = (
+        TimeMajorTCN(3, [8, 8], 3, 2, dropout=0.3)
+        if kind == "tcn"
+        else FastDropoutMultiScaleConv1d(3, 4, (3, 5))
+    )
     model = random_head(model).to(CUDA)
-    ds = WindowDataset(_panel([1000]), [(0, 0, 1000)], 32, "all", 8).to(CUDA)
+    ds = WindowDataset(random_panel([1000]), [(0, 0, 1000)], 32, "all", 8).to(CUDA)
     x = ds.batch(torch.arange(16))[0]
     with graphed_steps(model, ds, 16, False, CUDA, True) as graphed:
         assert graphed and "forward" in vars(model)
@@ -175,8 +185,8 @@ def test_graphed_steps_replay_with_fresh_dropout_and_leave_eval_eager(kind):
 def test_graphs_are_skipped_without_a_full_batch():
     from tsconv.engine.cuda_graphs import graphed_steps
 
-    model = TCN(3, [4], 3, 2).to(CUDA)
-    ds = WindowDataset(_panel([40]), [(0, 0, 40)], 32, "all", 8).to(CUDA)
+    model = TimeMajorTCN(3, [4], 3, 2).to(CUDA)
+    ds = WindowDataset(random_panel([40]), [(0, 0, 40)], 32, "all", 8).to(CUDA)
     with graphed_steps(model, ds, 64, False, CUDA, True) as graphed:
         assert not graphed and "forward" not in vars(model)
 
@@ -191,8 +201,8 @@ def test_interrupted_gpu_run_with_dropout_resumes_to_the_same_weights(
     monkeypatch.setattr(train_module, "GRAPH_MIN_STEPS", 1)
     train = {"epochs": 4, "device": "cuda", "batch_size": 16, "cuda_graphs": graphs}
     model = {"dropout": 0.2} if kind == "tcn" else {"kind": kind, "kernels": [3, 5], "dropout": 0.2}
-    _train_cut_after_epoch_2(tmp_path, tiny_config(train=train, model=model))
-    full, resumed = _resume_cut_run(tmp_path)
+    train_cut_after_epoch_2(tmp_path, tiny_config(train=train, model=model))
+    full, resumed = resume_cut_run(tmp_path)
     differ = {
         k: (full[k] - resumed[k]).abs().max().item()
         for k in full
@@ -205,8 +215,8 @@ def test_graph_capture_leaves_batchnorm_statistics_and_the_generator_as_they_wer
     from tsconv.engine.cuda_graphs import graphed_steps
 
     torch.manual_seed(0)
-    model = MultiScaleConv1d(3, 4, (3, 5), dropout=0.2).to(CUDA)
-    ds = WindowDataset(_panel([1000]), [(0, 0, 1000)], 32, "all", 8).to(CUDA)
+    model = FastDropoutMultiScaleConv1d(3, 4, (3, 5), dropout=0.2).to(CUDA)
+    ds = WindowDataset(random_panel([1000]), [(0, 0, 1000)], 32, "all", 8).to(CUDA)
     stats = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
     rng = torch.cuda.get_rng_state()
     with graphed_steps(model, ds, 16, False, CUDA, True) as graphed:

@@ -14,6 +14,7 @@ from tsconv.config import Config
 from tsconv.data import features
 from tsconv.data.features import build, compute_features, make_target
 from tsconv.engine.windows import Scaler, WindowDataset, make_panel, window_segments
+from tsconv.feature_names import check_feature_names
 
 ALL = Config().features  # the default set: every fixed and parametric feature kind
 
@@ -67,8 +68,8 @@ def test_feature_values_hand_computed():
 
 def test_unknown_feature_lists_valid_names():
     with pytest.raises(ValueError, match="unknown feature 'rsi'; valid: log_return"):
-        features.check_feature_names(["rsi"])
-    features.check_feature_names(["vol_10", "mom_21", "volume_z_5"])
+        check_feature_names(["rsi"])
+    check_feature_names(["vol_10", "mom_21", "volume_z_5"])
 
 
 def test_build_drops_warmup_rows_only():

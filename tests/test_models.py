@@ -8,23 +8,28 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import TypeAdapter
 from torch import nn
 
 from tests.conftest import random_head
-from tsconv.config import ModelConfig
-from tsconv.models import (
-    TCN,
-    CausalConv1d,
-    MultiScaleConv1d,
+from tsconv.models.fast.dropout import Dropout
+from tsconv.models.layers import CausalConv1d
+from tsconv.models.multiscale import MultiScaleConv1d
+from tsconv.models.registry import (
+    ModelConfig,
+    ModelConfigBase,
     build_model,
     count_parameters,
     receptive_field,
-    tcn_receptive_field,
 )
-from tsconv.models.fast.streaming import StreamingTCN
-from tsconv.models.layers import Dropout
+from tsconv.models.tcn import TCN, tcn_receptive_field
 
 torch.set_default_dtype(torch.float32)
+
+
+def model_config(**keys) -> ModelConfigBase:
+    """The `model:` section with these keys, as a config file would give it."""
+    return TypeAdapter(ModelConfig).validate_python(keys)
 
 
 # --------------------------------------------------------------------------- NumPy reference
@@ -142,9 +147,10 @@ def test_causal_conv_pads_left_only_and_equals_seed_pad_and_trim():
 
 @pytest.mark.parametrize("k,d", [(1, 1), (3, 1), (3, 4), (2, 8)])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_cpu_channels_last_path_equals_conv1d_in_values_and_gradients(k, d, layout):
-    """On CPU CausalConv1d runs a (1, k) conv2d over channels-last memory; it must be the same
-    function, with the same gradients, as F.conv1d on the left-padded input."""
+def test_cpu_im2col_path_equals_conv1d_in_values_and_gradients(k, d, layout):
+    """On CPU CausalConv1d runs as windows times weights (im2col), for contiguous and
+    channels-last inputs; it must be the same function, with the same gradients, as F.conv1d
+    on the left-padded input."""
     torch.manual_seed(k + d)
     conv = CausalConv1d(5, 6, k, dilation=d)
     base = torch.randn(3, 40, 5) if layout == "channels_last" else torch.randn(3, 5, 40)
@@ -163,19 +169,11 @@ def test_cpu_channels_last_path_equals_conv1d_in_values_and_gradients(k, d, layo
     torch.testing.assert_close(wa, wb, atol=1e-5, rtol=1e-5)
 
 
-def test_dropout_mask_follows_the_input_memory_layout():
-    torch.manual_seed(0)
-    x = torch.ones(4, 200, 16).transpose(1, 2)  # (N, C, L) over channels-last memory
-    out = Dropout(0.5).train()(x)
-    assert out.stride() == x.stride()
-    assert abs((out == 0).double().mean().item() - 0.5) < 0.02
-
-
 def test_weight_norm_is_the_parametrization():
-    block = build_model(ModelConfig(channels=4, layers=1), 2).blocks[0]
+    block = build_model(model_config(channels=4, layers=1), 2).blocks[0]
     assert nn.utils.parametrize.is_parametrized(block.conv1, "weight")
     assert not nn.utils.parametrize.is_parametrized(
-        build_model(ModelConfig(channels=4, layers=1, weight_norm=False), 2).blocks[0].conv1
+        build_model(model_config(channels=4, layers=1, weight_norm=False), 2).blocks[0].conv1
     )
 
 
@@ -189,7 +187,7 @@ def test_tcn_receptive_field_is_1021_not_the_seeds_511():
     # The seed adds one convolution per block: 1 + 2*(1+...+128) = 511. Each TCN block has two
     # dilated convolutions, so the field grows twice as fast: 1 + 2*2*(2^8 - 1) = 1021.
     assert tcn_receptive_field(3, 8, 2) == 1021
-    assert receptive_field(ModelConfig(kind="tcn", channels=64, layers=8, kernel_size=3)) == 1021
+    assert receptive_field(model_config(kind="tcn", channels=64, layers=8, kernel_size=3)) == 1021
     model = TCN(2, [4] * 8, 3, 2, dropout=0.0)
     assert empirical_rf(model, 2, 1400) == 1021
 
@@ -231,7 +229,7 @@ def test_seed_multiscale_extractor_shape_and_leak():
 @pytest.mark.parametrize("kind,mix", [("tcn", 0), ("multiscale", 0), ("multiscale", 5)])
 def test_untrained_model_is_the_zero_forecast_and_still_learns(kind, mix):
     torch.manual_seed(0)
-    model = build_model(ModelConfig(kind=kind, channels=4, layers=2, dropout=0.0, mix=mix), 3)
+    model = build_model(model_config(kind=kind, channels=4, layers=2, dropout=0.0, mix=mix), 3)
     x, y = torch.randn(8, 3, 40), torch.randn(8, 1, 40)
     assert torch.all(model(x) == 0)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -246,10 +244,10 @@ def test_untrained_model_is_the_zero_forecast_and_still_learns(kind, mix):
 
 
 def test_tcn_predicts_every_step_and_counts_parameters():
-    model = build_model(ModelConfig(channels=64, layers=8), 8)
+    model = build_model(model_config(channels=64, layers=8), 8)
     assert model(torch.randn(2, 8, 256)).shape == (2, 1, 256)
     # Weight norm adds a gain per output channel (g) to each conv: 64 per conv, 16 convs.
-    plain = build_model(ModelConfig(channels=64, layers=8, weight_norm=False), 8)
+    plain = build_model(model_config(channels=64, layers=8, weight_norm=False), 8)
     assert count_parameters(model) - count_parameters(plain) == 64 * 16
     conv = 64 * 64 * 3 + 64
     first = (8 * 64 * 3 + 64) + conv + (8 * 64 + 64)
@@ -259,18 +257,18 @@ def test_tcn_predicts_every_step_and_counts_parameters():
 def test_multiscale_parameters_with_and_without_the_mixing_layer():
     # seed shape: 3 branches of Conv1d(8 -> 32, k) + BatchNorm (weight, bias), then Conv1d(96 -> 1)
     branches = sum(8 * 32 * k + 32 + 2 * 32 for k in (3, 5, 21))
-    seed = build_model(ModelConfig(kind="multiscale", channels=32), 8)
+    seed = build_model(model_config(kind="multiscale", channels=32), 8)
     assert count_parameters(seed) == branches + 96 + 1
-    mixed = build_model(ModelConfig(kind="multiscale", channels=32, mix=64), 8)
+    mixed = build_model(model_config(kind="multiscale", channels=32, mix=64), 8)
     assert count_parameters(mixed) == branches + (96 * 64 + 64 + 2 * 64) + 64 + 1
     assert mixed(torch.randn(2, 8, 64)).shape == (2, 1, 64)
 
 
 CAUSAL_KINDS = [
-    ModelConfig(kind="tcn", channels=4, layers=3, kernel_size=3, dropout=0.0),
-    ModelConfig(kind="tcn", channels=4, layers=2, kernel_size=2, dilation_base=3, dropout=0.0),
-    ModelConfig(kind="multiscale", channels=4, kernels=[3, 5, 21]),
-    ModelConfig(kind="multiscale", channels=4, kernels=[3, 5, 21], mix=6),
+    model_config(kind="tcn", channels=4, layers=3, kernel_size=3, dropout=0.0),
+    model_config(kind="tcn", channels=4, layers=2, kernel_size=2, dilation_base=3, dropout=0.0),
+    model_config(kind="multiscale", channels=4, kernels=[3, 5, 21]),
+    model_config(kind="multiscale", channels=4, kernels=[3, 5, 21], mix=6),
 ]
 
 
@@ -293,8 +291,8 @@ def test_causality_under_future_perturbation(cfg, t, seed):
     "cfg",
     CAUSAL_KINDS[:2]
     + [
-        ModelConfig(kind="multiscale", channels=4, kernels=[3, 7]),
-        ModelConfig(kind="multiscale", channels=4, kernels=[3, 7], mix=5),
+        model_config(kind="multiscale", channels=4, kernels=[3, 7]),
+        model_config(kind="multiscale", channels=4, kernels=[3, 7], mix=5),
     ],
 )
 def test_receptive_field_is_tight(cfg):
@@ -309,129 +307,6 @@ def test_receptive_field_is_tight(cfg):
     with torch.no_grad():
         assert model(far)[0, 0, t] == base
         assert model(near)[0, 0, t] != base
-
-
-@pytest.mark.parametrize("k,base,layers", [(3, 2, 4), (2, 2, 5), (5, 3, 2), (1, 2, 2)])
-@pytest.mark.parametrize("length", [1, 17, 130])
-@pytest.mark.parametrize("highway", [0, 7])
-def test_streaming_equals_full_forward(k, base, layers, length, highway):
-    torch.manual_seed(k * 10 + base)
-    model = TCN(3, [6, 6, 4, 8, 5][:layers], k, base, dropout=0.3, highway_lags=highway)
-    model = random_head(model).eval()
-    if highway:
-        model.highway.set_ridge(np.random.default_rng(0).normal(size=(highway, 3)), 0.1)
-    x = torch.randn(4, 3, length)
-    with torch.no_grad():
-        full = model(x)[:, 0].numpy()
-    stream = StreamingTCN(model, batch=4)
-    np.testing.assert_allclose(stream.run(x), full, atol=1e-5, rtol=1e-5)
-    # and bar by bar, continuing after a buffer compaction
-    stream.reset()
-    steps = [stream.step(x[:, :, i]) for i in range(length)]
-    np.testing.assert_allclose(np.stack(steps, 1), full, atol=1e-5, rtol=1e-5)
-
-
-def test_streaming_survives_many_compactions():
-    torch.manual_seed(3)
-    model = random_head(TCN(2, [4, 4], 3, 2, dropout=0.0)).eval()
-    x = torch.randn(1, 2, 1000)
-    with torch.no_grad():
-        full = model(x)[:, 0].numpy()
-    np.testing.assert_allclose(StreamingTCN(model).run(x), full, atol=1e-5)
-
-
-# --------------------------------------------------------------------------- dropout
-
-
-@pytest.mark.parametrize("p", [0.05, 0.2, 0.5, 0.9])
-def test_fast_dropout_drops_p_of_elements_and_is_unbiased(p):
-    torch.manual_seed(0)
-    drop = Dropout(p).train()
-    x = torch.ones(64, 32, 257)  # numel not a multiple of the 4 lanes per draw
-    out = drop(x)
-    n = x.numel()
-    zeros = (out == 0).double().mean().item()
-    assert abs(zeros - p) < 4 * (p * (1 - p) / n) ** 0.5
-    kept = out[out != 0]
-    assert torch.allclose(kept, torch.full_like(kept, 1 / (1 - round(p * 65536) / 65536)))
-    assert abs(out.double().mean().item() - 1.0) < 4 * (p / (1 - p) / n) ** 0.5
-
-
-def test_fast_dropout_lanes_are_independent_and_positions_uniform():
-    """Each of the four 16-bit lanes of a 64-bit draw must drop at the same rate; a biased
-    lane (e.g. a sign bit never set) would show up as a period-4 pattern in positions."""
-    torch.manual_seed(1)
-    out = Dropout(0.3).train()(torch.ones(400_000))
-    rates = (out.view(-1, 4) == 0).double().mean(0)
-    assert torch.all((rates - 0.3).abs() < 4 * (0.3 * 0.7 / 100_000) ** 0.5)
-    pair = ((out.view(-1, 2) == 0).all(1)).double().mean().item()  # neighbours independent
-    assert abs(pair - 0.09) < 4 * (0.09 * 0.91 / 200_000) ** 0.5
-
-
-def test_fast_dropout_gradient_is_the_mask_eval_is_identity_and_seeded():
-    drop = Dropout(0.25).train()
-    x = torch.randn(8, 4, 33, requires_grad=True)
-    torch.manual_seed(3)
-    out = drop(x)
-    out.sum().backward()
-    mask = out.detach() / x.detach()
-    torch.testing.assert_close(x.grad, mask)
-    torch.manual_seed(3)
-    torch.testing.assert_close(drop(x), out)
-    assert drop.eval()(x) is x
-    assert Dropout(0.0).train()(x) is x
-    assert torch.all(Dropout(1.0).train()(x) == 0)
-
-
-def test_fast_dropout_bits_come_from_torchs_seed_and_touch_no_global_numpy_state():
-    """The bits come from numpy's SFC64 keyed from torch's generator: so
-    `torch.manual_seed` alone fixes every mask, each call gets fresh bits, and numpy's global
-    random state (which users may rely on) is left alone."""
-    drop = Dropout(0.5).train()
-    np.random.seed(11)
-    expected = np.random.random(3)
-    np.random.seed(11)
-    torch.manual_seed(0)
-    a, b = drop(torch.ones(10_000)), drop(torch.ones(10_000))
-    np.testing.assert_array_equal(np.random.random(3), expected)
-    assert not torch.equal(a, b)
-    np.random.seed(12)  # another numpy state changes nothing
-    torch.manual_seed(0)
-    assert torch.equal(drop(torch.ones(10_000)), a)
-
-
-def test_fast_dropout_keeps_bf16_with_the_same_masks_as_float32():
-    """bf16 cannot hold every int16, so the keep decision is made in float32: the same seed
-    must drop the same elements in both dtypes."""
-    out = Dropout(0.5).train()(torch.ones(100, dtype=torch.bfloat16))
-    assert out.dtype == torch.bfloat16 and set(out.unique().tolist()) <= {0.0, 2.0}
-    torch.manual_seed(5)
-    a = Dropout(0.2).train()(torch.ones(100_000, dtype=torch.bfloat16))
-    torch.manual_seed(5)
-    b = Dropout(0.2).train()(torch.ones(100_000))
-    assert torch.equal(a == 0, b == 0)
-
-
-def test_dropout_just_below_one_keeps_the_scale_finite():
-    """p rounds to 65536/65536 at 16 bits; it is held at 65535/65536 so 1 / P(keep) stays
-    finite, in the module and in the fused block."""
-    out = Dropout(0.9999999).train()(torch.ones(200_000))
-    assert torch.isfinite(out).all() and (out == 0).double().mean() > 0.9999
-    block = TCN(2, [4], dropout=0.9999999).train()
-    assert torch.isfinite(block(torch.randn(3, 2, 20))).all()
-
-
-def test_fast_dropout_on_a_strided_view():
-    """A view with gaps (every other step) has strides that do not describe a dense block; the
-    mask must still be a plain elementwise mask of the view's shape."""
-    torch.manual_seed(2)
-    base = torch.randn(16, 8, 400)
-    x = base[:, :, ::2]
-    out = Dropout(0.3).train()(x)
-    assert out.shape == x.shape
-    kept = out != 0
-    torch.testing.assert_close(out[kept], x[kept] / (1 - round(0.3 * 65536) / 65536))
-    assert abs((~kept).double().mean().item() - 0.3) < 0.01
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -455,11 +330,9 @@ def test_models_run_on_cuda():
 def test_highway_is_the_ridge_forecast_on_top_of_the_network(kind):
     """Output = network + sum over lags j and features f of coef[j, f] * x[f, t - j]: the
     ridge AR model's forecast, so a model whose network is still at its zero head is it."""
-    from tsconv.config import ModelConfig
     from tsconv.evaluate.baselines import lagged
-    from tsconv.models import build_model, receptive_field
 
-    cfg = ModelConfig(
+    cfg = model_config(
         kind=kind, channels=4, layers=1, kernels=[3], highway=True, highway_lags=6, dropout=0.0
     )
     model = build_model(cfg, 3).eval()

@@ -1,4 +1,4 @@
-"""The fused time-major CPU TCN block against the same block composed from its modules."""
+"""The time-major CPU TCN (models.fast.tcn) against the reference it stands in for."""
 
 from __future__ import annotations
 
@@ -6,14 +6,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.conftest import random_head
 from tsconv.models.fast import timemajor
+from tsconv.models.fast.tcn import TimeMajorBlock, TimeMajorTCN, block_ends
 from tsconv.models.fast.timemajor import TemporalBlockFunction, from_rows, to_rows, weight_grad
-from tsconv.models.tcn import TCN, TemporalBlock, block_ends
+from tsconv.models.tcn import TCN, TemporalBlock
 
 
 def block_pair(c_in: int, c_out: int, k: int, d: int, p: float, seed: int = 0):
     torch.manual_seed(seed)
-    block = TemporalBlock(c_in, c_out, k, d, p).double()
+    block = TimeMajorBlock(c_in, c_out, k, d, p).double()
     # Random biases and weight-norm gains, so no part of the kernel sees a convenient zero.
     with torch.no_grad():
         for prm in block.parameters():
@@ -21,7 +23,12 @@ def block_pair(c_in: int, c_out: int, k: int, d: int, p: float, seed: int = 0):
     return block
 
 
-def values_and_grads(fn, block: TemporalBlock, x: torch.Tensor, g: torch.Tensor):
+def reference(block: TimeMajorBlock):
+    """The block's reference forward: its modules composed through autograd."""
+    return lambda x: TemporalBlock.forward(block, x)
+
+
+def values_and_grads(fn, block: TimeMajorBlock, x: torch.Tensor, g: torch.Tensor):
     x = x.detach().clone().requires_grad_()
     out = fn(x)
     grads = torch.autograd.grad(out, [x, *block.parameters()], g)
@@ -39,8 +46,8 @@ def test_fused_block_equals_composed_modules_in_values_and_gradients(c_in, c_out
     block = block_pair(c_in, c_out, k, d, p=0.3).eval()
     x = torch.randn(4, c_in, length, dtype=torch.float64)
     g = torch.randn(4, c_out, length, dtype=torch.float64)
-    out_a, grads_a = values_and_grads(block.forward_rows, block, x, g)
-    out_b, grads_b = values_and_grads(block.forward_modules, block, x, g)
+    out_a, grads_a = values_and_grads(block.forward_cpu, block, x, g)
+    out_b, grads_b = values_and_grads(reference(block), block, x, g)
     torch.testing.assert_close(out_a, out_b, rtol=1e-10, atol=1e-10)
     for a, b in zip(grads_a, grads_b, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
@@ -71,7 +78,7 @@ def test_fused_block_dropout_is_inverted_dropout_with_its_masks(c_in, p, dtype):
     x = torch.randn(n, c_in, length, dtype=dtype)
     g = torch.randn(n, 5, length, dtype=dtype)
     torch.manual_seed(7)
-    out_a, grads_a = values_and_grads(block.forward_rows, block, x, g)
+    out_a, grads_a = values_and_grads(block.forward_cpu, block, x, g)
     torch.manual_seed(7)
     ends, scale = block_ends((length * n, 5), p, dtype)
     keep1, keep2 = (
@@ -94,8 +101,8 @@ def test_float32_block_equals_composed_modules(downsample):
     block = block_pair(3 if downsample else 5, 5, 3, 2, p=0.3).float().eval()
     x = torch.randn(4, block.conv1.in_channels, 40)
     g = torch.randn(4, 5, 40)
-    out_a, grads_a = values_and_grads(block.forward_rows, block, x, g)
-    out_b, grads_b = values_and_grads(block.forward_modules, block, x, g)
+    out_a, grads_a = values_and_grads(block.forward_cpu, block, x, g)
+    out_b, grads_b = values_and_grads(reference(block), block, x, g)
     torch.testing.assert_close(out_a, out_b, rtol=1e-5, atol=1e-5)
     for a, b in zip(grads_a, grads_b, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
@@ -122,7 +129,7 @@ def test_fused_block_function_passes_gradcheck(downsample):
 def test_blocks_pass_time_major_rows_without_copying():
     """Each block returns an (N, C, L) view of time-major rows and the next block reads that
     memory in place: no layout copy between blocks."""
-    model = TCN(3, [8, 8, 8], dropout=0.0).eval()
+    model = TimeMajorTCN(3, [8, 8, 8], dropout=0.0).eval()
     x = torch.randn(4, 3, 30)
     h1 = model.blocks[0](x)
     assert h1.shape == (4, 8, 30)
@@ -132,10 +139,10 @@ def test_blocks_pass_time_major_rows_without_copying():
 
 
 def test_fused_block_under_bf16_autocast_matches_composed():
-    block = TemporalBlock(4, 8, 3, 2, 0.0).eval()
+    block = TimeMajorBlock(4, 8, 3, 2, 0.0).eval()
     x = torch.randn(2, 4, 40)
     with torch.autocast("cpu", torch.bfloat16):
-        a, b = block.forward_rows(x), block.forward_modules(x)
+        a, b = block.forward_cpu(x), reference(block)(x)
     assert a.dtype == torch.bfloat16
     torch.testing.assert_close(a.float(), b.float(), rtol=0.05, atol=0.05)
 
@@ -145,7 +152,7 @@ def test_fused_block_drops_at_rate_p_and_is_unbiased():
     passes x > 0 through both dropouts, plus the residual x. Averaged over draws the dropout
     part is x (unbiased), and it is dropped with probability 1 - (1 - p)^2."""
     p, c = 0.3, 6
-    block = TemporalBlock(c, c, 1, 1, p, weight_norm=False).train()
+    block = TimeMajorBlock(c, c, 1, 1, p, weight_norm=False).train()
     with torch.no_grad():
         block.conv1.weight.copy_(torch.eye(c)[:, :, None])
         block.conv1.bias.zero_()
@@ -177,3 +184,39 @@ def test_weight_grad_keeps_bf16_products_whole(monkeypatch):
     x, gy = torch.randn(64, 5).bfloat16(), torch.randn(64, 3).bfloat16()
     out = torch.empty(5, 3, dtype=torch.bfloat16)
     assert torch.equal(weight_grad(x, gy, out), x.t() @ gy)
+
+
+@pytest.mark.parametrize("highway", [0, 4])
+@pytest.mark.parametrize("mode", ["eval", "train without dropout"])
+def test_time_major_tcn_is_the_reference_tcn(highway, mode):
+    """The drop-in has the reference's parameters (the same state_dict) and computes its
+    function, values and gradients, the head as a product over rows included."""
+    torch.manual_seed(0)
+    p = 0.3 if mode == "eval" else 0.0
+    fast = TimeMajorTCN(3, [5, 5, 6], 3, 2, dropout=p, highway_lags=highway).double()
+    ref = TCN(3, [5, 5, 6], 3, 2, dropout=p, highway_lags=highway).double()
+    with torch.no_grad():
+        for prm in fast.parameters():
+            prm.add_(0.1 * torch.randn_like(prm))
+    ref.load_state_dict(fast.state_dict())
+    assert list(ref.state_dict()) == list(fast.state_dict())
+    fast.train(mode != "eval"), ref.train(mode != "eval")
+    x = torch.randn(4, 3, 30, dtype=torch.float64)
+    g = torch.randn(4, 1, 30, dtype=torch.float64)
+    results = []
+    for model in (fast, ref):
+        xi = x.clone().requires_grad_()
+        out = model(xi)
+        results.append((out.detach(), torch.autograd.grad(out, [xi, *model.parameters()], g)))
+    (out_a, grads_a), (out_b, grads_b) = results
+    torch.testing.assert_close(out_a, out_b, rtol=1e-10, atol=1e-10)
+    for a, b in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_time_major_route_is_the_cpu_eager_one():
+    """On CPU the blocks leave time-major rows (the fused kernel ran); under torch.compile's
+    tracing and on other devices the reference runs (tsconv.models.fast.route)."""
+    model = random_head(TimeMajorTCN(3, [4, 4], dropout=0.0)).eval()
+    h = model.blocks[0](torch.randn(2, 3, 10))
+    assert to_rows(h).data_ptr() == h.data_ptr() and not h.is_contiguous()

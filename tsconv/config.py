@@ -17,6 +17,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tsconv.errors import ConfigError
+from tsconv.feature_names import check_feature_names
+from tsconv.models.registry import FILE_KEYS, MODEL_KINDS, ModelConfig, TCNConfig
 
 
 class _Section(BaseModel):
@@ -90,8 +92,6 @@ class CovariateConfig(_Section):
         if self.file is not None and not self.columns:
             raise ValueError("a file covariate names its columns, e.g. columns: [vix]")
         if self.ticker is not None:
-            from tsconv.data.features import check_feature_names
-
             if self.features is None:
                 self.features = ["log_return"]
             if any(f.startswith("col:") for f in self.features):
@@ -106,43 +106,6 @@ class CovariateConfig(_Section):
 
 class TargetConfig(_Section):
     horizon: int = Field(1, ge=1, le=252)
-
-
-class ModelConfig(_Section):
-    kind: Literal["tcn", "multiscale"] = "tcn"
-    channels: int = Field(64, ge=1, le=4096)
-    layers: int = Field(8, ge=1, le=24)
-    channel_list: list[int] | None = None
-    kernel_size: int = Field(3, ge=1, le=64)
-    dilation_base: int = Field(2, ge=1, le=8)
-    dropout: float = Field(0.2, ge=0.0, lt=1.0)
-    weight_norm: bool = True
-    kernels: list[int] = Field(default_factory=lambda: [3, 5, 21], min_length=1)
-    causal: bool = True
-    mix: int = Field(
-        0,
-        ge=0,
-        le=4096,
-        description="multiscale: width of a 1x1 layer mixing the branches (0: none)",
-    )
-    highway: bool = Field(False, description="add a ridge-initialised linear map of the last bars")
-    highway_lags: int = Field(5, ge=1, le=1024)
-
-    @field_validator("kernels", "channel_list")
-    @classmethod
-    def _positive(cls, value: list[int] | None) -> list[int] | None:
-        if value is not None and any(v < 1 for v in value):
-            raise ValueError("every entry must be >= 1")
-        return value
-
-    @model_validator(mode="after")
-    def _symmetric_needs_odd(self) -> ModelConfig:
-        # causal: false reproduces the seed's symmetric padding (and sees the future)
-        if self.kind == "multiscale" and not self.causal and any(k % 2 == 0 for k in self.kernels):
-            raise ValueError(
-                f"symmetric padding needs odd kernels (causal: false), got {self.kernels}"
-            )
-        return self
 
 
 class TrainConfig(_Section):
@@ -240,15 +203,13 @@ class Config(_Section):
     covariates: list[CovariateConfig] = Field(default_factory=list)
     target: TargetConfig = Field(default_factory=TargetConfig)
     window: int = Field(256, ge=2)
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    model: ModelConfig = Field(default_factory=TCNConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     backtest: BacktestConfig = Field(default_factory=BacktestConfig)
 
     @field_validator("features")
     @classmethod
     def _known_features(cls, names: list[str]) -> list[str]:
-        from tsconv.data.features import check_feature_names
-
         check_feature_names(names)
         return names
 
@@ -304,10 +265,21 @@ _SYNONYMS = {
 }
 
 
-def _section_for(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The pydantic model that owns the key at `loc[-1]`."""
+def _key_path(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """An error's location as config keys: without pydantic's validator names, and without the
+    model kind it puts after `model` (("model", "tcn", "layers") -> ("model", "layers"))."""
+    loc = tuple(p for p in loc if not (isinstance(p, str) and p.startswith("function-")))
+    if len(loc) > 1 and loc[0] == "model" and loc[1] in MODEL_KINDS:
+        loc = loc[:1] + loc[2:]
+    return loc
+
+
+def _valid_keys(section: tuple[Any, ...]) -> list[str] | None:
+    """The keys the section at key path `section` takes."""
+    if section == ("model",):
+        return list(FILE_KEYS)  # every kind's keys (tsconv.models.registry)
     model: Any = Config
-    for part in loc[:-1]:
+    for part in section:
         if isinstance(part, int):  # an item of a list: the list's item type
             model = next(iter(typing.get_args(model)), None)
             continue
@@ -315,17 +287,23 @@ def _section_for(loc: tuple[Any, ...]) -> type[BaseModel] | None:
         if field is None:
             return None
         model = field.annotation
-    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+    return (
+        list(model.model_fields)
+        if isinstance(model, type) and issubclass(model, BaseModel)
+        else None
+    )
 
 
 def format_error(err: dict[str, Any]) -> str:
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    loc = _key_path(err["loc"])
     key = ".".join(str(p) for p in loc) or "config"
+    if err["type"] == "union_tag_invalid" and loc == ("model",):
+        kinds = ", ".join(MODEL_KINDS)
+        return f"model.kind: unknown kind {err['ctx']['tag']!r}; valid kinds: {kinds}"
     if err["type"] == "extra_forbidden":
-        section = _section_for(loc)
+        fields = _valid_keys(loc[:-1])
         hint = ""
-        if section is not None:
-            fields = list(section.model_fields)
+        if fields is not None:
             synonym = _SYNONYMS.get(str(loc[-1]).lower())
             close = (
                 [synonym]
@@ -335,7 +313,7 @@ def format_error(err: dict[str, Any]) -> str:
             if close:
                 hint = f"; did you mean {'.'.join([*map(str, loc[:-1]), close[0]])}?"
             else:
-                hint = f"; valid keys: {', '.join(section.model_fields)}"
+                hint = f"; valid keys: {', '.join(fields)}"
         return f"{key}: unknown key{hint}"
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] not in ("value_error", "missing"):

@@ -12,7 +12,6 @@ are emptied again.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from tsconv.errors import ConfigError, DataError
+from tsconv.feature_names import parse_feature_name
 
 Feature = Callable[[pd.DataFrame, pd.Series], pd.Series]
 
@@ -81,30 +81,14 @@ LEAD: dict[str, Callable[[int], int]] = {
     "volume_z": lambda n: n - 1,
     "mom": lambda n: n,
 }
-_PARAM = re.compile(r"^(vol|volume_z|mom)_(\d+)$")
 
 
 def resolve(name: str) -> tuple[Feature, int]:
-    if name in FIXED:
-        return FIXED[name]
-    m = _PARAM.match(name)
-    if m and 2 <= int(m.group(2)) <= 1000:
-        n = int(m.group(2))
-        return PARAMETRIC[m.group(1)](n), LEAD[m.group(1)](n)
-    raise KeyError(name)
-
-
-def check_feature_names(names: list[str]) -> None:
-    for name in names:
-        if name.startswith("col:") and len(name) > 4:
-            continue  # a column of the ticker's own file, checked when the data is read
-        try:
-            resolve(name)
-        except KeyError:
-            valid = ", ".join([*FIXED, "vol_N", "volume_z_N", "mom_N (N in 2..1000)", "col:NAME"])
-            raise ValueError(f"unknown feature {name!r}; valid: {valid}") from None
-    if len(set(names)) != len(names):
-        raise ValueError("a feature is listed twice")
+    """(function, lead) of a feature name (tsconv.feature_names); KeyError for an unknown one."""
+    kind, n = parse_feature_name(name)
+    if n is None:
+        return FIXED[kind]
+    return PARAMETRIC[kind](n), LEAD[kind](n)
 
 
 def warmup(names: list[str]) -> int:

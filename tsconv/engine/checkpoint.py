@@ -60,23 +60,3 @@ def load(path: Path) -> dict[str, Any]:
 
 def config_of(payload: dict[str, Any], path: Path) -> Config:
     return validate_config(payload["config"], source=f"{path} (stored config)")
-
-
-def check_compatible(payload: dict[str, Any], cfg: Config, path: Path) -> None:
-    """Refuse a checkpoint whose features or model shape differ from `cfg`, saying which."""
-    if payload["feature_names"] != input_names(cfg):
-        raise CheckpointError(
-            f"{path}: trained on features {payload['feature_names']}, config has {input_names(cfg)}"
-        )
-    stored = payload["config"]["model"]
-    current = cfg.model.model_dump(mode="json")
-    diff = [k for k in current if k != "dropout" and stored.get(k) != current[k]]
-    if diff:
-        k = diff[0]
-        raise CheckpointError(
-            f"{path}: model.{k} is {stored.get(k)!r} in the checkpoint, {current[k]!r} in the config"
-        )
-    if payload["window"] != cfg.window:
-        raise CheckpointError(
-            f"{path}: window is {payload['window']} in the checkpoint, {cfg.window} in the config"
-        )

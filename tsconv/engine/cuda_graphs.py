@@ -12,9 +12,8 @@ from torch import nn
 from tsconv.engine.runtime import amp_dtype
 from tsconv.engine.windows import WindowDataset
 
-# On an H200 the seed's TCN step took 6.3 ms eagerly and 1.7 ms replayed, and capturing took
-# 340 ms (warm-up passes, then the capture): it pays for itself after about 75 full batches
-# (`scripts/bench_train.py --device cuda`). Fits with fewer than twice that run eagerly.
+# Capturing costs warm-up passes and the capture itself, dozens of replayed steps' worth
+# (docs/notes-models.md): fits with fewer full batches than this run eagerly.
 GRAPH_MIN_STEPS = 150
 
 

@@ -7,6 +7,7 @@ from window views by index, never through a per-sample DataLoader.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -20,37 +21,10 @@ from tsconv.config import TrainConfig
 from tsconv.engine import ddp
 from tsconv.engine.cuda_graphs import GRAPH_MIN_STEPS, graphed_steps
 from tsconv.engine.predict import predict_rows, predicts_without_windows
-from tsconv.engine.runtime import _rng_state, _set_rng_state, amp_dtype, cpu_state, seed_everything
+from tsconv.engine.runtime import amp_dtype, cpu_state, rng_state, seed_everything, set_rng_state
 from tsconv.engine.windows import WindowDataset
 from tsconv.errors import TrainingError
-
-
-def dense_sequence(window: int, receptive_field: int, burn_in: int | None) -> tuple[int, int]:
-    """(length, burn-in) of the sequences that dense targets train on.
-
-    A position closer to a sequence's start than the receptive field reaches sees zero padding
-    where prediction will see real bars, so the loss skips it. By default the burn-in is the
-    whole receptive field (every training target then sees the context it sees at prediction
-    time), and a window shorter than twice that is lengthened to it, so at least half of each
-    sequence is targets and a bar is computed at most twice per pass. A fit shortens the
-    sequence to what its spans hold (`fit_sequence`). When the receptive field is longer than
-    the window, prediction pads with zeros too: sequences are windows, with half of each as
-    burn-in. An explicit `train.burn_in` keeps sequences at `window`.
-    """
-    if burn_in is not None:
-        return window, burn_in
-    if receptive_field <= window:
-        return max(window, 2 * (receptive_field - 1)), receptive_field - 1
-    return window, window // 2
-
-
-def fit_sequence(sequence: int, burn_in: int, span_ends: list[int]) -> int:
-    """The dense sequence length for spans whose targets end at the given rows (counted from
-    each ticker's first bar): at most `sequence`, and short enough that every span with a
-    target past the burn-in holds a whole sequence, so any span longer than the receptive field
-    trains. A target needs burn-in bars of context, not a sequence of twice that."""
-    usable = [end for end in span_ends if end > burn_in]
-    return min([sequence, *usable])
+from tsconv.models.layers import ForecastModel
 
 
 def steps_per_epoch(n_sequences: int, batch_size: int, epochs: int, min_steps: int) -> int:
@@ -92,14 +66,7 @@ class FitResult:
     steps: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "history": self.history,
-            "best_epoch": self.best_epoch,
-            "best_val": self.best_val,
-            "stopped_early": self.stopped_early,
-            "initial_val": self.initial_val,
-            "steps": self.steps,
-        }
+        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -146,14 +113,14 @@ class FitState:
         )
 
 
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float, device: torch.device):
+def make_optimizer(model: ForecastModel, lr: float, weight_decay: float, device: torch.device):
     """AdamW; the fused kernel on CPU and CUDA updates all parameters in one pass instead of
-    a dozen small ops per tensor (on the seed TCN's 52 tensors: 0.3 ms against 1.6 ms).
+    a dozen small ops per tensor.
 
     The highway is not decayed: it has its own ridge penalty. Decay regularises through the
     scale parameters and biases (weight norm's g, BatchNorm's weight and shift): the directions
     that weight norm and BatchNorm normalise are scale-free, so decay only speeds those up."""
-    highway = getattr(model, "highway", None)
+    highway = model.highway
     skip = {id(p) for p in highway.parameters()} if highway is not None else set()
     groups = [
         {"params": [p for p in model.parameters() if id(p) not in skip]},
@@ -179,19 +146,8 @@ EpochHook = Callable[[FitState], None]
 ProgressHook = Callable[[dict[str, float]], None]
 
 
-def evaluate(
-    model: nn.Module,
-    ds: WindowDataset,
-    device: torch.device,
-    batch_size: int = 512,
-    amp: bool = False,
-) -> float:
-    errors = squared_errors(model, ds, device, batch_size, amp)
-    return float(errors.mean()) if len(errors) else math.nan
-
-
 def squared_errors(
-    model: nn.Module,
+    model: ForecastModel,
     ds: WindowDataset,
     device: torch.device,
     batch_size: int = 512,
@@ -223,7 +179,7 @@ def beats_clearly(errors: torch.Tensor, reference: torch.Tensor | None) -> bool:
     standard error of their paired difference: the one-standard-error rule. A trained model
     replaces the starting one only then; on returns the best of a dozen noisy validation
     scores is low partly by luck, and such a model can lose out of sample what it seemed to
-    gain (on the sample: a 0.15% lower validation MSE, then R^2 -0.07 on the next year)."""
+    gain (docs/notes-models.md)."""
     if reference is None or len(errors) < 2:
         return True
     d = reference - errors
@@ -231,7 +187,7 @@ def beats_clearly(errors: torch.Tensor, reference: torch.Tensor | None) -> bool:
 
 
 def fit(
-    model: nn.Module,
+    model: ForecastModel,
     train_ds: WindowDataset,
     val_ds: WindowDataset | None,
     cfg: TrainConfig,
@@ -254,6 +210,69 @@ def fit(
     epochs = epochs or cfg.epochs
     if len(train_ds) == 0:
         raise TrainingError("no training windows: the training span is shorter than the window")
+    run = _set_up(model, train_ds, val_ds, cfg, seed, device, epochs)
+    track = _resume(run, resume) if resume is not None else _start(run)
+    first = resume.epoch if resume is not None else 0
+    graphs = _use_graphs(run, run.per_epoch * (epochs - first))
+    with graphed_steps(model, run.train_ds, cfg.batch_size, cfg.amp, device, graphs) as graphed:
+        autocast = torch.autocast(
+            device.type, amp_dtype(device), enabled=cfg.amp, cache_enabled=not graphed
+        )
+        for epoch in range(first, epochs):
+            if track.result.stopped_early:
+                break
+            t0 = time.perf_counter()
+            train_loss, seen = _train_epoch(run, track.result, epoch, autocast, graphed, on_step)
+            train_seconds = time.perf_counter() - t0
+            _validate_epoch(run, track, epoch, epochs, train_loss, seen, t0, train_seconds)
+            if on_epoch is not None:
+                on_epoch(_fit_state(run, track, epoch + 1))
+    if cfg.restore_best:
+        model.load_state_dict(track.best_state)
+    return track.result
+
+
+@dataclass
+class _Training:
+    """What one fit trains with, set up once."""
+
+    model: ForecastModel
+    step_model: Callable[[torch.Tensor], torch.Tensor]  # compiled and/or DDP-wrapped
+    eager_forward: Callable[[torch.Tensor], torch.Tensor]  # model.forward before any graphs
+    cfg: TrainConfig
+    device: torch.device
+    gen: torch.Generator
+    opt: torch.optim.Optimizer
+    sched: Any
+    scaler: torch.amp.GradScaler
+    penalty: Callable[[], torch.Tensor] | None
+    part: tuple[int, int] | None  # (rank, processes) under torchrun
+    per_epoch: int
+    train_ds: WindowDataset
+    val_ds: WindowDataset | None
+
+
+@dataclass
+class _Tracking:
+    """Validation so far: the result, the best weights, and what early stopping counts."""
+
+    result: FitResult
+    best_state: dict[str, torch.Tensor]
+    bad: int
+    initial_errors: torch.Tensor | None
+    lowest: float = math.inf  # lowest score yet, for patience
+
+
+def _set_up(
+    model: ForecastModel,
+    train_ds: WindowDataset,
+    val_ds: WindowDataset | None,
+    cfg: TrainConfig,
+    seed: int,
+    device: torch.device,
+    epochs: int,
+) -> _Training:
+    """Seeds, the model on its device, optimizer, schedule, the step's wrappers and the data."""
     gen = seed_everything(seed)
     model.to(device)
     opt = make_optimizer(model, cfg.lr, cfg.weight_decay, device)
@@ -263,125 +282,159 @@ def fit(
     part = ddp.shard()  # (rank, processes) under torchrun: this rank runs a slice of each batch
     if part is not None:
         step_model = ddp.wrap(step_model, device)
-    penalty = _penalty(model)
-    use_amp = cfg.amp
+    penalty = model.highway.penalty_loss if model.highway is not None else None
     # float16 (GPUs without bf16) needs loss scaling to keep small gradients from underflowing.
     scaler = torch.amp.GradScaler(
-        device.type, enabled=use_amp and amp_dtype(device) == torch.float16
+        device.type, enabled=cfg.amp and amp_dtype(device) == torch.float16
     )
     if device.type != "cpu":  # gather batches where the model runs
         train_ds = train_ds.to(device)
         val_ds = val_ds.to(device) if val_ds is not None and val_ds.mode != "last" else val_ds
+    return _Training(
+        model=model,
+        step_model=step_model,
+        eager_forward=model.forward,
+        cfg=cfg,
+        device=device,
+        gen=gen,
+        opt=opt,
+        sched=sched,
+        scaler=scaler,
+        penalty=penalty,
+        part=part,
+        per_epoch=per_epoch,
+        train_ds=train_ds,
+        val_ds=val_ds,
+    )
 
-    result, best_state, bad, start_epoch = FitResult(), cpu_state(model), 0, 0
-    initial_errors = None
-    if resume is not None:
-        model.load_state_dict(resume.model)
-        opt.load_state_dict(resume.optimizer)
-        if sched is not None and resume.scheduler is not None:
-            sched.load_state_dict(resume.scheduler)
-        best_state, bad, result = resume.best_model, resume.bad_epochs, resume.result
-        initial_errors = resume.initial_errors
-        start_epoch = resume.epoch
-        _set_rng_state(resume.rng, gen, device)
-    elif val_ds is not None:
+
+def _start(run: _Training) -> _Tracking:
+    """Tracking from the starting weights, whose validation errors are the ones to beat."""
+    track = _Tracking(FitResult(), cpu_state(run.model), 0, None)
+    if run.val_ds is not None:
         # The starting weights compete too: with a zero head they are the zero forecast plus
         # the highway's ridge fit, and training must beat them clearly to replace them.
-        initial_errors = squared_errors(model, val_ds, device, amp=use_amp)
-        result.initial_val = result.best_val = float(initial_errors.mean())
-    lowest = min([result.best_val, *(_score(h) for h in result.history)])  # for patience
+        track.initial_errors = squared_errors(run.model, run.val_ds, run.device, amp=run.cfg.amp)
+        track.result.initial_val = track.result.best_val = float(track.initial_errors.mean())
+    track.lowest = track.result.best_val
+    return track
 
-    eager = model.forward
-    full_steps = per_epoch * (epochs - start_epoch)
-    use_graphs = device.type == "cuda" and cfg.cuda_graphs and not cfg.compile and part is None
-    use_graphs = use_graphs and full_steps >= GRAPH_MIN_STEPS
-    params = list(model.parameters())
-    with graphed_steps(model, train_ds, cfg.batch_size, use_amp, device, use_graphs) as graphed:
-        autocast = torch.autocast(
-            device.type, amp_dtype(device), enabled=use_amp, cache_enabled=not graphed
+
+def _resume(run: _Training, resume: FitState) -> _Tracking:
+    """Weights, optimizer, schedule, generators and tracking as the interrupted fit left them."""
+    run.model.load_state_dict(resume.model)
+    run.opt.load_state_dict(resume.optimizer)
+    if run.sched is not None and resume.scheduler is not None:
+        run.sched.load_state_dict(resume.scheduler)
+    set_rng_state(resume.rng, run.gen, run.device)
+    result = resume.result
+    lowest = min([result.best_val, *(_score(h) for h in result.history)])
+    return _Tracking(result, resume.best_model, resume.bad_epochs, resume.initial_errors, lowest)
+
+
+def _use_graphs(run: _Training, full_steps: int) -> bool:
+    """Whether the steps replay as CUDA graphs: eager on other devices, compiled or under
+    torchrun, and for fits too short to pay for the capture."""
+    cfg = run.cfg
+    use = run.device.type == "cuda" and cfg.cuda_graphs and not cfg.compile and run.part is None
+    return use and full_steps >= GRAPH_MIN_STEPS
+
+
+def _train_epoch(
+    run: _Training,
+    result: FitResult,
+    epoch: int,
+    autocast: torch.autocast,
+    graphed: bool,
+    on_step: ProgressHook | None,
+) -> tuple[float, int]:
+    """One epoch's optimizer steps; (mean training loss, sequences seen)."""
+    cfg, part, params = run.cfg, run.part, list(run.model.parameters())
+    run.model.train()
+    seen, step = 0, 0
+    # The loss stays on the device until the epoch ends: reading it every step would make
+    # the host wait for the GPU each time instead of queueing the next step.
+    total = torch.zeros((), dtype=_sum_dtype(run.device), device=run.device)
+    for idx in epoch_batches(run.train_ds, run.per_epoch, cfg.batch_size, run.gen):
+        # a graph replays a full batch only: a smaller last batch runs eagerly
+        forward = run.eager_forward if graphed and len(idx) < cfg.batch_size else run.step_model
+        size = len(idx)
+        if part is not None:
+            idx = idx.tensor_split(part[1])[part[0]]
+        batch = run.train_ds.batch(idx)
+        loss = _train_step(
+            forward, batch, autocast, run.opt, run.scaler, params, cfg.clip_grad, run.penalty, part
         )
-        for epoch in range(start_epoch, epochs):
-            if result.stopped_early:
-                break
-            model.train()
-            t0, seen, step = time.perf_counter(), 0, 0
-            # The loss stays on the device until the epoch ends: reading it every step would make
-            # the host wait for the GPU each time instead of queueing the next step.
-            total = torch.zeros((), dtype=_sum_dtype(device), device=device)
-            for idx in epoch_batches(train_ds, per_epoch, cfg.batch_size, gen):
-                run = eager if graphed and len(idx) < cfg.batch_size else step_model
-                size = len(idx)
-                if part is not None:
-                    idx = idx.tensor_split(part[1])[part[0]]
-                batch = train_ds.batch(idx)
-                loss = _train_step(
-                    run, batch, autocast, opt, scaler, params, cfg.clip_grad, penalty, part
-                )
-                if sched is not None:
-                    sched.step()
-                seen += size
-                step += 1
-                total += loss.detach() * size
-                if on_step is not None and part is None:  # a slice's loss is no batch's loss
-                    loss_value = _finite_loss(loss.item(), epoch, cfg)
-                    on_step({"epoch": epoch + 1, "loss": loss_value, "seen": step, "of": per_epoch})
-            result.steps += step
-            train_loss = _finite_loss(ddp.total(total).item() / max(seen, 1), epoch, cfg)
-            train_seconds = time.perf_counter() - t0
-            errors = (
-                squared_errors(model, val_ds, device, amp=use_amp) if val_ds is not None else None
-            )
-            val = float(errors.mean()) if errors is not None and len(errors) else math.nan
-            elapsed = time.perf_counter() - t0
-            row = {
-                "epoch": epoch + 1,
-                "steps": result.steps,
-                "train_loss": train_loss,
-                "val_loss": val,
-                "lr": opt.param_groups[0]["lr"],
-                "seconds": elapsed,
-                "train_seconds": train_seconds,
-                "samples_per_s": seen / elapsed if elapsed > 0 else math.nan,
-            }
-            result.history.append(row)
-            score = _score(row)
-            if score < result.best_val and beats_clearly(errors, initial_errors):
-                result.best_val, result.best_epoch = score, epoch + 1
-                best_state = cpu_state(model)
-            if score < lowest:
-                lowest, bad = score, 0
-            else:
-                bad += 1
-                patient = cfg.patience and bad >= cfg.patience and result.steps >= cfg.min_steps
-                result.stopped_early = bool(patient) and epoch + 1 < epochs
-            if on_epoch is not None:
-                on_epoch(
-                    FitState(
-                        epoch + 1,
-                        cpu_state(model),
-                        copy.deepcopy(opt.state_dict()),
-                        sched.state_dict() if sched is not None else None,
-                        best_state,
-                        result,
-                        bad,
-                        _rng_state(gen, device),
-                        initial_errors,
-                    )
-                )
-    if cfg.restore_best:
-        model.load_state_dict(best_state)
-    return result
+        if run.sched is not None:
+            run.sched.step()
+        seen += size
+        step += 1
+        total += loss.detach() * size
+        if on_step is not None and part is None:  # a slice's loss is no batch's loss
+            loss_value = _finite_loss(loss.item(), epoch, cfg)
+            on_step({"epoch": epoch + 1, "loss": loss_value, "seen": step, "of": run.per_epoch})
+    result.steps += step
+    return _finite_loss(ddp.total(total).item() / max(seen, 1), epoch, cfg), seen
+
+
+def _validate_epoch(
+    run: _Training,
+    track: _Tracking,
+    epoch: int,
+    epochs: int,
+    train_loss: float,
+    seen: int,
+    t0: float,
+    train_seconds: float,
+) -> None:
+    """Validate after an epoch: its history row, the best weights, and early stopping."""
+    cfg, result = run.cfg, track.result
+    errors = None
+    if run.val_ds is not None:
+        errors = squared_errors(run.model, run.val_ds, run.device, amp=cfg.amp)
+    val = float(errors.mean()) if errors is not None and len(errors) else math.nan
+    elapsed = time.perf_counter() - t0
+    row = {
+        "epoch": epoch + 1,
+        "steps": result.steps,
+        "train_loss": train_loss,
+        "val_loss": val,
+        "lr": run.opt.param_groups[0]["lr"],
+        "seconds": elapsed,
+        "train_seconds": train_seconds,
+        "samples_per_s": seen / elapsed if elapsed > 0 else math.nan,
+    }
+    result.history.append(row)
+    score = _score(row)
+    if score < result.best_val and beats_clearly(errors, track.initial_errors):
+        result.best_val, result.best_epoch = score, epoch + 1
+        track.best_state = cpu_state(run.model)
+    if score < track.lowest:
+        track.lowest, track.bad = score, 0
+    else:
+        track.bad += 1
+        patient = cfg.patience and track.bad >= cfg.patience and result.steps >= cfg.min_steps
+        result.stopped_early = bool(patient) and epoch + 1 < epochs
+
+
+def _fit_state(run: _Training, track: _Tracking, epoch: int) -> FitState:
+    """Everything a resume needs, after `epoch` epochs."""
+    return FitState(
+        epoch,
+        cpu_state(run.model),
+        copy.deepcopy(run.opt.state_dict()),
+        run.sched.state_dict() if run.sched is not None else None,
+        track.best_state,
+        track.result,
+        track.bad,
+        rng_state(run.gen, run.device),
+        track.initial_errors,
+    )
 
 
 def _score(row: dict[str, float]) -> float:
     """An epoch's validation loss, or its training loss where there is no validation."""
     return row["val_loss"] if not math.isnan(row["val_loss"]) else row["train_loss"]
-
-
-def _penalty(model: nn.Module) -> Callable[[], torch.Tensor] | None:
-    """The highway's ridge penalty (added to the loss), or None for a model without one."""
-    highway = getattr(model, "highway", None)
-    return highway.penalty_loss if highway is not None else None
 
 
 def _train_step(

@@ -6,19 +6,19 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from torch import nn
 
 from tsconv.engine.runtime import amp_dtype
 from tsconv.engine.windows import Panel, chunk_inputs, chunk_plan, last_step_inputs
-from tsconv.models.tcn import TCN, window_end_outputs, window_end_plan
+from tsconv.models.fast.window_ends import window_end_outputs, window_end_plan
+from tsconv.models.layers import ForecastModel
+from tsconv.models.tcn import TCN
 
 
-def fits_in_window(model: nn.Module, window: int) -> bool:
-    rf = getattr(model, "receptive_field", None)
-    return rf is not None and rf <= window
+def fits_in_window(model: ForecastModel, window: int) -> bool:
+    return model.receptive_field <= window
 
 
-def predicts_without_windows(model: nn.Module, window: int) -> bool:
+def predicts_without_windows(model: ForecastModel, window: int) -> bool:
     """Whether `predict_rows` shares work between rows instead of a pass per window."""
     if fits_in_window(model, window):
         return True
@@ -26,7 +26,7 @@ def predicts_without_windows(model: nn.Module, window: int) -> bool:
 
 
 def predict_rows(
-    model: nn.Module,
+    model: ForecastModel,
     panel: Panel,
     rows: torch.Tensor,
     window: int,
@@ -43,8 +43,7 @@ def predict_rows(
     context) gives the same numbers as one window per row, for about window/(1 + context /
     rows_per_chunk) times less work. Otherwise the window's own zero padding is part of the
     input: a TCN then shares the values that do not depend on where the window starts
-    (`_predict_window_ends`, about 25x less work for the seed's 8 blocks at window 256), and
-    other models get a pass per window as in training.
+    (`_predict_window_ends`), and other models get a pass per window as in training.
     """
     model.eval().to(device)
     rows = torch.as_tensor(rows, dtype=torch.int64)
@@ -57,7 +56,7 @@ def predict_rows(
     if not fits_in_window(model, window):
         plan = window_end_plan(model, window) if isinstance(model, TCN) else None
         if plan is None:
-            return _predict_windows(model, panel, rows, window, device, batch_size, amp)
+            return predict_windows(model, panel, rows, window, device, batch_size, amp)
         return _predict_window_ends(
             model, panel, rows, window, device, amp, plan, rows_per_chunk, chunks_per_call
         )
@@ -117,9 +116,9 @@ def _predict_window_ends(
     rows_per_chunk: int,
     chunks_per_call: int | None = None,
 ) -> np.ndarray:
-    """`_predict_windows`' numbers (each row's window on its own, zero padding and all) from
+    """`predict_windows`' numbers (each row's window on its own, zero padding and all) from
     one dense pass per chunk of consecutive rows plus the few window-specific values
-    (`tcn.window_end_outputs`). Every chunk computes all `rows_per_chunk` windows, wanted or
+    (`tsconv.models.fast.window_ends`). Every chunk computes all `rows_per_chunk` windows, wanted or
     not, so its arithmetic has the same shapes however many rows (or future bars) exist."""
     every = torch.arange(rows_per_chunk, device=device)
 
@@ -131,8 +130,8 @@ def _predict_window_ends(
     )
 
 
-def _predict_windows(
-    model: nn.Module,
+def predict_windows(
+    model: ForecastModel,
     panel: Panel,
     rows: torch.Tensor,
     window: int,
@@ -140,6 +139,7 @@ def _predict_windows(
     batch_size: int,
     amp: bool,
 ) -> np.ndarray:
+    """Predictions at `rows` from a pass per window, each window the model's whole input."""
     out = []
     with torch.inference_mode(), torch.autocast(device.type, amp_dtype(device), enabled=amp):
         for chunk in rows.split(batch_size):

@@ -70,7 +70,7 @@ def amp_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16
 
 
-def _rng_state(gen: torch.Generator, device: torch.device) -> dict[str, Any]:
+def rng_state(gen: torch.Generator, device: torch.device) -> dict[str, Any]:
     np_state = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
@@ -88,7 +88,7 @@ def _py_state() -> list[Any]:
     return [version, torch.tensor(internal, dtype=torch.int64), gauss]
 
 
-def _set_rng_state(state: dict[str, Any], gen: torch.Generator, device: torch.device) -> None:
+def set_rng_state(state: dict[str, Any], gen: torch.Generator, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and device.type == "cuda":  # not when a GPU run resumes on the CPU
         torch.cuda.set_rng_state(state["cuda"], device)

@@ -212,6 +212,34 @@ class WindowDataset(Dataset):
         return int(((self.loss_to - self.loss_from) * self.count).sum()) if len(self.count) else 0
 
 
+def dense_sequence(window: int, receptive_field: int, burn_in: int | None) -> tuple[int, int]:
+    """(length, burn-in) of the sequences that dense targets train on.
+
+    A position closer to a sequence's start than the receptive field reaches sees zero padding
+    where prediction will see real bars, so the loss skips it. By default the burn-in is the
+    whole receptive field (every training target then sees the context it sees at prediction
+    time), and a window shorter than twice that is lengthened to it, so at least half of each
+    sequence is targets and a bar is computed at most twice per pass. A fit shortens the
+    sequence to what its spans hold (`fit_sequence`). When the receptive field is longer than
+    the window, prediction pads with zeros too: sequences are windows, with half of each as
+    burn-in. An explicit `train.burn_in` keeps sequences at `window`.
+    """
+    if burn_in is not None:
+        return window, burn_in
+    if receptive_field <= window:
+        return max(window, 2 * (receptive_field - 1)), receptive_field - 1
+    return window, window // 2
+
+
+def fit_sequence(sequence: int, burn_in: int, span_ends: list[int]) -> int:
+    """The dense sequence length for spans whose targets end at the given rows (counted from
+    each ticker's first bar): at most `sequence`, and short enough that every span with a
+    target past the burn-in holds a whole sequence, so any span longer than the receptive field
+    trains. A target needs burn-in bars of context, not a sequence of twice that."""
+    usable = [end for end in span_ends if end > burn_in]
+    return min([sequence, *usable])
+
+
 def last_step_inputs(panel: Panel, rows: torch.Tensor, window: int) -> torch.Tensor:
     """Windows ending at each global row (for prediction): (len(rows), F, window)."""
     return panel.x.unfold(0, window, 1)[rows - window + 1]

@@ -2,12 +2,11 @@
 
 Each branch is Conv1d -> BatchNorm1d -> ReLU; branches are concatenated on channels and a 1x1
 head predicts at every step. `mix` > 0 puts one more 1x1 Conv1d -> BatchNorm1d -> ReLU layer of
-that width between the branches and the head: with the seed's shape (one hidden layer, each unit
-a ReLU of one linear map of the window) the model reached 55% of the oracle's R^2 on the
-size-dependent "tent" series (docs/known_answers.md); a second layer mixing the scales reached
-over 80%. With `causal=True` (default) each branch pads on the left only.
-`causal=False` reproduces the seed's `FinancialFeatureExtractor`, which pads both sides: its output
-at step t then sees (k-1)/2 future steps inside the window, which is look-ahead for forecasting.
+that width between the branches and the head, so the scales are mixed nonlinearly before the
+head (docs/known_answers.md shows what that buys on a nonlinear signal). With `causal=True`
+(default) each branch pads on the left only. `causal=False` pads both sides, to reproduce a
+symmetric extractor: the output at step t then sees (k-1)/2 future steps inside the window,
+which is look-ahead for forecasting.
 """
 
 from __future__ import annotations
@@ -15,10 +14,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tsconv.models.layers import CausalConv1d, Dropout, Highway, zero_head
+from tsconv.models.layers import CausalConv1d, ForecastModel, Highway, zero_head
 
 
-class MultiScaleConv1d(nn.Module):
+class MultiScaleConv1d(ForecastModel):
     def __init__(
         self,
         in_features: int,
@@ -42,7 +41,7 @@ class MultiScaleConv1d(nn.Module):
         self.branches = nn.ModuleList(
             nn.Sequential(conv(k), nn.BatchNorm1d(hidden), nn.ReLU()) for k in self.kernels
         )
-        self.dropout = Dropout(dropout)
+        self.dropout = nn.Dropout(dropout)
         width = hidden * len(self.kernels)
         self.mix = (
             nn.Sequential(CausalConv1d(width, mix, 1), nn.BatchNorm1d(mix), nn.ReLU())
@@ -57,7 +56,7 @@ class MultiScaleConv1d(nn.Module):
         return max(*self.kernels, self.highway.lags if self.highway is not None else 1)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, F, L) -> (N, hidden * len(kernels), L), the seed's extractor output."""
+        """(N, F, L) -> (N, hidden * len(kernels), L), the concatenated branches."""
         return torch.cat([branch(x) for branch in self.branches], dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -8,11 +8,11 @@ import numpy as np
 import torch
 
 from tsconv.data import covariates
-from tsconv.engine.fit import FitResult, FitState, fit, fit_sequence
-from tsconv.engine.windows import Panel, Scaler, WindowDataset, make_panel
+from tsconv.engine.fit import FitResult, FitState, fit
+from tsconv.engine.windows import Panel, Scaler, WindowDataset, fit_sequence, make_panel
 from tsconv.errors import DataError
 from tsconv.evaluate import baselines
-from tsconv.models import build_model
+from tsconv.models.registry import build_model
 from tsconv.recipes.prepare import (
     Prepared,
     Span,
@@ -80,7 +80,7 @@ def fit_span(
     model = build_model(cfg.model, len(covariates.input_names(cfg)))
     if init_state is not None:
         model.load_state_dict(init_state)
-    elif resume is None and getattr(model, "highway", None) is not None:
+    elif resume is None and model.highway is not None:
         fit_highway(model.highway, panel, train, val)
     result = fit(
         model,

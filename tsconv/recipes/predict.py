@@ -12,7 +12,7 @@ from tsconv.engine import checkpoint
 from tsconv.engine.predict import predict_rows
 from tsconv.engine.windows import Panel, Scaler, make_panel
 from tsconv.errors import UsageError
-from tsconv.models import build_model
+from tsconv.models.registry import build_model
 from tsconv.recipes.prepare import (
     global_rows,
     prepare,

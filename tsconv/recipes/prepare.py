@@ -12,10 +12,9 @@ from tsconv.config import Config
 from tsconv.data import covariates, features
 from tsconv.data.features import TickerData
 from tsconv.data.load import load_frames
-from tsconv.engine.fit import dense_sequence
-from tsconv.engine.windows import Panel, Scaler
+from tsconv.engine.windows import Panel, Scaler, dense_sequence
 from tsconv.errors import DataError
-from tsconv.models import receptive_field
+from tsconv.models.registry import receptive_field
 
 
 @dataclass

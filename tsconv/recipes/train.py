@@ -19,11 +19,11 @@ from tsconv import runfolder
 from tsconv.config import Config, dump_yaml
 from tsconv.data import covariates
 from tsconv.engine import checkpoint, ddp
-from tsconv.engine.fit import FitState, dense_sequence, fit_sequence
+from tsconv.engine.fit import FitState
 from tsconv.engine.runtime import cpu_state, intra_op_threads, select_device
-from tsconv.engine.windows import Panel
+from tsconv.engine.windows import Panel, dense_sequence, fit_sequence
 from tsconv.errors import UsageError
-from tsconv.models import build_model, count_parameters, receptive_field
+from tsconv.models.registry import build_model, count_parameters, receptive_field
 from tsconv.recipes.fit_span import fit_span, member_seed
 from tsconv.recipes.predict import ensemble_predict, load_members
 from tsconv.recipes.prepare import (

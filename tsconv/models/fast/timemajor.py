@@ -4,11 +4,7 @@ With activations stored time-major, (L, N, C) flattened to (L*N, C) rows, the in
 for every row is the same matrix shifted by s*d*N rows. A causal convolution with k taps is
 then k products of contiguous row blocks with (C_in, C_out) weight slices, accumulated in
 place: no padding, no copies, no reorders. The zeros a causal convolution pads on the left are
-simply the rows a shifted product does not reach. For the seed's TCN these products run about
-1.07x faster than oneDNN's (1, k) conv2d over channels-last memory, forward and backward, and
-1.4x faster than conv1d (`scripts/bench_train.py`); for few input channels and long kernels
-(the multi-scale model's 8 features and kernel 21) one oneDNN convolution is faster, so
-`CausalConv1d` keeps that route.
+simply the rows a shifted product does not reach.
 
 `TemporalBlockFunction` runs a whole TCN block (two convolutions, ReLU, dropout, residual) with
 a hand-written backward, which lets it skip what autograd would do pass by pass over memory:
@@ -16,10 +12,9 @@ ReLU and dropout share one saved tensor (a kept, positive activation is exactly 
 one), the dropout scale is folded into the convolution weights (ReLU commutes with a positive
 scale), and the residual gradient is the accumulator the first convolution's input gradient is
 added into. The end of each convolution (bias, ReLU, dropout, and for the second the residual
-and last ReLU) is a few in-place torch operations (`TorchEnds`). On the seed's TCN the CPU
-train step is about 1.3x faster than the same block composed through autograd (`scripts/bench_train.py`). It is checked against that
-composition, against textbook inverted dropout with the same masks, and by gradcheck
-(`tests/test_timemajor.py`).
+and last ReLU) is a few in-place torch operations (`TorchEnds`). It is checked against the
+block composed from its modules, against textbook inverted dropout with the same masks, and by
+gradcheck (`tests/test_timemajor.py`); `tsconv.models.fast.tcn` puts it into the TCN.
 """
 
 from __future__ import annotations
@@ -83,18 +78,17 @@ def conv_rows_backward(gy, x, w, shift, gx=None, need_x=True):
     return gx, gw.permute(2, 1, 0), gy.sum(0)
 
 
-SPLIT_MIN_MACS = 2**24  # about 100 us of one product on 2 cores; the split costs a few ops
+# Products smaller than this keep the single call: the split costs a few operations.
+SPLIT_MIN_MACS = 2**24
 
 
 def weight_grad(x: torch.Tensor, gy: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """x.t() @ gy into `out`, as one batched product over the two halves of the rows, summed.
 
     The product is (C, rows) by (rows, C): a tiny output and a long reduction. Batched, each
-    thread presumably reduces its own half of the rows and reads each input once. On the seed's
-    TCN the train step is 1.02-1.07x faster (medians of 40 paired rounds in five runs, faster
-    in 29-36 of them; scripts/bench_train.py). Small products keep the single call: on a
-    16-channel TCN the extra ops made the step 1.07x slower. So do bf16 ones, which would be
-    rounded to bf16 once more, per half."""
+    thread presumably reduces its own half of the rows and reads each input once. Small
+    products keep the single call, and so do bf16 ones, which would be rounded to bf16 once
+    more, per half."""
     n = len(x)
     small = n * x.shape[1] * gy.shape[1] < SPLIT_MIN_MACS
     if n % 2 or small or x.dtype not in (torch.float32, torch.float64):

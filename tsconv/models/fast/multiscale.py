@@ -1,0 +1,13 @@
+"""The multi-scale model with `tsconv.models.fast.dropout` on CPU: a drop-in for
+`tsconv.models.multiscale.MultiScaleConv1d` (same parameters, same state_dict)."""
+
+from __future__ import annotations
+
+from tsconv.models.fast.dropout import Dropout
+from tsconv.models.multiscale import MultiScaleConv1d
+
+
+class FastDropoutMultiScaleConv1d(MultiScaleConv1d):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.dropout = Dropout(self.dropout.p)
