@@ -70,6 +70,7 @@ class GroupedTCN(nn.Module):
             c = c_out
         self.blocks = nn.Sequential(*blocks)
         self.head = nn.Conv1d(members * c, members, 1, groups=members)
+        self.highway = None  # as tsconv's models say (models.layers.ForecastModel): none
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.blocks(x))
