@@ -78,9 +78,11 @@ class ModelConfigBase(BaseModel):
             return handler(data)
         other = {k: v for k, v in data.items() if k in FILE_KEYS and k not in cls.model_fields}
         config = handler({k: v for k, v in data.items() if k not in other})
+        defaults = file_defaults()
         for key, value in other.items():
-            checked = key_owner(key).model_validate({key: value})
-            config._other_kinds_keys[key] = getattr(checked, key)
+            checked = getattr(key_owner(key).model_validate({key: value}), key)
+            if checked != defaults[key]:  # a default is written back anyway: equal configs
+                config._other_kinds_keys[key] = checked
         return config
 
     @model_serializer(mode="wrap")
