@@ -27,6 +27,7 @@ from _bench import machine, summary
 from tsconv.config import load_config
 from tsconv.recipes.backtest import run_backtest
 from tsconv.recipes.prepare import prepare
+from tsconv.runfolder import RunFolder
 
 
 def main() -> None:
@@ -51,14 +52,12 @@ def main() -> None:
             for w in workers:
                 how = {"executor": "ray"} if w == "ray" else {"workers": w}
                 cfg = base.model_copy(update={"backtest": base.backtest.model_copy(update=how)})
-                out = Path(tmp) / f"w{w}-{r}"
+                run = RunFolder(Path(tmp) / f"w{w}-{r}")
                 t0 = time.perf_counter()
-                run_backtest(cfg, out, prep=prep)
+                run_backtest(cfg, run.path, prep=prep)
                 times[w].append(time.perf_counter() - t0)
-                got = (out / "predictions.parquet").read_bytes() + (
-                    out / "metrics.json"
-                ).read_bytes()
-                pred = pd.read_parquet(out / "predictions.parquet")["prediction"].to_numpy()
+                got = run.predictions.read_bytes() + run.metrics.read_bytes()
+                pred = pd.read_parquet(run.predictions)["prediction"].to_numpy()
                 if not serial_pred:  # the first run is the serial one
                     serial_pred.append(pred)
                 if outputs.setdefault(1, got) == got:

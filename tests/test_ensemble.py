@@ -17,11 +17,11 @@ from tests.conftest import tiny_config
 from tsconv.cli import app
 from tsconv.config import dump_yaml
 from tsconv.engine.predict import predict_rows
-from tsconv.recipes.backtest import fold_spans, make_folds
 from tsconv.recipes.fit_span import fit_span, member_seed
 from tsconv.recipes.predict import predict_latest
 from tsconv.recipes.prepare import global_rows, prepare, split_train_val
 from tsconv.recipes.train import run_training
+from tsconv.recipes.walkforward import fold_spans, make_folds
 
 runner = CliRunner()
 CPU = torch.device("cpu")

@@ -18,13 +18,15 @@ import torch
 from typer.testing import CliRunner
 
 import tsconv.executors as parallel
+import tsconv.recipes.backtest as backtest
 from tests.conftest import ohlcv_from_returns, random_walk_returns, tiny_config
 from tsconv.cli import app
 from tsconv.errors import TsconvError
-from tsconv.recipes.backtest import fold_workers, make_folds, run_backtest, run_fold
+from tsconv.recipes.backtest import run_backtest
 from tsconv.recipes.prepare import prepare
+from tsconv.recipes.walkforward import make_folds, run_fold
 
-REAL_FOLD = parallel._member
+REAL_MEMBER = backtest.fit_member_task
 
 runner = CliRunner()
 ARGS = [
@@ -141,7 +143,7 @@ def _dies_in_a_pool_worker(prep, task):
     deadline = time.monotonic() + 120
     while not died.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    return REAL_FOLD(prep, task)
+    return REAL_MEMBER(prep, task)
 
 
 def test_a_worker_that_dies_stops_the_run_cleanly_and_resume_finishes_it(tmp_path, monkeypatch):
@@ -154,7 +156,7 @@ def test_a_worker_that_dies_stops_the_run_cleanly_and_resume_finishes_it(tmp_pat
     out = tmp_path / "par"
     with monkeypatch.context() as m:
         m.setenv("TSCONV_TEST_DIED", str(tmp_path / "died"))  # the spawned worker inherits it
-        m.setattr(parallel, "_member", _dies_in_a_pool_worker)
+        m.setattr(backtest, "fit_member_task", _dies_in_a_pool_worker)
         with pytest.raises(TsconvError, match="stopped abruptly .* --resume continues"):
             run_backtest(cfg, out, prep=prepare(cfg, frames))
     assert not (out / "predictions.parquet").exists() and not (out / "metrics.json").exists()
@@ -182,7 +184,7 @@ def test_a_closed_run_takes_no_more_claims(tmp_path):
 def test_both_processes_share_the_tasks_and_each_is_handed_over_once(tmp_path):
     done = []
     shared = (os.getpid(), str(tmp_path / "worker-ran"))
-    with parallel.local_pool(shared, workers=2, threads=1) as run:
+    with parallel.Executor("local", workers=2, threads=1).start(shared) as run:
         run(list(range(60)), _waits_for_the_worker, lambda task, pid: done.append((task, pid)))
     assert sorted(task for task, _ in done) == list(range(60))
     assert {pid for _, pid in done} - {os.getpid()}  # the worker ran some
@@ -243,10 +245,13 @@ def test_importing_tsconv_pins_mkl_to_strict_reproducible_sums(preset):
 
 
 def test_workers_setting_and_its_errors(tmp_path):
-    assert fold_workers(tiny_config(backtest={"workers": 4}), folds=3) == 3
-    assert fold_workers(tiny_config(backtest={"workers": "auto"}), 50) == torch.get_num_threads()
+    assert parallel.choose(tiny_config(backtest={"workers": 4}), tasks=3).workers == 3
+    auto = parallel.choose(tiny_config(backtest={"workers": "auto"}), 50)
+    assert auto.workers == torch.get_num_threads()
     warm = tiny_config(backtest={"workers": 2, "retrain": "warm"})
-    assert fold_workers(warm, 10) == 1
+    assert not parallel.choose(warm, 10, chained=True).parallel
+    on_ray = parallel.choose(tiny_config(backtest={"workers": 4, "executor": "ray"}), 10)
+    assert on_ray.parallel and on_ray.threads == 1  # Ray schedules its own tasks
     for bad in ["0", "many"]:
         r = runner.invoke(app, [*ARGS, "--workers", bad, "--out", str(tmp_path / bad)])
         assert r.exit_code == 2 and f"--workers {bad}: backtest.workers" in r.output, r.output
@@ -312,9 +317,9 @@ def test_ray_executor_writes_the_serial_runs_bytes_on_a_loopback_cluster_though_
         if task[0].index == 2 and not died.exists():
             died.touch()
             os._exit(1)
-        return REAL_FOLD(prep, task)
+        return REAL_MEMBER(prep, task)
 
-    monkeypatch.setattr(parallel, "_member", dies_once)
+    monkeypatch.setattr(backtest, "fit_member_task", dies_once)
     serial, on_ray = tmp_path / "serial", tmp_path / "ray"
     assert runner.invoke(app, [*ARGS, "--out", str(serial)]).exit_code == 0
     r = runner.invoke(app, [*ARGS, "--out", str(on_ray), "--executor", "ray"])

@@ -25,7 +25,8 @@ from tsconv.cli import app
 from tsconv.config import load_config
 from tsconv.evaluate import selection
 from tsconv.recipes import search_space
-from tsconv.recipes.sweep import holdout_start, run_sweep, selection_frames
+from tsconv.recipes.sweep import run_sweep
+from tsconv.recipes.trials import holdout_start, selection_frames
 
 runner = CliRunner()
 

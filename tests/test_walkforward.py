@@ -18,8 +18,9 @@ from typer.testing import CliRunner
 from tests.conftest import ar1_returns, ohlcv_from_returns, random_walk_returns, tiny_config
 from tsconv.cli import app
 from tsconv.engine.runtime import select_device
-from tsconv.recipes.backtest import fold_bounds, fold_spans, make_folds, run_backtest, train_rows
+from tsconv.recipes.backtest import run_backtest
 from tsconv.recipes.prepare import prepare
+from tsconv.recipes.walkforward import fold_bounds, fold_spans, make_folds, train_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()

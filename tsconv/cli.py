@@ -17,6 +17,7 @@ from rich.table import Table
 
 import tsconv
 from tsconv.errors import TsconvError, UsageError
+from tsconv.runfolder import RunFolder
 
 app = typer.Typer(
     add_completion=False,
@@ -36,6 +37,31 @@ ConfigOpt = Annotated[
 SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a key: --set train.epochs=3", metavar="KEY=VALUE"),
+]
+# how a backtest's folds or a sweep's trials run: the config's execution keys (backtest.*)
+WorkersOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--workers",
+        metavar="N",
+        help="Processes running folds or trials at once (backtest.workers; auto: the cores)",
+    ),
+]
+ExecutorOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--executor",
+        metavar="local|ray",
+        help="Where folds or trials run (backtest.executor): this machine, or Ray tasks",
+    ),
+]
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address",
+        metavar="ADDR",
+        help="An existing Ray cluster (auto, ray://host:10001); unset: a local one",
+    ),
 ]
 
 
@@ -87,6 +113,12 @@ def _config(config: Path | None, overrides: list[str] | None):
         # Paths outside the project are allowed; say which file is actually read.
         err.print(f"data: {cfg.data.path.resolve()}", highlight=False, soft_wrap=True)
     return cfg
+
+
+def _required(config: Path | None) -> Path:
+    if config is None:
+        raise UsageError("--config is required (e.g. --config configs/quick.yaml)")
+    return config
 
 
 # --------------------------------------------------------------------------- fetch
@@ -190,13 +222,11 @@ def train(
         from tsconv.recipes.train import check_resumable
 
         _resume_alone(config, set_, out_dir)
-        cfg = checkpoint.config_of({"config": _read_resolved(resume)}, resume / "config.yaml")
+        cfg = checkpoint.config_of({"config": _read_resolved(resume)}, RunFolder(resume).config)
         check_resumable(resume)  # before the model's banner
         target = resume
     else:
-        if config is None:
-            raise UsageError("--config is required (e.g. --config configs/quick.yaml)")
-        cfg = _config(config, set_)
+        cfg = _config(_required(config), set_)
         target = out_dir or Path("runs") / (cfg.name or config.stem)
     ddp.start(select_device(cfg.train.device))
     if not ddp.is_main():
@@ -285,9 +315,9 @@ def _train(cfg, target: Path, resume: bool) -> None:
 def _read_resolved(run: Path) -> dict[str, Any]:
     import yaml
 
-    path = Path(run) / "config.yaml"
+    path = RunFolder(run).config
     if not path.exists():
-        raise UsageError(f"{run}: not a run folder (no config.yaml)")
+        raise UsageError(f"{run}: not a run folder (no {path.name})")
     return yaml.safe_load(path.read_text())
 
 
@@ -337,49 +367,19 @@ def backtest(
         Path | None,
         typer.Option("--resume", help="Continue an interrupted backtest folder (its own config)"),
     ] = None,
-    workers: Annotated[
-        str | None,
-        typer.Option(
-            "--workers",
-            metavar="N",
-            help="Processes running folds at once (backtest.workers; auto: the cores)",
-        ),
-    ] = None,
-    executor: Annotated[
-        str | None,
-        typer.Option(
-            "--executor",
-            metavar="local|ray",
-            help="Where folds run (backtest.executor): this machine, or Ray tasks",
-        ),
-    ] = None,
-    ray_address: Annotated[
-        str | None,
-        typer.Option(
-            "--ray-address",
-            metavar="ADDR",
-            help="An existing Ray cluster (auto, ray://host:10001); unset: a local one",
-        ),
-    ] = None,
+    workers: WorkersOpt = None,
+    executor: ExecutorOpt = None,
+    ray_address: RayAddressOpt = None,
 ) -> None:
     """Walk-forward evaluation against naive baselines; writes predictions, metrics and report.html."""
     from tsconv.recipes.backtest import run_backtest
-    from tsconv.report.tables import (
-        TABLE_HEADER,
-        cost_header,
-        cost_rows,
-        quantile_words,
-        table_rows,
-    )
 
     if resume is not None:
         cfg, target = _resumable_backtest(resume, config, set_, out_dir), resume
-    elif config is None:
-        raise UsageError("--config is required (e.g. --config configs/quick.yaml)")
     else:
-        cfg = _config(config, set_)
+        cfg = _config(_required(config), set_)
         target = out_dir or Path("runs") / f"{cfg.name or config.stem}-bt"
-    cfg = _with_execution(cfg, workers, executor, ray_address)
+    cfg = _with_execution(cfg, workers=workers, executor=executor, ray_address=ray_address)
     parallel = cfg.backtest.workers != 1 or cfg.backtest.executor != "local"
     if parallel and cfg.backtest.retrain == "warm":
         err.print("backtest.retrain: warm chains each fold to the last, so folds run one at a time")
@@ -395,6 +395,19 @@ def backtest(
             )
 
         m = run_backtest(cfg, target, resume=resume is not None, on_fold=on_fold)
+    _print_backtest(m, cfg, RunFolder(target))
+
+
+def _print_backtest(m: dict[str, Any], cfg, run: RunFolder) -> None:
+    """The verdict, the results and costs tables, the forecast buckets and the timing."""
+    from tsconv.report.tables import (
+        TABLE_HEADER,
+        cost_header,
+        cost_rows,
+        quantile_words,
+        table_rows,
+    )
+
     out.print(m["verdict"], soft_wrap=False)
     out.print(results_table(m, TABLE_HEADER, table_rows(m)))
     costs = results_table(m, cost_header(drag=False), cost_rows(m, drag=False))
@@ -417,7 +430,7 @@ def backtest(
     out.print(
         f"{folds} in {t['folds_seconds']:.1f} s ({t['seconds_per_fold']:.2f} s per fold run: "
         f"training {t['fit_seconds']:.1f} s, prediction {t['predict_seconds']:.2f} s; "
-        f"data prep {t['prepare_seconds']:.2f} s) -> {target / 'report.html'}",
+        f"data prep {t['prepare_seconds']:.2f} s) -> {run.report}",
         soft_wrap=True,
     )
 
@@ -444,20 +457,21 @@ def results_table(m: dict[str, Any], header: list[str], rows: list[list[str]]) -
     return table
 
 
-def _with_execution(cfg, workers: str | None, executor: str | None, address: str | None):
-    """`cfg` with `--workers`, `--executor` and `--ray-address` as their backtest keys,
-    validated as the keys are; an error names the option."""
-    from tsconv.config import config_to_dict, validate_config
+def _with_execution(cfg, **options: str | None):
+    """`cfg` with the execution options given (--workers, --executor, --ray-address) as their
+    backtest keys, validated as the keys are; an error names the option."""
+    from tsconv.config import EXECUTION_KEYS, config_to_dict, execution_option, validate_config
 
-    for option, key, value in [
-        ("--workers", "workers", workers if workers in (None, "auto") else _int_or_text(workers)),
-        ("--executor", "executor", executor),
-        ("--ray-address", "ray_address", address),
-    ]:
-        if value is not None:
-            raw = config_to_dict(cfg)
-            raw["backtest"][key] = value
-            cfg = validate_config(raw, f"{option} {value}")
+    for key in EXECUTION_KEYS:
+        section, name = key.split(".")
+        value = options[name]
+        if value is None:
+            continue
+        if name == "workers" and value != "auto":
+            value = _int_or_text(value)
+        raw = config_to_dict(cfg)
+        raw[section][name] = value
+        cfg = validate_config(raw, f"{execution_option(key)} {value}")
     return cfg
 
 
@@ -478,16 +492,19 @@ def _resumable_backtest(folder: Path, config, set_, out_dir):
     from tsconv.engine import checkpoint
 
     _resume_alone(config, set_, out_dir)
-    stored = Path(folder) / "folds" / "config.json"
-    sweep_folder = Path(folder).resolve().parent.parent
-    if Path(folder).resolve().parent.name == "trials" and (sweep_folder / "study.db").exists():
+    run = RunFolder(folder)
+    sweep = run.sweep_of_trial()
+    if sweep is not None:
         # a trial saw only the selection period; resumed here it would test on the holdout
         raise UsageError(
-            f"{folder} is a trial of the sweep in {sweep_folder}: continue it with "
-            f"`tsconv sweep --resume {sweep_folder}`"
+            f"{folder} is a trial of the sweep in {sweep.path}: continue it with "
+            f"`tsconv sweep --resume {sweep.path}`"
         )
+    stored = run.results_config
     if not stored.exists():
-        raise UsageError(f"{folder}: not an interrupted backtest (no folds/config.json)")
+        raise UsageError(
+            f"{folder}: not an interrupted backtest (no {stored.relative_to(run.path)})"
+        )
     return checkpoint.config_of({"config": json.loads(stored.read_text())}, stored)
 
 
@@ -513,57 +530,20 @@ def sweep(
         Path | None,
         typer.Option("--resume", help="Continue an interrupted sweep folder (its own settings)"),
     ] = None,
-    workers: Annotated[
-        str | None,
-        typer.Option(
-            "--workers", metavar="N", help="Processes running trials at once (auto: the cores)"
-        ),
-    ] = None,
-    executor: Annotated[
-        str | None,
-        typer.Option(
-            "--executor", metavar="local|ray", help="Where trials run: here, or Ray tasks"
-        ),
-    ] = None,
-    ray_address: Annotated[
-        str | None,
-        typer.Option(
-            "--ray-address", metavar="ADDR", help="An existing Ray cluster (auto, ray://host:10001)"
-        ),
-    ] = None,
+    workers: WorkersOpt = None,
+    executor: ExecutorOpt = None,
+    ray_address: RayAddressOpt = None,
 ) -> None:
     """Search configs on a selection period; evaluate the best once on a later holdout.
 
     Each trial is a walk-forward backtest; the report says how much of the best is luck.
     """
-    from tsconv.recipes import search_space as spaces
-    from tsconv.recipes.sweep import resumable, run_sweep
+    from tsconv.config import execution_settings
+    from tsconv.recipes.sweep import run_sweep
 
-    if trials is not None and trials < 2:
-        raise UsageError(f"--trials {trials}: must be at least 2 (a sweep selects among trials)")
-    if resume is not None:
-        if config is not None or space_file is not None or set_ or out_dir is not None:
-            raise UsageError(
-                "--resume FOLDER continues with the config and space saved in FOLDER; drop "
-                "--config, --space, --set and --out"
-            )
-        base, spc = resumable(resume, trials)
-        target = resume
-    else:
-        if config is None or space_file is None:
-            raise UsageError(
-                "--config and --space are required (e.g. --config quick --space quick)"
-            )
-        base = _config(config, set_)
-        spc = spaces.read_space(space_file, base, trials)
-        target = out_dir or Path("runs") / f"{base.name or config.stem}-sweep"
-    # --workers and --executor are validated as the backtest keys are, then run the trials
-    run_cfg = _with_execution(base, workers, executor, ray_address)
-    n_workers = run_cfg.backtest.workers
-    if n_workers == "auto":
-        import torch
-
-        n_workers = torch.get_num_threads()
+    base, spc, target = _sweep_setup(config, space_file, set_, trials, out_dir, resume)
+    # validated as the backtest keys are, then the trials and the holdout run so
+    run_cfg = _with_execution(base, workers=workers, executor=executor, ray_address=ray_address)
     with _progress() as progress:
         task = progress.add_task("sweep", total=spc.sweep.trials, info="")
         best: list[float] = []
@@ -583,31 +563,52 @@ def sweep(
             spc,
             target,
             resume=resume is not None,
-            workers=int(n_workers),
-            executor=run_cfg.backtest.executor,
-            address=run_cfg.backtest.ray_address,
+            execution=execution_settings(run_cfg),
             on_trial=on_trial,
         )
-    out.print(_leaderboard_table(target, list(spc.space)))
+    out.print(_leaderboard_table(RunFolder(target), list(spc.space)))
     out.print(r["verdict"], soft_wrap=False)
-    out.print(f"-> {target / 'report.html'}", soft_wrap=True)
+    out.print(f"-> {RunFolder(target).report}", soft_wrap=True)
 
 
-def _leaderboard_table(folder: Path, keys: list[str], top: int = 5) -> Table:
+def _sweep_setup(config, space_file, set_, trials, out_dir, resume):
+    """The base config, the space and the sweep folder: an interrupted sweep's own, or from
+    --config, --space and --set."""
+    from tsconv.recipes import search_space as spaces
+    from tsconv.recipes.sweep import resumable
+
+    if trials is not None and trials < 2:
+        raise UsageError(f"--trials {trials}: must be at least 2 (a sweep selects among trials)")
+    if resume is not None:
+        if config is not None or space_file is not None or set_ or out_dir is not None:
+            raise UsageError(
+                "--resume FOLDER continues with the config and space saved in FOLDER; drop "
+                "--config, --space, --set and --out"
+            )
+        base, spc = resumable(resume, trials)
+        return base, spc, resume
+    if config is None or space_file is None:
+        raise UsageError("--config and --space are required (e.g. --config quick --space quick)")
+    base = _config(config, set_)
+    spc = spaces.read_space(space_file, base, trials)
+    return base, spc, out_dir or Path("runs") / f"{base.name or config.stem}-sweep"
+
+
+def _leaderboard_table(run: RunFolder, keys: list[str], top: int = 5) -> Table:
     """The best trials side by side, one column each (a row per parameter keeps the table
     narrow however many parameters the space has), each under the last part of its key."""
     import pandas as pd
     from rich import box
 
-    board = pd.read_csv(folder / "leaderboard.csv").head(top)
+    everyone = pd.read_csv(run.leaderboard)
+    board = everyone.head(top)
     short = [k.rsplit(".", 1)[-1] for k in keys]
     names = [*(keys if len(set(short)) < len(short) else short), "Sharpe", "R2 OS", "IC"]
     table = Table(
         box=box.SIMPLE_HEAD,
         show_edge=False,
         pad_edge=False,
-        title=f"best {len(board)} of {len(pd.read_csv(folder / 'leaderboard.csv'))} trials "
-        "on the selection period",
+        title=f"best {len(board)} of {len(everyone)} trials on the selection period",
     )
     table.add_column("trial")
     for number in board["trial"]:
@@ -654,8 +655,7 @@ def audit(
     from tsconv import runfolder
     from tsconv.recipes.audit import run_audit
 
-    if config is None:
-        raise UsageError("--config is required (e.g. --config configs/quick.yaml)")
+    _required(config)
     if folds < 1:
         raise UsageError(f"--folds {folds}: must be at least 1")
     cfg = _config(config, set_)

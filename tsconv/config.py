@@ -143,6 +143,12 @@ class TrainConfig(_Section):
     )
 
 
+# Marks a key that says how a run is executed, not what it computes: two runs that differ only
+# in such keys give byte-identical results, so a resume may change them, the report leaves them
+# out and a sweep's trials cannot vary them (EXECUTION_KEYS lists them).
+EXECUTION = {"execution": True}
+
+
 class BacktestConfig(_Section):
     scheme: Literal["expanding", "sliding"] = "expanding"
     train_span: int = Field(1000, ge=2)
@@ -150,13 +156,19 @@ class BacktestConfig(_Section):
     gap: int = Field(0, ge=0)
     retrain: Literal["full", "warm"] = "full"
     workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
-        1, description="processes running `retrain: full` folds at once; auto: the cores"
+        1,
+        description="processes running `retrain: full` folds at once; auto: the cores",
+        json_schema_extra=EXECUTION,
     )
     executor: Literal["local", "ray"] = Field(
-        "local", description="where full-retrain folds run: this machine, or Ray tasks"
+        "local",
+        description="where full-retrain folds run: this machine, or Ray tasks",
+        json_schema_extra=EXECUTION,
     )
     ray_address: str | None = Field(
-        None, description="an existing Ray cluster (`auto`, `ray://host:10001`); unset: local"
+        None,
+        description="an existing Ray cluster (`auto`, `ray://host:10001`); unset: local",
+        json_schema_extra=EXECUTION,
     )
     warm_epochs: int | None = Field(None, ge=1)
     start: dt.date | None = None
@@ -434,20 +446,31 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
     return cfg.model_dump(mode="json")
 
 
-# Keys that say how a run is executed, not what it computes: two runs that differ only in them
-# give byte-identical results, so a resume may change them and the report leaves them out.
-EXECUTION_KEYS = (
-    ("backtest", "workers"),
-    ("backtest", "executor"),
-    ("backtest", "ray_address"),
+EXECUTION_KEYS = tuple(
+    f"backtest.{name}"
+    for name, field in BacktestConfig.model_fields.items()
+    if field.json_schema_extra == EXECUTION
 )
+
+
+def execution_option(key: str) -> str:
+    """The command-line option that sets the execution key `key`: backtest.ray_address is
+    --ray-address."""
+    return "--" + key.rsplit(".", 1)[-1].replace("_", "-")
+
+
+def execution_settings(cfg: Config) -> dict[str, Any]:
+    """`cfg`'s execution keys and their values."""
+    raw = config_to_dict(cfg)
+    return {key: raw[key.split(".")[0]][key.split(".")[1]] for key in EXECUTION_KEYS}
 
 
 def results_config(cfg: Config) -> dict[str, Any]:
     """The resolved config without EXECUTION_KEYS."""
     out = config_to_dict(cfg)
-    for section, key in EXECUTION_KEYS:
-        out[section].pop(key, None)
+    for key in EXECUTION_KEYS:
+        section, name = key.split(".")
+        out[section].pop(name, None)
     return out
 
 

@@ -1,25 +1,28 @@
-"""Independent tasks (walk-forward folds, sweep trials) in several local processes or as Ray
-tasks; tsconv schedules nothing of its own.
+"""Independent tasks (walk-forward folds' ensemble members, sweep trials) in this process,
+in several local processes or as Ray tasks; tsconv schedules nothing of its own.
 
-Both engines are context managers that take the data every task shares once and yield
-`run(tasks, fn, finished)`, which calls `fn(shared, task)` for every task and
+`choose(cfg, tasks)` decides, in one place, how a run's tasks execute: an `Executor`, whose
+`start(shared)` is a context manager that takes the data every task shares once and yields
+`run(tasks, fn, finished)`. That calls `fn(shared, task)` for every task and
 `finished(task, result)` here, in this process, as each one ends (so only this process writes
-files). They stay up between calls: a sweep runs its trials in rounds without restarting
-processes or a cluster each time.
+files). An executor stays up between calls: a sweep runs its trials in rounds without
+restarting processes or a cluster each time. The caller passes the task function: this module
+knows nothing of what a task computes.
 
-- `local_pool`: this process and a standard-library pool of N - 1 (spawned, so a worker never
-  inherits a half-initialised thread pool from its parent). One rule shares the work while the
-  pool's processes are still starting (importing torch takes seconds): the pool takes tasks
-  from the last (the largest, for callers that sort them), this process from the first that
-  no worker has claimed yet. A task is claimed by creating its file in a folder of the run
-  (atomic on every OS) rather than by cancelling its future, so a normal run cancels nothing:
-  Python 3.11's pool crashes its manager thread, with a traceback, when a worker dies while a
-  cancelled future is queued. The shared data is pickled to a temporary file once and read by
-  each worker, not sent once per task, and not through the pipe that starts a worker (a worker
-  that dies while starting, e.g. because a script calling tsconv lacks the `if __name__ ==
-  "__main__":` guard that spawn needs, would leave the parent blocked writing to it).
-- `ray_cluster`: the shared data goes into the object store once; each task declares its CPUs
-  (and a GPU on CUDA); a task whose worker dies is retried by Ray, re-run from the start.
+- local (`_local_pool`): this process and a standard-library pool of N - 1 (spawned, so a
+  worker never inherits a half-initialised thread pool from its parent). One rule shares the
+  work while the pool's processes are still starting (importing torch takes seconds): the pool
+  takes tasks from the last (the largest, for callers that sort them), this process from the
+  first that no worker has claimed yet. A task is claimed by creating its file in a folder of
+  the run (atomic on every OS) rather than by cancelling its future, so a normal run cancels
+  nothing: Python 3.11's pool crashes its manager thread, with a traceback, when a worker dies
+  while a cancelled future is queued. The shared data is pickled to a temporary file once and
+  read by each worker, not sent once per task, and not through the pipe that starts a worker
+  (a worker that dies while starting, e.g. because a script calling tsconv lacks the
+  `if __name__ == "__main__":` guard that spawn needs, would leave the parent blocked writing
+  to it).
+- ray (`_ray_cluster`): the shared data goes into the object store once; each task declares its
+  CPUs (and a GPU on CUDA); a task whose worker dies is retried by Ray, re-run from the start.
 
 Every process uses `threads` intra-op threads; results do not depend on that count
 (tests/test_parallel.py; `import tsconv` pins MKL to its strict reproducible mode for that).
@@ -37,12 +40,15 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
-from tsconv.engine.runtime import intra_op_threads
+from tsconv.config import Config
+from tsconv.engine.runtime import intra_op_threads, select_device
 from tsconv.errors import TsconvError, UsageError
 
 _shared: Any = None  # a worker's copy of the shared data, set once by _start
@@ -50,6 +56,56 @@ _shared: Any = None  # a worker's copy of the shared data, set once by _start
 Task = Callable[[Any, Any], Any]  # fn(shared, task) -> result; a module-level function
 Finished = Callable[[Any, Any], None]  # finished(task, result)
 Runner = Callable[[Sequence[Any], Task, Finished], None]
+
+# The execution keys of a run whose tasks run one after another in this process.
+SERIAL = {"backtest.workers": 1, "backtest.executor": "local"}
+
+
+@dataclass(frozen=True)
+class Executor:
+    """How a run's tasks execute: `workers` local processes (this one included; 1: here, in
+    order), or Ray tasks; each process or task computes on `threads` intra-op threads."""
+
+    kind: Literal["local", "ray"]
+    workers: int
+    threads: int
+    gpus: int = 0  # a Ray task's
+    address: str | None = None  # an existing Ray cluster's; None: a local one for the run
+
+    @property
+    def parallel(self) -> bool:
+        return self.kind == "ray" or self.workers > 1
+
+    def start(self, shared: Any) -> AbstractContextManager[Runner]:
+        if self.kind == "ray":
+            return _ray_cluster(shared, self.threads, self.gpus, self.address)
+        return _local_pool(shared, self.workers, self.threads)
+
+    def settings(self) -> dict[str, Any]:
+        """This executor as the config's execution keys."""
+        return {
+            "backtest.workers": self.workers,
+            "backtest.executor": self.kind,
+            "backtest.ray_address": self.address,
+        }
+
+
+def choose(cfg: Config, tasks: int, *, chained: bool = False) -> Executor:
+    """How `tasks` independent tasks of a run with config `cfg` execute.
+
+    Local: `backtest.workers` processes (auto: torch's intra-op thread count, which is the
+    physical cores unless set), at most one per task; `chained` tasks (each starts from the
+    last one's result) run here, one after another. Ray schedules its own tasks, one GPU each
+    on CUDA. Threads: `train.threads` when set, in every process alike, so results do not
+    depend on the worker count on any CPU; else the cores shared out among the workers (a Ray
+    task: 1). MKL's sums may depend on the thread count (docs/performance.md)."""
+    bt, threads = cfg.backtest, cfg.train.threads
+    if bt.executor == "ray" and not chained:
+        gpus = int(select_device(cfg.train.device).type == "cuda")
+        return Executor("ray", 1, threads or 1, gpus, bt.ray_address)
+    workers = torch.get_num_threads() if bt.workers == "auto" else bt.workers
+    workers = 1 if chained else max(1, min(int(workers), tasks))
+    return Executor("local", workers, threads or max(1, torch.get_num_threads() // workers))
 
 
 def _start(path: str, threads: int) -> None:
@@ -81,7 +137,7 @@ def _claims(folder: str) -> Iterator[str]:
     """A new folder of task claims inside `folder`, closed on exit by renaming it: a worker
     still holding queued tasks of a finished run then finds no folder to claim in. Deleting
     the claims instead would let such a worker re-create a claim just deleted, run that task
-    a second time for nothing, and make the folder's removal fail (seen with 32 tasks)."""
+    a second time for nothing, and make the folder's removal fail."""
     claims = tempfile.mkdtemp(dir=folder)
     try:
         yield claims
@@ -94,7 +150,7 @@ def _call(fn: Task, task: Any, claims: str, index: int) -> Any:
 
 
 @contextlib.contextmanager
-def local_pool(shared: Any, workers: int, threads: int) -> Iterator[Runner]:
+def _local_pool(shared: Any, workers: int, threads: int) -> Iterator[Runner]:
     """`run(tasks, fn, finished)` over this process and `workers - 1` spawned ones. On an
     error or Ctrl-C the workers are stopped and the exception propagates; finished tasks
     were handed over. One worker: every task here, in order, no pool."""
@@ -192,7 +248,7 @@ def _ray_call(shared: Any, fn: Task, task: Any, threads: int) -> Any:
 
 
 @contextlib.contextmanager
-def ray_cluster(shared: Any, threads: int, gpus: int, address: str | None) -> Iterator[Runner]:
+def _ray_cluster(shared: Any, threads: int, gpus: int, address: str | None) -> Iterator[Runner]:
     """`run(tasks, fn, finished)` as Ray tasks of `threads` CPUs and `gpus` GPUs each.
     Without `address`, a local cluster is started, bound to 127.0.0.1 and with its files in a
     temporary folder, and stopped at the end; with one, tsconv connects to that cluster and
@@ -246,48 +302,3 @@ def _run_ray(ray, remote, shared_ref, threads, tasks, fn: Task, finished: Finish
         for ref in pending:
             ray.cancel(ref, force=True)
         raise
-
-
-# --------------------------------------------------------------------------- folds
-
-
-def _member(prep: Any, task: tuple[Any, int, torch.device]) -> Any:
-    """One ensemble member of a full-retrain fold (its final weights are not needed)."""
-    from tsconv.recipes.backtest import fit_member
-
-    fold, member, device = task
-    return fit_member(prep, fold, member, device, keep_state=False)
-
-
-def run_folds(
-    prep: Any,
-    folds: Sequence[Any],
-    device: torch.device,
-    finished: Callable[[Any, Any, dict[str, Any]], None],
-    *,
-    workers: int = 1,
-    threads: int = 1,
-    executor: str = "local",
-    address: str | None = None,
-) -> None:
-    """Run every ensemble member of `folds` (in order of size, smallest first) as a task in
-    `workers` local processes or on Ray, calling `finished(fold, predictions, info)` here as
-    each fold's last member ends."""
-    from tsconv.recipes.backtest import combine_members
-
-    members = prep.cfg.train.ensemble
-    engine = (
-        ray_cluster(prep, threads, int(device.type == "cuda"), address)
-        if executor == "ray"
-        else local_pool(prep, workers, threads)
-    )
-    fits: dict[int, list[Any]] = {}
-
-    def member_done(task: tuple[Any, int, torch.device], fitted: Any) -> None:
-        fold = task[0]
-        fits.setdefault(fold.index, []).append(fitted)
-        if len(fits[fold.index]) == members:
-            finished(fold, *combine_members(fits.pop(fold.index)))
-
-    with engine as run:
-        run([(fold, m, device) for fold in folds for m in range(members)], _member, member_done)

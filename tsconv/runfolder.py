@@ -1,5 +1,6 @@
-"""Atomic writes and run manifests.
+"""Run folders: every file's name, atomic writes and the manifest.
 
+`RunFolder` is the one place that names the files of a run folder (train, backtest, sweep).
 Every output goes to a temporary file in the destination folder and is renamed into place, so a
 reader sees either the old file or the complete new one, never half of it.
 """
@@ -15,10 +16,159 @@ import os
 import platform
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tsconv.errors import OutputError
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """A run folder and the path of each file a command writes into it."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    # ------------------------------------------------------------ every command
+
+    @property
+    def config(self) -> Path:
+        """The resolved config (a sweep: its base config)."""
+        return self.path / "config.yaml"
+
+    @property
+    def versions(self) -> Path:
+        """What the numbers depend on besides the config (`run_info`)."""
+        return self.path / "versions.json"
+
+    @property
+    def manifest(self) -> Path:
+        """Every other file with its sha256, and whether the run finished (`write_manifest`)."""
+        return self.path / "manifest.json"
+
+    @property
+    def timing(self) -> Path:
+        return self.path / "timing.json"
+
+    @property
+    def report(self) -> Path:
+        return self.path / "report.html"
+
+    # ------------------------------------------------------------ tsconv train
+
+    @property
+    def model(self) -> Path:
+        """A finished training run's checkpoint."""
+        return self.path / "model.pt"
+
+    @property
+    def training_state(self) -> Path:
+        """An interrupted training run's state, deleted when it finishes."""
+        return self.path / "state.pt"
+
+    @property
+    def summary(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def epochs(self) -> Path:
+        """Every epoch's losses and learning rate."""
+        return self.path / "metrics.csv"
+
+    @property
+    def loss_plot(self) -> Path:
+        return self.path / "loss.png"
+
+    # ------------------------------------------------------------ tsconv backtest
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.json"
+
+    @property
+    def predictions(self) -> Path:
+        return self.path / "predictions.parquet"
+
+    @property
+    def returns(self) -> Path:
+        """Each strategy's net return by date."""
+        return self.path / "returns.parquet"
+
+    @property
+    def fold_table(self) -> Path:
+        """One row per fold: its dates, rows and training record."""
+        return self.path / "folds.csv"
+
+    @property
+    def folds(self) -> Path:
+        """The finished folds of a backtest, kept for --resume."""
+        return self.path / "folds"
+
+    @property
+    def results_config(self) -> Path:
+        """The config without its execution keys, which a resume must match."""
+        return self.folds / "config.json"
+
+    def fold_predictions(self, fold: int) -> Path:
+        return self.folds / f"fold_{fold:03d}.parquet"
+
+    def fold_info(self, fold: int) -> Path:
+        """Written after the fold's predictions: a fold is finished once this exists."""
+        return self.folds / f"fold_{fold:03d}.json"
+
+    def fold_state(self, fold: int) -> Path:
+        """`retrain: warm`: the fold's final weights, where the next fold starts."""
+        return self.folds / f"fold_{fold:03d}.pt"
+
+    def fold_files(self) -> list[Path]:
+        return sorted(self.folds.glob("fold_*"))
+
+    # ------------------------------------------------------------ tsconv sweep
+
+    @property
+    def study(self) -> Path:
+        """Optuna's record of the trials."""
+        return self.path / "study.db"
+
+    @property
+    def space(self) -> Path:
+        return self.path / "space.yaml"
+
+    @property
+    def sweep_result(self) -> Path:
+        return self.path / "sweep.json"
+
+    @property
+    def trials_table(self) -> Path:
+        return self.path / "trials.parquet"
+
+    @property
+    def leaderboard(self) -> Path:
+        return self.path / "leaderboard.csv"
+
+    def trial(self, number: int) -> RunFolder:
+        """A sweep's trial: a backtest on the selection period."""
+        return RunFolder(self.path / "trials" / f"{number:03d}")
+
+    @property
+    def holdout(self) -> RunFolder:
+        """A sweep's chosen config, backtested on the holdout."""
+        return RunFolder(self.path / "holdout")
+
+    @property
+    def error(self) -> Path:
+        """Why a trial failed."""
+        return self.path / "error.txt"
+
+    def sweep_of_trial(self) -> RunFolder | None:
+        """The sweep this folder is a trial of, if it is one."""
+        sweep = RunFolder(self.path.resolve().parent.parent)
+        if self.path.resolve().parent.name == "trials" and sweep.study.exists():
+            return sweep
+        return None
 
 
 @contextlib.contextmanager
@@ -140,13 +290,14 @@ def now_utc() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def write_manifest(folder: Path, *, complete: bool, extra: dict[str, Any] | None = None) -> None:
-    """List every file in `folder` with its sha256; `complete` tells a reader the run finished."""
-    folder = Path(folder)
+def write_manifest(run: RunFolder, *, complete: bool, extra: dict[str, Any] | None = None) -> None:
+    """List every file in the run folder with its sha256; `complete` tells a reader the run
+    finished."""
     files = {
-        str(p.relative_to(folder)): {"sha256": sha256(p), "bytes": p.stat().st_size}
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != "manifest.json" and not p.name.startswith(".")
+        str(p.relative_to(run.path)): {"sha256": sha256(p), "bytes": p.stat().st_size}
+        for p in sorted(run.path.rglob("*"))
+        # a sweep's trial and holdout folders have manifests of their own
+        if p.is_file() and p.name != run.manifest.name and not p.name.startswith(".")
     }
     manifest = {"complete": complete, "written_at": now_utc(), "files": files, **(extra or {})}
-    write_json(folder / "manifest.json", manifest)
+    write_json(run.manifest, manifest)

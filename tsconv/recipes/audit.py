@@ -35,6 +35,7 @@ from tsconv.config import Config
 from tsconv.data import covariates
 from tsconv.errors import UsageError
 from tsconv.recipes.prepare import Prepared, fit_scalers, known_rows, prepare, split_train_val
+from tsconv.recipes.walkforward import fold_spans, make_folds, run_fold
 
 LEAK_CORRELATION = 0.5
 SMELL_CORRELATION = 0.3
@@ -117,8 +118,6 @@ def truncated(frames: dict[str, pd.DataFrame], cut: pd.Timestamp) -> dict[str, p
 
 
 def _causality(prep: Prepared, frames, sources, folds: int, cut) -> tuple[list[Finding], dict]:
-    from tsconv.recipes.backtest import make_folds
-
     audited = make_folds(prep)[:folds]
     if cut is None:  # the middle of the last audited fold's test span
         last = audited[-1]
@@ -153,8 +152,6 @@ def _fingerprint(prep: Prepared, folds, cut: pd.Timestamp) -> dict[str, Any]:
     """What must not change when the bars after `cut` do: per ticker the features and the
     targets realised by `cut`, each fold's scaler statistics, and the predictions (model and
     baselines) dated up to `cut`."""
-    from tsconv.recipes.backtest import fold_spans, run_fold
-
     h = prep.cfg.target.horizon
     out: dict[str, Any] = {"x": {}, "y": {}, "scaler": {}, "pred": []}
     for t, td in prep.data.items():

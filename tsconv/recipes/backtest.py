@@ -1,10 +1,9 @@
-"""Walk-forward evaluation: retrain on the past, predict the next test span, roll forward.
+"""`tsconv backtest`: walk-forward evaluation against naive baselines.
 
-Fold k tests the calendar dates [first + k*test_span, first + (k+1)*test_span). For each ticker
-its training rows end `gap` bars before its first test row (expanding: from its first row;
-sliding: the last `train_span` rows), validation for early stopping is the tail of those rows,
-and the scaler is fitted on them. Nothing dated in the test span or later is touched before the
-fold's predictions are made. Features are computed once; only scaling is per fold.
+Reads top-down: prepare the data, make the folds, run each fold not already finished (resumed
+from the run folder otherwise), evaluate the predictions, write the run folder. The fold rules
+(what trains on what) are in `tsconv.recipes.walkforward`; how the folds' ensemble members are
+spread over processes or Ray is `tsconv.executors`'s decision.
 """
 
 from __future__ import annotations
@@ -12,282 +11,44 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
-from tsconv import executors, runfolder
+from tsconv import executors
 from tsconv.config import Config, dump_yaml, results_config
-from tsconv.engine.fit import FitResult
-from tsconv.engine.predict import predict_rows
 from tsconv.engine.runtime import intra_op_threads, select_device
-from tsconv.errors import ConfigError, DataError, UsageError
-from tsconv.evaluate import baselines
-from tsconv.recipes.fit_span import fit_span, member_seed
-from tsconv.recipes.prepare import Prepared, global_rows, known_rows, prepare, split_train_val
+from tsconv.errors import ConfigError, UsageError
+from tsconv.evaluate.summary import summarize_backtest
+from tsconv.executors import Executor
+from tsconv.recipes.prepare import Prepared, prepare
+from tsconv.recipes.walkforward import (
+    Fold,
+    MemberFit,
+    combine_members,
+    fit_member,
+    make_folds,
+    run_fold,
+)
+from tsconv.report import backtest_html
+from tsconv.runfolder import (
+    RunFolder,
+    run_info,
+    save_torch,
+    write_json,
+    write_manifest,
+    write_text,
+    write_with,
+)
 
-
-@dataclass(frozen=True)
-class Fold:
-    index: int
-    test_start: pd.Timestamp
-    test_end: pd.Timestamp  # exclusive
-
-
-def fold_bounds(n_dates: int, first_test: int, test_span: int) -> list[tuple[int, int]]:
-    """Calendar index ranges [lo, hi) of each test span; the last one may be shorter."""
-    return [(lo, min(lo + test_span, n_dates)) for lo in range(first_test, n_dates, test_span)]
-
-
-def train_rows(
-    test_lo: int, gap: int, scheme: str, train_span: int, floor: int = 0
-) -> tuple[int, int]:
-    """Training target rows [lo, hi) of one ticker whose first test row is `test_lo`.
-
-    hi = test_lo - gap: with gap >= h-1 the last training target, realised at hi-1+h, is known
-    by the first test bar.
-    """
-    hi = max(floor, test_lo - gap)
-    lo = floor if scheme == "expanding" else max(floor, hi - train_span)
-    return lo, hi
-
-
-def make_folds(prep: Prepared) -> list[Fold]:
-    cfg, cal = prep.cfg.backtest, prep.calendar
-    # The last usable test date is the last one whose target is realised in the data.
-    last_known = max(td.dates[known_rows(td) - 1] for td in prep.data.values())
-    end = min(last_known, pd.Timestamp(cfg.end)) if cfg.end else last_known
-    n = int(cal.searchsorted(end, side="right"))
-    first = cfg.train_span + cfg.gap
-    if cfg.start is not None:
-        first = max(first, int(cal.searchsorted(pd.Timestamp(cfg.start))))
-    bounds = fold_bounds(n, first, cfg.test_span)
-    if not bounds:
-        raise DataError(
-            f"backtest: {n} usable dates leave no test bars after backtest.train_span="
-            f"{cfg.train_span} + gap={cfg.gap}; lower train_span or use more data"
-        )
-    return [
-        Fold(k, cal[lo], cal[hi] if hi < len(cal) else cal[-1] + pd.Timedelta(days=1))
-        for k, (lo, hi) in enumerate(bounds)
-    ]
-
-
-def fold_spans(
-    prep: Prepared, fold: Fold
-) -> tuple[dict[str, tuple[int, int]], dict[str, np.ndarray]]:
-    cfg = prep.cfg
-    train, test = {}, {}
-    for t, td in prep.data.items():
-        t_lo = int(td.dates.searchsorted(fold.test_start))
-        t_hi = min(int(td.dates.searchsorted(fold.test_end)), known_rows(td))
-        lo, hi = train_rows(t_lo, cfg.backtest.gap, cfg.backtest.scheme, cfg.backtest.train_span)
-        if hi - lo <= cfg.window:
-            continue  # too little history to fit this ticker's scaler: not traded this fold
-        train[t] = (lo, hi)
-        rows = np.arange(max(t_lo, cfg.window - 1), t_hi)
-        if len(rows):
-            test[t] = rows
-    return train, test
-
-
-def _fold_path(out: Path, k: int) -> Path:
-    return out / "folds" / f"fold_{k:03d}.parquet"
-
-
-@dataclass
-class MemberFit:
-    """One ensemble member's fit on one fold: its predictions (in return units, for each test
-    ticker in `fold_spans` order), its training record and, for member 0, the fold's rows with
-    every column but the prediction (the baselines do not depend on the member)."""
-
-    member: int
-    predictions: dict[str, np.ndarray]
-    result: FitResult
-    fit_seconds: float
-    predict_seconds: float
-    rows: pd.DataFrame | None = None
-    info: dict[str, Any] | None = None
-    state: dict[str, torch.Tensor] | None = None
-
-
-def fit_member(
-    prep: Prepared,
-    fold: Fold,
-    member: int,
-    device: torch.device,
-    init_state: dict | None = None,
-    keep_state: bool = True,
-) -> MemberFit:
-    """Fit member `member` of the fold's ensemble (seed `member_seed(seed + fold, member)`) on
-    the fold's training rows and predict its test rows. Members share the data and the
-    scaler, so they are independent tasks: any process may fit any of them."""
-    cfg = prep.cfg
-    bt = cfg.backtest
-    train, test = fold_spans(prep, fold)
-    if not train:
-        raise DataError(
-            f"fold {fold.index}: no ticker has more than window={cfg.window} training bars"
-        )
-    fit_spans, val_spans = split_train_val(prep, train, cfg.train.val_gap)
-    warm = bt.retrain == "warm" and init_state is not None
-    epochs = (bt.warm_epochs or max(1, cfg.train.epochs // 3)) if warm else None
-    t0 = time.perf_counter()
-    model, scalers, panel, result = fit_span(
-        prep,
-        fit_spans,
-        val_spans,
-        seed=member_seed(cfg.seed + fold.index, member),
-        device=device,
-        init_state=init_state if warm else None,
-        epochs=epochs,
-    )
-    t_fit = time.perf_counter() - t0
-    predictions = {
-        t: predict_rows(
-            model, panel, global_rows(panel, t, rows), cfg.window, device, amp=cfg.train.amp
-        )
-        * scalers[t].y_scale
-        for t, rows in test.items()
-    }
-    fitted = MemberFit(member, predictions, result, t_fit, time.perf_counter() - t0 - t_fit)
-    if keep_state:
-        fitted.state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    if member == 0:
-        fitted.rows, fitted.info = _fold_rows(prep, fold, train, test, scalers)
-        fitted.info["train_rows"] = int(sum(hi - lo for lo, hi in fit_spans.values()))
-        fitted.info["val_rows"] = int(sum(hi - lo for lo, hi in val_spans.values()))
-    return fitted
-
-
-def _fold_rows(
-    prep: Prepared,
-    fold: Fold,
-    train: dict[str, tuple[int, int]],
-    test: dict[str, np.ndarray],
-    scalers: dict[str, Any],
-) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """The fold's test rows with realised returns and baselines (the prediction column is
-    filled by `combine_members`), and the dates of its spans."""
-    cfg, bt = prep.cfg, prep.cfg.backtest
-    frames = []
-    for t, rows in test.items():
-        td, s = prep.data[t], scalers[t]
-        lo, hi = train.get(t, (0, 0))
-        frames.append(
-            pd.DataFrame(
-                {
-                    "date": td.dates[rows],
-                    "ticker": t,
-                    "fold": fold.index,
-                    "prediction": np.nan,
-                    "realized": td.y[rows],
-                    "realized_1": td.ret1[rows],
-                    "zero": 0.0,
-                    "persistence": baselines.persistence(td, rows, cfg.target.horizon),
-                    "trailing_mean": baselines.trailing_mean(
-                        td, rows, cfg.target.horizon, bt.trailing_window
-                    ),
-                    "ridge_ar": baselines.ridge_ar(
-                        s.transform(td.x), td.y, (lo, hi), rows, bt.ar_lags, bt.ridge_alpha
-                    ),
-                }
-            )
-        )
-    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    train_dates = [prep.data[t].dates[[lo, hi - 1]] for t, (lo, hi) in train.items()]
-    info = {
-        "fold": fold.index,
-        "train_start": str(min(d[0] for d in train_dates).date()),
-        "train_end": str(max(d[1] for d in train_dates).date()),
-        "test_start": str(fold.test_start.date()),
-        "test_end": str(rows["date"].max().date()) if len(rows) else None,
-    }
-    return rows, info
-
-
-def combine_members(fits: list[MemberFit]) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """The fold's predictions (the members' mean, in float64) and its info row. One member
-    gives exactly its own numbers; the same members give the same bytes in any process."""
-    fits = sorted(fits, key=lambda f: f.member)
-    first = fits[0]
-    preds = first.rows.copy()
-    if len(preds):
-        per_member = [np.concatenate(list(f.predictions.values())) for f in fits]
-        preds["prediction"] = np.mean(np.stack(per_member).astype(np.float64), axis=0)
-    results = [f.result for f in fits]
-    info = {
-        **first.info,
-        "test_rows": len(preds),
-        # over all members; best_epoch 0 only when no member's training beat its start
-        "epochs": sum(len(r.history) for r in results),
-        "steps": sum(r.steps for r in results),
-        "best_epoch": max(r.best_epoch for r in results),
-        "best_val_loss": float(np.mean([r.best_val for r in results])),
-        "fit_seconds": sum(f.fit_seconds for f in fits),
-        "predict_seconds": sum(f.predict_seconds for f in fits),
-    }
-    if len(fits) > 1:
-        info["members"] = len(fits)
-        info["members_kept_start"] = sum(r.best_epoch == 0 for r in results)
-        info["member_best_epochs"] = " ".join(str(r.best_epoch) for r in results)
-    return preds, info
-
-
-def run_fold(
-    prep: Prepared, fold: Fold, device: torch.device, init_state: list | None
-) -> tuple[pd.DataFrame, dict[str, Any], list[dict[str, torch.Tensor]]]:
-    """Every member of the fold's ensemble, one after another; `init_state` (warm retrain):
-    the members' weights from the previous fold, each member continuing its own."""
-    fits = [
-        fit_member(prep, fold, m, device, init_state[m] if init_state else None)
-        for m in range(prep.cfg.train.ensemble)
-    ]
-    preds, info = combine_members(fits)
-    return preds, info, [f.state for f in fits]
-
-
-FoldHook = Callable[[int, int, dict[str, Any]], None]
+FoldHook = Callable[[int, int, dict[str, Any]], None]  # on_fold(done, total, info)
 RESUMED = {"resumed": True}
 
 
-def fold_workers(cfg: Config, folds: int) -> int:
-    """How many processes run the folds: `backtest.workers` (auto: torch's intra-op thread
-    count, which is the physical cores unless set), at most one per task (a fold's ensemble
-    member); 1 for `retrain: warm`, whose folds chain."""
-    workers = cfg.backtest.workers
-    if workers == "auto":
-        workers = torch.get_num_threads()
-    if cfg.backtest.retrain == "warm":
-        return 1
-    return max(1, min(int(workers), folds * cfg.train.ensemble))
-
-
-def fold_threads(cfg: Config, workers: int) -> int:
-    """Intra-op threads of each process running folds: `train.threads` when set (in this
-    process and in every worker alike, so results do not depend on the worker count on any
-    CPU), else the cores shared out (a Ray task: 1). MKL's sums may depend on the thread count
-    (on AMD EPYC, by an ulp in some shapes; not on Intel, where `import tsconv` selects MKL's
-    strict reproducible mode)."""
-    if cfg.train.threads:
-        return cfg.train.threads
-    if cfg.backtest.executor == "ray":
-        return 1
-    return max(1, torch.get_num_threads() // workers)
-
-
-def run_backtest(cfg: Config, out: Path, **kwargs: Any) -> dict[str, Any]:
-    """Run every fold (resuming finished ones from disk), then write predictions, each
-    strategy's net returns, metrics and (unless `report_html` is false) the report."""
-    with intra_op_threads(cfg.train.threads):
-        return _run_backtest(cfg, out, **kwargs)
-
-
-def _run_backtest(
+def run_backtest(
     cfg: Config,
     out: Path,
     *,
@@ -296,109 +57,201 @@ def _run_backtest(
     prep: Prepared | None = None,
     report_html: bool = True,
 ) -> dict[str, Any]:
-    from tsconv.evaluate.summary import summarize_backtest
-    from tsconv.report import backtest_html
+    """Run every fold (resuming finished ones from disk), then write predictions, each
+    strategy's net returns, metrics and (unless `report_html` is false) the report.
+    `on_fold(done, total, info)` as each fold finishes; `prep`: the data, prepared already."""
+    with intra_op_threads(cfg.train.threads):
+        run = RunFolder(out)
+        t0 = time.perf_counter()
+        prep = prep or prepare(cfg)
+        t_prep = time.perf_counter() - t0
+        check_portfolio(prep)
+        folds = make_folds(prep)
+        device = select_device(cfg.train.device)
+        start_run_folder(run, cfg, device, resume)
 
-    out = Path(out)
-    t0 = time.perf_counter()
-    prep = prep or prepare(cfg)
-    t_prep = time.perf_counter() - t0
-    if cfg.backtest.portfolio != "per_ticker" and len(prep.data) < 2:
+        log = FoldLog(run, len(folds), on_fold)
+        warm = cfg.backtest.retrain == "warm"  # each fold starts from the last one's weights
+        todo, warm_state = log.resume(folds, warm) if resume else (folds, None)
+        executor = executors.choose(cfg, len(todo) * cfg.train.ensemble, chained=warm)
+        run_folds(prep, todo, device, executor, log, warm_state)
+        t_folds = time.perf_counter() - t0 - t_prep
+
+        predictions, table = log.combined()
+        metrics, nets = summarize_backtest(predictions, cfg)
+        metrics["timing"] = timing(log, t_prep, t_folds, executor)
+        write_outputs(run, cfg, predictions, table, metrics, nets, report_html)
+        return metrics
+
+
+def check_portfolio(prep: Prepared) -> None:
+    portfolio = prep.cfg.backtest.portfolio
+    if portfolio != "per_ticker" and len(prep.data) < 2:
         raise ConfigError(
-            f"backtest.portfolio: {cfg.backtest.portfolio} ranks tickers against each other and "
+            f"backtest.portfolio: {portfolio} ranks tickers against each other and "
             f"needs two or more; the data has {', '.join(prep.data)} (per_ticker trades one)"
         )
-    folds = make_folds(prep)
-    device = select_device(cfg.train.device)
+
+
+def start_run_folder(run: RunFolder, cfg: Config, device: torch.device, resume: bool) -> None:
+    """Write the config and what the numbers depend on. A resume must have the interrupted
+    run's config (execution keys aside); a new run deletes the folds of any earlier one."""
     resolved = results_config(cfg)
-    stored_path = out / "folds" / "config.json"
-    if resume and stored_path.exists():
-        stored = json.loads(stored_path.read_text())
-        if stored != resolved:
-            raise UsageError(f"{out}: --resume with a different config than the interrupted run")
-    elif (out / "folds").exists() and not resume:
-        for old in (out / "folds").glob("fold_*"):
+    if resume and run.results_config.exists():
+        if json.loads(run.results_config.read_text()) != resolved:
+            raise UsageError(
+                f"{run.path}: --resume with a different config than the interrupted run"
+            )
+    elif run.folds.exists() and not resume:
+        for old in run.fold_files():
             old.unlink()
-    runfolder.write_text(out / "config.yaml", dump_yaml(cfg))
-    runfolder.write_json(out / "folds" / "config.json", resolved)
-    runfolder.write_json(out / "versions.json", runfolder.run_info(cfg.seed, device))
+    write_text(run.config, dump_yaml(cfg))
+    write_json(run.results_config, resolved)
+    write_json(run.versions, run_info(cfg.seed, device))
 
-    results: dict[int, tuple[pd.DataFrame, dict[str, Any]]] = {}
 
-    def collect(fold: Fold, preds: pd.DataFrame, info: dict[str, Any]) -> None:
-        results[fold.index] = (preds, info)
-        if on_fold is not None:
-            on_fold(len(results), len(folds), info)
+@dataclass
+class FoldLog:
+    """Each fold's predictions and info as it finishes, here in this process: written to the
+    run folder for --resume, and reported to `on_fold`."""
 
-    def finished(fold: Fold, preds: pd.DataFrame, info: dict[str, Any], state=None) -> None:
-        path = _fold_path(out, fold.index)
-        runfolder.write_with(path, lambda tmp: preds.to_parquet(tmp, index=False))
+    run: RunFolder
+    total: int
+    on_fold: FoldHook | None
+    results: dict[int, tuple[pd.DataFrame, dict[str, Any]]] = field(default_factory=dict)
+
+    def finished(
+        self,
+        fold: Fold,
+        preds: pd.DataFrame,
+        info: dict[str, Any],
+        state: list[dict[str, torch.Tensor]] | None = None,
+    ) -> None:
+        write_with(
+            self.run.fold_predictions(fold.index), lambda tmp: preds.to_parquet(tmp, index=False)
+        )
         if state is not None:
-            runfolder.save_torch(path.with_suffix(".pt"), state)
-        # in the info's own order, which folds.csv keeps whether a fold ran now or is resumed
-        runfolder.write_text(
-            path.with_suffix(".json"), json.dumps(info, indent=2, default=str) + "\n"
-        )
-        collect(fold, preds, info)
+            save_torch(self.run.fold_state(fold.index), state)
+        # in the info's own order, which folds.csv keeps whether a fold ran now or is resumed;
+        # written last: a fold is finished once its info exists
+        write_text(self.run.fold_info(fold.index), json.dumps(info, indent=2, default=str) + "\n")
+        self._collect(fold, preds, info)
 
-    warm = cfg.backtest.retrain == "warm"
-    todo, state = [], None
+    def resume(self, folds: list[Fold], warm: bool) -> tuple[list[Fold], list | None]:
+        """Take the folds an interrupted run finished; return the others, and for `retrain:
+        warm` the weights the first of them starts from. Warm folds chain: once one has to
+        run, every later one runs after it."""
+        todo, state = [], None
+        for fold in folds:
+            preds, info = self.run.fold_predictions(fold.index), self.run.fold_info(fold.index)
+            if preds.exists() and info.exists() and not (warm and todo):
+                if warm:
+                    state = torch.load(
+                        self.run.fold_state(fold.index), map_location="cpu", weights_only=True
+                    )
+                self._collect(fold, pd.read_parquet(preds), json.loads(info.read_text()) | RESUMED)
+            else:
+                todo.append(fold)
+        return todo, state
+
+    def _collect(self, fold: Fold, preds: pd.DataFrame, info: dict[str, Any]) -> None:
+        self.results[fold.index] = (preds, info)
+        if self.on_fold is not None:
+            self.on_fold(len(self.results), self.total, info)
+
+    def infos(self) -> list[dict[str, Any]]:
+        return [self.results[k][1] for k in sorted(self.results)]
+
+    def combined(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Every fold's predictions by date and ticker, and the fold table (folds.csv)."""
+        parts = [self.results[k][0] for k in sorted(self.results)]
+        table = pd.DataFrame([{k: v for k, v in i.items() if k != "resumed"} for i in self.infos()])
+        predictions = pd.concat(parts, ignore_index=True)
+        predictions = predictions.sort_values(["date", "ticker"], kind="stable")
+        return predictions.reset_index(drop=True), table
+
+
+def run_folds(
+    prep: Prepared,
+    folds: list[Fold],
+    device: torch.device,
+    executor: Executor,
+    log: FoldLog,
+    warm_state: list | None,
+) -> None:
+    """Every fold here, one after another (each warm fold starting from the last one's
+    weights), or, spread out, every fold's ensemble members as the executor's tasks."""
+    if folds and executor.parallel:
+        run_members(prep, folds, device, executor, log.finished)
+        return
+    warm, state = prep.cfg.backtest.retrain == "warm", warm_state
     for fold in folds:
-        path = _fold_path(out, fold.index)
-        info_path = path.with_suffix(".json")
-        # warm folds chain: once one has to run, every later one runs after it
-        if resume and path.exists() and info_path.exists() and not (warm and todo):
-            if warm:
-                state = torch.load(path.with_suffix(".pt"), map_location="cpu", weights_only=True)
-            collect(fold, pd.read_parquet(path), json.loads(info_path.read_text()) | RESUMED)
-        else:
-            todo.append(fold)
-    workers = fold_workers(cfg, len(todo))
-    spread = (workers > 1 or cfg.backtest.executor == "ray") and not warm
-    threads = fold_threads(cfg, workers) if spread else torch.get_num_threads()
-    if todo and spread:
-        executors.run_folds(
-            prep,
-            todo,
-            device,
-            finished,
-            workers=workers,
-            threads=threads,
-            executor=cfg.backtest.executor,
-            address=cfg.backtest.ray_address,
-        )
-    else:
-        for fold in todo:
-            preds, info, state = run_fold(prep, fold, device, state)
-            finished(fold, preds, info, state if warm else None)
-    t_folds = time.perf_counter() - t0 - t_prep
+        preds, info, state = run_fold(prep, fold, device, state)
+        log.finished(fold, preds, info, state if warm else None)
 
-    parts = [results[k][0] for k in sorted(results)]
-    infos = [results[k][1] for k in sorted(results)]
-    table = pd.DataFrame([{k: v for k, v in i.items() if k != "resumed"} for i in infos])
-    predictions = pd.concat(parts, ignore_index=True).sort_values(["date", "ticker"], kind="stable")
-    predictions = predictions.reset_index(drop=True)
-    metrics, nets = summarize_backtest(predictions, cfg)
+
+def fit_member_task(prep: Prepared, task: tuple[Fold, int, torch.device]) -> MemberFit:
+    """One ensemble member of a full-retrain fold, as an executor's task (its final weights
+    are not needed)."""
+    fold, member, device = task
+    return fit_member(prep, fold, member, device, keep_state=False)
+
+
+def run_members(
+    prep: Prepared,
+    folds: list[Fold],
+    device: torch.device,
+    executor: Executor,
+    finished: Callable[[Fold, pd.DataFrame, dict[str, Any]], None],
+) -> None:
+    """Every ensemble member of `folds` (smallest fold first) as a task of `executor`,
+    calling `finished(fold, predictions, info)` here as each fold's last member ends."""
+    members = prep.cfg.train.ensemble
+    fits: dict[int, list[MemberFit]] = {}
+
+    def member_done(task: tuple[Fold, int, torch.device], fitted: MemberFit) -> None:
+        fold = task[0]
+        fits.setdefault(fold.index, []).append(fitted)
+        if len(fits[fold.index]) == members:
+            finished(fold, *combine_members(fits.pop(fold.index)))
+
+    tasks = [(fold, m, device) for fold in folds for m in range(members)]
+    with executor.start(prep) as run:
+        run(tasks, fit_member_task, member_done)
+
+
+def timing(log: FoldLog, t_prep: float, t_folds: float, executor: Executor) -> dict[str, Any]:
+    infos = log.infos()
     ran = [i for i in infos if not i.get("resumed")]  # this invocation's folds only
-    metrics["timing"] = {
+    return {
         "prepare_seconds": t_prep,
         "folds_seconds": t_folds,
-        "folds": len(folds),
+        "folds": log.total,
         "folds_resumed": len(infos) - len(ran),
-        "workers": workers,
-        "threads": threads,  # of each process training folds
+        "workers": executor.workers,
+        "threads": executor.threads,  # of each process training folds
         "seconds_per_fold": t_folds / max(len(ran), 1),
         "fit_seconds": float(sum(i.get("fit_seconds", 0.0) for i in ran)),
         "predict_seconds": float(sum(i.get("predict_seconds", 0.0) for i in ran)),
     }
-    runfolder.write_with(
-        out / "predictions.parquet", lambda tmp: predictions.to_parquet(tmp, index=False)
-    )
-    runfolder.write_text(out / "folds.csv", table.to_csv(index=False))
+
+
+def write_outputs(
+    run: RunFolder,
+    cfg: Config,
+    predictions: pd.DataFrame,
+    table: pd.DataFrame,
+    metrics: dict[str, Any],
+    nets: dict[str, pd.Series],
+    report_html: bool,
+) -> None:
+    """The run's results, then the manifest that says it finished."""
+    write_with(run.predictions, lambda tmp: predictions.to_parquet(tmp, index=False))
+    write_text(run.fold_table, table.to_csv(index=False))
     returns = pd.DataFrame(nets).rename_axis("date").reset_index()
-    runfolder.write_with(out / "returns.parquet", lambda tmp: returns.to_parquet(tmp, index=False))
-    backtest_html.write_outputs(
-        out, predictions, metrics, table, cfg, nets, report_html=report_html
-    )
-    runfolder.write_manifest(out, complete=True)
-    return metrics
+    write_with(run.returns, lambda tmp: returns.to_parquet(tmp, index=False))
+    write_json(run.metrics, {k: v for k, v in metrics.items() if k != "timing"})
+    write_json(run.timing, metrics["timing"])
+    if report_html:
+        write_text(run.report, backtest_html.render(predictions, metrics, table, cfg, nets))
+    write_manifest(run, complete=True)

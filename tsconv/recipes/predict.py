@@ -13,10 +13,8 @@ from tsconv.engine.predict import predict_rows
 from tsconv.engine.windows import Panel, Scaler, make_panel
 from tsconv.errors import UsageError
 from tsconv.models.registry import build_model
-from tsconv.recipes.prepare import (
-    global_rows,
-    prepare,
-)
+from tsconv.recipes.prepare import global_rows, prepare
+from tsconv.runfolder import RunFolder
 
 
 def load_members(
@@ -38,31 +36,36 @@ def ensemble_predict(
     return np.mean(np.stack(preds).astype(np.float64), axis=0)
 
 
-def check_run_folder(run: Path) -> None:
+def check_run_folder(run: RunFolder) -> None:
     """Say what `run` is and what to do when it holds no trained model."""
-    if (run / "model.pt").exists():
+    if run.model.exists():
         return
-    if not run.is_dir():
+    where = run.path
+    if not where.is_dir():
         raise UsageError(
-            f"{run}: no such run folder; train one with tsconv train --config CONFIG --out {run}"
+            f"{where}: no such run folder; train one with "
+            f"tsconv train --config CONFIG --out {where}"
         )
-    if (run / "folds").is_dir() or (run / "predictions.parquet").exists():
+    if run.folds.is_dir() or run.predictions.exists():
         raise UsageError(
-            f"{run}: a backtest folder (walk-forward folds keep no model); predict needs a "
+            f"{where}: a backtest folder (walk-forward folds keep no model); predict needs a "
             "folder written by tsconv train"
         )
-    if (run / "state.pt").exists():
+    if run.training_state.exists():
         raise UsageError(
-            f"{run}: an unfinished training run; finish it with tsconv train --resume {run}"
+            f"{where}: an unfinished training run; finish it with tsconv train --resume {where}"
         )
-    raise UsageError(f"{run}: not a run folder (no model.pt); predict needs tsconv train's output")
+    raise UsageError(
+        f"{where}: not a run folder (no {run.model.name}); predict needs tsconv train's output"
+    )
 
 
 def predict_latest(run: Path, tickers: list[str] | None = None) -> list[dict[str, Any]]:
     """The next-step prediction after each ticker's latest bar, from a trained run folder."""
-    check_run_folder(Path(run))
-    payload = checkpoint.load(Path(run) / "model.pt")
-    cfg = checkpoint.config_of(payload, Path(run) / "model.pt")
+    folder = RunFolder(run)
+    check_run_folder(folder)
+    payload = checkpoint.load(folder.model)
+    cfg = checkpoint.config_of(payload, folder.model)
     if tickers:
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"tickers": tickers})})
     prep = prepare(cfg)

@@ -37,8 +37,10 @@ from pydantic import (
 )
 
 from tsconv.config import (
+    EXECUTION_KEYS,
     Config,
     config_to_dict,
+    execution_option,
     format_error,
     read_yaml,
     resolve_config_path,
@@ -58,9 +60,7 @@ FORBIDDEN = {
     "backtest.end": "it moves the test dates, and trials are compared bar for bar",
     "backtest.cost_bps": "a lower cost is not a better model",
     "backtest.periods_per_year": "it rescales the Sharpe ratios being compared",
-    "backtest.workers": "it says how a run executes; use --workers",
-    "backtest.executor": "it says how a run executes; use --executor",
-    "backtest.ray_address": "it says how a run executes; use --ray-address",
+    **{key: f"it says how a run executes; use {execution_option(key)}" for key in EXECUTION_KEYS},
 }
 
 

@@ -1,7 +1,10 @@
-"""Recipes that read top-down: prepare data once, fit on a span, train a run, predict.
+"""`tsconv train`: fit a model (or an ensemble, member after member) on the chronological split
+and write the run folder.
 
-`tsconv train` and every walk-forward fold go through `fit_span`, so the rules (scaler fitted on
-the training rows only, validation after a gap, windows within one ticker) live in one place.
+Reads top-down (`run_training`): prepare the data, fit the members (saving the progress after
+every epoch, so --resume continues), write the model and its records. Every walk-forward fold
+fits through the same `fit_span`, so the rules (scaler fitted on the training rows only,
+validation after a gap, windows within one ticker) live in one place.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import csv
 import io as _io
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +25,13 @@ from tsconv.data import covariates
 from tsconv.engine import checkpoint, ddp
 from tsconv.engine.fit import FitState
 from tsconv.engine.runtime import cpu_state, intra_op_threads, select_device
-from tsconv.engine.windows import Panel, dense_sequence, fit_sequence
+from tsconv.engine.windows import Panel, Scaler, dense_sequence, fit_sequence
 from tsconv.errors import UsageError
 from tsconv.models.registry import build_model, count_parameters, receptive_field
 from tsconv.recipes.fit_span import fit_span, member_seed
 from tsconv.recipes.predict import ensemble_predict, load_members
 from tsconv.recipes.prepare import (
+    Prepared,
     Span,
     global_rows,
     prepare,
@@ -34,49 +39,7 @@ from tsconv.recipes.prepare import (
     window_warning,
 )
 from tsconv.report.figures import plot_loss
-
-# --------------------------------------------------------------------------- tsconv train
-
-
-def describe_model(cfg: Config) -> dict[str, Any]:
-    model = build_model(cfg.model, len(covariates.input_names(cfg)))
-    rf = receptive_field(cfg.model)
-    sequence, burn_in = dense_sequence(cfg.window, rf, cfg.train.burn_in)
-    dense = cfg.train.targets == "all"
-    return {
-        "kind": cfg.model.kind,
-        "parameters": count_parameters(model),
-        "receptive_field": rf,
-        "window": cfg.window,
-        "training": (
-            f"dense targets on {sequence}-bar sequences after a {burn_in}-bar burn-in"
-            if dense
-            else f"last-step targets on {cfg.window}-bar windows"
-        ),
-        "warning": window_warning(cfg, rf),
-    }
-
-
-def _metrics_csv(histories: list[list[dict[str, float]]], members: int = 1) -> str:
-    """Every epoch's row; in an ensemble, each row starts with its member's number."""
-    rows = [
-        ({"member": m} if members > 1 else {}) | row
-        for m, history in enumerate(histories)
-        for row in history
-    ]
-    buf = _io.StringIO()
-    if rows:
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return buf.getvalue()
-
-
-def _processes() -> dict[str, Any]:
-    part = ddp.shard()
-    return (
-        {} if part is None else {"processes": part[1], "backend": torch.distributed.get_backend()}
-    )
+from tsconv.runfolder import RunFolder
 
 
 def run_training(
@@ -88,58 +51,89 @@ def run_training(
     on_epoch_done: Any = None,
     on_member: Any = None,
 ) -> dict[str, Any]:
-    """`tsconv train`: fit on the chronological split and write the run folder. With
+    """`tsconv train`: fit on the chronological split and write the run folder; returns
+    summary.json's contents (under torchrun, in rank 0; elsewhere {}). With
     `train.ensemble: K` the K members are trained one after another (`on_member(m)` as each
     starts), each from its own seed; a resume continues the member that was training."""
     with intra_op_threads(cfg.train.threads):
-        return _run_training(cfg, Path(out), resume, on_step, on_epoch_done, on_member)
+        run = RunFolder(out)
+        progress = EnsembleProgress.load(run) if resume else EnsembleProgress()
+        prep = prepare(cfg)
+        device = select_device(cfg.train.device)
+        train, val = training_spans(prep)
+        main = ddp.is_main()  # under torchrun, rank 0 alone writes the run folder
+        if main:
+            runfolder.write_text(run.config, dump_yaml(cfg))
+            runfolder.write_json(run.versions, runfolder.run_info(cfg.seed, device) | _processes())
+        saved = run if main else None
+        scalers, panel = fit_members(
+            prep, train, val, device, progress, saved, on_step, on_epoch_done, on_member
+        )
+        if not main:
+            return {}
+        return write_outputs(run, prep, device, train, val, progress.done, scalers, panel)
 
 
 def check_resumable(out: Path) -> None:
     """Refuse `--resume` on a folder without an interrupted training run in it."""
-    if not (out / "state.pt").exists():
-        if (out / "model.pt").exists():
+    run = RunFolder(out)
+    if not run.training_state.exists():
+        if run.model.exists():
             raise UsageError(f"{out}: this run already finished; nothing to resume")
-        raise UsageError(f"{out}: no state.pt to resume from")
+        raise UsageError(f"{out}: no {run.training_state.name} to resume from")
 
 
-def _run_training(
-    cfg: Config, out: Path, resume: bool, on_step: Any, on_epoch_done: Any, on_member: Any
-) -> dict[str, Any]:
-    state_path = out / "state.pt"
-    resume_state, first, done = None, 0, []
-    if resume:
-        check_resumable(out)
-        payload = torch.load(state_path, map_location="cpu", weights_only=True)
-        first, done = payload.get("member", 0), payload.get("done", [])
-        if payload.get("fit") is not None:
-            resume_state = FitState.from_dict(payload["fit"])
-    prep = prepare(cfg)
-    device = select_device(cfg.train.device)
-    train, val = training_spans(prep)
-    main = ddp.is_main()  # under torchrun, rank 0 alone writes the run folder
-    if main:
-        runfolder.write_text(out / "config.yaml", dump_yaml(cfg))
-        runfolder.write_json(
-            out / "versions.json", runfolder.run_info(cfg.seed, device) | _processes()
+@dataclass
+class EnsembleProgress:
+    """Where an interrupted training run stands (state.pt): the member training, its fit so
+    far, and the members done (their weights and training records)."""
+
+    member: int = 0
+    fit: FitState | None = None
+    done: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, run: RunFolder) -> EnsembleProgress:
+        check_resumable(run.path)
+        payload = torch.load(run.training_state, map_location="cpu", weights_only=True)
+        fit = payload.get("fit")
+        return cls(
+            payload.get("member", 0),
+            FitState.from_dict(fit) if fit is not None else None,
+            payload.get("done", []),
         )
+
+    def save(self, run: RunFolder, member: int, fit: FitState | None, members: int) -> None:
+        """State.pt, and metrics.csv with every epoch so far, `member`'s last."""
+        payload = {"fit": fit.to_dict() if fit is not None else None, "member": member}
+        runfolder.save_torch(run.training_state, payload | {"done": self.done})
+        current = fit.result.history if fit is not None else []
+        histories = [d["result"]["history"] for d in self.done] + [current]
+        runfolder.write_text(run.epochs, _metrics_csv(histories, members))
+
+
+def fit_members(
+    prep: Prepared,
+    train: dict[str, Span],
+    val: dict[str, Span],
+    device: torch.device,
+    progress: EnsembleProgress,
+    run: RunFolder | None,
+    on_step: Any,
+    on_epoch_done: Any,
+    on_member: Any,
+) -> tuple[dict[str, Scaler], Panel]:
+    """Train the members `progress` has not done yet, saving the progress to `run` (None:
+    not saved) after every epoch; returns the scalers and panel, which the members share."""
+    cfg, first = prep.cfg, progress.member
     members = cfg.train.ensemble
-
-    def histories(current: list[dict[str, float]]) -> list[list[dict[str, float]]]:
-        return [d["result"]["history"] for d in done] + [current]
-
-    def save(member: int, state: FitState | None, current: list[dict[str, float]]) -> None:
-        if main:
-            fit_state = state.to_dict() if state is not None else None
-            runfolder.save_torch(state_path, {"fit": fit_state, "member": member, "done": done})
-            runfolder.write_text(out / "metrics.csv", _metrics_csv(histories(current), members))
-
     for member in range(first, members):
         if on_member is not None:
             on_member(member)
 
         def save_epoch(state: FitState, member: int = member) -> None:
-            save(member, state, state.result.history)
+            if run is not None:
+                progress.save(run, member, state, members)
             if on_epoch_done is not None:
                 on_epoch_done(state)
 
@@ -149,18 +143,31 @@ def _run_training(
             val,
             seed=member_seed(cfg.seed, member),
             device=device,
-            resume=resume_state if member == first else None,
+            resume=progress.fit if member == first else None,
             on_epoch=save_epoch,
             on_step=on_step,
         )
-        done.append({"state_dict": cpu_state(model), "result": result.to_dict()})
-        if member + 1 < members:
-            save(member + 1, None, [])
-    if not main:
-        return {}
+        progress.done.append({"state_dict": cpu_state(model), "result": result.to_dict()})
+        if member + 1 < members and run is not None:
+            progress.save(run, member + 1, None, members)
+    return scalers, panel
+
+
+def write_outputs(
+    run: RunFolder,
+    prep: Prepared,
+    device: torch.device,
+    train: dict[str, Span],
+    val: dict[str, Span],
+    done: list[dict[str, Any]],
+    scalers: dict[str, Scaler],
+    panel: Panel,
+) -> dict[str, Any]:
+    """model.pt (an ensemble's members in it), metrics.csv, loss.png and summary.json; the
+    training state goes and the manifest says the run finished. Returns the summary."""
+    cfg, members = prep.cfg, prep.cfg.train.ensemble
     ensemble = [d["state_dict"] for d in done]
     nets = load_members(cfg.model, len(covariates.input_names(cfg)), ensemble)
-    model = nets[0]
     extra = {
         "train_end": {
             t: str(prep.data[t].dates[hi - 1].date()) for t, (lo, hi) in train.items() if hi > lo
@@ -169,20 +176,42 @@ def _run_training(
     if members > 1:
         extra["ensemble"] = ensemble
     checkpoint.save(
-        out / "model.pt",
+        run.model,
         cfg=cfg,
-        model=model,
+        model=nets[0],
         scalers=scalers,
         receptive_field=prep.receptive_field,
         burn_in=prep.burn_in,
         extra=extra,
     )
     results = [d["result"] for d in done]
-    runfolder.write_text(
-        out / "metrics.csv", _metrics_csv([r["history"] for r in results], members)
-    )
-    plot_loss(out / "loss.png", results)
-    summary = {
+    runfolder.write_text(run.epochs, _metrics_csv([r["history"] for r in results], members))
+    plot_loss(run.loss_plot, results)
+    summary = training_summary(prep, device, train, val, results, nets[0])
+    if members > 1:
+        summary["members"] = [
+            {"seed": member_seed(cfg.seed, m), **_fit_summary([r])} for m, r in enumerate(results)
+        ]
+        # the starting weights (zero head + ridge highway) do not depend on the seed
+        summary["members_kept_start"] = sum(r["best_epoch"] == 0 for r in results)
+        summary["ensemble_val_loss"] = ensemble_val_loss(nets, panel, val, cfg.window, device)
+    runfolder.write_json(run.summary, summary)
+    run.training_state.unlink(missing_ok=True)
+    runfolder.write_manifest(run, complete=True)
+    return summary
+
+
+def training_summary(
+    prep: Prepared,
+    device: torch.device,
+    train: dict[str, Span],
+    val: dict[str, Span],
+    results: list[dict[str, Any]],
+    model: torch.nn.Module,
+) -> dict[str, Any]:
+    """summary.json of a single model, or an ensemble's figures over its members."""
+    cfg = prep.cfg
+    return {
         "tickers": list(prep.data),
         "device": str(device),
         "seed": cfg.seed,
@@ -200,17 +229,6 @@ def _run_training(
         "warning": window_warning(cfg, prep.receptive_field),
         **_processes(),
     }
-    if members > 1:
-        summary["members"] = [
-            {"seed": member_seed(cfg.seed, m), **_fit_summary([r])} for m, r in enumerate(results)
-        ]
-        # the starting weights (zero head + ridge highway) do not depend on the seed
-        summary["members_kept_start"] = sum(r["best_epoch"] == 0 for r in results)
-        summary["ensemble_val_loss"] = ensemble_val_loss(nets, panel, val, cfg.window, device)
-    runfolder.write_json(out / "summary.json", summary)
-    state_path.unlink(missing_ok=True)
-    runfolder.write_manifest(out, complete=True)
-    return summary
 
 
 def _fit_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -252,7 +270,45 @@ def ensemble_val_loss(
     return float(np.mean((pred - panel.y[rows].double().numpy()) ** 2))
 
 
-# --------------------------------------------------------------------------- tsconv predict
+def _metrics_csv(histories: list[list[dict[str, float]]], members: int = 1) -> str:
+    """Every epoch's row; in an ensemble, each row starts with its member's number."""
+    rows = [
+        ({"member": m} if members > 1 else {}) | row
+        for m, history in enumerate(histories)
+        for row in history
+    ]
+    buf = _io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _processes() -> dict[str, Any]:
+    part = ddp.shard()
+    return (
+        {} if part is None else {"processes": part[1], "backend": torch.distributed.get_backend()}
+    )
+
+
+def describe_model(cfg: Config) -> dict[str, Any]:
+    model = build_model(cfg.model, len(covariates.input_names(cfg)))
+    rf = receptive_field(cfg.model)
+    sequence, burn_in = dense_sequence(cfg.window, rf, cfg.train.burn_in)
+    dense = cfg.train.targets == "all"
+    return {
+        "kind": cfg.model.kind,
+        "parameters": count_parameters(model),
+        "receptive_field": rf,
+        "window": cfg.window,
+        "training": (
+            f"dense targets on {sequence}-bar sequences after a {burn_in}-bar burn-in"
+            if dense
+            else f"last-step targets on {cfg.window}-bar windows"
+        ),
+        "warning": window_warning(cfg, rf),
+    }
 
 
 warnings.filterwarnings("ignore", message=".*weight_norm.*")

@@ -1,16 +1,13 @@
-"""The backtest's report.html, self-contained (figures inline), and `write_outputs`, which
-writes it with metrics.json and timing.json."""
+"""The backtest's report.html, self-contained (figures inline)."""
 
 from __future__ import annotations
 
 import html
 import json
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from tsconv import runfolder
 from tsconv.config import Config, results_config
 from tsconv.report.figures import backtest_figures
 from tsconv.report.html_page import html_figure, html_page, html_section, html_table
@@ -121,26 +118,6 @@ FOLD_COLUMNS = [
     "members_kept_start",
     "member_best_epochs",
 ]
-
-
-def write_outputs(
-    out: Path,
-    pred: pd.DataFrame,
-    m: dict[str, Any],
-    folds: pd.DataFrame,
-    cfg: Config,
-    nets: dict[str, pd.Series],
-    report_html: bool = True,
-) -> None:
-    """metrics.json, timing.json (the timings `m` holds, kept out of metrics.json) and, unless
-    `report_html` is off, report.html; `nets`: each strategy's net return per bar."""
-    timing = m.pop("timing", None)
-    runfolder.write_json(Path(out) / "metrics.json", m)
-    if timing is not None:
-        runfolder.write_json(Path(out) / "timing.json", timing)
-        m["timing"] = timing
-    if report_html:
-        runfolder.write_text(Path(out) / "report.html", render(pred, m, folds, cfg, nets))
 
 
 def render(

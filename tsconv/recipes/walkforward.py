@@ -1,0 +1,245 @@
+"""Walk-forward folds: retrain on the past, predict the next test span, roll forward.
+
+Fold k tests the calendar dates [first + k*test_span, first + (k+1)*test_span). For each ticker
+its training rows end `gap` bars before its first test row (expanding: from its first row;
+sliding: the last `train_span` rows), validation for early stopping is the tail of those rows,
+and the scaler is fitted on them. Nothing dated in the test span or later is touched before the
+fold's predictions are made. Features are computed once; only scaling is per fold.
+
+A fold's ensemble members are independent (`fit_member`), so any process may fit any of them;
+`combine_members` makes the fold's predictions from them. `tsconv backtest` runs every fold,
+`tsconv audit` the first few.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from tsconv.engine.fit import FitResult
+from tsconv.engine.predict import predict_rows
+from tsconv.errors import DataError
+from tsconv.evaluate import baselines
+from tsconv.recipes.fit_span import fit_span, member_seed
+from tsconv.recipes.prepare import Prepared, global_rows, known_rows, split_train_val
+
+
+@dataclass(frozen=True)
+class Fold:
+    index: int
+    test_start: pd.Timestamp
+    test_end: pd.Timestamp  # exclusive
+
+
+def fold_bounds(n_dates: int, first_test: int, test_span: int) -> list[tuple[int, int]]:
+    """Calendar index ranges [lo, hi) of each test span; the last one may be shorter."""
+    return [(lo, min(lo + test_span, n_dates)) for lo in range(first_test, n_dates, test_span)]
+
+
+def train_rows(
+    test_lo: int, gap: int, scheme: str, train_span: int, floor: int = 0
+) -> tuple[int, int]:
+    """Training target rows [lo, hi) of one ticker whose first test row is `test_lo`.
+
+    hi = test_lo - gap: with gap >= h-1 the last training target, realised at hi-1+h, is known
+    by the first test bar.
+    """
+    hi = max(floor, test_lo - gap)
+    lo = floor if scheme == "expanding" else max(floor, hi - train_span)
+    return lo, hi
+
+
+def make_folds(prep: Prepared) -> list[Fold]:
+    cfg, cal = prep.cfg.backtest, prep.calendar
+    # The last usable test date is the last one whose target is realised in the data.
+    last_known = max(td.dates[known_rows(td) - 1] for td in prep.data.values())
+    end = min(last_known, pd.Timestamp(cfg.end)) if cfg.end else last_known
+    n = int(cal.searchsorted(end, side="right"))
+    first = cfg.train_span + cfg.gap
+    if cfg.start is not None:
+        first = max(first, int(cal.searchsorted(pd.Timestamp(cfg.start))))
+    bounds = fold_bounds(n, first, cfg.test_span)
+    if not bounds:
+        raise DataError(
+            f"backtest: {n} usable dates leave no test bars after backtest.train_span="
+            f"{cfg.train_span} + gap={cfg.gap}; lower train_span or use more data"
+        )
+    return [
+        Fold(k, cal[lo], cal[hi] if hi < len(cal) else cal[-1] + pd.Timedelta(days=1))
+        for k, (lo, hi) in enumerate(bounds)
+    ]
+
+
+def fold_spans(
+    prep: Prepared, fold: Fold
+) -> tuple[dict[str, tuple[int, int]], dict[str, np.ndarray]]:
+    cfg = prep.cfg
+    train, test = {}, {}
+    for t, td in prep.data.items():
+        t_lo = int(td.dates.searchsorted(fold.test_start))
+        t_hi = min(int(td.dates.searchsorted(fold.test_end)), known_rows(td))
+        lo, hi = train_rows(t_lo, cfg.backtest.gap, cfg.backtest.scheme, cfg.backtest.train_span)
+        if hi - lo <= cfg.window:
+            continue  # too little history to fit this ticker's scaler: not traded this fold
+        train[t] = (lo, hi)
+        rows = np.arange(max(t_lo, cfg.window - 1), t_hi)
+        if len(rows):
+            test[t] = rows
+    return train, test
+
+
+@dataclass
+class MemberFit:
+    """One ensemble member's fit on one fold: its predictions (in return units, for each test
+    ticker in `fold_spans` order), its training record and, for member 0, the fold's rows with
+    every column but the prediction (the baselines do not depend on the member)."""
+
+    member: int
+    predictions: dict[str, np.ndarray]
+    result: FitResult
+    fit_seconds: float
+    predict_seconds: float
+    rows: pd.DataFrame | None = None
+    info: dict[str, Any] | None = None
+    state: dict[str, torch.Tensor] | None = None
+
+
+def fit_member(
+    prep: Prepared,
+    fold: Fold,
+    member: int,
+    device: torch.device,
+    init_state: dict | None = None,
+    keep_state: bool = True,
+) -> MemberFit:
+    """Fit member `member` of the fold's ensemble (seed `member_seed(seed + fold, member)`) on
+    the fold's training rows and predict its test rows. Members share the data and the
+    scaler, so they are independent tasks: any process may fit any of them."""
+    cfg = prep.cfg
+    bt = cfg.backtest
+    train, test = fold_spans(prep, fold)
+    if not train:
+        raise DataError(
+            f"fold {fold.index}: no ticker has more than window={cfg.window} training bars"
+        )
+    fit_spans, val_spans = split_train_val(prep, train, cfg.train.val_gap)
+    warm = bt.retrain == "warm" and init_state is not None
+    epochs = (bt.warm_epochs or max(1, cfg.train.epochs // 3)) if warm else None
+    t0 = time.perf_counter()
+    model, scalers, panel, result = fit_span(
+        prep,
+        fit_spans,
+        val_spans,
+        seed=member_seed(cfg.seed + fold.index, member),
+        device=device,
+        init_state=init_state if warm else None,
+        epochs=epochs,
+    )
+    t_fit = time.perf_counter() - t0
+    predictions = {
+        t: predict_rows(
+            model, panel, global_rows(panel, t, rows), cfg.window, device, amp=cfg.train.amp
+        )
+        * scalers[t].y_scale
+        for t, rows in test.items()
+    }
+    fitted = MemberFit(member, predictions, result, t_fit, time.perf_counter() - t0 - t_fit)
+    if keep_state:
+        fitted.state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if member == 0:
+        fitted.rows, fitted.info = _fold_rows(prep, fold, train, test, scalers)
+        fitted.info["train_rows"] = int(sum(hi - lo for lo, hi in fit_spans.values()))
+        fitted.info["val_rows"] = int(sum(hi - lo for lo, hi in val_spans.values()))
+    return fitted
+
+
+def _fold_rows(
+    prep: Prepared,
+    fold: Fold,
+    train: dict[str, tuple[int, int]],
+    test: dict[str, np.ndarray],
+    scalers: dict[str, Any],
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The fold's test rows with realised returns and baselines (the prediction column is
+    filled by `combine_members`), and the dates of its spans."""
+    cfg, bt = prep.cfg, prep.cfg.backtest
+    frames = []
+    for t, rows in test.items():
+        td, s = prep.data[t], scalers[t]
+        lo, hi = train.get(t, (0, 0))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "date": td.dates[rows],
+                    "ticker": t,
+                    "fold": fold.index,
+                    "prediction": np.nan,
+                    "realized": td.y[rows],
+                    "realized_1": td.ret1[rows],
+                    "zero": 0.0,
+                    "persistence": baselines.persistence(td, rows, cfg.target.horizon),
+                    "trailing_mean": baselines.trailing_mean(
+                        td, rows, cfg.target.horizon, bt.trailing_window
+                    ),
+                    "ridge_ar": baselines.ridge_ar(
+                        s.transform(td.x), td.y, (lo, hi), rows, bt.ar_lags, bt.ridge_alpha
+                    ),
+                }
+            )
+        )
+    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    train_dates = [prep.data[t].dates[[lo, hi - 1]] for t, (lo, hi) in train.items()]
+    info = {
+        "fold": fold.index,
+        "train_start": str(min(d[0] for d in train_dates).date()),
+        "train_end": str(max(d[1] for d in train_dates).date()),
+        "test_start": str(fold.test_start.date()),
+        "test_end": str(rows["date"].max().date()) if len(rows) else None,
+    }
+    return rows, info
+
+
+def combine_members(fits: list[MemberFit]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The fold's predictions (the members' mean, in float64) and its info row. One member
+    gives exactly its own numbers; the same members give the same bytes in any process."""
+    fits = sorted(fits, key=lambda f: f.member)
+    first = fits[0]
+    preds = first.rows.copy()
+    if len(preds):
+        per_member = [np.concatenate(list(f.predictions.values())) for f in fits]
+        preds["prediction"] = np.mean(np.stack(per_member).astype(np.float64), axis=0)
+    results = [f.result for f in fits]
+    info = {
+        **first.info,
+        "test_rows": len(preds),
+        # over all members; best_epoch 0 only when no member's training beat its start
+        "epochs": sum(len(r.history) for r in results),
+        "steps": sum(r.steps for r in results),
+        "best_epoch": max(r.best_epoch for r in results),
+        "best_val_loss": float(np.mean([r.best_val for r in results])),
+        "fit_seconds": sum(f.fit_seconds for f in fits),
+        "predict_seconds": sum(f.predict_seconds for f in fits),
+    }
+    if len(fits) > 1:
+        info["members"] = len(fits)
+        info["members_kept_start"] = sum(r.best_epoch == 0 for r in results)
+        info["member_best_epochs"] = " ".join(str(r.best_epoch) for r in results)
+    return preds, info
+
+
+def run_fold(
+    prep: Prepared, fold: Fold, device: torch.device, init_state: list | None
+) -> tuple[pd.DataFrame, dict[str, Any], list[dict[str, torch.Tensor]]]:
+    """Every member of the fold's ensemble, one after another; `init_state` (warm retrain):
+    the members' weights from the previous fold, each member continuing its own."""
+    fits = [
+        fit_member(prep, fold, m, device, init_state[m] if init_state else None)
+        for m in range(prep.cfg.train.ensemble)
+    ]
+    preds, info = combine_members(fits)
+    return preds, info, [f.state for f in fits]
