@@ -69,3 +69,12 @@ def table(title: str, header: list[str], rows: list[list[object]]) -> str:
     lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, device: torch.device) -> None:
+    """One optimizer step on `loss`, waiting for a GPU to finish so that timings are honest."""
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()

@@ -28,7 +28,7 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-from _bench import machine, table, timeit_interleaved
+from _bench import machine, optimizer_step, table, timeit_interleaved
 from torch import nn
 
 from tsconv.config import load_config
@@ -123,12 +123,7 @@ def train_step(models, inputs, targets, burn_in: int, device: torch.device):
 
     def step():
         for m, opt, x, y in zip(models, opts, inputs, targets, strict=True):
-            loss = dense_loss(m(x), y, burn_in)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+            optimizer_step(opt, dense_loss(m(x), y, burn_in), device)
 
     return step
 

@@ -15,7 +15,7 @@ import warnings
 
 import torch
 import torch.nn.functional as F
-from _bench import machine, summary, table, time_rounds, timeit
+from _bench import machine, optimizer_step, summary, table, time_rounds, timeit
 from torch import nn
 
 from tsconv.engine.fit import make_optimizer
@@ -79,12 +79,7 @@ def step_fn(model, x, y, amp: bool, device, last_only: bool, tsconv_optimizer: b
         with torch.autocast(device.type, torch.bfloat16, enabled=amp):
             out = model(x)
             pred = out[:, 0, -1] if last_only and out.dim() == 3 else out.reshape(len(x), -1)[:, -1]
-        loss = ((pred.float() - y) ** 2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        optimizer_step(opt, ((pred.float() - y) ** 2).mean(), device)
 
     return step
 

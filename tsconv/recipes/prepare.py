@@ -24,7 +24,7 @@ class Prepared:
     receptive_field: int
     burn_in: int
     calendar: pd.DatetimeIndex  # union of all tickers' usable dates
-    sequence: int  # length of a dense training sequence (tsconv.train.dense_sequence)
+    sequence: int  # length of a dense training sequence (tsconv.engine.windows.dense_sequence)
 
 
 def prepare(
