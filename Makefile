@@ -46,9 +46,12 @@ format: setup
 bench: setup
 	$(BIN)/python scripts/run_benchmarks.py --out docs/benchmarks.md
 
-# What each shipped config learns on series with known answers (README, docs/known_answers.md).
+# What each shipped config learns on series with known answers (README, docs/known_answers.md):
+# the fixed cases, then the randomized battery (24 draws of seed 0) for three configs.
 known-answers: setup
 	$(BIN)/python scripts/known_answers.py --out docs/known_answers.md
+	$(BIN)/python scripts/known_answers.py --battery --seed 0 --draws 24 --workers 2 \
+		--configs quick tcn multiscale --out docs/known_answers.md
 
 # The README's image of a report (needs Chromium): the top of runs/quick-bt/report.html, the
 # backtest run again first when that report is missing or older than the code or the config.
