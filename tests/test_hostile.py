@@ -231,3 +231,31 @@ def test_a_failed_import_writes_nothing(tmp_path):
         "manifest.json: unreadable cache manifest",
     )
     assert {p.name: p.read_bytes() for p in data.iterdir()} == before
+
+
+# --------------------------------------------------------------------------- config values
+
+
+@pytest.mark.parametrize(
+    ("item", "fragment"),
+    [
+        ("data.start=2018-31-01", "data.start"),
+        ("backtest.cost_bps=inf", "backtest.cost_bps"),
+        ("train.weight_decay=inf", "train.weight_decay"),
+        ("train.lr=nan", "train.lr"),
+        ("model.dropout=.nan", "model.dropout"),
+    ],
+)
+def test_an_impossible_value_is_one_line_naming_its_key(tmp_path, item, fragment):
+    """A month 31 once gave a 40-line traceback (exit 1); inf and NaN ran on silently."""
+    args = ["backtest", "--config", "quick", "--set", item, "--out", str(tmp_path / "bt")]
+    one_line_error(args, fragment)
+    assert not (tmp_path / "bt").exists()
+
+
+def test_a_config_that_is_no_regular_file_is_refused_at_once(tmp_path):
+    """`--config /dev/zero` read without bound; a huge file is no config either."""
+    one_line_error(["backtest", "--config", "/dev/zero"], "/dev/zero", "not a regular file")
+    big = tmp_path / "big.yaml"
+    big.write_text("# " + "x" * (1 << 21) + "\n")
+    one_line_error(["backtest", "--config", str(big)], "big.yaml", "bytes")

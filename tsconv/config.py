@@ -22,7 +22,9 @@ from tsconv.models.registry import FILE_KEYS, MODEL_KINDS, ModelConfig, TCNConfi
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # inf and NaN are refused everywhere: `cost_bps=inf` or `weight_decay=inf` are typos, and
+    # they would run to a NaN loss or a meaningless report instead of stopping here
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -356,9 +358,16 @@ def validate_config(
         raise ConfigError(f"{source}: {first}{more}") from None
 
 
+MAX_YAML_BYTES = 1 << 20  # a config is a few kB; this bounds a wrong path's read
+
+
 def read_yaml(path: Path, what: str = "config") -> dict[str, Any]:
     path = Path(path)
     try:
+        if path.exists() and not path.is_file():
+            raise ConfigError(f"{path}: not a regular file; give a {what} file")
+        if path.exists() and path.stat().st_size > MAX_YAML_BYTES:
+            raise ConfigError(f"{path}: {path.stat().st_size:,} bytes; a {what} file is small YAML")
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise ConfigError(f"{path}: {what} file not found") from None
@@ -366,6 +375,8 @@ def read_yaml(path: Path, what: str = "config") -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read {what}: {exc}") from None
     try:
         raw = yaml.safe_load(text)
+    except ValueError as exc:  # not a YAMLError: a date like 2018-31-01
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -390,8 +401,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set train.epochs=3")
         try:
             parsed = yaml.safe_load(value) if value.strip() else None
-        except yaml.YAMLError:
-            parsed = value
+        except (yaml.YAMLError, ValueError):  # ValueError: a date like 2018-31-01
+            parsed = value  # the schema then says what is wrong with it
         set_dotted(out, key, parsed, f"--set {key}")
     return out
 

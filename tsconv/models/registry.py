@@ -57,7 +57,7 @@ class ModelConfigBase(BaseModel):
     kind's keys (FILE_KEYS), and a sweep may change `kind` alone. Each is checked as its kind
     checks it alone, written back to files as it was given (or at its default), and not used."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # as config.py
 
     kind: str
     channels: int = Field(64, ge=1, le=4096)
