@@ -151,6 +151,10 @@ def test_the_sweep_histogram_counts_distinct_trials_in_whole_trials():
     assert "expected maximum of 5 distinct trials without skill" in labels
     ticks = ax.get_yticks()
     assert len(ticks) >= 2 and np.allclose(ticks, np.round(ticks))
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legend = ax.get_legend().get_window_extent(renderer)
+    assert not legend.overlaps(ax.get_window_extent(renderer))  # off the bars and lines
     plt.close(fig)
 
 

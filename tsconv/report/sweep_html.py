@@ -128,7 +128,8 @@ def sharpe_histogram(r: dict[str, Any], plt: Any) -> Any:
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # a count of trials
     ax.set_xlabel("net Sharpe ratio a year, selection period")
     ax.set_ylabel("trials")
-    ax.legend(loc="upper left", fontsize=8, frameon=False)
+    # above the axes: inside, it covered the bars or the lines
+    ax.legend(loc="lower left", bbox_to_anchor=(0, 1), ncol=2, fontsize=8, frameon=False)
     return fig
 
 
