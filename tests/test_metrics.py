@@ -81,7 +81,7 @@ def test_scaled_positions_use_only_earlier_predictions():
 
 
 def test_ic_summary_t_stat():
-    s = metrics.ic_summary([0.1, 0.2, 0.3])
+    s = metrics.ic_summary([0.1, 0.2, 0.3], [100, 100, 100])
     assert s["mean"] == pytest.approx(0.2) and s["std"] == pytest.approx(0.1)
     assert s["icir"] == pytest.approx(2.0) and s["t_stat"] == pytest.approx(2 * math.sqrt(3))
 

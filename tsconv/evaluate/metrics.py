@@ -8,7 +8,8 @@ Conventions (also in the README and every report):
 - Annualisation uses `periods_per_year` (252 by default): mean * P, std * sqrt(P),
   annual return = equity_end ** (P / n) - 1.
 - IC: Pearson correlation of prediction and realised return; rank IC: Spearman. Per-fold ICs are
-  averaged with equal weight per fold; ICIR = mean / std of the per-fold ICs.
+  averaged weighted by each fold's predictions (`ic_summary`); ICIR = mean / std of the
+  per-fold ICs.
 """
 
 from __future__ import annotations
@@ -60,27 +61,35 @@ def forecast_metrics(pred: np.ndarray, real: np.ndarray) -> dict[str, Any]:
     }
 
 
-def ic_summary(per_fold: list[float]) -> dict[str, Any]:
-    ics = np.array([v for v in per_fold if np.isfinite(v)])
+def ic_summary(per_fold: list[float], sizes: list[int]) -> dict[str, Any]:
+    """The per-fold ICs' mean and its t-test, each fold weighted by its number of predictions
+    (`sizes`), folds with no IC left out.
+
+    Weighted because a fold's IC is a correlation over its predictions, whose sampling variance
+    shrinks as 1 / n: with equal weights a 10-bar last fold counts as much as a 250-bar one and
+    its noise can carry the test. This is weighted least squares of the ICs on a constant:
+    mean m = sum(n_i ic_i) / N, std s = sqrt(sum(n_i (ic_i - m)^2) / ((k - 1) N / k)), the
+    spread of the ICs of a fold of average size, t = m / (s / sqrt(k)) on k - 1 degrees of
+    freedom; with equal sizes, the plain mean, std and t-test of the ICs."""
+    known = [(ic, n) for ic, n in zip(per_fold, sizes, strict=True) if np.isfinite(ic)]
+    ics = np.array([ic for ic, _ in known])
+    n = np.array([size for _, size in known], dtype=float)
+    out: dict[str, Any] = {"folds": len(ics), "predictions": int(n.sum()), "weighting": "fold size"}
     if len(ics) < 2:
-        return {
-            "mean": _nan(ics.mean()) if len(ics) else None,
-            "std": None,
-            "icir": None,
-            "t_stat": None,
-            "p_value": None,
-            "folds": len(ics),
-        }
-    mean, sd = float(ics.mean()), float(ics.std(ddof=1))
-    t = mean / (sd / math.sqrt(len(ics))) if sd > 0 else math.nan
-    p = student_t_two_sided(t, len(ics) - 1) if np.isfinite(t) else math.nan
+        mean = _nan(ics.mean()) if len(ics) else None
+        return {"mean": mean, "std": None, "icir": None, "t_stat": None, "p_value": None, **out}
+    k, total = len(ics), n.sum()
+    mean = float(n @ ics / total)
+    sd = math.sqrt(float(n @ (ics - mean) ** 2) / ((k - 1) * total / k))
+    t = mean / (sd / math.sqrt(k)) if sd > 0 else math.nan
+    p = student_t_two_sided(t, k - 1) if np.isfinite(t) else math.nan
     return {
         "mean": mean,
         "std": sd,
         "icir": mean / sd if sd > 0 else None,
         "t_stat": _nan(t),
         "p_value": _nan(p),
-        "folds": len(ics),
+        **out,
     }
 
 

@@ -11,7 +11,7 @@ from tsconv.config import Config
 from tsconv.evaluate import metrics
 from tsconv.evaluate.baselines import NAMES as BASELINES
 from tsconv.evaluate.strategy import by_date, periods_per_year, quantile_table, strategy_rows
-from tsconv.evaluate.verdict import backtest_verdict
+from tsconv.evaluate.verdict import backtest_verdict, bottom_line, edge
 
 
 def summarize_backtest(
@@ -50,6 +50,8 @@ def summarize_backtest(
     out["quantiles"] = quantile_table(
         pred, "prediction", cfg.backtest.buckets, cfg.target.horizon, ranked=ranked
     )
+    out["edge"] = edge(out)
+    out["bottom_line"] = bottom_line(out)
     out["verdict"] = backtest_verdict(out)
     return metrics.clean(out), nets
 
@@ -61,12 +63,10 @@ def _forecast_metrics(
     fold and its summary, the mean cross-sectional rank IC (3+ tickers), and a DM test
     against the zero forecast (`zero_loss`: its squared error by date)."""
     fm = metrics.forecast_metrics(pred[name].to_numpy(), pred["realized"].to_numpy())
-    per_fold = [
-        metrics.pearson(g[name].to_numpy(), g["realized"].to_numpy())
-        for _, g in pred.groupby("fold")
-    ]
+    folds = [g for _, g in pred.groupby("fold")]
+    per_fold = [metrics.pearson(g[name].to_numpy(), g["realized"].to_numpy()) for g in folds]
     fm["ic_per_fold"] = per_fold
-    fm["ic_summary"] = metrics.ic_summary(per_fold)
+    fm["ic_summary"] = metrics.ic_summary(per_fold, [len(g) for g in folds])
     if pred["ticker"].nunique() >= 3:
         xs = [
             metrics.spearman(g[name].to_numpy(), g["realized"].to_numpy())

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from tsconv.evaluate import selection
-from tsconv.evaluate.verdict import outcome
+from tsconv.evaluate.verdict import edge
 
 
 def leaderboard(table: pd.DataFrame) -> pd.DataFrame:
@@ -66,21 +66,11 @@ def luck_measures(
 
 
 def holdout_summary(m: dict[str, Any], cut: pd.Timestamp) -> dict[str, Any]:
-    """The chosen config's walk-forward result on the holdout, and whether it has an edge:
-    a forecast whose squared error is significantly below the zero forecast's (Diebold-Mariano,
-    Holm-adjusted over the baselines), and a strategy that beats buy-and-hold after costs
-    (Ledoit-Wolf, Holm-adjusted over the strategies)."""
+    """The chosen config's walk-forward result on the holdout, and whether it has an edge, by
+    the rule every backtest's bottom line follows (`verdict.edge`)."""
     f, t = m["forecast"]["prediction"], m["trading"]["prediction"]
     dm = f.get("dm_vs", {})
-    vs_bh = t.get("sharpe_vs", {}).get("buy_and_hold", {})
-    forecast_edge = outcome(dm.get("zero", {}), better_if_negative=True) == "better"
-    trading_edge = outcome(vs_bh, better_if_negative=False) == "better"
-    word = {
-        (True, True): "edge",
-        (True, False): "forecast edge only",
-        (False, True): "trading edge only",
-        (False, False): "no edge",
-    }[(forecast_edge, trading_edge)]
+    e = edge(m)
     return {
         "start": str(cut.date()),
         "first_date": m["first_date"],
@@ -94,10 +84,10 @@ def holdout_summary(m: dict[str, Any], cut: pd.Timestamp) -> dict[str, Any]:
         "dm_vs_ridge_ar": dm.get("ridge_ar"),
         "sharpe": t.get("sharpe"),
         "sharpe_ci95": t.get("sharpe_ci95"),
-        "sharpe_vs_buy_and_hold": vs_bh,
+        "sharpe_vs_buy_and_hold": t.get("sharpe_vs", {}).get("buy_and_hold", {}),
         "annual_return": t.get("annual_return"),
-        "forecast_edge": forecast_edge,
-        "trading_edge": trading_edge,
-        "verdict": word,
+        "forecast_edge": e["forecast_edge"],
+        "trading_edge": e["trading_edge"],
+        "verdict": e["verdict"],
         "backtest_verdict": m["verdict"],
     }

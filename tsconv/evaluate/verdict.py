@@ -20,19 +20,66 @@ def outcome(test: dict[str, Any], better_if_negative: bool) -> str:
     return "better" if (stat < 0) == better_if_negative else "worse"
 
 
+EDGE_WORDS = {
+    (True, True): "edge",
+    (True, False): "forecast edge only",
+    (False, True): "trading edge only",
+    (False, False): "no edge",
+}
+
+
+def edge(m: dict[str, Any]) -> dict[str, Any]:
+    """The bottom line of a backtest's metrics (a sweep's holdout's too, one rule for both):
+    a forecast edge when the model's squared error is significantly below the zero forecast's
+    (Diebold-Mariano, Holm-adjusted over the baselines), a trading edge when its strategy's net
+    Sharpe ratio is significantly above buy-and-hold's (Ledoit-Wolf, Holm-adjusted over the
+    strategies); the verdict is one of EDGE_WORDS."""
+    vs_zero = m["forecast"]["prediction"].get("dm_vs", {}).get("zero", {})
+    vs_hold = m["trading"].get("prediction", {}).get("sharpe_vs", {}).get("buy_and_hold", {})
+    forecast_edge = outcome(vs_zero, better_if_negative=True) == "better"
+    trading_edge = outcome(vs_hold, better_if_negative=False) == "better"
+    return {
+        "forecast_edge": forecast_edge,
+        "trading_edge": trading_edge,
+        "verdict": EDGE_WORDS[(forecast_edge, trading_edge)],
+    }
+
+
+def bottom_line(m: dict[str, Any]) -> str:
+    """`edge`'s verdict in one line, with the two tests it rests on: what a reader acts on."""
+    e = edge(m)
+    vs_zero = m["forecast"]["prediction"].get("dm_vs", {}).get("zero")
+    vs_hold = m["trading"].get("prediction", {}).get("sharpe_vs", {}).get("buy_and_hold")
+    forecast = "below" if e["forecast_edge"] else "not significantly below"
+    trading = "above" if e["trading_edge"] else "not significantly above"
+    return (
+        f"{e['verdict'].upper()}: squared error {forecast} the zero forecast's "
+        f"({_direction_and_p(vs_zero)}); net Sharpe {trading} buy-and-hold's "
+        f"({_direction_and_p(vs_hold)}); Holm-adjusted, {SIGNIFICANCE_LEVEL:.0%} level."
+    )
+
+
 def backtest_verdict(m: dict[str, Any]) -> str:
     """Both questions in words: does the forecast beat each baseline (DM on squared error), and
     does trading it beat each other strategy after costs (Sharpe difference); Holm-adjusted
-    over each family of tests."""
+    over each family of tests. Then the IC, pooled and per fold."""
     f = m["forecast"]["prediction"]
-    words = [_forecast_words(f), _trading_words(m)]
+    words = [_forecast_words(f), _trading_words(m), _ic_words(f)]
+    return " ".join(w for w in words if w)
+
+
+def _ic_words(f: dict[str, Any]) -> str:
+    """The pooled IC beside the per-fold one and its test, and why they can differ: a fold's
+    IC leaves out the forecast's level moving from fold to fold, which pooling counts."""
     ic = f["ic_summary"]
-    if ic.get("p_value") is not None:
-        words.append(
-            f"Mean per-fold Pearson IC {ic['mean']:.3f} (t = {ic['t_stat']:.2f}, "
-            f"p = {ic['p_value']:.3g})."
-        )
-    return " ".join(words)
+    pooled = "n/a" if f.get("ic") is None or np.isnan(f["ic"]) else f"{f['ic']:.3f}"
+    if ic.get("p_value") is None:
+        return f"Pearson IC over all {f['n']:,} predictions {pooled}."
+    return (
+        f"Pearson IC over all {f['n']:,} predictions {pooled}; within each fold, weighted by "
+        f"its predictions, {ic['mean']:.3f} (t = {ic['t_stat']:.2f}, p = {ic['p_value']:.3g}, "
+        f"{ic['folds']} folds), which leaves out the forecast's level moving between folds."
+    )
 
 
 def _outcome_phrases(

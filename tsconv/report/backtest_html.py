@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from tsconv.config import Config, results_config
+from tsconv.evaluate.verdict import SIGNIFICANCE_LEVEL
 from tsconv.report.figures import backtest_figures
 from tsconv.report.html_page import html_figure, html_page, html_section, html_table
 from tsconv.report.tables import (
@@ -87,10 +88,22 @@ DEFINITIONS = [
         "Sortino uses the root-mean-square of negative returns.",
     ),
     (
+        "Bottom line",
+        "EDGE when the model's squared error is significantly below the zero forecast's "
+        "(Diebold-Mariano) and its strategy's net Sharpe ratio significantly above "
+        "buy-and-hold's (Ledoit-Wolf), each Holm-adjusted over its family of tests, at "
+        f"{SIGNIFICANCE_LEVEL:.0%}; "
+        "FORECAST EDGE ONLY or TRADING EDGE ONLY when one holds, NO EDGE when neither does. "
+        "A sweep's holdout is judged by the same rule.",
+    ),
+    (
         "IC",
         "Pearson (IC) and Spearman (rank IC) correlation of prediction and realised return, "
-        "overall and per fold; the mean IC is the equal-weighted mean of per-fold ICs, "
-        "ICIR = mean / std, and its t-statistic is mean / (std / sqrt(folds)).",
+        "over all predictions (pooled) and per fold. The per-fold mean weights each fold by "
+        "its predictions, so a short last fold's noisy IC counts little; ICIR = mean / std and "
+        "t = mean / (std / sqrt(folds)), the std that of a fold of average size (weighted "
+        "least squares). A fold's IC leaves out the forecast's level moving between folds, "
+        "which the pooled IC counts: the two can differ, even in sign.",
     ),
     (
         "R2 (out of sample)",
@@ -143,7 +156,11 @@ def render(
     fold_table = folds[[c for c in FOLD_COLUMNS if c in folds]]
     definitions = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in DEFINITIONS)
     sections = [
-        html_section("verdict", "Verdict", f"<p>{esc(m['verdict'])}</p>{_tests_html(m)}"),
+        html_section(
+            "verdict",
+            "Verdict",
+            f"<p><b>{esc(m['bottom_line'])}</b></p><p>{esc(m['verdict'])}</p>{_tests_html(m)}",
+        ),
         html_section("baselines", "Model vs baselines", html_table(TABLE_HEADER, table_rows(m))),
         html_section("costs", "Costs and turnover", _costs_html(m, cfg)),
         html_section("equity", "Equity and drawdown", figs["Equity curves"] + figs["Drawdown"]),
@@ -185,7 +202,7 @@ def _intro_html(pred: pd.DataFrame, m: dict[str, Any], folds: pd.DataFrame, cfg:
         f"{esc(', '.join(m['tickers']))}: {m['n_predictions']} predictions from "
         f"{m['first_date']} to {m['last_date']}{esc(late_start_note(pred))}\n"
         f"in {m['folds']} folds ({esc(bt.scheme)} window, refit every {bt.test_span} bars,\n"
-        f"gap {bt.gap}, cost {bt.cost_bps:g} bps; {esc(_strategy_words(cfg))})."
+        f"gap {bt.gap}, cost {bt.cost_bps:g} bps). Strategy: {esc(_strategy_words(cfg))}."
         f"{esc(kept_start_note(folds, cfg))}"
     )
 

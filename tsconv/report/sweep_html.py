@@ -12,7 +12,7 @@ import pandas as pd
 
 from tsconv.report.figures import png_base64
 from tsconv.report.html_page import html_figure, html_page, html_section, html_table
-from tsconv.report.tables import TABLE_HEADER, table_rows
+from tsconv.report.tables import TABLE_HEADER, format_cell, table_rows
 
 
 def render(r: dict[str, Any], out: Path, holdout_metrics: dict[str, Any]) -> str:
@@ -40,7 +40,7 @@ def render(r: dict[str, Any], out: Path, holdout_metrics: dict[str, Any]) -> str
         html_section("holdout", "Holdout", holdout),
         html_section("luck", "How much of the best is luck", _luck_html(r)),
         html_section(
-            "leaderboard", "Leaderboard (selection period)", _leaderboard_html(out, r["space"])
+            "leaderboard", "Leaderboard (selection period)", leaderboard_html(out, r["space"])
         ),
         html_section("settings", "Settings", settings),
     ]
@@ -57,7 +57,7 @@ def _luck_html(r: dict[str, Any]) -> str:
     a = d["annualised"]
     q = p.get("logit_quantiles") or {}
     rows = [
-        ["trials finished", f"{r['trials']['complete']}"],
+        ["trials finished (distinct)", f"{r['trials']['complete']} ({r['trials']['distinct']})"],
         ["chosen trial's Sharpe ratio, a year", _number_or_dash(d["annualised"]["sharpe"], ".3f")],
         ["std of the trials' Sharpe ratios, a year", _number_or_dash(a["trial_sharpe_std"], ".3f")],
         [
@@ -90,12 +90,25 @@ def _luck_html(r: dict[str, Any]) -> str:
 
 
 def _sharpe_figure(r: dict[str, Any]) -> str:
-    """The trials' Sharpe ratios (a year) against the largest expected from as many trials
-    without skill, and the chosen trial's."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    fig = sharpe_histogram(r, plt)
+    d, trials = r["deflated_sharpe"], r["trials"]
+    alt = (
+        f"Histogram of {trials['complete']} trials' Sharpe ratios ({trials['distinct']} "
+        f"distinct); the chosen trial at {_number_or_dash(d['annualised']['sharpe'], '.2f')}, "
+        f"the maximum expected without skill at {d['annualised']['expected_max_sharpe']:.2f}"
+    )
+    return html_figure(alt, png_base64(fig))
+
+
+def sharpe_histogram(r: dict[str, Any], plt: Any) -> Any:
+    """The trials' Sharpe ratios (a year) against the largest expected from as many distinct
+    trials without skill (the number the deflated Sharpe ratio uses), and the chosen trial's."""
+    from matplotlib.ticker import MaxNLocator
 
     scale = np.sqrt(r["periods_per_year"])
     sharpes = np.asarray(r["per_bar_sharpes"]) * scale
@@ -107,26 +120,25 @@ def _sharpe_figure(r: dict[str, Any]) -> str:
         d["annualised"]["expected_max_sharpe"],
         color="tab:red",
         ls="--",
-        label=f"expected maximum of {len(sharpes)} trials without skill",
+        label=f"expected maximum of {r['trials']['distinct']} distinct trials without skill",
     )
     chosen = d["annualised"]["sharpe"]
     if chosen is not None:
         ax.axvline(chosen, color="black", label="chosen trial")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # a count of trials
     ax.set_xlabel("net Sharpe ratio a year, selection period")
     ax.set_ylabel("trials")
-    ax.legend(loc="upper left", fontsize=8, frameon=False)
-    alt = (
-        f"Histogram of {len(sharpes)} trials' Sharpe ratios; the chosen trial at "
-        f"{_number_or_dash(chosen, '.2f')}, the maximum expected without skill at "
-        f"{d['annualised']['expected_max_sharpe']:.2f}"
-    )
-    return html_figure(alt, png_base64(fig))
+    # above the axes: inside, it covered the bars or the lines
+    ax.legend(loc="lower left", bbox_to_anchor=(0, 1), ncol=2, fontsize=8, frameon=False)
+    return fig
 
 
-def _leaderboard_html(out: Path, keys: list[str]) -> str:
+def leaderboard_html(out: Path, keys: list[str]) -> str:
     """Rank, trial, each parameter (under the last part of its key where that is unique) and
-    the main figures; every column is in leaderboard.csv."""
+    the main figures, the time in the market as a percentage; every column is in
+    leaderboard.csv."""
     board = pd.read_csv(out / "leaderboard.csv")
+    board["in_market"] = [format_cell(v, ".0%") if pd.notna(v) else "-" for v in board["in_market"]]
     short = [k.rsplit(".", 1)[-1] for k in keys]
     names = dict(zip(keys, short if len(set(short)) == len(short) else keys, strict=True))
     figures = {"sharpe": "Sharpe", "r2_oos": "R2 OS", "ic": "IC", "in_market": "in market"}

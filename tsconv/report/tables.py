@@ -106,3 +106,9 @@ def quantile_words(q: dict[str, Any]) -> str:
         f"{format_cell(mean, '.1f')} bps a bar (t = {format_cell(sp.get('t_stat'), '.2f')}, "
         f"p = {format_cell(sp.get('p_value'), '.3g')})."
     )
+
+
+def cost_title(cost_bps: float, portfolio: str) -> str:
+    """The terminal's cost table title, short enough for 80 columns with a portfolio's name."""
+    book = "" if portfolio == "per_ticker" else f"{portfolio} book, "
+    return f"costs: {book}{cost_bps:g} bps a unit of turnover; net Sharpe at 0-20 bps"
