@@ -404,16 +404,16 @@ def _print_backtest(m: dict[str, Any], cfg, run: RunFolder) -> None:
         TABLE_HEADER,
         cost_header,
         cost_rows,
+        cost_title,
         quantile_words,
         table_rows,
     )
 
+    out.print(m["bottom_line"], soft_wrap=False)
     out.print(m["verdict"], soft_wrap=False)
     out.print(results_table(m, TABLE_HEADER, table_rows(m)))
     costs = results_table(m, cost_header(drag=False), cost_rows(m, drag=False))
-    costs.title = f"costs: {cfg.backtest.cost_bps:g} bps a unit of turnover; net Sharpe at 0-20 bps"
-    if cfg.backtest.portfolio != "per_ticker":
-        costs.title = f"{cfg.backtest.portfolio} portfolio; " + costs.title
+    costs.title = cost_title(cfg.backtest.cost_bps, cfg.backtest.portfolio)
     out.print(costs)
     out.print(quantile_words(m.get("quantiles") or {}), soft_wrap=False)
     t = m["timing"]
