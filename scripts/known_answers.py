@@ -233,7 +233,7 @@ def pval(x: float | None) -> str:
 
 
 def pct(x: float | None) -> str:
-    return "-" if x is None or not np.isfinite(x) else f"{x:.0%}"
+    return "-" if x is None or not np.isfinite(x) else f"{round(100 * x)}%"  # an int: never "-0%"
 
 
 def draw_line(r: dict) -> str:

@@ -4,6 +4,10 @@ Each generator returns one-bar log returns r[0..n) and the oracle forecast of r[
 close, E[r[t+1] | r[..t]], so the best achievable out-of-sample R^2 on any rows is computed from
 the same draws the model sees. `ohlcv_from_returns` wraps returns into a consistent OHLCV frame
 (its adjusted close has exactly these log returns).
+
+The randomized battery (`draw_spec`, `generate`, below the fixed cases) draws whole OHLCV series
+whose signal lives in the bars' features as well as in the returns, for
+scripts/known_answers.py --battery; tsconv.evaluate.battery scores runs on them.
 """
 
 from __future__ import annotations
