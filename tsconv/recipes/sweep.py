@@ -122,23 +122,19 @@ def run_holdout(
     )
 
 
-def _trial_folder(out: Path, number: int) -> Path:
-    return RunFolder(out).trial(number).path
-
-
 def _trial_performance(out: Path, numbers: list[int], objective: str) -> pd.DataFrame:
     """Per-bar performance of each trial's model, dates in rows and trials in columns, on the
     dates all of them traded: net returns, or for the r2_oos objective the squared-error
     reduction against the zero forecast (whose mean ranks trials as R^2 does)."""
     cols = {}
     for n in numbers:
-        folder = _trial_folder(out, n)
+        folder = RunFolder(out).trial(n)
         if objective == "r2_oos":
-            p = pd.read_parquet(folder / "predictions.parquet")
+            p = pd.read_parquet(folder.predictions)
             gain = p["realized"] ** 2 - (p["prediction"] - p["realized"]) ** 2
             cols[n] = gain.groupby(p["date"]).mean()
         else:
-            r = pd.read_parquet(folder / "returns.parquet")
+            r = pd.read_parquet(folder.returns)
             cols[n] = r.set_index("date")["prediction"]
     return pd.DataFrame(cols).dropna()
 
@@ -153,20 +149,20 @@ def summarize_selection(
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if len(complete) < 2:
-        errors = [_trial_folder(out, t.number) / "error.txt" for t in trials]
+        errors = [RunFolder(out).trial(t.number).error for t in trials]
         first = next((e.read_text().strip() for e in errors if e.exists()), "no error recorded")
         raise DataError(f"sweep: {len(complete)} of {len(trials)} trials finished; {first}")
     table = trials_table(trials, out)
-    runfolder.write_with(out / "trials.parquet", lambda tmp: table.to_parquet(tmp, index=False))
+    runfolder.write_with(
+        RunFolder(out).trials_table, lambda tmp: table.to_parquet(tmp, index=False)
+    )
     board = leaderboard(table)
-    runfolder.write_text(out / "leaderboard.csv", board.to_csv(index=False))
+    runfolder.write_text(RunFolder(out).leaderboard, board.to_csv(index=False))
     best = int(board["trial"].iloc[0])
     numbers = [t.number for t in complete]
     perf = _trial_performance(out, numbers, spc.sweep.objective)
     nets = _trial_performance(out, numbers, "sharpe") if spc.sweep.objective != "sharpe" else perf
-    periods = json.loads((_trial_folder(out, best) / "metrics.json").read_text())[
-        "periods_per_year"
-    ]
+    periods = json.loads(RunFolder(out).trial(best).metrics.read_text())["periods_per_year"]
     luck = luck_measures(nets, perf, best, periods, spc.sweep.blocks, spc.sweep.objective)
     row = table[table["trial"] == best].iloc[0]
     return {
@@ -201,7 +197,7 @@ def summarize_selection(
 def _kept_start(out: Path, numbers: list[int]) -> dict[str, int]:
     """How many of the trials' folds kept the starting weights (no epoch beat them on
     validation): there the training parameters made no difference."""
-    folds = [pd.read_csv(_trial_folder(out, n) / "folds.csv") for n in numbers]
+    folds = [pd.read_csv(RunFolder(out).trial(n).fold_table) for n in numbers]
     return {
         "folds": sum(len(f) for f in folds),
         "folds_kept_start": sum(int((f["best_epoch"] == 0).sum()) for f in folds),
@@ -217,14 +213,14 @@ def trials_table(trials: list, out: Path) -> pd.DataFrame:
     it; lists as JSON text) and the selection-period figures."""
     metrics_rows = []
     for t in trials:
-        folder = _trial_folder(out, t.number)
+        folder = RunFolder(out).trial(t.number)
         row: dict[str, Any] = {"trial": t.number, "state": t.state.name.lower(), "value": t.value}
         for key, value in t.params.items():
             row[key] = value
-        if (folder / "metrics.json").exists() and t.value is not None:
-            row.update(trial_row(json.loads((folder / "metrics.json").read_text())))
-        if (folder / "error.txt").exists():
-            row["error"] = (folder / "error.txt").read_text().strip()
+        if folder.metrics.exists() and t.value is not None:
+            row.update(trial_row(json.loads(folder.metrics.read_text())))
+        if folder.error.exists():
+            row["error"] = folder.error.read_text().strip()
         metrics_rows.append(row)
     return pd.DataFrame(metrics_rows)
 
