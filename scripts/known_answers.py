@@ -39,7 +39,7 @@ from tsconv import synthetic
 from tsconv.cli import app
 from tsconv.config import load_config
 from tsconv.evaluate import battery
-from tsconv.models import receptive_field
+from tsconv.models.registry import receptive_field
 from tsconv.recipes.backtest import run_backtest
 from tsconv.recipes.prepare import prepare
 
@@ -324,6 +324,8 @@ def write_battery_section(path: Path, label: str, seed: int, text: str) -> None:
 def battery_mode(args: argparse.Namespace) -> None:
     load = os.getloadavg()[0]  # the time column means little when other work shares the cores
     specs = synthetic.battery(args.seed, args.draws, args.bars)
+    if args.only:  # draws picked by index: the same series as in the full battery
+        specs = [d for d in specs if d.index in args.only]
     answers = [synthetic.generate(d) for d in specs]
     with tempfile.TemporaryDirectory() as tmp:
         cache = import_draws(answers, Path(tmp))
@@ -336,7 +338,7 @@ def battery_mode(args: argparse.Namespace) -> None:
                 where = f"{platform.node() or 'this machine'}, torch {torch.__version__}"
                 changed = f", with {' '.join(args.overrides)}" if args.overrides else ""
                 heading = (
-                    f"### {config}{changed}, seed {args.seed}, {args.draws} draws\n\n"
+                    f"### {config}{changed}, seed {args.seed}, {len(answers)} draws\n\n"
                     f"{summary}\n\n(`--workers {args.workers}` on {where}, "
                     f"{torch.get_num_threads()} threads, load average {load:.1f} at the start.)\n\n"
                 )
@@ -363,6 +365,9 @@ def main() -> None:
         "--bars", type=int, default=synthetic.BATTERY_BARS, help="--battery: per ticker"
     )
     ap.add_argument("--workers", type=int, default=1, help="--battery: tsconv backtest --workers")
+    ap.add_argument(
+        "--only", type=int, nargs="+", help="--battery: run only these draws (by index)"
+    )
     args = ap.parse_args()
     if args.battery:
         args.configs = args.configs or ["quick"]

@@ -94,10 +94,14 @@ def tiny_config(**sections):
 
 
 def random_head(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Models start with a zero head (an untrained model is the zero forecast), which would make
-    any test of what the body computes pass trivially; give the head random weights."""
+    """Models start with a zero head (an untrained model is the zero forecast) and a zero
+    highway until its ridge is fitted, which would make any test of what they compute pass
+    trivially; give both random weights."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         model.head.weight.copy_(torch.randn(model.head.weight.shape, generator=g))
         model.head.bias.copy_(torch.randn(model.head.bias.shape, generator=g))
+        if getattr(model, "highway", None) is not None:
+            for w in (model.highway.weight, model.highway.hinge, model.highway.quad):
+                w.copy_(0.1 * torch.randn(w.shape, generator=g))
     return model

@@ -329,9 +329,8 @@ def test_models_run_on_cuda():
 @pytest.mark.parametrize("kind", ["tcn", "multiscale"])
 def test_highway_is_the_ridge_forecast_on_top_of_the_network(kind):
     """Output = network + sum over lags j and features f of coef[j, f] * x[f, t - j]: the
-    ridge AR model's forecast, so a model whose network is still at its zero head is it."""
-    from tsconv.evaluate.baselines import lagged
-
+    ridge forecast, so a model whose network is still at its zero head is it. The weights
+    are buffers, fitted before training and never trained."""
     cfg = model_config(
         kind=kind, channels=4, layers=1, kernels=[3], highway=True, highway_lags=6, dropout=0.0
     )
@@ -339,39 +338,36 @@ def test_highway_is_the_ridge_forecast_on_top_of_the_network(kind):
     assert model.receptive_field == receptive_field(cfg) == 6  # the highway reaches further
     coef = np.random.default_rng(1).normal(size=(6, 3))
     model.highway.set_ridge(coef, penalty=0.5)
+    assert model.highway.reach() == 6 and float(model.highway.penalty) == 0.5
+    assert not any(p is model.highway.weight for p in model.parameters())
     x = torch.randn(2, 3, 40)
     with torch.no_grad():
         out = model(x)[:, 0].numpy()
-    rows = np.arange(5, 40)
     for i in range(2):
-        expected = lagged(x[i].T.numpy(), rows, 6) @ coef.reshape(-1)
+        xi = x[i].T.numpy()
+        expected = [sum(coef[j] @ xi[t - j] for j in range(6)) for t in range(5, 40)]
         np.testing.assert_allclose(out[i, 5:], expected, rtol=1e-4, atol=1e-5)
-    # the penalty the training loss adds: 0.5 * |w|^2, with its gradient on the highway only
-    loss = model.highway.penalty_loss()
-    assert loss.item() == pytest.approx(0.5 * (coef**2).sum(), rel=1e-5)
-    loss.backward()
-    assert torch.allclose(model.highway.conv.weight.grad, model.highway.conv.weight * 1.0)
+    # a prediction's bits do not depend on the batch's length or rows
+    with torch.no_grad():
+        alone = model.highway(x[1:, :, 10:30])
+    assert torch.equal(alone[0, 0, 5:], model.highway(x)[1, 0, 15:30])
+    model.highway.set_ridge(np.zeros((6, 3)), penalty=100.0)
+    assert model.highway.reach() == 0
 
 
-def test_ridge_selection_shrinks_noise_and_keeps_signal():
-    from tsconv.evaluate.baselines import ridge_select
+def test_highway_loads_weights_saved_as_a_convolution():
+    """model.pt files from before the highway became a fixed ridge held `highway.conv.weight`."""
+    cfg = model_config(kind="tcn", channels=4, layers=1, highway=True, highway_lags=3)
+    model = build_model(cfg, 2)
+    state = model.state_dict()
+    state["highway.conv.weight"] = torch.ones(1, 2, 3)
+    del state["highway.weight"]
+    model.load_state_dict(state)
+    assert torch.equal(model.highway.weight, torch.ones(1, 2, 3))
 
-    rng = np.random.default_rng(0)
-    penalties = (1e-4, 1e-2, 1.0, 100.0)
-    a, a_val = rng.normal(size=(800, 10)), rng.normal(size=(200, 10))
-    # pure noise: nothing is clearly better than the near-zero fit, so the largest penalty
-    noise = [ridge_select(a, rng.normal(size=800), a_val, rng.normal(size=200), penalties)[1]]
-    noise += [ridge_select(a, rng.normal(size=800), a_val, rng.normal(size=200), penalties)[1]]
-    assert noise == [100.0, 100.0]
-    # a real signal in one column: a small penalty, and the closed-form ridge solution
-    beta = np.zeros(10)
-    beta[0] = 0.5
-    b, b_val = a @ beta + rng.normal(size=800), a_val @ beta + rng.normal(size=200)
-    coef, penalty = ridge_select(a, b, a_val, b_val, penalties)
-    assert penalty <= 1e-2
-    np.testing.assert_allclose(
-        coef, np.linalg.solve(a.T @ a / 800 + penalty * np.eye(10), a.T @ b / 800), rtol=1e-8
-    )
-    assert abs(coef[0] - 0.5) < 0.1
-    # no validation rows: the largest penalty
-    assert ridge_select(a, b, a_val[:0], b_val[:0], penalties)[1] == 100.0
+
+def test_highway_reach_defaults_to_the_networks():
+    tcn = model_config(kind="tcn", layers=4, kernel_size=3, highway=True)
+    assert build_model(tcn, 2).highway.lags == receptive_field(tcn) == 61
+    ms = model_config(kind="multiscale", kernels=[3, 5, 21], highway=True)
+    assert build_model(ms, 2).highway.lags == receptive_field(ms) == 21

@@ -67,7 +67,7 @@ def _synthetic_backtest(tmp_path, name, frames, **cfg_kw):
 
 
 def test_no_look_ahead_truncating_the_future_changes_no_past_prediction(tmp_path):
-    # the highway's ridge fit (penalty chosen on the fold's validation rows) is covered too
+    # the highway's ridge fit (lags and penalty chosen on the fold's training rows) is covered too
     cfg_kw = {
         "backtest": {"train_span": 400, "test_span": 150},
         "train": {"epochs": 2, "min_steps": 20},

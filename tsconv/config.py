@@ -192,8 +192,15 @@ class BacktestConfig(_Section):
     periods_per_year: int | None = Field(
         None, ge=1, description="bars per year for annualising; unset: inferred from the dates"
     )
-    ar_lags: int = Field(5, ge=1, le=100)
-    ridge_alpha: float = Field(1.0, ge=0)
+    ar_lags: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="ridge baseline: at most this many bars; unset: the model's reach",
+    )
+    ridge_alpha: float | None = Field(
+        None, gt=0, description="ridge baseline's penalty; unset: chosen per fold (leave-one-out)"
+    )
     trailing_window: int = Field(252, ge=1)
 
 

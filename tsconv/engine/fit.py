@@ -117,19 +117,11 @@ def make_optimizer(model: ForecastModel, lr: float, weight_decay: float, device:
     """AdamW; the fused kernel on CPU and CUDA updates all parameters in one pass instead of
     a dozen small ops per tensor.
 
-    The highway is not decayed: it has its own ridge penalty. Decay regularises through the
-    scale parameters and biases (weight norm's g, BatchNorm's weight and shift): the directions
-    that weight norm and BatchNorm normalise are scale-free, so decay only speeds those up."""
-    highway = model.highway
-    skip = {id(p) for p in highway.parameters()} if highway is not None else set()
-    groups = [
-        {"params": [p for p in model.parameters() if id(p) not in skip]},
-        {"params": [p for p in model.parameters() if id(p) in skip], "weight_decay": 0.0},
-    ]
+    Decay regularises through the scale parameters and biases (weight norm's g, BatchNorm's
+    weight and shift): the directions that weight norm and BatchNorm normalise are scale-free,
+    so decay only speeds those up. (The highway's weights are buffers, fitted before training.)"""
     fused = device.type in ("cpu", "cuda")
-    return torch.optim.AdamW(
-        [g for g in groups if g["params"]], lr=lr, weight_decay=weight_decay, fused=fused
-    )
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=fused)
 
 
 def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
@@ -245,7 +237,6 @@ class _Training:
     opt: torch.optim.Optimizer
     sched: Any
     scaler: torch.amp.GradScaler
-    penalty: Callable[[], torch.Tensor] | None
     part: tuple[int, int] | None  # (rank, processes) under torchrun
     per_epoch: int
     train_ds: WindowDataset
@@ -282,7 +273,6 @@ def _set_up(
     part = ddp.shard()  # (rank, processes) under torchrun: this rank runs a slice of each batch
     if part is not None:
         step_model = ddp.wrap(step_model, device)
-    penalty = model.highway.penalty_loss if model.highway is not None else None
     # float16 (GPUs without bf16) needs loss scaling to keep small gradients from underflowing.
     scaler = torch.amp.GradScaler(
         device.type, enabled=cfg.amp and amp_dtype(device) == torch.float16
@@ -300,7 +290,6 @@ def _set_up(
         opt=opt,
         sched=sched,
         scaler=scaler,
-        penalty=penalty,
         part=part,
         per_epoch=per_epoch,
         train_ds=train_ds,
@@ -363,7 +352,7 @@ def _train_epoch(
             idx = idx.tensor_split(part[1])[part[0]]
         batch = run.train_ds.batch(idx)
         loss = _train_step(
-            forward, batch, autocast, run.opt, run.scaler, params, cfg.clip_grad, run.penalty, part
+            forward, batch, autocast, run.opt, run.scaler, params, cfg.clip_grad, part
         )
         if run.sched is not None:
             run.sched.step()
@@ -445,11 +434,10 @@ def _train_step(
     scaler: torch.amp.GradScaler,
     params: list[nn.Parameter],
     clip_grad: float,
-    penalty: Callable[[], torch.Tensor] | None = None,
     part: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """One optimizer step on a batch (gradients of `params` clipped to norm `clip_grad` when
-    it is positive); returns the loss (without the penalty), still on the device. With `part`
+    it is positive); returns the loss, still on the device. With `part`
     (rank, processes) the batch is this rank's slice of one global batch: its loss is its
     squared errors over the whole batch's target count, and the objective is scaled by the
     processes because DistributedDataParallel averages their gradients."""
@@ -464,7 +452,7 @@ def _train_step(
         loss = (diff**2).sum() / count.to(diff.dtype)
         objective = loss * part[1]
     opt.zero_grad(set_to_none=True)
-    scaler.scale(objective if penalty is None else objective + penalty()).backward()
+    scaler.scale(objective).backward()
     if clip_grad > 0:
         scaler.unscale_(opt)
         nn.utils.clip_grad_norm_(params, clip_grad)

@@ -55,44 +55,98 @@ def zero_head(in_channels: int) -> CausalConv1d:
     return head
 
 
-class Highway(nn.Module):
-    """LSTNet's autoregressive component: a linear map of the last `lags` bars of the input
-    features, added to the network's output at every step.
+# tsconv.engine.linear.HINGES: (sign, knot) of each hinge max(sign * z - knot, 0)
+HINGES = ((1.0, 0.0), (1.0, 1.0), (1.0, 2.0), (-1.0, 1.0), (-1.0, 2.0))
 
-    The network then nests a linear AR model (the ridge baseline's model class) instead of
-    having to rediscover it through ReLUs from a zero head. `set_ridge` puts in a ridge solution
-    (`tsconv.recipes.fit_span` fits one on the training rows before training starts) and its
-    penalty, which `penalty_loss` adds to the training loss, so gradient steps keep the ridge's
-    shrinkage.
+
+class Highway(nn.Module):
+    """LSTNet's autoregressive component, extended: a linear map of the last `lags` bars of
+    the input features plus a few fixed nonlinear terms of the last bar (hinges of each
+    feature, products of two), added to the network's output at every step.
+
+    The network then nests a linear model over its whole reach (the ridge baseline's model
+    class) and the simplest nonlinear ones, instead of having to rediscover them through ReLUs
+    from a zero head, which takes more rows than a few years of daily bars hold. The weights
+    are not trained: `set_ridge` puts in a ridge regression whose terms and penalty were chosen
+    on the training rows (`tsconv.recipes.fit_span`), and the network learns what it leaves.
+    Gradient steps on hundreds of lag weights would only fit noise the penalty kept out.
     """
 
     def __init__(self, in_features: int, lags: int):
         super().__init__()
         self.lags = lags
-        self.conv = CausalConv1d(in_features, 1, lags, bias=False)  # the head has the bias
-        nn.init.zeros_(self.conv.weight)
+        # weight[0, f, k]: feature f of the bar lags - 1 - k back (a causal Conv1d's layout)
+        self.register_buffer("weight", torch.zeros(1, in_features, lags))
+        # the last bar's nonlinear terms (tsconv.engine.linear.bar_terms), z its features
+        # clipped at +-clip: hinge[f, h] * max(sign_h * z_f - knot_h, 0), quad[i, j] * z_i z_j
+        # (i <= j), plus offset
+        self.register_buffer("hinge", torch.zeros(in_features, len(HINGES)))
+        self.register_buffer("quad", torch.zeros(in_features, in_features))
+        self.register_buffer("offset", torch.zeros(()))
         self.register_buffer("penalty", torch.zeros(()))
+        self.clip = 5.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
+        # Each lag's term, then the terms summed shifted, lag by lag in a fixed order: unlike
+        # a convolution with a long kernel it holds no (N, F, L, lags) copy, and a step's bits
+        # depend neither on the batch's shape nor on the thread count.
+        w = self.weight[0].to(x.dtype)
+        terms = torch.einsum("nfl,fk->nkl", x, w)
+        out = torch.zeros_like(terms[:, :1])
+        length = x.shape[-1]
+        for k in range(self.lags):
+            lag = self.lags - 1 - k
+            if lag < length:
+                out[..., lag:] += terms[:, k : k + 1, : length - lag]
+        z = x.clamp(-self.clip, self.clip)  # always, not when nonzero: no host sync
+        qz = torch.einsum("ij,njl->nil", self.quad.to(x.dtype), z)
+        terms = (z * qz).sum(1, keepdim=True) + self.offset.to(x.dtype)
+        for h, (sign, knot) in enumerate(HINGES):
+            w = self.hinge[:, h].to(x.dtype)
+            terms = terms + torch.einsum("f,nfl->nl", w, F.relu(sign * z - knot)).unsqueeze(1)
+        return out + terms
 
     @torch.no_grad()
-    def set_ridge(self, coef: np.ndarray, penalty: float) -> None:
-        """coef (lags, features): coef[j, f] multiplies feature f of the bar j steps back."""
+    def set_ridge(
+        self,
+        coef: np.ndarray,
+        penalty: float,
+        hinge: np.ndarray | None = None,
+        quad: np.ndarray | None = None,
+        offset: float = 0.0,
+    ) -> None:
+        """coef (lags, features): coef[j, f] multiplies feature f of the bar j steps back;
+        hinge (features, len(HINGES)) and quad (features, features, upper triangle): the
+        last bar's nonlinear terms' weights."""
         w = torch.as_tensor(np.asarray(coef, dtype=np.float32))
-        self.conv.weight.copy_(w.flip(0).T.unsqueeze(0))  # tap k reads lag lags - 1 - k
+        self.weight.copy_(w.flip(0).T.unsqueeze(0))
+        self.hinge.copy_(torch.as_tensor(np.zeros(self.hinge.shape) if hinge is None else hinge))
+        self.quad.copy_(torch.as_tensor(np.zeros(self.quad.shape) if quad is None else quad))
+        self.offset.fill_(float(offset))
         self.penalty.fill_(float(penalty))
 
-    def penalty_loss(self) -> torch.Tensor:
-        return self.penalty * self.conv.weight.pow(2).sum()
+    def reach(self) -> int:
+        """Bars back the fitted weights read: 0 when the ridge chose the zero forecast."""
+        used = self.weight[0].abs().sum(0).flip(0).nonzero()
+        return int(used.max()) + 1 if len(used) else int(bool(self.quad.any() or self.hinge.any()))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # model.pt files written before the highway stopped training held a Conv1d's weight
+        # and no second-order part
+        if prefix + "conv.weight" in state_dict:
+            state_dict[prefix + "weight"] = state_dict.pop(prefix + "conv.weight")
+            state_dict[prefix + "hinge"] = torch.zeros_like(self.hinge)
+            state_dict[prefix + "quad"] = torch.zeros_like(self.quad)
+            state_dict[prefix + "offset"] = torch.zeros_like(self.offset)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class ForecastModel(nn.Module):
     """What tsconv asks of a model: (N, features, L) -> (N, 1, L), a forecast at every step
     from that step and the ones before it; how many steps one forecast sees; its highway.
 
-    Training reads `highway` (its ridge start, its own penalty, no weight decay) and prediction
-    reads `receptive_field` (how much history a forecast needs)."""
+    Training reads `highway` (fitted before training, then fixed) and prediction reads
+    `receptive_field` (how much history a forecast needs)."""
 
     highway: Highway | None
 

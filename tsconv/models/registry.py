@@ -62,14 +62,17 @@ class ModelConfigBase(BaseModel):
     kind: str
     channels: int = Field(64, ge=1, le=4096)
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
-    highway: bool = Field(False, description="add a ridge-initialised linear map of the last bars")
-    highway_lags: int = Field(5, ge=1, le=1024)
+    highway: bool = Field(False, description="add a ridge regression over the last bars")
+    highway_lags: int | None = Field(
+        None, ge=1, le=1024, description="the highway's reach; unset: the network's"
+    )
     _other_kinds_keys: dict[str, Any] = PrivateAttr(default_factory=dict)
 
-    @property
-    def highway_lags_used(self) -> int:
-        """The highway's lags, 0 without a highway."""
-        return self.highway_lags if self.highway else 0
+    def highway_lags_used(self, body_reach: int) -> int:
+        """The highway's reach (the network's, `body_reach`, unless set); 0 without one."""
+        if not self.highway:
+            return 0
+        return self.highway_lags if self.highway_lags is not None else body_reach
 
     @model_validator(mode="wrap")
     @classmethod
@@ -126,6 +129,12 @@ class MultiScaleConfig(ModelConfigBase):
         return self
 
 
+def _tcn_body_reach(cfg: TCNConfig) -> int:
+    from tsconv.models.tcn import tcn_receptive_field
+
+    return tcn_receptive_field(cfg.kernel_size, len(cfg.block_channels()), cfg.dilation_base)
+
+
 def build_tcn(cfg: TCNConfig, in_features: int):
     from tsconv.models.fast.tcn import TimeMajorTCN
 
@@ -136,15 +145,13 @@ def build_tcn(cfg: TCNConfig, in_features: int):
         cfg.dilation_base,
         cfg.dropout,
         cfg.weight_norm,
-        cfg.highway_lags_used,
+        cfg.highway_lags_used(_tcn_body_reach(cfg)),
     )
 
 
 def tcn_receptive_field(cfg: TCNConfig) -> int:
-    from tsconv.models.tcn import tcn_receptive_field
-
-    body = tcn_receptive_field(cfg.kernel_size, len(cfg.block_channels()), cfg.dilation_base)
-    return max(body, cfg.highway_lags_used)
+    body = _tcn_body_reach(cfg)
+    return max(body, cfg.highway_lags_used(body))
 
 
 def build_multiscale(cfg: MultiScaleConfig, in_features: int):
@@ -156,13 +163,13 @@ def build_multiscale(cfg: MultiScaleConfig, in_features: int):
         tuple(cfg.kernels),
         cfg.causal,
         cfg.dropout,
-        cfg.highway_lags_used,
+        cfg.highway_lags_used(max(cfg.kernels)),
         cfg.mix,
     )
 
 
 def multiscale_receptive_field(cfg: MultiScaleConfig) -> int:
-    return max(*cfg.kernels, cfg.highway_lags_used)
+    return max(*cfg.kernels, cfg.highway_lags_used(max(cfg.kernels)))
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,11 @@ import numpy as np
 import torch
 
 from tsconv.data import covariates
+from tsconv.engine import linear
 from tsconv.engine.fit import FitResult, FitState, fit
+from tsconv.engine.linear import RidgeFit
 from tsconv.engine.windows import Panel, Scaler, WindowDataset, fit_sequence, make_panel
 from tsconv.errors import DataError
-from tsconv.evaluate import baselines
 from tsconv.models.registry import build_model
 from tsconv.recipes.prepare import (
     Prepared,
@@ -81,7 +82,7 @@ def fit_span(
     if init_state is not None:
         model.load_state_dict(init_state)
     elif resume is None and model.highway is not None:
-        fit_highway(model.highway, panel, train, val)
+        fit_highway(model.highway, panel, train, prep)
     result = fit(
         model,
         train_ds,
@@ -97,39 +98,27 @@ def fit_span(
     return model, scalers, panel, result
 
 
-# Ridge penalties the highway chooses from on validation, in mean-squared-error units on
-# standardised features: from almost none to about a hundredth of the least-squares weights.
-HIGHWAY_PENALTIES = (1e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0)
-
-
 def fit_highway(
-    highway: torch.nn.Module, panel: Panel, train: dict[str, Span], val: dict[str, Span]
-) -> None:
-    """Start the highway at the ridge regression of the (scaled) target on the last `lags`
-    bars of the features, pooled over tickers and fitted on the training rows, with its
-    penalty chosen on the validation rows: the model then starts as a well-regularised linear
-    AR model and the network learns what that leaves. Only rows before the fold's validation
-    cut are fitted, and only validation rows choose, as for early stopping."""
-    lags = highway.lags
+    highway: torch.nn.Module, panel: Panel, train: dict[str, Span], prep: Prepared
+) -> RidgeFit:
+    """Set the highway to the ridge regression of the (scaled) target on the last bars of
+    the features, pooled over tickers, with its lags (up to the highway's reach) and penalty
+    chosen by cross-validation over stretches of time of the fold's training rows
+    (`tsconv.engine.linear`); the model then starts as a well-regularised linear model and
+    the network learns what it leaves. The validation rows take no part: early stopping
+    compares the network against this start on them."""
     x, y = panel.x.numpy(), panel.y.numpy()
-
-    def target_rows(spans: dict[str, Span]) -> np.ndarray:
-        # from the lags-th bar of each ticker on, so every lag read is the ticker's own bar
-        rows = [
-            global_rows(panel, t, np.arange(max(lo, lags - 1), hi)).numpy()
-            for t, (lo, hi) in spans.items()
-        ]
-        rows = np.concatenate([*rows, np.zeros(0, np.int64)])
-        return rows[np.isfinite(y[rows])]
-
-    fit_rows, val_rows = target_rows(train), target_rows(val)
-    if len(fit_rows) <= x.shape[1] * lags:
-        return  # fewer rows than weights: stay at zero
-    coef, penalty = baselines.ridge_select(
-        baselines.lagged(x, fit_rows, lags),
-        y[fit_rows],
-        baselines.lagged(x, val_rows, lags),
-        y[val_rows],
-        HIGHWAY_PENALTIES,
+    rows, since, dates = [], [], []
+    for t, (lo, hi) in train.items():
+        rows.append(global_rows(panel, t, np.arange(lo, hi)).numpy())
+        since.append(np.full(hi - lo, panel.offsets[panel.tickers.index(t)]))
+        dates.append(prep.data[t].dates[lo:hi].asi8)
+    rows_all, since_all, dates_all = (
+        np.concatenate([*parts, np.zeros(0, np.int64)]) for parts in (rows, since, dates)
     )
-    highway.set_ridge(coef.reshape(lags, x.shape[1]), penalty)
+    known = np.isfinite(y[rows_all])
+    chosen = linear.select_ridge(
+        x, y, rows_all[known], highway.lags, since_all[known], dates_all[known], nonlinear=True
+    )
+    highway.set_ridge(chosen.coef, chosen.penalty, chosen.hinge, chosen.quad, chosen.offset)
+    return chosen

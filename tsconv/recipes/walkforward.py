@@ -155,6 +155,9 @@ def fit_member(
         fitted.rows, fitted.info = _fold_rows(prep, fold, train, test, scalers)
         fitted.info["train_rows"] = int(sum(hi - lo for lo, hi in fit_spans.values()))
         fitted.info["val_rows"] = int(sum(hi - lo for lo, hi in val_spans.values()))
+        if model.highway is not None:  # the linear part's choice, on this fold's training rows
+            fitted.info["linear_lags"] = model.highway.reach()
+            fitted.info["linear_penalty"] = float(model.highway.penalty)
     return fitted
 
 
@@ -168,10 +171,19 @@ def _fold_rows(
     """The fold's test rows with realised returns and baselines (the prediction column is
     filled by `combine_members`), and the dates of its spans."""
     cfg, bt = prep.cfg, prep.cfg.backtest
-    frames = []
+    frames, ridge_fits = [], []
     for t, rows in test.items():
         td, s = prep.data[t], scalers[t]
         lo, hi = train.get(t, (0, 0))
+        ridge, fit = baselines.ridge_ar(
+            s.transform(td.x),
+            td.y,
+            (lo, hi),
+            rows,
+            bt.ar_lags or prep.receptive_field,
+            bt.ridge_alpha,
+        )
+        ridge_fits.append(fit)
         frames.append(
             pd.DataFrame(
                 {
@@ -186,9 +198,7 @@ def _fold_rows(
                     "trailing_mean": baselines.trailing_mean(
                         td, rows, cfg.target.horizon, bt.trailing_window
                     ),
-                    "ridge_ar": baselines.ridge_ar(
-                        s.transform(td.x), td.y, (lo, hi), rows, bt.ar_lags, bt.ridge_alpha
-                    ),
+                    "ridge_ar": ridge,
                 }
             )
         )
@@ -200,6 +210,11 @@ def _fold_rows(
         "train_end": str(max(d[1] for d in train_dates).date()),
         "test_start": str(fold.test_start.date()),
         "test_end": str(rows["date"].max().date()) if len(rows) else None,
+        # what the ridge baseline chose (the median over tickers: one fit each)
+        "ridge_ar_lags": float(np.median([f.lags for f in ridge_fits])) if ridge_fits else 0.0,
+        "ridge_ar_penalty": float(np.median([f.penalty for f in ridge_fits]))
+        if ridge_fits
+        else 0.0,
     }
     return rows, info
 

@@ -69,6 +69,14 @@ DEFINITIONS = [
         "start); member_best_epochs lists each member's, and epochs and steps are summed.",
     ),
     (
+        "linear_lags",
+        "The bars the model's linear part (the highway) reads, chosen per fold with its ridge "
+        "penalty (linear_penalty) by 5-fold cross-validation over stretches of the fold's "
+        "training dates: the simplest candidate within one standard error of the best. 0: "
+        "the zero forecast, which no linear fit beat. ridge_ar_lags and ridge_ar_penalty: "
+        "the ridge AR baseline's choice, made the same way per ticker (median over tickers).",
+    ),
+    (
         "Quantile table",
         "Realised returns by forecast bucket (backtest.buckets). Cross-sectional when every "
         "date has at least that many tickers (for a long_short or long_only book at least "
@@ -124,6 +132,10 @@ FOLD_COLUMNS = [
     "train_rows",
     "val_rows",
     "test_rows",
+    "linear_lags",
+    "linear_penalty",
+    "ridge_ar_lags",
+    "ridge_ar_penalty",
     "epochs",
     "steps",
     "best_val_loss",

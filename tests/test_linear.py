@@ -1,0 +1,147 @@
+"""The linear part: ridge over lag blocks, its lags and penalty chosen by cross-validation over
+stretches of time (tsconv.engine.linear), as the highway and the ridge_ar baseline use it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tsconv.engine import linear
+
+
+def momentum_series(n: int, lags: int, r2: float, seed: int):
+    """x: one feature (the return); y[t] = c * sum of the last `lags` returns + noise, with
+    the oracle explaining `r2` of y's variance."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 1))
+    s = np.convolve(x[:, 0], np.ones(lags))[:n]
+    s[: lags - 1] = 0.0
+    c = np.sqrt(r2 / (1 - r2) / lags)
+    return x, c * s + rng.normal(size=n), c * s
+
+
+def r2(pred, y):
+    return 1 - np.mean((y - pred) ** 2) / np.mean(y**2)
+
+
+def test_lag_blocks_cover_every_lag_once():
+    for max_lags in (1, 2, 5, 7, 61, 253):
+        blocks = linear.lag_blocks(max_lags)
+        assert blocks[0] == (0, 1) and blocks[-1][1] == max_lags
+        assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:], strict=False))
+    assert linear.lag_blocks(40) == [(0, 1), (1, 2), (2, 3), (3, 5), (5, 10), (10, 20), (20, 40)]
+
+
+@pytest.mark.parametrize("lags", [1, 5, 20, 36])
+def test_a_signal_spread_over_many_bars_is_found(lags):
+    """A sum over the last L returns: the chosen fit reads at least L bars and gets most of
+    the oracle's R^2 out of sample (3,000 rows to fit, 2,000 to test)."""
+    x, y, oracle = momentum_series(5000, lags, 0.08, seed=lags)
+    fit = linear.select_ridge(x, y, np.arange(64, 3000), 64)
+    assert fit.lags >= lags
+    test = np.arange(3000, 5000)
+    got, best = r2(linear.predict(x, test, fit), y[test]), r2(oracle[test], y[test])
+    assert got > 0.8 * best, (got, best)
+
+
+def test_noise_gets_the_zero_forecast_or_close_to_it():
+    """No signal: the one-standard-error rule keeps the fit at (or near) the zero forecast,
+    so its out-of-sample R^2 is never far below zero's."""
+    chosen = []
+    for seed in range(8):
+        rng = np.random.default_rng(seed)
+        x = rng.standard_t(4, size=(3000, 4))
+        y = rng.standard_t(4, size=3000)
+        fit = linear.select_ridge(x, y, np.arange(64, 2000), 64)
+        chosen.append(fit.lags)
+        assert r2(linear.predict(x, np.arange(2000, 3000), fit), y[2000:]) > -0.01
+    assert sum(lags == 0 for lags in chosen) >= 6, chosen
+
+
+def test_no_row_reads_before_its_own_series_or_after_itself():
+    """A panel's second ticker never reads the first's bars (`since`), and the fit on rows
+    before T is the same whatever the bars from T on hold."""
+    x, y, _ = momentum_series(2000, 10, 0.1, seed=1)
+    since = np.where(np.arange(2000) < 1000, 0, 1000)
+    poisoned = x.copy()
+    poisoned[990:1000] = np.nan  # the first ticker's last bars: any read of them is NaN
+    rows = np.r_[np.arange(0, 990), np.arange(1000, 2000)]
+    fit = linear.select_ridge(poisoned, y, rows, 20, since[rows])
+    assert fit.lags > 0 and np.isfinite(fit.coef).all()
+    future = x.copy()
+    future[1500:] = 1e6
+    a = linear.select_ridge(x, y, np.arange(1000, 1500), 20)
+    b = linear.select_ridge(future, y, np.arange(1000, 1500), 20)
+    assert np.array_equal(a.coef, b.coef) and (a.lags, a.penalty) == (b.lags, b.penalty)
+
+
+def test_predictions_do_not_change_when_rows_are_added():
+    x, y, _ = momentum_series(1500, 10, 0.1, seed=2)
+    fit = linear.select_ridge(x, y, np.arange(50, 1000), 40)
+    rows = np.arange(1000, 1500)
+    assert np.array_equal(linear.predict(x, rows, fit)[:100], linear.predict(x, rows[:100], fit))
+
+
+def test_a_given_penalty_is_the_one_used():
+    x, y, _ = momentum_series(2000, 3, 0.1, seed=3)
+    fit = linear.select_ridge(x, y, np.arange(10, 2000), 10, penalties=(0.5,))
+    assert fit.penalty == 0.5 and fit.lags > 0
+
+
+def test_an_interaction_of_two_features_is_found_by_the_nonlinear_part():
+    """y = c * x0 * x1 + noise: no linear fit sees it; the second-order part does, and the
+    baseline (linear only) keeps the zero forecast."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(5000, 4))
+    signal = 0.3 * x[:, 0] * x[:, 1]
+    y = signal + rng.normal(size=5000)
+    rows, test = np.arange(40, 3000), np.arange(3000, 5000)
+    fit = linear.select_ridge(x, y, rows, 20, nonlinear=True)
+    assert fit.quad is not None and abs(fit.quad[0, 1]) > 0.2
+    got, best = r2(linear.predict(x, test, fit), y[test]), r2(signal[test], y[test])
+    assert got > 0.8 * best, (got, best)
+    assert linear.select_ridge(x, y, rows, 20).lags == 0
+
+
+def test_the_highway_computes_what_the_fit_predicts():
+    """The model's linear part (a torch buffer layer) and tsconv.engine.linear.predict give
+    the same forecasts, lag blocks, clipped products and offset included."""
+    import torch
+
+    from tsconv.models.layers import HINGES, Highway
+
+    rng = np.random.default_rng(6)
+    x = rng.standard_t(3, size=(900, 3)).astype(np.float32)  # some beyond the clip
+    y = x[:, 0] * x[:, 2] + np.convolve(x[:, 1], np.ones(12))[:900] / 4 + rng.normal(size=900)
+    fit = linear.select_ridge(x, y, np.arange(30, 700), 30, nonlinear=True)
+    assert fit.quad is not None and fit.lags >= 12
+    highway = Highway(3, 30)
+    assert highway.clip == linear.CLIP and HINGES == linear.HINGES
+    highway.set_ridge(fit.coef, fit.penalty, fit.hinge, fit.quad, fit.offset)
+    with torch.no_grad():
+        out = highway(torch.as_tensor(x.T[None]))[0, 0].numpy()
+    rows = np.arange(700, 900)
+    np.testing.assert_allclose(out[rows], linear.predict(x, rows, fit), rtol=1e-4, atol=1e-4)
+    assert highway.reach() == fit.lags
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        lambda z: np.sign(z) * (np.abs(z) > 1.3),  # a threshold
+        np.abs,
+        np.sign,
+    ],
+)
+def test_a_nonlinear_function_of_one_feature_is_found_by_the_hinges(shape):
+    """Piecewise-linear in z with kinks at 0, +-1, +-2: most of an absolute value or a
+    threshold; a sign (a jump at 0) is a ramp from -1 to 1 sd, about two thirds of it."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(5000, 4))
+    signal = shape(x[:, 2])
+    signal = 0.3 * (signal - signal[:3000].mean()) / signal.std()
+    y = signal + rng.normal(size=5000)
+    fit = linear.select_ridge(x, y, np.arange(40, 3000), 20, nonlinear=True)
+    test = np.arange(3000, 5000)
+    got, best = r2(linear.predict(x, test, fit), y[test]), r2(signal[test], y[test])
+    assert got > 0.6 * best, (got, best)

@@ -1,0 +1,232 @@
+"""Ridge regression on lagged features, with its lags and penalty chosen from the data.
+
+The model's linear part (the highway) and the `ridge_ar` baseline both regress the target on
+the last bars of the scaled features, up to the whole window. How many bars, and how much
+penalty, is chosen per fold on the training rows alone, by cross-validation over stretches of
+time: every training row is predicted once by a fit that did not see its stretch, where a
+single validation split would choose on a fifth of the rows. The lags come in
+blocks whose bars share one weight (HAR's idea), so a signal spread over 20 or 40 bars (a sum,
+a decay) costs a handful of weights, not one per bar per feature.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# Penalties in mean-squared-error units on standardised features,
+# mean((b - a c)^2) + penalty * |c|^2: from almost none to about the zero forecast.
+PENALTIES = (1e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0)
+
+
+# The last bar's terms (`bar_terms`) read the standardised features clipped at +-CLIP: a 10-sd
+# day would otherwise weigh 10,000 times a typical one in a squared term.
+CLIP = 5.0
+# Hinges max(sign * z - knot, 0) per feature: with the linear term they make a piecewise-linear
+# function of z with kinks at 0, +-1 and +-2 sd (an absolute value, a step, a threshold).
+HINGES = ((1.0, 0.0), (1.0, 1.0), (1.0, 2.0), (-1.0, 1.0), (-1.0, 2.0))
+
+
+@dataclass(frozen=True)
+class RidgeFit:
+    coef: np.ndarray  # (max_lags, features): coef[j, f] multiplies feature f of the bar j back
+    lags: int  # bars the fit reads (0: the zero forecast, which no candidate beat)
+    penalty: float
+    cv_mse: float  # cross-validated mean squared error of the chosen candidate
+    zero_mse: float  # the zero forecast's mean squared error on the same rows
+    hinge: np.ndarray | None = None  # (features, len(HINGES)): each hinge's weight
+    quad: np.ndarray | None = None  # (features, features) upper triangle: z_i z_j's weight
+    offset: float = 0.0  # minus the last bar's terms' training mean (they are centred)
+
+
+def lag_blocks(max_lags: int) -> list[tuple[int, int]]:
+    """Lags [lo, hi): 0, 1, 2 alone, then [3, 5), [5, 10), [10, 20), [20, 40), ... up to
+    `max_lags`. Candidates use the first k blocks, so the shortest reads one bar."""
+    edges = [0, 1, 2, 3, 5]
+    while edges[-1] < max_lags:
+        edges.append(edges[-1] * 2)
+    edges = sorted({min(e, max_lags) for e in edges})
+    return list(zip(edges[:-1], edges[1:], strict=True))
+
+
+def block_means(x: np.ndarray, rows: np.ndarray, blocks: list[tuple[int, int]]) -> np.ndarray:
+    """(len(rows), blocks * F), block-major: each block's mean of the features of the bars
+    `lo` to `hi - 1` before each row. Rows must have `blocks[-1][1] - 1` bars before them."""
+    cols = []
+    for lo, hi in blocks:
+        idx = rows[:, None] - np.arange(lo, hi)[None, :]
+        cols.append(np.asarray(x[idx], np.float64).mean(axis=1))
+    return np.concatenate(cols, axis=1) if cols else np.zeros((len(rows), 0))
+
+
+def bar_terms(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(len(rows), F * len(HINGES) + F (F + 1) / 2): the nonlinear terms of each row's own bar,
+    z its features clipped at +-CLIP: hinges of each feature (feature-major), then the products
+    z_i z_j (i <= j), squares and pairwise interactions."""
+    z = np.clip(np.asarray(x[rows], np.float64), -CLIP, CLIP)
+    hinges = [np.maximum(sign * z - knot, 0.0) for sign, knot in HINGES]
+    i, j = np.triu_indices(x.shape[1])
+    return np.concatenate([np.stack(hinges, axis=2).reshape(len(rows), -1), z[:, i] * z[:, j]], 1)
+
+
+def _bar_weights(fit: RidgeFit) -> np.ndarray:
+    i, j = np.triu_indices(len(fit.quad))
+    return np.concatenate([fit.hinge.reshape(-1), fit.quad[i, j]])
+
+
+def predict(x: np.ndarray, rows: np.ndarray, fit: RidgeFit) -> np.ndarray:
+    """The fit's forecasts at `rows`, as row-wise sums: a prediction must not change (even in
+    the last bit) when later rows are added, which a BLAS product of another shape may do.
+    `x` is one series: a row with fewer bars before it reads its first bar for the missing."""
+    if fit.lags == 0:
+        return np.zeros(len(rows))
+    idx = np.clip(rows[:, None] - np.arange(fit.lags)[None, :], 0, None)
+    out = (x[idx] * fit.coef[None, : fit.lags]).sum(axis=(1, 2))
+    if fit.quad is not None:
+        out = out + ((bar_terms(x, rows) * _bar_weights(fit)).sum(axis=1) + fit.offset)
+    return out
+
+
+def _cv_errors(a, b, groups, widths, penalties):
+    """Yield ((width, penalty), squared errors of every row predicted by the fit on the other
+    groups) for each candidate: the first `width` columns of `a` and a penalty."""
+    n_groups = int(groups.max()) + 1
+    gram_all, cross_all = a.T @ a, a.T @ b
+    fold_stats = []
+    for part in (groups == g for g in range(n_groups)):
+        a_out, n_in = a[part], len(b) - int(part.sum())
+        gram = (gram_all - a_out.T @ a_out) / n_in
+        fold_stats.append((part, a_out, gram, (cross_all - a_out.T @ b[part]) / n_in))
+    for p in widths:
+        if 2 * p >= len(b) * (n_groups - 1) / n_groups:  # fewer than two rows a weight
+            break
+        errors = np.empty((len(penalties), len(b)))
+        for part, a_out, gram, cross in fold_stats:
+            s, v = np.linalg.eigh(gram[:p, :p])
+            z_out, proj = a_out[:, :p] @ v, v.T @ cross[:p]
+            for i, pen in enumerate(penalties):
+                errors[i, part] = (b[part] - z_out @ (proj / (np.maximum(s, 0) + pen))) ** 2
+        for i, pen in enumerate(penalties):
+            yield (p, pen), errors[i]
+
+
+def _time_groups(order: np.ndarray, n_groups: int) -> np.ndarray:
+    """Each row's cross-validation group: `n_groups` contiguous stretches of time."""
+    ranks = np.argsort(np.argsort(order, kind="stable"), kind="stable")
+    return (ranks * n_groups) // max(len(order), 1)
+
+
+def _degrees_of_freedom(a: np.ndarray, width: int, penalty: float) -> float:
+    s = np.maximum(np.linalg.eigvalsh(a[:, :width].T @ a[:, :width] / len(a)), 0)
+    return float(np.sum(s / (s + penalty)))
+
+
+def _solve(a: np.ndarray, b: np.ndarray, penalty: float) -> np.ndarray:
+    s, v = np.linalg.eigh(a.T @ a / len(b))
+    return v @ ((v.T @ (a.T @ b / len(b))) / (np.maximum(s, 0) + penalty))
+
+
+def select_ridge(
+    x: np.ndarray,
+    y: np.ndarray,
+    rows: np.ndarray,
+    max_lags: int,
+    since: np.ndarray | int = 0,
+    order: np.ndarray | None = None,
+    penalties: tuple[float, ...] = PENALTIES,
+    n_groups: int = 5,
+    nonlinear: bool = False,
+) -> RidgeFit:
+    """The ridge regression of y[rows] on the block means of the last bars of x, over the
+    first k lag blocks (k = 1 up to `max_lags` bars) and a penalty, chosen by cross-validation
+    over `n_groups` contiguous stretches of time (`order`: each row's time, default the row):
+    the simplest candidate (fewest degrees of freedom, the zero forecast first) whose error is
+    within one standard error of the lowest. No intercept: the zero forecast is the benchmark,
+    and a fitted mean return is a poor forecast of its own.
+
+    Why not leave-one-out: the block means over 20 or 40 bars move slowly, so a row's
+    neighbours carry almost its own features and the same market regime, and leaving out one
+    row hides nothing; it chose 61 lags on the embedded sample, which lost out of sample.
+    Leaving out a fifth of the time at once is what the fit faces on the test span. The
+    one-standard-error rule: the lowest of a hundred noisy errors is low partly by luck, and a
+    linear forecast that is not clearly better than a near-zero one loses out of sample.
+
+    `nonlinear`: the candidates also include the nonlinear terms of the row's own bar
+    (`bar_terms`: hinges of each feature and the pairwise products, centred on the training
+    rows), with and without lag blocks: a piecewise-linear and second-order model of the last
+    bar, which nests a signal in the size of a move, a volume shock or a range, a threshold,
+    or two of them together: what a network needs far more rows to learn.
+
+    `since`: the first row of each row's own series (a panel's ticker), before which no lag is
+    read. Candidates compete on the rows that have all `max_lags` bars, then the chosen one is
+    refitted on every row with the bars it reads."""
+    n_feat = x.shape[1]
+    zero = RidgeFit(np.zeros((max_lags, n_feat)), 0, float(max(penalties)), np.inf, np.inf)
+    history = rows - np.broadcast_to(np.asarray(since), rows.shape)
+    order = rows if order is None else np.asarray(order)
+    blocks = lag_blocks(max_lags)
+    keep = history >= max_lags - 1
+    full = rows[keep]
+    if len(full) < 2 * n_groups:
+        return zero
+    b = np.asarray(y[full], np.float64)
+    groups = _time_groups(order[keep], n_groups)
+    lin = block_means(x, full, blocks)
+    designs = {"linear": (lin, [k * n_feat for k in range(1, len(blocks) + 1)])}
+    if nonlinear:
+        terms = bar_terms(x, full)
+        q = terms.shape[1]
+        both = np.concatenate([terms - terms.mean(0), lin], axis=1)
+        designs["nonlinear"] = (both, [q + k * n_feat for k in range(len(blocks) + 1)])
+
+    def candidates():
+        yield ("zero", 0, max(penalties)), b**2
+        for name, (a, widths) in designs.items():
+            for (p, pen), e in _cv_errors(a, b, groups, widths, penalties):
+                yield (name, p, pen), e
+
+    means = {c: float(e.mean()) for c, e in candidates()}
+    best = min(means, key=means.get)
+    best_errors = next(e for c, e in candidates() if c == best)
+
+    def df(c):
+        return 0.0 if c[0] == "zero" else _degrees_of_freedom(designs[c[0]][0], c[1], c[2])
+
+    chosen, chosen_df = best, df(best)
+    for c, e in candidates():
+        d = e - best_errors
+        if c != best and d.mean() <= d.std(ddof=1) / np.sqrt(len(d)) and df(c) < chosen_df:
+            chosen, chosen_df = c, df(c)
+    zero_mse = float(np.mean(b**2))
+    name, width, pen = chosen
+    if name == "zero":
+        return RidgeFit(zero.coef, 0, zero.penalty, zero_mse, zero_mse)
+    return _refit(x, y, rows, history, blocks, name, width, pen, means[chosen], zero_mse)
+
+
+def _refit(x, y, rows, history, blocks, name, width, pen, cv_mse, zero_mse) -> RidgeFit:
+    """The chosen candidate fitted on every row with the bars it reads."""
+    n_feat = x.shape[1]
+    n_hinge = n_feat * len(HINGES)
+    q = n_hinge + n_feat * (n_feat + 1) // 2 if name == "nonlinear" else 0
+    k = (width - q) // n_feat
+    lags = max(blocks[k - 1][1] if k else 1, 1)
+    used = rows[history >= lags - 1]
+    b = np.asarray(y[used], np.float64)
+    parts, mean = [], None
+    if q:
+        terms = bar_terms(x, used)
+        mean = terms.mean(0)
+        parts.append(terms - mean)
+    parts.append(block_means(x, used, blocks[:k]))
+    c = _solve(np.concatenate(parts, axis=1), b, pen)
+    coef = np.zeros((blocks[-1][1], n_feat))
+    for (lo, hi), ck in zip(blocks[:k], c[q:].reshape(k, n_feat), strict=True):
+        coef[lo:hi] = ck / (hi - lo)
+    if not q:
+        return RidgeFit(coef, lags, pen, cv_mse, zero_mse)
+    quad = np.zeros((n_feat, n_feat))
+    quad[np.triu_indices(n_feat)] = c[n_hinge:q]
+    hinge = c[:n_hinge].reshape(n_feat, len(HINGES))
+    return RidgeFit(coef, lags, pen, cv_mse, zero_mse, hinge, quad, -float(c[:q] @ mean))
