@@ -409,6 +409,8 @@ def _print_backtest(m: dict[str, Any], cfg, run: RunFolder) -> None:
         table_rows,
     )
 
+    for line in m.get("warnings", []):
+        err.print(f"[yellow]warning:[/yellow] {escape(line)}", highlight=False, soft_wrap=True)
     out.print(m["bottom_line"], soft_wrap=False)
     out.print(m["verdict"], soft_wrap=False)
     out.print(results_table(m, TABLE_HEADER, table_rows(m)))
