@@ -340,16 +340,22 @@ def predict(
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
-    table = Table("ticker", "latest bar", "horizon", "predicted log return", "scaler")
+    # basis points: a daily forecast is a few of them, which "+0.00001" hid
+    table = Table("ticker", "latest bar", "horizon", "log return, bps", "position", "scaler")
     for r in rows:
+        w = r["position"]
+        held = "flat" if w == 0 else f"{'long' if w > 0 else 'short'} {abs(w):.2f}"
         table.add_row(
             r["ticker"],
             r["last_bar"],
             str(r["horizon"]),
-            f"{r['predicted_log_return']:+.5f}",
+            f"{r['predicted_bps']:+.2f}",
+            held,
             r["scaler"],
         )
     out.print(table)
+    if rows:
+        out.print(f"position: {rows[0]['position_rule']}", highlight=False)
 
 
 # --------------------------------------------------------------------------- backtest
@@ -437,7 +443,9 @@ def _print_backtest(m: dict[str, Any], cfg, run: RunFolder) -> None:
     )
 
 
-def results_table(m: dict[str, Any], header: list[str], rows: list[list[str]]) -> Table:
+def results_table(
+    m: dict[str, Any], header: list[str], rows: list[list[str]], title: str | None = None
+) -> Table:
     """The results in 80 columns: no borders, and every column at least as wide as its
     longest value, so only headers wrap and no figure is ever cut."""
     from rich import box
@@ -447,7 +455,8 @@ def results_table(m: dict[str, Any], header: list[str], rows: list[list[str]]) -
         show_edge=False,
         pad_edge=False,
         padding=(0, 0, 0, 1),
-        title=f"walk-forward: {m['n_predictions']} predictions, "
+        title=title
+        or f"walk-forward: {m['n_predictions']} predictions, "
         f"{m['first_date']} to {m['last_date']}, {m['folds']} folds",
     )
     for i, name in enumerate(header):
@@ -688,6 +697,35 @@ def audit(
     out.print(f"{verdict} -> {target}", highlight=False, soft_wrap=True)
     if report["exit_code"]:
         raise typer.Exit(report["exit_code"])
+
+
+# --------------------------------------------------------------------------- compare
+
+
+@app.command()
+@user_errors
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="A finished backtest folder", metavar="RUN_A")],
+    run_b: Annotated[Path, typer.Argument(help="Another one", metavar="RUN_B")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON", metavar="")] = False,
+) -> None:
+    """Test two finished backtests against each other on their common dates and tickers.
+
+    Diebold-Mariano on squared error, and the Sharpe-difference test on each run's strategy.
+    """
+    from tsconv.recipes.compare import compare_runs
+    from tsconv.report.tables import compare_lines, compare_rows
+
+    r = compare_runs(run_a, run_b)
+    if as_json:
+        sys.stdout.write(json.dumps(r, indent=2) + "\n")
+        return
+    out.print(r["verdict"], soft_wrap=False, highlight=False)
+    header = ["run", "MSE", "R2 oos", "IC", "Sharpe", "ann. return", "max DD"]
+    title = f"{r['rows']:,} common predictions, {r['first_date']} to {r['last_date']}"
+    out.print(results_table(r, header, compare_rows(r), title))
+    for line in compare_lines(r):
+        out.print(line, soft_wrap=True, highlight=False)
 
 
 # --------------------------------------------------------------------------- config
