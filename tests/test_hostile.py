@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import html
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -299,7 +302,10 @@ def test_a_shorter_covariate_says_it_shortens_the_backtest(tmp_path, monkeypatch
     assert f"<b>Warning:</b> {html.escape(line)}" in header
     assert "Covariates: vix (VIXCLS from vix.csv, known at next open)." in header
     # without the covariate: the whole history, and nothing to warn about
-    invoke("backtest", "--config", "quick", "--out", "plain", *sets(*keys))
+    plain = invoke("backtest", "--config", "quick", "--out", "plain", *sets(*keys))
+    timing = plain.stdout.splitlines()[-2:]  # once one line of ~130 columns
+    assert timing[0].startswith("5 folds in ") and timing[1].endswith("-> plain/report.html")
+    assert max(len(line) for line in timing) <= 80
     metrics, header = backtest_outputs(tmp_path / "plain")
     assert metrics["folds"] == 5 and metrics["warnings"] == [] and metrics["left_out"] == {}
     assert "Warning" not in header and "Covariates" not in header
@@ -350,3 +356,22 @@ def test_a_thousandfold_jump_is_an_audit_smell_and_a_backtest_warning(tmp_path):
     metrics, header = backtest_outputs(tmp_path / "bt")
     assert metrics["warnings"] == [line]
     assert f"<b>Warning:</b> {html.escape(line)}" in header
+
+
+# --------------------------------------------------------------------------- 80 columns
+
+
+@pytest.mark.parametrize(("columns", "width"), [(None, 80), ("100", 100)])
+def test_piped_output_wraps_where_columns_says_else_at_80(columns, width):
+    """Piped to a file, the verdict was wrapped at a fixed 120 columns."""
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    env |= {"COLUMNS": columns} if columns else {}
+    code = "from tsconv.cli import out; print(out.width)"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.stdout.strip() == str(width), done.stderr
+
+
+def test_config_list_fits_80_columns_and_says_what_each_suits():
+    lines = invoke("config", "list").stdout.splitlines()
+    assert len(lines) == len(shipped_configs()) and max(len(line) for line in lines) < 80
+    assert any(line.startswith("quick") and "Start here" in line for line in lines)
