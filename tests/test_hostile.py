@@ -7,7 +7,11 @@ was read, not only on the exit code.
 
 from __future__ import annotations
 
+import html
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -75,9 +79,11 @@ def write_yahoo_csv(path: Path, bars: pd.DataFrame, dates: list[str]) -> Path:
     return path
 
 
-def write_fred_csv(path: Path, header: str = "observation_date", bad: str | None = None) -> Path:
+def write_fred_csv(
+    path: Path, header: str = "observation_date", bad: str | None = None, start: str = "2010-12-01"
+) -> Path:
     """A FRED download of VIXCLS: every weekday, `.` where there is no value (holidays)."""
-    days = pd.bdate_range("2010-12-01", "2013-12-31")
+    days = pd.bdate_range(start, "2013-12-31")
     level = 20 + np.cumsum(np.random.default_rng(0).normal(0, 0.3, len(days)))
     cells = [f"{v:.2f}" for v in level]
     for i in range(3, len(cells), 40):
@@ -259,3 +265,113 @@ def test_a_config_that_is_no_regular_file_is_refused_at_once(tmp_path):
     big = tmp_path / "big.yaml"
     big.write_text("# " + "x" * (1 << 21) + "\n")
     one_line_error(["backtest", "--config", str(big)], "big.yaml", "bytes")
+
+
+# --------------------------------------------------------------------------- what a run leaves out
+
+# folds of 100 bars after 100 training bars: on 2011-2013, five folds without a covariate
+SHORT_FOLDS = ["backtest.train_span=100", "backtest.test_span=100"]
+
+
+def backtest_outputs(folder: Path) -> tuple[dict, str]:
+    """metrics.json and the report's header (before its first section)."""
+    metrics = json.loads((folder / "metrics.json").read_text())
+    header = (folder / "report.html").read_text().split("<h1>")[1].split("<section")[0]
+    return metrics, header
+
+
+def test_a_shorter_covariate_says_it_shortens_the_backtest(tmp_path, monkeypatch):
+    """An index from 1999 with a VIX from 2014 once gave 2 folds instead of 17, and nothing
+    said why: the covariate's start is every ticker's start."""
+    monkeypatch.chdir(tmp_path)
+    bars = msft_bars()
+    path = write_yahoo_csv(
+        tmp_path / "sp500.csv", bars, [f"{d.month}/{d.day}/{d.year}" for d in bars.index]
+    )
+    invoke("fetch", "--from-csv", str(path), "--ticker", "SPX", "--data-dir", "data")
+    write_fred_csv(tmp_path / "vix.csv", start="2012-01-03")
+    keys = [*TINY, *SHORT_FOLDS, "data.source=cache", "data.tickers=[SPX]"]
+    covariate = "covariates=[{file: vix.csv, columns: [VIXCLS]}]"
+    result = invoke("backtest", "--config", "quick", "--out", "bt", *sets(*keys, covariate))
+    # next_open: the value dated 2012-01-03 is first usable on the next bar
+    line = "history starts 2012-01-04: covariate vix starts there (SPX's own bars start 2011-01-03)"
+    assert f"warning: {line}" in result.stderr
+    metrics, header = backtest_outputs(tmp_path / "bt")
+    assert metrics["warnings"] == [line] and metrics["folds"] == 2
+    assert metrics["first_date"] >= "2012-01-04"
+    assert f"<b>Warning:</b> {html.escape(line)}" in header
+    assert "Covariates: vix (VIXCLS from vix.csv, known at next open)." in header
+    # without the covariate: the whole history, and nothing to warn about
+    plain = invoke("backtest", "--config", "quick", "--out", "plain", *sets(*keys))
+    timing = plain.stdout.splitlines()[-2:]  # once one line of ~130 columns
+    assert timing[0].startswith("5 folds in ") and timing[1].endswith("-> plain/report.html")
+    assert max(len(line) for line in timing) <= 80
+    metrics, header = backtest_outputs(tmp_path / "plain")
+    assert metrics["folds"] == 5 and metrics["warnings"] == [] and metrics["left_out"] == {}
+    assert "Warning" not in header and "Covariates" not in header
+
+
+def test_a_ticker_that_takes_no_part_is_named_with_the_reason(tmp_path):
+    """FB (196 bars from 2012-05-18) was dropped from a long_short panel without a word: no
+    fold had enough of its bars to train on."""
+    tickers = ["AAPL", "IBM", "MSFT", "GOOG", "FB"]
+    keys = [*TINY, "backtest.train_span=300", "backtest.test_span=250"]
+    keys += [f"data.tickers=[{','.join(tickers)}]", "backtest.portfolio=long_short"]
+    result = invoke("backtest", "--config", "quick", "--out", str(tmp_path / "bt"), *sets(*keys))
+    metrics, header = backtest_outputs(tmp_path / "bt")
+    assert metrics["tickers"] == ["AAPL", "GOOG", "IBM", "MSFT"]
+    why = metrics["left_out"]["FB"]
+    assert why.startswith("176 usable bars, 2012-06-18 to 2013-03-01, and no fold testing them")
+    assert "had more than 0 of them to train on" in why and "window=16" in why
+    line = f"FB took no part: {why}"
+    assert metrics["warnings"] == [line]
+    assert f"warning: {line}" in result.stderr
+    assert f"<b>Warning:</b> {html.escape(line)}" in header
+
+
+def test_a_thousandfold_jump_is_an_audit_smell_and_a_backtest_warning(tmp_path):
+    """Prices quoted in thousands until mid-2012, then in dollars: one bar moves x1000, every
+    return, feature and P&L across it is wrong, and neither command said so."""
+    bars = msft_bars().copy()
+    early = bars.index < "2012-06-01"
+    prices = ["open", "high", "low", "close", "adj_close"]
+    bars.loc[early, prices] = bars.loc[early, prices] / 1000
+    path = write_yahoo_csv(tmp_path / "x.csv", bars, list(bars.index.date))
+    data = tmp_path / "d"
+    invoke("fetch", "--from-csv", str(path), "--ticker", "X", "--data-dir", str(data))
+    keys = [*TINY, *SHORT_FOLDS, "data.source=cache", "data.tickers=[X]", f"data.dir={data}"]
+    adj = msft_bars()["adj_close"]
+    i = adj.index.get_loc(pd.Timestamp("2012-06-01"))
+    ratio = 1000 * adj.iloc[i] / adj.iloc[i - 1]  # and the day's own move
+    words = f"price x{ratio:.4g} in one bar: units changed (cents and dollars, thousands)"
+    audit = invoke(
+        "audit", "--config", "quick", "--out", str(tmp_path / "a.json"), *sets(*keys), code=4
+    )
+    assert f"smell: adj_close: X 2012-06-01: {words}" in audit.stdout
+    report = json.loads((tmp_path / "a.json").read_text())
+    assert [f["check"] for f in report["findings"]] == ["jump"]
+    result = invoke("backtest", "--config", "quick", "--out", str(tmp_path / "bt"), *sets(*keys))
+    line = f"X 2012-06-01: {words} or an unadjusted split? (tsconv audit checks the data)"
+    assert f"warning: {line}" in result.stderr
+    metrics, header = backtest_outputs(tmp_path / "bt")
+    assert metrics["warnings"] == [line]
+    assert f"<b>Warning:</b> {html.escape(line)}" in header
+
+
+# --------------------------------------------------------------------------- 80 columns
+
+
+@pytest.mark.parametrize(("columns", "width"), [(None, 80), ("100", 100)])
+def test_piped_output_wraps_where_columns_says_else_at_80(columns, width):
+    """Piped to a file, the verdict was wrapped at a fixed 120 columns."""
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    env |= {"COLUMNS": columns} if columns else {}
+    code = "from tsconv.cli import out; print(out.width)"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.stdout.strip() == str(width), done.stderr
+
+
+def test_config_list_fits_80_columns_and_says_what_each_suits():
+    lines = invoke("config", "list").stdout.splitlines()
+    assert len(lines) == len(shipped_configs()) and max(len(line) for line in lines) < 80
+    assert any(line.startswith("quick") and "Start here" in line for line in lines)

@@ -26,8 +26,9 @@ app = typer.Typer(
     help="Train temporal convolutional networks on OHLCV data and evaluate them "
     "walk-forward, without look-ahead.",
 )
-# Wide enough for the results table when output is piped to a file or CI log.
-out = Console(width=None if sys.stdout.isatty() else 120)
+# Piped to a file or a CI log, rich takes the width COLUMNS gives, else 80: the tables fit 80
+# columns, and a fixed wider width made every paragraph wrap past a reader's 80.
+out = Console()
 err = Console(stderr=True)
 
 ConfigOpt = Annotated[
@@ -340,16 +341,22 @@ def predict(
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
-    table = Table("ticker", "latest bar", "horizon", "predicted log return", "scaler")
+    # basis points: a daily forecast is a few of them, which "+0.00001" hid
+    table = Table("ticker", "latest bar", "horizon", "log return, bps", "position", "scaler")
     for r in rows:
+        w = r["position"]
+        held = "flat" if w == 0 else f"{'long' if w > 0 else 'short'} {abs(w):.2f}"
         table.add_row(
             r["ticker"],
             r["last_bar"],
             str(r["horizon"]),
-            f"{r['predicted_log_return']:+.5f}",
+            f"{r['predicted_bps']:+.2f}",
+            held,
             r["scaler"],
         )
     out.print(table)
+    if rows:
+        out.print(f"position: {rows[0]['position_rule']}", highlight=False)
 
 
 # --------------------------------------------------------------------------- backtest
@@ -409,6 +416,8 @@ def _print_backtest(m: dict[str, Any], cfg, run: RunFolder) -> None:
         table_rows,
     )
 
+    for line in m.get("warnings", []):
+        err.print(f"[yellow]warning:[/yellow] {escape(line)}", highlight=False, soft_wrap=True)
     out.print(m["bottom_line"], soft_wrap=False)
     out.print(m["verdict"], soft_wrap=False)
     out.print(results_table(m, TABLE_HEADER, table_rows(m)))
@@ -427,15 +436,21 @@ def _print_backtest(m: dict[str, Any], cfg, run: RunFolder) -> None:
     )
     if t.get("workers", 1) > 1:
         folds += f" on {t['workers']} processes"
+    # two lines, each under 80 columns but for a long folder name (one line was ~130)
     out.print(
-        f"{folds} in {t['folds_seconds']:.1f} s ({t['seconds_per_fold']:.2f} s per fold run: "
-        f"training {t['fit_seconds']:.1f} s, prediction {t['predict_seconds']:.2f} s; "
-        f"data prep {t['prepare_seconds']:.2f} s) -> {run.report}",
+        f"{folds} in {t['folds_seconds']:.1f} s, {t['seconds_per_fold']:.2f} s per fold run",
+        soft_wrap=True,
+    )
+    out.print(
+        f"training {t['fit_seconds']:.1f} s, prediction {t['predict_seconds']:.2f} s, "
+        f"data prep {t['prepare_seconds']:.2f} s -> {run.report}",
         soft_wrap=True,
     )
 
 
-def results_table(m: dict[str, Any], header: list[str], rows: list[list[str]]) -> Table:
+def results_table(
+    m: dict[str, Any], header: list[str], rows: list[list[str]], title: str | None = None
+) -> Table:
     """The results in 80 columns: no borders, and every column at least as wide as its
     longest value, so only headers wrap and no figure is ever cut."""
     from rich import box
@@ -445,7 +460,8 @@ def results_table(m: dict[str, Any], header: list[str], rows: list[list[str]]) -
         show_edge=False,
         pad_edge=False,
         padding=(0, 0, 0, 1),
-        title=f"walk-forward: {m['n_predictions']} predictions, "
+        title=title
+        or f"walk-forward: {m['n_predictions']} predictions, "
         f"{m['first_date']} to {m['last_date']}, {m['folds']} folds",
     )
     for i, name in enumerate(header):
@@ -688,6 +704,35 @@ def audit(
         raise typer.Exit(report["exit_code"])
 
 
+# --------------------------------------------------------------------------- compare
+
+
+@app.command()
+@user_errors
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="A finished backtest folder", metavar="RUN_A")],
+    run_b: Annotated[Path, typer.Argument(help="Another one", metavar="RUN_B")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON", metavar="")] = False,
+) -> None:
+    """Test two finished backtests against each other on their common dates and tickers.
+
+    Diebold-Mariano on squared error, and the Sharpe-difference test on each run's strategy.
+    """
+    from tsconv.recipes.compare import compare_runs
+    from tsconv.report.tables import compare_lines, compare_rows
+
+    r = compare_runs(run_a, run_b)
+    if as_json:
+        sys.stdout.write(json.dumps(r, indent=2) + "\n")
+        return
+    out.print(r["verdict"], soft_wrap=False, highlight=False)
+    header = ["run", "MSE", "R2 oos", "IC", "Sharpe", "ann. return", "max DD"]
+    title = f"{r['rows']:,} common predictions, {r['first_date']} to {r['last_date']}"
+    out.print(results_table(r, header, compare_rows(r), title))
+    for line in compare_lines(r):
+        out.print(line, soft_wrap=True, highlight=False)
+
+
 # --------------------------------------------------------------------------- config
 
 config_app = typer.Typer(no_args_is_help=True, help="The shipped configs: list them, copy one.")
@@ -697,12 +742,12 @@ app.add_typer(config_app, name="config")
 @config_app.command("list")
 @user_errors
 def config_list() -> None:
-    """Name and first comment line of each shipped config."""
+    """Name of each shipped config and what it suits (its first comment line)."""
     from tsconv.config import shipped_configs
 
     for name, path in shipped_configs().items():
         first = path.read_text().splitlines()[0].lstrip("# ")
-        out.print(f"{name:<12} {first}", highlight=False, soft_wrap=True)
+        out.print(f"{name:<11} {first}", highlight=False, soft_wrap=True)
 
 
 @config_app.command("show")

@@ -53,6 +53,11 @@ class Covariate:
         age = np.where(k >= 0, np.arange(len(dates)) - first_use, -1)
         return k, age
 
+    def first_usable(self, dates: pd.DatetimeIndex) -> int:
+        """The first of `dates` with a usable value (len(dates): none)."""
+        k, _ = self._lookup(dates)
+        return int(np.argmax(k >= 0)) if (k >= 0).any() else len(dates)
+
     def stale(self, dates: pd.DatetimeIndex) -> list[tuple[pd.Timestamp, pd.Timestamp]]:
         """(bar date, date of the value it would reuse) for every bar past the fill limit."""
         k, age = self._lookup(dates)

@@ -342,3 +342,24 @@ def _check_values(frame: pd.DataFrame, source: str, rows: np.ndarray) -> None:
     vol = frame["volume"].to_numpy()
     if (vol < 0).any() or not np.isfinite(vol).all():
         fail((vol < 0) | ~np.isfinite(vol), "volume must be a finite number >= 0")
+
+
+# No market moves a price 50-fold in one bar: a jump that size is the data changing units
+# (cents and dollars, thousands) or an unadjusted split of an unusual ratio. A smell, not an
+# error: the data may be right, but every return, feature and P&L across the jump depends on it.
+JUMP_RATIO = 50.0
+
+
+def price_jumps(price: pd.Series) -> pd.Series:
+    """The one-bar ratios price[t] / price[t-1] of at least JUMP_RATIO or at most 1 /
+    JUMP_RATIO, indexed by the bar t."""
+    ratio = price / price.shift(1)
+    return ratio[(ratio >= JUMP_RATIO) | (ratio <= 1 / JUMP_RATIO)]
+
+
+def jump_words(ratio: float) -> str:
+    """One jump in words, as `tsconv audit` and `tsconv backtest` say it."""
+    return (
+        f"price x{ratio:.4g} in one bar: units changed (cents and dollars, thousands) or "
+        "an unadjusted split?"
+    )

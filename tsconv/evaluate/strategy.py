@@ -199,3 +199,34 @@ def quantile_table(
             "p_value": metrics.normal_two_sided(t) if np.isfinite(t) else math.nan,
         },
     }
+
+
+def position_words(cfg: Config) -> str:
+    """The rule that turns a forecast into what the backtest holds, in words (`tsconv
+    predict` shows the position it gives the latest forecast)."""
+    bt = cfg.backtest
+    if bt.portfolio != "per_ticker":
+        k = f"{bt.top_k}" if bt.top_k else f"{bt.quantile:.0%}"
+        legs = f"top {k} long, bottom {k} short" if bt.portfolio == "long_short" else f"top {k}"
+        rule = (
+            f"backtest.portfolio {bt.portfolio}: weight in a book of these tickers ranked by "
+            f"forecast ({legs}, {bt.weighting} weights)"
+        )
+    elif bt.position == "sign":
+        rule = "backtest.position sign: long 1 on a positive forecast, short 1 on a negative one"
+    elif bt.position == "threshold":
+        rule = (
+            f"backtest.position threshold: long or short 1 only where |forecast| > the cost, "
+            f"{bt.cost_bps:g} bps (backtest.cost_bps), else flat"
+        )
+    else:
+        rule = (
+            "backtest.position scaled: the forecast over the std of the model's 63 forecasts "
+            "before it, clipped to [-1, 1]"
+        )
+    if bt.target_vol is not None:
+        rule += (
+            f"; times target_vol {bt.target_vol:g} over the trailing annualised volatility, "
+            f"at most {metrics.MAX_LEVERAGE:g}x"
+        )
+    return rule

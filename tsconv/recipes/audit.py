@@ -15,7 +15,8 @@ Findings come in two kinds.
 - **smell** (exit 4), worth a look: a same-bar correlation of at least 0.3 with the next-step
   target; a covariate dated a bar early that the `next_open` rule holds back (its value dated d
   follows the tickers' return from d to the next bar, not the one ending at d); a one-bar move of an unadjusted price series by a split's ratio (1/2, 1/3, 2, ...,
-  within 5%); a stretch of five or more identical
+  within 5%); a one-bar move of any price series by 50 times or more (units changed, cents
+  and dollars or thousands; `tsconv backtest` warns of it too); a stretch of five or more identical
   bars (stale or forward-filled data); a covariate whose calendar leaves a ticker's bar further
   than its fill limit from its last value.
 
@@ -33,6 +34,7 @@ import torch
 
 from tsconv.config import Config
 from tsconv.data import covariates
+from tsconv.data.validate import jump_words, price_jumps
 from tsconv.errors import UsageError
 from tsconv.recipes.prepare import Prepared, fit_scalers, known_rows, prepare, split_train_val
 from tsconv.recipes.walkforward import fold_spans, make_folds, run_fold
@@ -48,7 +50,7 @@ PRICES = ["open", "high", "low", "close", "adj_close"]
 @dataclass
 class Finding:
     kind: str  # leak | smell
-    check: str  # causality | future_column | correlation | split | stale | calendar
+    check: str  # causality | future_column | correlation | split | jump | stale | calendar
     what: str  # the feature, column or file
     where: str  # ticker and date
     detail: str
@@ -309,6 +311,7 @@ def _data_smells(cfg: Config, frames, sources) -> list[Finding]:
             # series is checked (no adj_close given, or data.price: close)
             if price == "close" or (f["adj_close"] == f["close"]).all():
                 out += _splits(name, f, price)
+            out += _jumps(name, f, price)  # adjusted or not: no split explains 50 times
             out += _stale(name, f[[c for c in [*PRICES, "volume"] if c in f]], "bars")
         for col in [c for c in f.columns if c not in [*PRICES, "volume"]]:
             out += _stale(name, f[[col]], f"values of {col}", bars=2 * STALE_BARS)
@@ -333,6 +336,13 @@ def _splits(name: str, f: pd.DataFrame, price: str) -> list[Finding]:
                 )
             )
     return out
+
+
+def _jumps(name: str, f: pd.DataFrame, price: str) -> list[Finding]:
+    return [
+        Finding("smell", "jump", price, f"{name} {day.date()}", jump_words(ratio))
+        for day, ratio in price_jumps(f[price]).items()
+    ]
 
 
 def _stale(name: str, f: pd.DataFrame, what: str, bars: int = STALE_BARS) -> list[Finding]:

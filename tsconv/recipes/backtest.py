@@ -24,6 +24,7 @@ from tsconv.engine.runtime import intra_op_threads, select_device
 from tsconv.errors import ConfigError, UsageError
 from tsconv.evaluate.summary import summarize_backtest
 from tsconv.executors import Executor
+from tsconv.recipes.caveats import backtest_caveats
 from tsconv.recipes.prepare import Prepared, prepare
 from tsconv.recipes.walkforward import (
     Fold,
@@ -79,6 +80,7 @@ def run_backtest(
 
         predictions, table = log.combined()
         metrics, nets = summarize_backtest(predictions, cfg)
+        metrics.update(backtest_caveats(prep, folds, predictions))
         metrics["timing"] = timing(log, t_prep, t_folds, executor)
         write_outputs(run, cfg, predictions, table, metrics, nets, report_html)
         return metrics

@@ -6,12 +6,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from tsconv.engine import checkpoint
 from tsconv.engine.predict import predict_rows
 from tsconv.engine.windows import Panel, Scaler, make_panel
 from tsconv.errors import UsageError
+from tsconv.evaluate.strategy import position_words, strategy_rows
 from tsconv.models.registry import build_model
 from tsconv.recipes.prepare import global_rows, prepare
 from tsconv.runfolder import RunFolder
@@ -77,20 +79,59 @@ def predict_latest(run: Path, tickers: list[str] | None = None) -> list[dict[str
         # A ticker the model never saw is scaled on its own history, all of it before the bar.
         scalers[t] = Scaler.from_dict(stored) if stored else Scaler.fit(td.x, td.y)
     panel = make_panel(prep.data, scalers)
-    rows = []
+    rows, history = [], []
     for t, td in prep.data.items():
         last = len(td.x) - 1
-        row = global_rows(panel, t, np.array([last]))
-        pred = ensemble_predict(models, panel, row, cfg.window, torch.device("cpu"))[0]
-        pred = pred * scalers[t].y_scale
+        pred = _predict(models, panel, t, np.array([last]), cfg.window)[0] * scalers[t].y_scale
+        # the position rules look back at earlier forecasts (scaled) and returns (target_vol)
+        earlier = np.arange(max(cfg.window - 1, last - LOOKBACK), last)
+        before = _predict(models, panel, t, earlier, cfg.window) * scalers[t].y_scale
+        history.append(_bars(t, td, np.append(earlier, last), np.append(before, pred)))
         rows.append(
             {
                 "ticker": t,
                 "last_bar": str(td.dates[last].date()),
                 "horizon": cfg.target.horizon,
                 "predicted_log_return": float(pred),
+                "predicted_bps": float(pred * 1e4),
                 "scaler": "training span" if t in payload["scalers"] else "own history",
                 **({"members": len(models)} if len(models) > 1 else {}),
             }
         )
-    return rows
+    held = latest_positions(pd.concat(history, ignore_index=True), cfg)
+    rule = position_words(cfg)
+    return [r | {"position": held[r["ticker"]], "position_rule": rule} for r in rows]
+
+
+# metrics.positions' and metrics.target_volatility's look-back (63 bars), and the bar before
+LOOKBACK = 64
+
+
+def _predict(models, panel: Panel, ticker: str, rows: np.ndarray, window: int) -> np.ndarray:
+    if not len(rows):
+        return np.array([])
+    return ensemble_predict(
+        models, panel, global_rows(panel, ticker, rows), window, torch.device("cpu")
+    )
+
+
+def _bars(ticker: str, td: Any, rows: np.ndarray, pred: np.ndarray) -> pd.DataFrame:
+    """The ticker's latest bars as a backtest's predictions frame (no realised return on the
+    last: its future is unknown)."""
+    return pd.DataFrame(
+        {
+            "date": td.dates[rows],
+            "ticker": ticker,
+            "fold": 0,
+            "prediction": pred,
+            "realized_1": td.ret1[rows],
+        }
+    )
+
+
+def latest_positions(frame: pd.DataFrame, cfg: Any) -> dict[str, float]:
+    """What the backtest's rule (backtest.position, its cost threshold, target_vol, or the
+    portfolio's ranking) holds on each ticker's latest bar: the same code the backtest trades."""
+    rows = strategy_rows(frame, "prediction", cfg)
+    last = rows.sort_values("date", kind="stable").groupby("ticker").tail(1)
+    return {t: float(w) + 0.0 for t, w in zip(last["ticker"], last["weight"], strict=True)}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -25,6 +25,19 @@ class Prepared:
     burn_in: int
     calendar: pd.DatetimeIndex  # union of all tickers' usable dates
     sequence: int  # length of a dense training sequence (tsconv.engine.windows.dense_sequence)
+    # tickers whose usable history a covariate cuts short (`covariate_starts`)
+    late_starts: dict[str, LateStart] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LateStart:
+    """A ticker whose usable history starts on the first bar a covariate has a value for,
+    later than the ticker's own bars begin: the covariate, not the ticker, sets where its
+    history (and, when every ticker waits for it, the first fold) starts."""
+
+    start: pd.Timestamp  # the ticker's first usable bar
+    covariates: list[str]  # the covariates first usable there
+    own_start: pd.Timestamp  # the ticker's own first bar
 
 
 def prepare(
@@ -39,14 +52,8 @@ def prepare(
     rule = features.UserColumns(
         cfg.data.columns_known_at, cfg.data.nan_policy == "ffill", cfg.data.fill_limit
     )
-    data = features.build(
-        frames,
-        cfg.features,
-        cfg.target.horizon,
-        cfg.data.price,
-        covariates.build(cfg, covariate_sources),
-        rule,
-    )
+    covs = covariates.build(cfg, covariate_sources)
+    data = features.build(frames, cfg.features, cfg.target.horizon, cfg.data.price, covs, rule)
     rf = receptive_field(cfg.model)
     sequence, burn_in = dense_sequence(cfg.window, rf, cfg.train.burn_in)
     need = cfg.window + cfg.target.horizon + 1
@@ -59,7 +66,31 @@ def prepare(
     calendar = pd.DatetimeIndex(
         np.unique(np.concatenate([td.dates.values for td in data.values()]))
     )
-    return Prepared(cfg, data, rf, burn_in, calendar, sequence)
+    return Prepared(
+        cfg, data, rf, burn_in, calendar, sequence, covariate_starts(covs, frames, data)
+    )
+
+
+def covariate_starts(
+    covs: list[covariates.Covariate],
+    frames: dict[str, pd.DataFrame],
+    data: dict[str, TickerData],
+) -> dict[str, LateStart]:
+    """The tickers whose first usable bar is a covariate's first usable bar on them, where the
+    covariate has no value for the ticker's first bar. A shorter covariate shortens every
+    ticker it is aligned to, and with it the whole backtest: that must be said, not found out
+    from a fold count."""
+    out = {}
+    for t, td in data.items():
+        own = frames[t].index
+        late = [
+            c.label
+            for c in covs
+            if 0 < (k := c.first_usable(own)) < len(own) and own[k] == td.dates[0]
+        ]
+        if late:
+            out[t] = LateStart(td.dates[0], late, own[0])
+    return out
 
 
 def window_warning(cfg: Config, rf: int) -> str | None:

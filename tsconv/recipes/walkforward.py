@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from tsconv.data.features import TickerData
 from tsconv.engine.fit import FitResult
 from tsconv.engine.predict import predict_rows
 from tsconv.errors import DataError
@@ -78,19 +79,54 @@ def make_folds(prep: Prepared) -> list[Fold]:
 def fold_spans(
     prep: Prepared, fold: Fold
 ) -> tuple[dict[str, tuple[int, int]], dict[str, np.ndarray]]:
-    cfg = prep.cfg
     train, test = {}, {}
     for t, td in prep.data.items():
-        t_lo = int(td.dates.searchsorted(fold.test_start))
-        t_hi = min(int(td.dates.searchsorted(fold.test_end)), known_rows(td))
-        lo, hi = train_rows(t_lo, cfg.backtest.gap, cfg.backtest.scheme, cfg.backtest.train_span)
-        if hi - lo <= cfg.window:
+        (lo, hi), rows = _ticker_spans(prep, td, fold)
+        if hi - lo <= prep.cfg.window:
             continue  # too little history to fit this ticker's scaler: not traded this fold
         train[t] = (lo, hi)
-        rows = np.arange(max(t_lo, cfg.window - 1), t_hi)
         if len(rows):
             test[t] = rows
     return train, test
+
+
+def _ticker_spans(prep: Prepared, td: TickerData, fold: Fold) -> tuple[tuple[int, int], np.ndarray]:
+    """One ticker's training rows [lo, hi) in `fold` and its test rows."""
+    bt = prep.cfg.backtest
+    t_lo = int(td.dates.searchsorted(fold.test_start))
+    t_hi = min(int(td.dates.searchsorted(fold.test_end)), known_rows(td))
+    return train_rows(t_lo, bt.gap, bt.scheme, bt.train_span), np.arange(
+        max(t_lo, prep.cfg.window - 1), t_hi
+    )
+
+
+def left_out(prep: Prepared, folds: list[Fold], predicted: set[str]) -> dict[str, str]:
+    """Why each ticker with no prediction in any fold took no part: none of its bars falls on
+    a test date, or no fold that tests its bars has more than `window` training bars of it
+    (a fold fits each ticker's scaler on them and skips a ticker with fewer)."""
+    out = {}
+    for t, td in prep.data.items():
+        if t in predicted:
+            continue
+        spans = [_ticker_spans(prep, td, fold) for fold in folds]
+        most = max((hi - lo for (lo, hi), rows in spans if len(rows)), default=None)
+        bars = (
+            f"{len(td.x)} usable bars, {td.dates[0].date()} to {td.dates[-1].date()}"
+            if len(td.x)
+            else "no usable bars"
+        )
+        if most is None:
+            out[t] = (
+                f"{bars}, none of them a test date with a known target (the test dates "
+                f"start {folds[0].test_start.date()})"
+            )
+        else:
+            out[t] = (
+                f"{bars}, and no fold testing them had more than {most} of them to train on "
+                f"(before its test dates); a fold trains on a ticker with more than "
+                f"window={prep.cfg.window}"
+            )
+    return out
 
 
 @dataclass

@@ -215,8 +215,25 @@ def _intro_html(pred: pd.DataFrame, m: dict[str, Any], folds: pd.DataFrame, cfg:
         f"{m['first_date']} to {m['last_date']}{esc(late_start_note(pred))}\n"
         f"in {m['folds']} folds ({esc(bt.scheme)} window, refit every {bt.test_span} bars,\n"
         f"gap {bt.gap}, cost {bt.cost_bps:g} bps). Strategy: {esc(_strategy_words(cfg))}."
-        f"{esc(kept_start_note(folds, cfg))}"
+        f"{esc(covariate_words(cfg))}{esc(kept_start_note(folds, cfg))}"
+        + "".join(f"<br>\n<b>Warning:</b> {esc(w)}" for w in m.get("warnings", []))
     )
+
+
+def covariate_words(cfg: Config) -> str:
+    """The covariates every ticker's model saw, and where each came from."""
+    if not cfg.covariates:
+        return ""
+    names = []
+    for c in cfg.covariates:
+        what = (
+            f"{', '.join(c.features or [])} of {c.ticker}"
+            if c.ticker
+            else f"{', '.join(c.columns or [])} from {c.file}"
+        )
+        lag = f", lag {c.lag}" if c.lag else ""
+        names.append(f"{c.label} ({what}, known at {c.known_at.replace('_', ' ')}{lag})")
+    return f" Covariates: {'; '.join(names)}."
 
 
 def late_start_note(pred: pd.DataFrame) -> str:

@@ -112,3 +112,36 @@ def cost_title(cost_bps: float, portfolio: str) -> str:
     """The terminal's cost table title, short enough for 80 columns with a portfolio's name."""
     book = "" if portfolio == "per_ticker" else f"{portfolio} book, "
     return f"costs: {book}{cost_bps:g} bps a unit of turnover; net Sharpe at 0-20 bps"
+
+
+def compare_rows(r: dict[str, Any]) -> list[list[str]]:
+    """`tsconv compare`'s two runs on their common rows: forecast figures and net trading."""
+    return [
+        [
+            r["runs"][side],
+            format_cell(r[side]["mse"], ".2e"),
+            format_cell(r[side]["r2_oos"], ".4f"),
+            format_cell(r[side]["ic"], ".3f"),
+            format_cell(r[side]["sharpe"], ".2f"),
+            format_cell(r[side]["annual_return"], ".1%"),
+            format_cell(r[side]["max_drawdown"], ".1%"),
+        ]
+        for side in ("a", "b")
+    ]
+
+
+def compare_lines(r: dict[str, Any]) -> list[str]:
+    """The two tests' figures under `tsconv compare`'s table."""
+    a, b = r["runs"]["a"], r["runs"]["b"]
+    dm, sd = r["dm"], r["sharpe_difference"]
+    root = (r.get("periods_per_year") or 252) ** 0.5
+    diff = sd.get("difference")
+    return [
+        f"Diebold-Mariano on squared error, by date: DM {format_cell(dm.get('stat'), '.2f')} "
+        f"(negative: {a} lower), p = {format_cell(dm.get('p_value'), '.3g')}, "
+        f"{dm.get('n', 0):,} dates.",
+        f"Ledoit-Wolf Sharpe difference, net of each run's costs: {a} minus {b} "
+        f"{format_cell(None if diff is None else diff * root, '+.2f')} a year, "
+        f"z {format_cell(sd.get('stat'), '.2f')}, p = {format_cell(sd.get('p_value'), '.3g')}, "
+        f"{sd.get('n', 0):,} bars.",
+    ]
