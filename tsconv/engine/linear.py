@@ -14,11 +14,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 # Penalties in mean-squared-error units on standardised features,
 # mean((b - a c)^2) + penalty * |c|^2: from almost none to about the zero forecast.
 PENALTIES = (1e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0)
 
+
+# numpy's BLAS (OpenBLAS) wakes its threads for the fits' small eigendecompositions and leaves
+# them spinning afterwards, taking the cores torch trains on; on a busy machine a 64 x 64 one
+# took 13 ms instead of 1. One BLAS thread is plenty for these sizes.
+_one_blas_thread = threadpool_limits.wrap(limits=1, user_api="blas")
 
 # The last bar's terms (`bar_terms`) read the standardised features clipped at +-CLIP: a 10-sd
 # day would otherwise weigh 10,000 times a typical one in a squared term.
@@ -127,6 +133,7 @@ def _solve(a: np.ndarray, b: np.ndarray, penalty: float) -> np.ndarray:
     return v @ ((v.T @ (a.T @ b / len(b))) / (np.maximum(s, 0) + penalty))
 
 
+@_one_blas_thread
 def select_ridge(
     x: np.ndarray,
     y: np.ndarray,
@@ -152,11 +159,12 @@ def select_ridge(
     one-standard-error rule: the lowest of a hundred noisy errors is low partly by luck, and a
     linear forecast that is not clearly better than a near-zero one loses out of sample.
 
-    `nonlinear`: the candidates also include the nonlinear terms of the row's own bar
-    (`bar_terms`: hinges of each feature and the pairwise products, centred on the training
-    rows), with and without lag blocks: a piecewise-linear and second-order model of the last
-    bar, which nests a signal in the size of a move, a volume shock or a range, a threshold,
-    or two of them together: what a network needs far more rows to learn.
+    `nonlinear`: the candidates also include the best linear fit's lags plus one group of
+    the nonlinear terms of the row's own bar (`bar_terms`, `term_groups`: one feature's
+    hinges and square, or one pair's product, centred on the training rows): a signal in the
+    size of a move, a volume shock or a range, a threshold, or two features together, at the
+    cost of a few weights, where a network needs far more rows to learn it. All the terms at
+    once (76 for 8 features) cost more in noise than they found.
 
     `since`: the first row of each row's own series (a panel's ticker), before which no lag is
     read. Candidates compete on the rows that have all `max_lags` bars, then the chosen one is
@@ -173,60 +181,93 @@ def select_ridge(
     b = np.asarray(y[full], np.float64)
     groups = _time_groups(order[keep], n_groups)
     lin = block_means(x, full, blocks)
-    designs = {"linear": (lin, [k * n_feat for k in range(1, len(blocks) + 1)])}
+    no_terms = np.zeros(0, np.int64)
+    designs = {"linear": (no_terms, lin, [k * n_feat for k in range(1, len(blocks) + 1)])}
+    errors = {("zero", 0, max(penalties)): b**2}
+    errors.update(_scored(designs, b, groups, penalties))
     if nonlinear:
+        # one group of the last bar's terms at a time on top of the best linear fit: a
+        # signal in one feature or one pair is found at the cost of its own few weights
+        best = min(errors, key=lambda c: errors[c].mean())
+        lags_cols = best[1] if best[0] == "linear" else 0
         terms = bar_terms(x, full)
-        q = terms.shape[1]
-        both = np.concatenate([terms - terms.mean(0), lin], axis=1)
-        designs["nonlinear"] = (both, [q + k * n_feat for k in range(len(blocks) + 1)])
-
-    def candidates():
-        yield ("zero", 0, max(penalties)), b**2
-        for name, (a, widths) in designs.items():
-            for (p, pen), e in _cv_errors(a, b, groups, widths, penalties):
-                yield (name, p, pen), e
-
-    means = {c: float(e.mean()) for c, e in candidates()}
+        extra = {
+            label: (cols, np.concatenate([_centred(terms[:, cols]), lin[:, :lags_cols]], 1), [])
+            for label, cols in term_groups(n_feat)
+        }
+        for label, (cols, a, _) in extra.items():
+            extra[label] = (cols, a, [len(cols) + lags_cols])
+        designs.update(extra)
+        errors.update(_scored(extra, b, groups, penalties))
+    means = {c: float(e.mean()) for c, e in errors.items()}
     best = min(means, key=means.get)
-    best_errors = next(e for c, e in candidates() if c == best)
 
     def df(c):
-        return 0.0 if c[0] == "zero" else _degrees_of_freedom(designs[c[0]][0], c[1], c[2])
+        return 0.0 if c[0] == "zero" else _degrees_of_freedom(designs[c[0]][1], c[1], c[2])
 
     chosen, chosen_df = best, df(best)
-    for c, e in candidates():
-        d = e - best_errors
+    for c, e in errors.items():
+        d = e - errors[best]
         if c != best and d.mean() <= d.std(ddof=1) / np.sqrt(len(d)) and df(c) < chosen_df:
             chosen, chosen_df = c, df(c)
     zero_mse = float(np.mean(b**2))
     name, width, pen = chosen
     if name == "zero":
         return RidgeFit(zero.coef, 0, zero.penalty, zero_mse, zero_mse)
-    return _refit(x, y, rows, history, blocks, name, width, pen, means[chosen], zero_mse)
+    cols = designs[name][0]
+    k = (width - len(cols)) // n_feat
+    return _refit(x, y, rows, history, blocks, cols, k, pen, means[chosen], zero_mse)
 
 
-def _refit(x, y, rows, history, blocks, name, width, pen, cv_mse, zero_mse) -> RidgeFit:
-    """The chosen candidate fitted on every row with the bars it reads."""
-    n_feat = x.shape[1]
+def term_groups(n_feat: int) -> list[tuple[str, np.ndarray]]:
+    """The columns of `bar_terms` that go together: each feature's hinges and square, and
+    each pair's product."""
     n_hinge = n_feat * len(HINGES)
-    q = n_hinge + n_feat * (n_feat + 1) // 2 if name == "nonlinear" else 0
-    k = (width - q) // n_feat
-    lags = max(blocks[k - 1][1] if k else 1, 1)
+    i, j = np.triu_indices(n_feat)
+    product = {(a, b): n_hinge + c for c, (a, b) in enumerate(zip(i, j, strict=True))}
+    out = []
+    for f in range(n_feat):
+        hinges = np.arange(f * len(HINGES), (f + 1) * len(HINGES))
+        out.append((f"terms of {f}", np.append(hinges, product[f, f])))
+    for a, b in product:
+        if a < b:
+            out.append((f"{a} x {b}", np.array([product[a, b]])))
+    return out
+
+
+def _centred(a: np.ndarray) -> np.ndarray:
+    return a - a.mean(0)
+
+
+def _scored(designs, b, groups, penalties):
+    """{(design, width, penalty): cross-validated squared errors} of every candidate."""
+    out = {}
+    for name, (_, a, widths) in designs.items():
+        for (p, pen), e in _cv_errors(a, b, groups, widths, penalties):
+            out[name, p, pen] = e
+    return out
+
+
+def _refit(x, y, rows, history, blocks, cols, k, pen, cv_mse, zero_mse) -> RidgeFit:
+    """The chosen candidate (the last bar's terms `cols`, the first k lag blocks) fitted on
+    every row with the bars it reads."""
+    n_feat = x.shape[1]
+    lags = blocks[k - 1][1] if k else 1
     used = rows[history >= lags - 1]
     b = np.asarray(y[used], np.float64)
-    parts, mean = [], None
-    if q:
-        terms = bar_terms(x, used)
-        mean = terms.mean(0)
-        parts.append(terms - mean)
-    parts.append(block_means(x, used, blocks[:k]))
-    c = _solve(np.concatenate(parts, axis=1), b, pen)
+    terms = bar_terms(x, used)[:, cols]
+    mean = terms.mean(0)
+    c = _solve(np.concatenate([terms - mean, block_means(x, used, blocks[:k])], 1), b, pen)
+    q = len(cols)
     coef = np.zeros((blocks[-1][1], n_feat))
     for (lo, hi), ck in zip(blocks[:k], c[q:].reshape(k, n_feat), strict=True):
         coef[lo:hi] = ck / (hi - lo)
     if not q:
         return RidgeFit(coef, lags, pen, cv_mse, zero_mse)
+    n_hinge = n_feat * len(HINGES)
+    weights = np.zeros(n_hinge + n_feat * (n_feat + 1) // 2)
+    weights[cols] = c[:q]
     quad = np.zeros((n_feat, n_feat))
-    quad[np.triu_indices(n_feat)] = c[n_hinge:q]
-    hinge = c[:n_hinge].reshape(n_feat, len(HINGES))
+    quad[np.triu_indices(n_feat)] = weights[n_hinge:]
+    hinge = weights[:n_hinge].reshape(n_feat, len(HINGES))
     return RidgeFit(coef, lags, pen, cv_mse, zero_mse, hinge, quad, -float(c[:q] @ mean))

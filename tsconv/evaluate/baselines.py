@@ -3,15 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from tsconv.data.features import TickerData
 from tsconv.engine import linear
-
-# numpy's BLAS (OpenBLAS) wakes its threads for the ridge fits' small products and leaves them
-# spinning afterwards, taking the cores torch trains on. One BLAS thread is plenty for a
-# 100 x 100 system.
-_one_blas_thread = threadpool_limits.wrap(limits=1, user_api="blas")
 
 NAMES = ["zero", "persistence", "trailing_mean", "ridge_ar"]
 
@@ -29,7 +23,6 @@ def trailing_mean(td: TickerData, rows: np.ndarray, horizon: int, window: int) -
     return horizon * (td.logp[rows] - td.logp[back]) / n
 
 
-@_one_blas_thread
 def ridge_ar(
     x_scaled: np.ndarray,
     y: np.ndarray,

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from tsconv.data.covariates import input_names
 from tsconv.data.features import TickerData
 from tsconv.engine.fit import FitResult
 from tsconv.engine.predict import predict_rows
@@ -193,8 +194,21 @@ def fit_member(
         fitted.info["val_rows"] = int(sum(hi - lo for lo, hi in val_spans.values()))
         if model.highway is not None:  # the linear part's choice, on this fold's training rows
             fitted.info["linear_lags"] = model.highway.reach()
+            fitted.info["linear_terms"] = bar_terms_used(model.highway, input_names(cfg))
             fitted.info["linear_penalty"] = float(model.highway.penalty)
     return fitted
+
+
+def bar_terms_used(highway: torch.nn.Module, names: list[str]) -> str:
+    """The last bar's nonlinear terms the linear part kept, in words: "shape of hl_range"
+    (its hinges and square), "hl_range x close_loc", or "" (lags only)."""
+    hinged = highway.hinge.abs().sum(1) > 0
+    quad = highway.quad.abs() > 0
+    out = [f"shape of {n}" for n, h in zip(names, hinged.tolist(), strict=True) if h]
+    for i, j in quad.nonzero().tolist():
+        if i != j:
+            out.append(f"{names[i]} x {names[j]}")
+    return ", ".join(out)
 
 
 def _fold_rows(

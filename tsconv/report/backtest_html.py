@@ -73,7 +73,9 @@ DEFINITIONS = [
         "The bars the model's linear part (the highway) reads, chosen per fold with its ridge "
         "penalty (linear_penalty) by 5-fold cross-validation over stretches of the fold's "
         "training dates: the simplest candidate within one standard error of the best. 0: "
-        "the zero forecast, which no linear fit beat. ridge_ar_lags and ridge_ar_penalty: "
+        "the zero forecast, which no linear fit beat. linear_terms: the nonlinear terms of "
+        "the last bar it kept, at most one group (a feature's shape: hinges at 0, +-1 and "
+        "+-2 sd and its square; or two features' product). ridge_ar_lags and ridge_ar_penalty: "
         "the ridge AR baseline's choice, made the same way per ticker (median over tickers).",
     ),
     (
@@ -133,6 +135,7 @@ FOLD_COLUMNS = [
     "val_rows",
     "test_rows",
     "linear_lags",
+    "linear_terms",
     "linear_penalty",
     "ridge_ar_lags",
     "ridge_ar_penalty",
