@@ -350,7 +350,7 @@ def test_an_interrupted_sweep_resumes_to_the_same_result(tmp_path, small_sweep, 
     r = runner.invoke(
         app, ["sweep", "--config", "quick", "--space", str(spc_path), "--out", str(out)]
     )
-    assert r.exit_code == 2 and "already holds a sweep" in r.output
+    assert r.exit_code == 2 and "already holds an unfinished sweep" in r.output
     invoke(["sweep", "--resume", str(out)])
     got, want = comparable(out), comparable(reference)
     assert got[0] == want[0]
