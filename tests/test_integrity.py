@@ -157,25 +157,30 @@ SPACE = {
 }
 
 
+def sweep_args(space: Path, out: Path) -> list:
+    return ["sweep", "--config", "quick", "--space", space, "--out", out, *sets(*BACKTEST)]
+
+
 @pytest.fixture(scope="module")
 def interrupted_sweep(tmp_path_factory):
-    """A sweep stopped in its first trial; while that trial ran, a `sweep --resume` of the
-    same folder was started (its result is returned with the folder)."""
+    """A sweep stopped (as by Ctrl-C) after its first trial; while that trial ran, a `sweep
+    --resume` of the same folder was started (its result is returned with the folder)."""
     root = tmp_path_factory.mktemp("sweep")
     space = root / "space.yaml"
     space.write_text(yaml.safe_dump(SPACE))
     out = root / "sweep"
-    second = []
+    real, second = trials_recipe.run_trial, []
 
-    def trial_then_stop(data, task):
-        if not second:  # (the second sweep, were it let in, would come here too)
-            second.append(runner.invoke(app, ["sweep", "--resume", str(out)]))
-        raise KeyboardInterrupt
+    def first_trial_only(data, task):
+        if second:  # (the second sweep, were it let in, would come here too)
+            raise KeyboardInterrupt
+        second.append(runner.invoke(app, ["sweep", "--resume", str(out)]))
+        return real(data, task)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(trials_recipe, "run_trial", trial_then_stop)
-        args = ["sweep", "--config", "quick", "--space", space, "--out", out, *sets(*BACKTEST)]
-        invoke(*args, code=130)
+        mp.setattr(trials_recipe, "run_trial", first_trial_only)
+        invoke(*sweep_args(space, out), code=130)
+    assert manifest(out / "trials/000")["complete"] and not (out / "trials/001").exists()
     return out, second[0]
 
 
@@ -439,7 +444,7 @@ def test_sweep_resume_on_a_damaged_or_locked_study_is_one_line(tmp_path, interru
     finally:
         if holder is not None:
             holder.close()
-    assert not (out / "trials/000/manifest.json").exists()  # no trial ran
+    assert not (out / "trials/001").exists()  # no trial ran
 
 
 def test_sweep_resume_refuses_an_edited_space(tmp_path, interrupted_sweep):
@@ -447,6 +452,38 @@ def test_sweep_resume_refuses_an_edited_space(tmp_path, interrupted_sweep):
     space = out / "space.yaml"
     space.write_text(space.read_text().replace("0.01", "0.02"))
     refused(["sweep", "--resume", out], f"{space}: changed since the run wrote it")
+
+
+def test_sweep_resume_refuses_an_edited_finished_trial_before_running_any(
+    tmp_path, interrupted_sweep
+):
+    """Trial 000 finished; its returns edited, the selection would rank it on made-up
+    numbers. Refused before trial 001 runs, not after."""
+    out = copy(interrupted_sweep[0], tmp_path)
+    returns = out / "trials/000/returns.parquet"
+    frame = pd.read_parquet(returns)
+    frame["prediction"] = frame["prediction"].abs()
+    frame.to_parquet(returns, index=False)
+    refused(["sweep", "--resume", out], f"{returns}: changed since the run wrote it")
+    assert not (out / "trials/001").exists()
+
+
+def test_a_new_sweep_replaces_an_unfinished_one_only_with_overwrite(tmp_path, interrupted_sweep):
+    out = copy(interrupted_sweep[0], tmp_path)
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(SPACE))
+    refused(sweep_args(space, out), f"{out} already holds an unfinished sweep")
+    (out / "trials/007").mkdir()  # a trial of the old sweep the new one would not rerun
+    (out / "trials/007/error.txt").write_text("old\n")
+
+    def stop(data, task):
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trials_recipe, "run_trial", stop)
+        invoke(*sweep_args(space, out), "--overwrite", code=130)
+    assert not (out / "trials").exists() and manifest(out)["complete"] is False
+    assert set(manifest(out)["files"]) == {"config.yaml", "space.yaml", "versions.json"}
 
 
 # --------------------------------------------------------------------------- predict

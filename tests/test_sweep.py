@@ -259,6 +259,16 @@ def test_a_trial_folder_resumes_only_through_its_sweep(small_sweep):
 
 
 @pytest.mark.slow
+def test_a_finished_sweep_is_not_resumed(small_sweep):
+    """It would run no trial, and write every output again under a new manifest."""
+    out, _, _ = small_sweep
+    before = (out / "manifest.json").read_bytes()
+    r = runner.invoke(app, ["sweep", "--resume", str(out)])
+    assert r.exit_code == 2 and "this sweep already finished; nothing to resume" in r.output
+    assert (out / "manifest.json").read_bytes() == before
+
+
+@pytest.mark.slow
 def test_luck_measures_are_those_of_the_trials_own_returns(small_sweep):
     out, _, _ = small_sweep
     r, trials = comparable(out)

@@ -396,17 +396,21 @@ def start(run: RunFolder, *, overwrite: bool) -> None:
     holds an unfinished run with no files yet, so no earlier `complete: true` outlives it."""
     held = holds(run)
     if held is not None and not overwrite:
-        kind, finished = held
-        command = {"training run": "train", "sweep": "sweep"}.get(kind, "backtest")
-        also = "" if finished else f"`tsconv {command} --resume {run.path}` continues it, "
-        raise FolderError(
-            f"{run.path} already holds {'a finished' if finished else 'an unfinished'} "
-            f"{kind}: {also}--overwrite replaces it, or choose another --out"
-        )
+        raise FolderError(_held(run, *held))
     old = _readable_manifest(run)
     _write_manifest(run, False, {})
     if held is not None:
         _clear(run, old, sweep=held[0] == "sweep")
+
+
+def _held(run: RunFolder, kind: str, finished: bool) -> str:
+    """Why a new run is refused, and what to do instead."""
+    command = {"training run": "train", "backtest": "backtest", "sweep": "sweep"}.get(kind)
+    resume = f"`tsconv {command} --resume {run.path}` continues it, " if command else ""
+    return (
+        f"{run.path} already holds {'a finished' if finished else 'an unfinished'} {kind}: "
+        f"{'' if finished else resume}--overwrite replaces it, or choose another --out"
+    )
 
 
 def _readable_manifest(run: RunFolder) -> dict[str, Any]:

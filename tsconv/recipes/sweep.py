@@ -170,8 +170,6 @@ def summarize_selection(
 
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    for t in complete:  # an interrupted sweep's, too: each as its backtest wrote it
-        runfolder.verify_finished(RunFolder(out).trial(t.number))
     if len(complete) < 2:
         errors = [RunFolder(out).trial(t.number).error for t in trials]
         first = next((e.read_text().strip() for e in errors if e.exists()), "no error recorded")

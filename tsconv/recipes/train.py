@@ -92,6 +92,8 @@ def check_resumable(out: Path) -> None:
     if not run.training_state.exists():
         if run.model.exists():
             raise UsageError(f"{out}: this run already finished; nothing to resume")
+        if not run.config.exists():
+            raise UsageError(f"{out}: not a run folder (no {run.config.name})")
         raise UsageError(f"{out}: no {run.training_state.name} to resume from")
     runfolder.verify(run, [run.config, run.training_state])
 

@@ -97,6 +97,9 @@ def run_trials(
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(run, resume)
+    if resume:  # the trials an interrupted sweep finished: each folder as its backtest wrote it
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            runfolder.verify_finished(run.trial(t.number))
 
     def finished(task: TrialTask, row: dict[str, Any]) -> None:
         if "error" in row:
