@@ -77,7 +77,7 @@ def run_backtest(
         warm = cfg.backtest.retrain == "warm"  # each fold starts from the last one's weights
         kept = kept_manifest(run, cfg) if resume else None
         # checked before anything is written: a changed fold stops the resume here
-        todo, warm_state = log.resume(folds, warm, kept) if kept else (folds, None)
+        todo, warm_state = log.resume(folds, warm, kept) if kept is not None else (folds, None)
         start_run_folder(run, cfg, device, kept is not None, overwrite or resume)
         executor = executors.choose(cfg, len(todo) * cfg.train.ensemble, chained=warm)
         run_folds(prep, todo, device, executor, log, warm_state)

@@ -259,7 +259,7 @@ def resumable(folder: Path, trials: int | None) -> tuple[Config, SpaceFile]:
 
 def check_resumable(run: RunFolder) -> None:
     """Refuse `--resume` on a folder without an interrupted sweep whose settings are the ones
-    it recorded (its finished trials are checked as the selection reads them)."""
+    it recorded (its finished trials' folders are checked as the trials resume)."""
     if not run.study.exists() or not run.space.exists():
         raise UsageError(
             f"{run.path}: not an interrupted sweep (no {run.study.name} and {run.space.name})"
