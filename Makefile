@@ -18,11 +18,12 @@ $(STAMP): pyproject.toml Makefile
 
 setup: $(STAMP)
 
+# --overwrite: a second `make run` replaces the first one's runs (tsconv refuses that otherwise)
 run: setup
 	$(BIN)/tsconv fetch --sample --data-dir data
-	$(BIN)/tsconv train --config $(CONFIG) --out runs/quick
+	$(BIN)/tsconv train --config $(CONFIG) --out runs/quick --overwrite
 	$(BIN)/tsconv predict --run runs/quick
-	$(BIN)/tsconv backtest --config $(CONFIG) --out runs/quick-bt
+	$(BIN)/tsconv backtest --config $(CONFIG) --out runs/quick-bt --overwrite
 
 # The suite covers the optional Ray executor, so `make test` installs the `ray` extra once.
 TESTSTAMP := $(VENV)/.tsconv-test-extras
@@ -58,7 +59,7 @@ known-answers: setup
 REPORT := runs/quick-bt/report.html
 $(REPORT): $(STAMP) $(CONFIG) $(shell find tsconv -name "*.py")
 	$(BIN)/tsconv fetch --sample --data-dir data
-	$(BIN)/tsconv backtest --config $(CONFIG) --out runs/quick-bt
+	$(BIN)/tsconv backtest --config $(CONFIG) --out runs/quick-bt --overwrite
 
 screenshot: $(REPORT)
 	$(BIN)/python scripts/screenshot_report.py $(REPORT) --out docs/report.png --first-screen

@@ -37,6 +37,7 @@ TINY = [
     "backtest.train_span=3000",
     "--set",
     "backtest.test_span=500",
+    "--overwrite",  # each repeat replaces the last one's run
 ]
 
 

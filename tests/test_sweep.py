@@ -259,6 +259,16 @@ def test_a_trial_folder_resumes_only_through_its_sweep(small_sweep):
 
 
 @pytest.mark.slow
+def test_a_finished_sweep_is_not_resumed(small_sweep):
+    """It would run no trial, and write every output again under a new manifest."""
+    out, _, _ = small_sweep
+    before = (out / "manifest.json").read_bytes()
+    r = runner.invoke(app, ["sweep", "--resume", str(out)])
+    assert r.exit_code == 2 and "this sweep already finished; nothing to resume" in r.output
+    assert (out / "manifest.json").read_bytes() == before
+
+
+@pytest.mark.slow
 def test_luck_measures_are_those_of_the_trials_own_returns(small_sweep):
     out, _, _ = small_sweep
     r, trials = comparable(out)
@@ -350,7 +360,7 @@ def test_an_interrupted_sweep_resumes_to_the_same_result(tmp_path, small_sweep, 
     r = runner.invoke(
         app, ["sweep", "--config", "quick", "--space", str(spc_path), "--out", str(out)]
     )
-    assert r.exit_code == 2 and "already holds a sweep" in r.output
+    assert r.exit_code == 2 and "already holds an unfinished sweep" in r.output
     invoke(["sweep", "--resume", str(out)])
     got, want = comparable(out), comparable(reference)
     assert got[0] == want[0]

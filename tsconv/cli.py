@@ -65,6 +65,12 @@ RayAddressOpt = Annotated[
     ),
 ]
 
+# a new run into a folder that holds another (train, backtest, sweep)
+OverwriteOpt = Annotated[
+    bool,
+    typer.Option("--overwrite", help="Replace the run already in the output folder", metavar=""),
+]
+
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """One line on stderr and a documented exit code instead of a traceback."""
@@ -211,6 +217,7 @@ def train(
     resume: Annotated[
         Path | None, typer.Option("--resume", help="Continue an interrupted run folder")
     ] = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Train a TCN or multi-scale model and write a run folder (model.pt, metrics, plots).
 
@@ -222,9 +229,9 @@ def train(
     if resume is not None:
         from tsconv.recipes.train import check_resumable
 
-        _resume_alone(config, set_, out_dir)
+        _resume_alone(config, set_, out_dir, overwrite)
+        check_resumable(resume)  # before its config is read, and the model's banner
         cfg = checkpoint.config_of({"config": _read_resolved(resume)}, RunFolder(resume).config)
-        check_resumable(resume)  # before the model's banner
         target = resume
     else:
         cfg = _config(_required(config), set_)
@@ -233,12 +240,12 @@ def train(
     if not ddp.is_main():
         out.quiet = err.quiet = True
     try:
-        _train(cfg, target, resume is not None)
+        _train(cfg, target, resume is not None, overwrite)
     finally:
         ddp.stop()
 
 
-def _train(cfg, target: Path, resume: bool) -> None:
+def _train(cfg, target: Path, resume: bool, overwrite: bool) -> None:
     from tsconv.recipes.train import describe_model, run_training
 
     info = describe_model(cfg)
@@ -278,6 +285,7 @@ def _train(cfg, target: Path, resume: bool) -> None:
             cfg,
             target,
             resume=resume,
+            overwrite=overwrite,
             on_step=on_step,
             on_epoch_done=on_epoch,
             on_member=on_member if members > 1 else None,
@@ -377,12 +385,13 @@ def backtest(
     workers: WorkersOpt = None,
     executor: ExecutorOpt = None,
     ray_address: RayAddressOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Walk-forward evaluation against naive baselines; writes predictions, metrics and report.html."""
     from tsconv.recipes.backtest import run_backtest
 
     if resume is not None:
-        cfg, target = _resumable_backtest(resume, config, set_, out_dir), resume
+        cfg, target = _resumable_backtest(resume, config, set_, out_dir, overwrite), resume
     else:
         cfg = _config(_required(config), set_)
         target = out_dir or Path("runs") / f"{cfg.name or config.stem}-bt"
@@ -401,7 +410,9 @@ def backtest(
                 info=(f"fold {done}/{total} test {info['test_start']}..{info['test_end']}"),
             )
 
-        m = run_backtest(cfg, target, resume=resume is not None, on_fold=on_fold)
+        m = run_backtest(
+            cfg, target, resume=resume is not None, overwrite=overwrite, on_fold=on_fold
+        )
     _print_backtest(m, cfg, RunFolder(target))
 
 
@@ -495,7 +506,8 @@ def _int_or_text(text: str) -> int | str:
     return int(text) if text.strip().lstrip("-").isdigit() else text
 
 
-def _resume_alone(config, set_, out_dir) -> None:
+def _resume_alone(config, set_, out_dir, overwrite: bool) -> None:
+    _resume_or_overwrite(overwrite)
     if config is not None or set_ or out_dir is not None:
         raise UsageError(
             "--resume FOLDER continues with the config saved in FOLDER; drop --config, --set "
@@ -503,11 +515,19 @@ def _resume_alone(config, set_, out_dir) -> None:
         )
 
 
-def _resumable_backtest(folder: Path, config, set_, out_dir):
+def _resume_or_overwrite(overwrite: bool) -> None:
+    if overwrite:
+        raise UsageError(
+            "--resume continues the run in its folder, --overwrite replaces it: give one"
+        )
+
+
+def _resumable_backtest(folder: Path, config, set_, out_dir, overwrite: bool):
     """The config an interrupted backtest in `folder` ran with (as `train --resume` does)."""
     from tsconv.engine import checkpoint
+    from tsconv.recipes.backtest import check_resumable
 
-    _resume_alone(config, set_, out_dir)
+    _resume_alone(config, set_, out_dir, overwrite)
     run = RunFolder(folder)
     sweep = run.sweep_of_trial()
     if sweep is not None:
@@ -516,11 +536,8 @@ def _resumable_backtest(folder: Path, config, set_, out_dir):
             f"{folder} is a trial of the sweep in {sweep.path}: continue it with "
             f"`tsconv sweep --resume {sweep.path}`"
         )
+    check_resumable(folder)  # not finished, and its config the one the run recorded
     stored = run.results_config
-    if not stored.exists():
-        raise UsageError(
-            f"{folder}: not an interrupted backtest (no {stored.relative_to(run.path)})"
-        )
     return checkpoint.config_of({"config": json.loads(stored.read_text())}, stored)
 
 
@@ -549,6 +566,7 @@ def sweep(
     workers: WorkersOpt = None,
     executor: ExecutorOpt = None,
     ray_address: RayAddressOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Search configs on a selection period; evaluate the best once on a later holdout.
 
@@ -557,6 +575,8 @@ def sweep(
     from tsconv.config import execution_settings
     from tsconv.recipes.sweep import run_sweep
 
+    if resume is not None:
+        _resume_or_overwrite(overwrite)
     base, spc, target = _sweep_setup(config, space_file, set_, trials, out_dir, resume)
     # validated as the backtest keys are, then the trials and the holdout run so
     run_cfg = _with_execution(base, workers=workers, executor=executor, ray_address=ray_address)
@@ -579,6 +599,7 @@ def sweep(
             spc,
             target,
             resume=resume is not None,
+            overwrite=overwrite,
             execution=execution_settings(run_cfg),
             on_trial=on_trial,
         )

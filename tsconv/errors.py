@@ -18,6 +18,12 @@ class UsageError(TsconvError):
     exit_code = 2
 
 
+class FolderError(UsageError):
+    """A run folder cannot be used as asked: another run is writing into it, it holds a run
+    that a new one would replace, or a file --resume would keep is not the one the run wrote.
+    A sweep stops on it rather than count the trial as failed."""
+
+
 class DataError(TsconvError):
     """A data file or frame is unusable; the message names the file, row and problem."""
 

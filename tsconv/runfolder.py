@@ -1,26 +1,34 @@
-"""Run folders: every file's name, atomic writes and the manifest.
+"""Run folders: every file's name, atomic writes, the manifest and the folder's life.
 
 `RunFolder` is the one place that names the files of a run folder (train, backtest, sweep).
 Every output goes to a temporary file in the destination folder and is renamed into place, so a
 reader sees either the old file or the complete new one, never half of it.
+
+A run holds its folder locked from start to end (`locked`), so two runs never mix their files.
+Its manifest says `complete: false` before anything else is written (`start`, `reopen`), lists
+the files --resume may keep with their sha256 as each is written (`record`), and says
+`complete: true` only at the end, over the files of that one run (`write_manifest`). --resume
+keeps a file only if it still has the recorded bytes (`verify`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fcntl
 import hashlib
 import io
 import json
 import os
 import platform
+import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tsconv.errors import OutputError
+from tsconv.errors import FolderError, OutputError
 
 
 @dataclass(frozen=True)
@@ -293,11 +301,189 @@ def now_utc() -> str:
 def write_manifest(run: RunFolder, *, complete: bool, extra: dict[str, Any] | None = None) -> None:
     """List every file in the run folder with its sha256; `complete` tells a reader the run
     finished."""
-    files = {
-        str(p.relative_to(run.path)): {"sha256": sha256(p), "bytes": p.stat().st_size}
+    files = dict(
+        _entry(run, p)
         for p in sorted(run.path.rglob("*"))
         # a sweep's trial and holdout folders have manifests of their own
         if p.is_file() and p.name != run.manifest.name and not p.name.startswith(".")
-    }
+    )
+    _write_manifest(run, complete, files, extra)
+
+
+def _write_manifest(
+    run: RunFolder, complete: bool, files: dict[str, Any], extra: dict[str, Any] | None = None
+) -> None:
     manifest = {"complete": complete, "written_at": now_utc(), "files": files, **(extra or {})}
     write_json(run.manifest, manifest)
+
+
+def _entry(run: RunFolder, path: Path) -> tuple[str, dict[str, Any]]:
+    return _name(run, path), {"sha256": sha256(path), "bytes": path.stat().st_size}
+
+
+def _name(run: RunFolder, path: Path) -> str:
+    return Path(path).relative_to(run.path).as_posix()
+
+
+# ------------------------------------------------------------ the folder's life
+
+
+@contextlib.contextmanager
+def locked(run: RunFolder) -> Iterator[None]:
+    """Hold the run folder for a run's life: two runs writing into one folder at once would
+    mix their files under one manifest. An OS lock on the folder itself (no lock file to
+    leave behind), released by the OS however the process ends, kill -9 included; a second
+    run fails at once rather than wait. A folder created here and still empty at the end (a
+    run that failed before writing anything) is removed."""
+    path = run.path
+    created = not path.exists()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise OutputError(f"cannot write to {path}: {exc.strerror or exc}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FolderError(
+                f"{path}: another tsconv run is writing into this folder now; wait for it to "
+                "end, or choose another folder"
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+        if created:
+            with contextlib.suppress(OSError):
+                path.rmdir()  # only if nothing was written
+
+
+def read_manifest(run: RunFolder) -> dict[str, Any] | None:
+    """The run's manifest, None when there is none; an unreadable one is an error."""
+    try:
+        manifest = json.loads(run.manifest.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FolderError(f"{run.manifest}: unreadable manifest ({exc})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise FolderError(f"{run.manifest}: not a tsconv manifest (no files listed)")
+    return manifest
+
+
+def holds(run: RunFolder) -> tuple[str, bool] | None:
+    """The run in the folder, if any: its kind (a training run, backtest or sweep) and
+    whether it finished. Runs of older tsconv versions have a manifest only once finished,
+    so the files that mark a run count too; an unreadable manifest is an unfinished run."""
+    marks = {
+        "sweep": [run.study, run.space],
+        "training run": [run.model, run.training_state],
+        "backtest": [run.results_config, run.predictions],
+    }
+    kind = next((k for k, paths in marks.items() if any(p.exists() for p in paths)), None)
+    try:
+        manifest = read_manifest(run)
+    except FolderError:
+        manifest = {}
+    if manifest is None and kind is None:
+        return None
+    return kind or "run", bool(manifest and manifest.get("complete") is True)
+
+
+def start(run: RunFolder, *, overwrite: bool) -> None:
+    """Before a new run writes anything into `run`: refuse a folder that holds another run
+    unless `overwrite` (its files are then removed), and say in the manifest that the folder
+    holds an unfinished run with no files yet, so no earlier `complete: true` outlives it."""
+    held = holds(run)
+    if held is not None and not overwrite:
+        raise FolderError(_held(run, *held))
+    old = _readable_manifest(run)
+    _write_manifest(run, False, {})
+    if held is not None:
+        _clear(run, old, sweep=held[0] == "sweep")
+
+
+def _held(run: RunFolder, kind: str, finished: bool) -> str:
+    """Why a new run is refused, and what to do instead."""
+    command = {"training run": "train", "backtest": "backtest", "sweep": "sweep"}.get(kind)
+    resume = f"`tsconv {command} --resume {run.path}` continues it, " if command else ""
+    return (
+        f"{run.path} already holds {'a finished' if finished else 'an unfinished'} {kind}: "
+        f"{'' if finished else resume}--overwrite replaces it, or choose another --out"
+    )
+
+
+def _readable_manifest(run: RunFolder) -> dict[str, Any]:
+    try:
+        return read_manifest(run) or {"files": {}}
+    except FolderError:
+        return {"files": {}}
+
+
+def _clear(run: RunFolder, old: dict[str, Any], *, sweep: bool) -> None:
+    """Remove what an earlier run wrote: the files its manifest lists (inside the folder
+    only) and every file a tsconv command names; a sweep's trial and holdout folders too."""
+    properties = [getattr(run, k) for k, v in vars(RunFolder).items() if isinstance(v, property)]
+    named = [*(p for p in properties if isinstance(p, Path)), *run.fold_files()]
+    for path in [*(run.path / name for name in old["files"]), *named]:
+        if path != run.manifest and _inside(run, path) and path.is_file():
+            path.unlink()
+    for folder in [run.folds, *([run.path / "trials", run.holdout.path] if sweep else [])]:
+        if folder.is_dir() and not folder.is_symlink():
+            shutil.rmtree(folder)
+
+
+def _inside(run: RunFolder, path: Path) -> bool:
+    return Path(path).resolve().is_relative_to(run.path.resolve())
+
+
+def reopen(run: RunFolder, rewritten: Iterable[Path] = ()) -> None:
+    """A resumed run: before anything is rewritten, the manifest says the run is unfinished;
+    it keeps the records of the files --resume may keep, not those of `rewritten`."""
+    manifest = read_manifest(run) or {"files": {}}
+    drop = {_name(run, p) for p in rewritten}
+    _write_manifest(run, False, {k: v for k, v in manifest["files"].items() if k not in drop})
+
+
+def record(run: RunFolder, paths: Iterable[Path]) -> None:
+    """Add `paths`, just written, with their sha256 to the unfinished run's manifest: the
+    files --resume may keep, and checks before keeping them."""
+    manifest = read_manifest(run) or {"files": {}}
+    _write_manifest(run, False, manifest["files"] | dict(_entry(run, p) for p in paths))
+
+
+def recorded(run: RunFolder, manifest: dict[str, Any] | None, path: Path) -> bool:
+    return manifest is not None and _name(run, path) in manifest["files"]
+
+
+def verify(run: RunFolder, paths: Iterable[Path], manifest: dict[str, Any] | None = None) -> None:
+    """Each of `paths` still has the bytes the run recorded: --resume keeps nothing else (an
+    edited fold would otherwise join new results under a new `complete: true`)."""
+    manifest = manifest if manifest is not None else read_manifest(run)
+    if manifest is None:
+        raise FolderError(
+            f"{run.path}: no {run.manifest.name}, so the files --resume would keep cannot be "
+            "checked; --overwrite starts the run again"
+        )
+    for path in paths:
+        entry = manifest["files"].get(_name(run, path)) if _inside(run, path) else None
+        if not isinstance(entry, dict):
+            raise FolderError(
+                f"{path}: not recorded in {run.manifest}, so --resume cannot check it; "
+                "--overwrite starts the run again"
+            )
+        if not path.is_file() or sha256(path) != entry.get("sha256"):
+            state = "changed" if path.is_file() else "deleted"
+            raise FolderError(
+                f"{path}: {state} since the run wrote it (sha256 recorded in "
+                f"{run.manifest.name}); --resume keeps only the run's own files: restore it, or "
+                "--overwrite starts the run again"
+            )
+
+
+def verify_finished(run: RunFolder) -> None:
+    """Every file of a finished run (a sweep's trial) as its manifest lists it."""
+    manifest = read_manifest(run)
+    if manifest is None or manifest.get("complete") is not True:
+        raise FolderError(f"{run.path}: not a finished run (no complete {run.manifest.name})")
+    verify(run, [run.path / name for name in manifest["files"]], manifest)

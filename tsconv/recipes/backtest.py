@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from tsconv import executors
+from tsconv import executors, runfolder
 from tsconv.config import Config, dump_yaml, results_config
 from tsconv.engine.runtime import intra_op_threads, select_device
 from tsconv.errors import ConfigError, UsageError
@@ -54,26 +54,32 @@ def run_backtest(
     out: Path,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     on_fold: FoldHook | None = None,
     prep: Prepared | None = None,
     report_html: bool = True,
 ) -> dict[str, Any]:
     """Run every fold (resuming finished ones from disk), then write predictions, each
     strategy's net returns, metrics and (unless `report_html` is false) the report.
-    `on_fold(done, total, info)` as each fold finishes; `prep`: the data, prepared already."""
-    with intra_op_threads(cfg.train.threads):
-        run = RunFolder(out)
+    `resume`: keep the folds a run of the same config finished in `out`, each checked
+    against the manifest (none there: start afresh); otherwise `out` may hold no other run
+    unless `overwrite`. `on_fold(done, total, info)` as each fold finishes; `prep`: the
+    data, prepared already. The folder is locked for the run's life."""
+    run = RunFolder(out)
+    with intra_op_threads(cfg.train.threads), runfolder.locked(run):
         t0 = time.perf_counter()
         prep = prep or prepare(cfg)
         t_prep = time.perf_counter() - t0
         check_portfolio(prep)
         folds = make_folds(prep)
         device = select_device(cfg.train.device)
-        start_run_folder(run, cfg, device, resume)
 
         log = FoldLog(run, len(folds), on_fold)
         warm = cfg.backtest.retrain == "warm"  # each fold starts from the last one's weights
-        todo, warm_state = log.resume(folds, warm) if resume else (folds, None)
+        kept = kept_manifest(run, cfg) if resume else None
+        # checked before anything is written: a changed fold stops the resume here
+        todo, warm_state = log.resume(folds, warm, kept) if kept is not None else (folds, None)
+        start_run_folder(run, cfg, device, kept is not None, overwrite or resume)
         executor = executors.choose(cfg, len(todo) * cfg.train.ensemble, chained=warm)
         run_folds(prep, todo, device, executor, log, warm_state)
         t_folds = time.perf_counter() - t0 - t_prep
@@ -95,21 +101,53 @@ def check_portfolio(prep: Prepared) -> None:
         )
 
 
-def start_run_folder(run: RunFolder, cfg: Config, device: torch.device, resume: bool) -> None:
-    """Write the config and what the numbers depend on. A resume must have the interrupted
-    run's config (execution keys aside); a new run deletes the folds of any earlier one."""
-    resolved = results_config(cfg)
-    if resume and run.results_config.exists():
-        if json.loads(run.results_config.read_text()) != resolved:
-            raise UsageError(
-                f"{run.path}: --resume with a different config than the interrupted run"
-            )
-    elif run.folds.exists() and not resume:
-        for old in run.fold_files():
+def check_resumable(folder: Path) -> None:
+    """Refuse `--resume` on a folder without an interrupted backtest whose config is the one
+    the run recorded."""
+    run = RunFolder(folder)
+    if not run.results_config.exists():
+        raise UsageError(
+            f"{folder}: not an interrupted backtest (no {run.results_config.relative_to(run.path)})"
+        )
+    manifest = runfolder.read_manifest(run)
+    if manifest is not None and manifest.get("complete") is True:
+        raise UsageError(
+            f"{folder}: this backtest already finished; nothing to resume (--overwrite with "
+            "--config runs it again)"
+        )
+    runfolder.verify(run, [run.results_config], manifest)
+
+
+def kept_manifest(run: RunFolder, cfg: Config) -> dict[str, Any] | None:
+    """The manifest of the run in `run` whose folds a resume keeps, its config checked
+    against the record and `cfg` (execution keys aside); None when the folder records no
+    run's config (nothing to keep)."""
+    manifest = runfolder.read_manifest(run)
+    if not runfolder.recorded(run, manifest, run.results_config):
+        return None
+    runfolder.verify(run, [run.results_config], manifest)
+    if json.loads(run.results_config.read_text()) != results_config(cfg):
+        raise UsageError(f"{run.path}: --resume with a different config than the interrupted run")
+    return manifest
+
+
+def start_run_folder(
+    run: RunFolder, cfg: Config, device: torch.device, kept: bool, overwrite: bool
+) -> None:
+    """Mark the folder unfinished (a resume keeps the records of its folds, a new run
+    replaces another only with `overwrite`), then write the config and what the numbers
+    depend on."""
+    if kept:
+        outputs = [run.predictions, run.returns, run.fold_table, run.metrics, run.timing]
+        runfolder.reopen(run, [*outputs, run.report])
+    else:
+        runfolder.start(run, overwrite=overwrite)
+        for old in run.fold_files():  # unrecorded folds of an earlier run: never kept
             old.unlink()
     write_text(run.config, dump_yaml(cfg))
-    write_json(run.results_config, resolved)
+    write_json(run.results_config, results_config(cfg))
     write_json(run.versions, run_info(cfg.seed, device))
+    runfolder.record(run, [run.config, run.results_config, run.versions])
 
 
 @dataclass
@@ -129,24 +167,34 @@ class FoldLog:
         info: dict[str, Any],
         state: list[dict[str, torch.Tensor]] | None = None,
     ) -> None:
-        write_with(
-            self.run.fold_predictions(fold.index), lambda tmp: preds.to_parquet(tmp, index=False)
-        )
+        files = self.files(fold, state is not None)
+        write_with(files[0], lambda tmp: preds.to_parquet(tmp, index=False))
         if state is not None:
-            save_torch(self.run.fold_state(fold.index), state)
-        # in the info's own order, which folds.csv keeps whether a fold ran now or is resumed;
-        # written last: a fold is finished once its info exists
-        write_text(self.run.fold_info(fold.index), json.dumps(info, indent=2, default=str) + "\n")
+            save_torch(files[2], state)
+        # in the info's own order, which folds.csv keeps whether a fold ran now or is resumed
+        write_text(files[1], json.dumps(info, indent=2, default=str) + "\n")
+        # a fold is finished once the manifest records its files, with their sha256
+        runfolder.record(self.run, files)
         self._collect(fold, preds, info)
 
-    def resume(self, folds: list[Fold], warm: bool) -> tuple[list[Fold], list | None]:
-        """Take the folds an interrupted run finished; return the others, and for `retrain:
-        warm` the weights the first of them starts from. Warm folds chain: once one has to
-        run, every later one runs after it."""
+    def files(self, fold: Fold, warm: bool) -> list[Path]:
+        """The fold's predictions, its info and (warm) its final weights."""
+        run, k = self.run, fold.index
+        return [run.fold_predictions(k), run.fold_info(k), *([run.fold_state(k)] if warm else [])]
+
+    def resume(
+        self, folds: list[Fold], warm: bool, manifest: dict[str, Any]
+    ) -> tuple[list[Fold], list | None]:
+        """Take the folds an interrupted run finished, each file checked against `manifest`;
+        return the others, and for `retrain: warm` the weights the first of them starts
+        from. Warm folds chain: once one has to run, every later one runs after it."""
         todo, state = [], None
         for fold in folds:
-            preds, info = self.run.fold_predictions(fold.index), self.run.fold_info(fold.index)
-            if preds.exists() and info.exists() and not (warm and todo):
+            files = self.files(fold, warm)
+            preds, info = files[:2]
+            finished = all(runfolder.recorded(self.run, manifest, f) for f in files)
+            if finished and not (warm and todo):
+                runfolder.verify(self.run, files, manifest)
                 if warm:
                     state = torch.load(
                         self.run.fold_state(fold.index), map_location="cpu", weights_only=True

@@ -12,7 +12,7 @@ import torch
 from tsconv.engine import checkpoint
 from tsconv.engine.predict import predict_rows
 from tsconv.engine.windows import Panel, Scaler, make_panel
-from tsconv.errors import UsageError
+from tsconv.errors import CheckpointError, UsageError
 from tsconv.evaluate.strategy import position_words, strategy_rows
 from tsconv.models.registry import build_model
 from tsconv.recipes.prepare import global_rows, prepare
@@ -72,7 +72,13 @@ def predict_latest(run: Path, tickers: list[str] | None = None) -> list[dict[str
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"tickers": tickers})})
     prep = prepare(cfg)
     states = payload.get("ensemble") or [payload["state_dict"]]
-    models = load_members(cfg.model, payload["in_features"], states)
+    try:
+        models = load_members(cfg.model, payload["in_features"], states)
+    except (RuntimeError, KeyError, TypeError) as exc:  # weights of another shape than the config's
+        detail = " ".join(str(exc).split())[:200]
+        raise CheckpointError(
+            f"{folder.model}: its weights do not fit the model its config describes ({detail})"
+        ) from None
     scalers = {}
     for t, td in prep.data.items():
         stored = payload["scalers"].get(t)

@@ -53,23 +53,39 @@ def run_sweep(
     out: Path,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     execution: dict[str, Any] | None = None,
     on_trial: TrialHook | None = None,
     frames: dict[str, pd.DataFrame] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the sweep into `out`; returns sweep.json's contents. `execution`: the
     execution keys (`backtest.workers`, ...) the trials and the holdout run with, by default
-    the base config's; `on_trial(done, total, row)` as each trial ends."""
+    the base config's; `on_trial(done, total, row)` as each trial ends. A new sweep replaces
+    another run in `out` only with `overwrite`; the folder is locked for the sweep's life."""
     run = RunFolder(out)
+    with runfolder.locked(run):
+        return _sweep(run, base, spc, resume, overwrite, execution, on_trial, frames)
+
+
+def _sweep(
+    run: RunFolder,
+    base: Config,
+    spc: SpaceFile,
+    resume: bool,
+    overwrite: bool,
+    execution: dict[str, Any] | None,
+    on_trial: TrialHook | None,
+    frames: dict[str, pd.DataFrame] | None,
+) -> dict[str, Any]:
     t0 = time.perf_counter()
     data = split_data(base, spc, frames)
-    start_sweep_folder(run, base, spc, resume)
+    start_sweep_folder(run, base, spc, resume, overwrite)
     n_trials = spc.sweep.trials
     if spc.sweep.sampler == "grid":
         n_trials = min(n_trials, search_space.grid_size(spc))
     executing = search_space.with_values(base, execution or {}, "execution")
     executor = executors.choose(executing, n_trials)
-    study = run_trials(run, base, spc, data, executor, n_trials, on_trial)
+    study = run_trials(run, base, spc, data, executor, n_trials, on_trial, resume)
     t_trials = time.perf_counter() - t0
 
     result = summarize_selection(spc, study, run.path, data.cut, data.selection[0])
@@ -92,14 +108,20 @@ def run_sweep(
     return result
 
 
-def start_sweep_folder(run: RunFolder, base: Config, spc: SpaceFile, resume: bool) -> None:
-    if run.study.exists() and not resume:
-        raise UsageError(
-            f"{run.path} already holds a sweep: --resume {run.path} continues it, or pick --out"
-        )
+def start_sweep_folder(
+    run: RunFolder, base: Config, spc: SpaceFile, resume: bool, overwrite: bool
+) -> None:
+    """Mark the folder unfinished (a resume first checks the sweep's settings, a new sweep
+    replaces another run only with `overwrite`), then write the settings."""
+    if resume:
+        check_resumable(run)
+        runfolder.reopen(run)
+    else:
+        runfolder.start(run, overwrite=overwrite)
     runfolder.write_text(run.config, dump_yaml(base))
     runfolder.write_text(run.space, search_space.dump(spc))
     runfolder.write_json(run.versions, {**runfolder.versions(), "seed": base.seed})
+    runfolder.record(run, [run.config, run.space, run.versions])
 
 
 def run_holdout(
@@ -228,11 +250,21 @@ def trials_table(trials: list, out: Path) -> pd.DataFrame:
 def resumable(folder: Path, trials: int | None) -> tuple[Config, SpaceFile]:
     """The base config and space an interrupted sweep in `folder` ran with."""
     run = RunFolder(folder)
+    if trials is not None:
+        raise UsageError("--resume continues the sweep as it was set up; drop --trials")
+    check_resumable(run)
+    base = load_config(run.config)
+    return base, search_space.read_space(run.space, base)
+
+
+def check_resumable(run: RunFolder) -> None:
+    """Refuse `--resume` on a folder without an interrupted sweep whose settings are the ones
+    it recorded (its finished trials' folders are checked as the trials resume)."""
     if not run.study.exists() or not run.space.exists():
         raise UsageError(
             f"{run.path}: not an interrupted sweep (no {run.study.name} and {run.space.name})"
         )
-    if trials is not None:
-        raise UsageError("--resume continues the sweep as it was set up; drop --trials")
-    base = load_config(run.config)
-    return base, search_space.read_space(run.space, base)
+    manifest = runfolder.read_manifest(run)
+    if manifest is not None and manifest.get("complete") is True:
+        raise UsageError(f"{run.path}: this sweep already finished; nothing to resume")
+    runfolder.verify(run, [run.config, run.space], manifest)

@@ -9,6 +9,7 @@ validation after a gap, windows within one ticker) live in one place.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io as _io
 import warnings
@@ -26,7 +27,7 @@ from tsconv.engine import checkpoint, ddp
 from tsconv.engine.fit import FitState
 from tsconv.engine.runtime import cpu_state, intra_op_threads, select_device
 from tsconv.engine.windows import Panel, Scaler, dense_sequence, fit_sequence
-from tsconv.errors import UsageError
+from tsconv.errors import FolderError, UsageError
 from tsconv.models.registry import build_model, count_parameters, receptive_field
 from tsconv.recipes.fit_span import fit_span, member_seed
 from tsconv.recipes.predict import ensemble_predict, load_members
@@ -47,6 +48,7 @@ def run_training(
     out: Path,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     on_step: Any = None,
     on_epoch_done: Any = None,
     on_member: Any = None,
@@ -54,17 +56,25 @@ def run_training(
     """`tsconv train`: fit on the chronological split and write the run folder; returns
     summary.json's contents (under torchrun, in rank 0; elsewhere {}). With
     `train.ensemble: K` the K members are trained one after another (`on_member(m)` as each
-    starts), each from its own seed; a resume continues the member that was training."""
-    with intra_op_threads(cfg.train.threads):
-        run = RunFolder(out)
-        progress = EnsembleProgress.load(run) if resume else EnsembleProgress()
+    starts), each from its own seed; a resume continues the member that was training, its
+    files checked against the manifest. A new run replaces another in `out` only with
+    `overwrite`. Rank 0 holds the folder locked for the run's life."""
+    run = RunFolder(out)
+    main = ddp.is_main()  # under torchrun, rank 0 alone writes the run folder
+    held = runfolder.locked(run) if main else contextlib.nullcontext()
+    with intra_op_threads(cfg.train.threads), held:
+        progress = EnsembleProgress.load(run, cfg) if resume else EnsembleProgress()
         prep = prepare(cfg)
         device = select_device(cfg.train.device)
         train, val = training_spans(prep)
-        main = ddp.is_main()  # under torchrun, rank 0 alone writes the run folder
         if main:
+            if resume:
+                runfolder.reopen(run)
+            else:
+                runfolder.start(run, overwrite=overwrite)
             runfolder.write_text(run.config, dump_yaml(cfg))
             runfolder.write_json(run.versions, runfolder.run_info(cfg.seed, device) | _processes())
+            runfolder.record(run, [run.config, run.versions])
         saved = run if main else None
         scalers, panel = fit_members(
             prep, train, val, device, progress, saved, on_step, on_epoch_done, on_member
@@ -75,12 +85,17 @@ def run_training(
 
 
 def check_resumable(out: Path) -> None:
-    """Refuse `--resume` on a folder without an interrupted training run in it."""
+    """Refuse `--resume` on a folder without an interrupted training run in it, or whose
+    config or state is not what the run wrote (an edited lr would be recorded but never
+    used; an edited model would not fit the saved weights)."""
     run = RunFolder(out)
     if not run.training_state.exists():
         if run.model.exists():
             raise UsageError(f"{out}: this run already finished; nothing to resume")
+        if not run.config.exists():
+            raise UsageError(f"{out}: not a run folder (no {run.config.name})")
         raise UsageError(f"{out}: no {run.training_state.name} to resume from")
+    runfolder.verify(run, [run.config, run.training_state])
 
 
 @dataclass
@@ -93,9 +108,17 @@ class EnsembleProgress:
     done: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
-    def load(cls, run: RunFolder) -> EnsembleProgress:
+    def load(cls, run: RunFolder, cfg: Config) -> EnsembleProgress:
         check_resumable(run.path)
-        payload = torch.load(run.training_state, map_location="cpu", weights_only=True)
+        try:
+            payload = torch.load(run.training_state, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - torch raises many types for corrupt files
+            first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+            raise FolderError(f"{run.training_state}: unreadable ({first})") from None
+        if payload.get("config", _stored(cfg)) != _stored(cfg):
+            raise FolderError(
+                f"{run.training_state}: saved by a run of another config than {run.config}"
+            )
         fit = payload.get("fit")
         return cls(
             payload.get("member", 0),
@@ -103,13 +126,20 @@ class EnsembleProgress:
             payload.get("done", []),
         )
 
-    def save(self, run: RunFolder, member: int, fit: FitState | None, members: int) -> None:
-        """State.pt, and metrics.csv with every epoch so far, `member`'s last."""
+    def save(self, run: RunFolder, member: int, fit: FitState | None, cfg: Config) -> None:
+        """State.pt (with the config it belongs to), and metrics.csv with every epoch so far,
+        `member`'s last; both recorded in the manifest for --resume to check."""
         payload = {"fit": fit.to_dict() if fit is not None else None, "member": member}
-        runfolder.save_torch(run.training_state, payload | {"done": self.done})
+        payload |= {"done": self.done, "config": _stored(cfg)}
+        runfolder.save_torch(run.training_state, payload)
         current = fit.result.history if fit is not None else []
         histories = [d["result"]["history"] for d in self.done] + [current]
-        runfolder.write_text(run.epochs, _metrics_csv(histories, members))
+        runfolder.write_text(run.epochs, _metrics_csv(histories, cfg.train.ensemble))
+        runfolder.record(run, [run.training_state, run.epochs])
+
+
+def _stored(cfg: Config) -> dict[str, Any]:
+    return cfg.model_dump(mode="json")
 
 
 def fit_members(
@@ -133,7 +163,7 @@ def fit_members(
 
         def save_epoch(state: FitState, member: int = member) -> None:
             if run is not None:
-                progress.save(run, member, state, members)
+                progress.save(run, member, state, cfg)
             if on_epoch_done is not None:
                 on_epoch_done(state)
 
@@ -149,7 +179,7 @@ def fit_members(
         )
         progress.done.append({"state_dict": cpu_state(model), "result": result.to_dict()})
         if member + 1 < members and run is not None:
-            progress.save(run, member + 1, None, members)
+            progress.save(run, member + 1, None, cfg)
     return scalers, panel
 
 

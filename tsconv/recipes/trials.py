@@ -20,7 +20,7 @@ from tsconv import executors, runfolder
 from tsconv.config import Config, config_to_dict, validate_config
 from tsconv.data import covariates
 from tsconv.data.load import load_frames
-from tsconv.errors import DataError, TsconvError
+from tsconv.errors import DataError, FolderError, TsconvError
 from tsconv.executors import Executor
 from tsconv.recipes import search_space
 from tsconv.recipes.backtest import run_backtest
@@ -88,19 +88,18 @@ def run_trials(
     executor: Executor,
     n_trials: int,
     on_trial: TrialHook | None,
+    resume: bool = False,
 ):
-    """Every trial of the study (an interrupted one's are continued), in rounds of trials
-    proposed together; returns the Optuna study."""
+    """Every trial of the study (`resume`: an interrupted one's are continued), in rounds of
+    trials proposed together; returns the Optuna study."""
     import optuna
     from optuna.trial import TrialState
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        storage=f"sqlite:///{run.study}",
-        study_name="sweep",
-        direction="maximize",
-        load_if_exists=True,
-    )
+    study = open_study(run, resume)
+    if resume:  # the trials an interrupted sweep finished: each folder as its backtest wrote it
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            runfolder.verify_finished(run.trial(t.number))
 
     def finished(task: TrialTask, row: dict[str, Any]) -> None:
         if "error" in row:
@@ -127,6 +126,29 @@ def run_trials(
                 for n in pending
             ]
             run_tasks(tasks, run_trial, finished)
+    return study
+
+
+def open_study(run: RunFolder, resume: bool):
+    """The sweep's Optuna study in study.db: a new one, or (`resume`) the interrupted
+    sweep's, which must be there. A damaged or locked file is one line, not SQLAlchemy's
+    traceback."""
+    import optuna
+    import sqlalchemy.exc  # optuna's storage
+
+    storage = f"sqlite:///{run.study}"
+    try:
+        if resume:
+            study = optuna.load_study(storage=storage, study_name="sweep")
+        else:
+            study = optuna.create_study(storage=storage, study_name="sweep", direction="maximize")
+        study.get_trials(deepcopy=False)  # reads every table a resume needs
+    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.OptunaError, KeyError) as exc:
+        cause = str(getattr(exc, "orig", None) or exc).strip("'\"") or type(exc).__name__
+        raise FolderError(
+            f"{run.study}: not a readable sweep study ({cause.splitlines()[0][:160]}); another "
+            "program may hold it locked, or it is damaged: --overwrite starts the sweep again"
+        ) from None
     return study
 
 
@@ -175,6 +197,8 @@ def run_trial(data: tuple[dict, dict], task: TrialTask) -> dict[str, Any]:
             cfg, Path(task.folder), resume=True, prep=prepare(cfg, *data), report_html=False
         )
         _check_before(RunFolder(task.folder), pd.Timestamp(task.holdout_start))
+    except FolderError:
+        raise  # its folder is not as its run left it: stop the sweep, not count a failure
     except TsconvError as exc:
         return {"trial": task.number, "error": str(exc), "seconds": time.perf_counter() - t0}
     return {
