@@ -229,13 +229,10 @@ def train(
     else:
         cfg = _config(_required(config), set_)
         target = out_dir or Path("runs") / (cfg.name or config.stem)
-    ddp.start(select_device(cfg.train.device))
-    if not ddp.is_main():
-        out.quiet = err.quiet = True
-    try:
+    with ddp.process_group(select_device(cfg.train.device), target):
+        if not ddp.is_main():
+            out.quiet = err.quiet = True
         _train(cfg, target, resume is not None)
-    finally:
-        ddp.stop()
 
 
 def _train(cfg, target: Path, resume: bool) -> None:
@@ -488,6 +485,10 @@ def _with_execution(cfg, **options: str | None):
         raw = config_to_dict(cfg)
         raw[section][name] = value
         cfg = validate_config(raw, f"{execution_option(key)} {value}")
+    if cfg.backtest.executor == "ray":  # in seconds, and before anything is written
+        from tsconv.executors import check_ray_address
+
+        check_ray_address(cfg.backtest.ray_address)
     return cfg
 
 
