@@ -480,3 +480,35 @@ def test_a_loopback_ray_address_keeps_ray_on_loopback(tmp_path, monkeypatch):
         result = invoke(*ray_backtest(tmp_path, f"127.0.0.1:{port}"), code=2)
     assert "pip install 'tsconv[ray]'" in result.stderr  # the address was fine
     assert os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
+
+
+@pytest.mark.parametrize(
+    ("name", "words"),
+    [
+        ("member 10/10", "epoch"),
+        ("walk-forward", "fold 12/40 test 2012-01-03..2012-03-30"),
+        ("sweep", "trial 19: r2_oos -0.012 (best 0.004)"),
+    ],
+)
+def test_the_progress_bar_keeps_its_clocks_in_80_columns(name, words):
+    """The train bar's words (losses, learning rate, windows a second) cut both clocks to
+    `0:0...` in 80 columns."""
+    import io
+    import re
+
+    from rich.console import Console
+
+    from tsconv.report.progress import epoch_words, progress_bar
+
+    if words == "epoch":
+        words = epoch_words(
+            {"epoch": 120, "train_loss": 1.23456, "val_loss": 0.98765, "lr": 1e-3}
+            | {"samples_per_s": 123456.0}
+        )
+    console = Console(file=io.StringIO(), width=80, force_terminal=True, color_system=None)
+    progress = progress_bar(console)
+    progress.add_task(name, total=10, completed=3, info=words)
+    console.print(progress.get_renderable())  # one frame, as the live display draws it
+    (line,) = console.file.getvalue().splitlines()
+    assert words in line and "…" not in line and len(line) <= 80, line
+    assert len(re.findall(r"\d:\d\d:\d\d", line)) == 1 and "-:--:--" in line, line
