@@ -20,7 +20,7 @@ import torch
 
 from tsconv import executors
 from tsconv.config import Config, dump_yaml, results_config
-from tsconv.engine.runtime import intra_op_threads, recorded_threads, select_device
+from tsconv.engine.runtime import intra_op_threads, select_device
 from tsconv.errors import ConfigError, UsageError
 from tsconv.evaluate.summary import summarize_backtest
 from tsconv.executors import Executor
@@ -61,9 +61,8 @@ def run_backtest(
     """Run every fold (resuming finished ones from disk), then write predictions, each
     strategy's net returns, metrics and (unless `report_html` is false) the report.
     `on_fold(done, total, info)` as each fold finishes; `prep`: the data, prepared already."""
-    run = RunFolder(out)
-    resumed = recorded_threads(run.versions) if resume else None  # the interrupted run's count
-    with intra_op_threads(cfg.train.threads or resumed):
+    with intra_op_threads(cfg.train.threads):
+        run = RunFolder(out)
         t0 = time.perf_counter()
         prep = prep or prepare(cfg)
         t_prep = time.perf_counter() - t0

@@ -24,7 +24,7 @@ from tsconv.config import Config, dump_yaml
 from tsconv.data import covariates
 from tsconv.engine import checkpoint, ddp
 from tsconv.engine.fit import FitState
-from tsconv.engine.runtime import cpu_state, intra_op_threads, recorded_threads, select_device
+from tsconv.engine.runtime import cpu_state, intra_op_threads, select_device
 from tsconv.engine.windows import Panel, Scaler, dense_sequence, fit_sequence
 from tsconv.errors import UsageError
 from tsconv.models.registry import build_model, count_parameters, receptive_field
@@ -55,9 +55,8 @@ def run_training(
     summary.json's contents (under torchrun, in rank 0; elsewhere {}). With
     `train.ensemble: K` the K members are trained one after another (`on_member(m)` as each
     starts), each from its own seed; a resume continues the member that was training."""
-    run = RunFolder(out)
-    resumed = recorded_threads(run.versions) if resume else None  # the interrupted run's count
-    with intra_op_threads(cfg.train.threads or resumed):
+    with intra_op_threads(cfg.train.threads):
+        run = RunFolder(out)
         progress = EnsembleProgress.load(run) if resume else EnsembleProgress()
         prep = prepare(cfg)
         device = select_device(cfg.train.device)
