@@ -143,3 +143,41 @@ def test_an_ensemble_trains_member_by_member_in_two_processes(tmp_path):
     pd.testing.assert_frame_equal(pd.read_csv(out / "metrics.csv")[columns], one, rtol=1e-5)
     assert list(one["member"].unique()) == [0, 1]
     assert yaml.safe_load((out / "summary.json").read_text())["ensemble_val_loss"] > 0
+
+
+def test_a_killed_rank_is_one_line_from_rank_0(tmp_path):
+    """A rank killed mid-run (out of memory, a lost machine) made rank 0 print 70 lines of
+    gloo and DDP traceback; it says in one line what happened and how to continue."""
+    config = tmp_path / "long.yaml"
+    config.write_text(yaml.safe_dump({**CONFIG, "train": {**CONFIG["train"], "epochs": 500}}))
+    out = tmp_path / "run"
+    procs = []
+    for rank in range(2):
+        env = {
+            **os.environ,
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "TSCONV_INIT_METHOD": f"file://{tmp_path / 'store'}",
+            "GLOO_SOCKET_IFNAME": "lo",
+            "OMP_NUM_THREADS": "1",
+        }
+        args = [sys.executable, "-m", "tsconv", "train", "--config", str(config), "--out", str(out)]
+        procs.append(
+            subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "state.pt").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)  # the first epoch is saved: both ranks are training
+        assert (out / "state.pt").exists()
+        procs[1].kill()
+        _, stderr = procs[0].communicate(timeout=120)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    text = stderr.decode().strip()
+    assert procs[0].returncode == 2, text
+    assert "Traceback" not in text and len(text.splitlines()) == 1, text
+    assert "another process of the run stopped" in text and f"--resume {out}" in text

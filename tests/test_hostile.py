@@ -375,3 +375,140 @@ def test_config_list_fits_80_columns_and_says_what_each_suits():
     lines = invoke("config", "list").stdout.splitlines()
     assert len(lines) == len(shipped_configs()) and max(len(line) for line in lines) < 80
     assert any(line.startswith("quick") and "Start here" in line for line in lines)
+
+
+# --------------------------------------------------------------------------- misleading words
+
+
+def test_a_backtest_start_after_the_data_names_backtest_start(tmp_path):
+    """It said "lower train_span or use more data"."""
+    text = one_line_error(
+        ["backtest", "--config", "quick", "--out", str(tmp_path / "bt")]
+        + sets(*TINY, "data.tickers=[MSFT]", "backtest.start=2020-01-02"),
+        "backtest.start: 2020-01-02 is after the last usable test date, 2013-",
+        "set an earlier start",
+    )
+    assert "train_span" not in text
+
+
+@pytest.mark.parametrize(
+    ("item", "words"),
+    [
+        ("data.start=2020-01-02", "data.start: 2020-01-02 is after MSFT's last bar (2013-"),
+        ("data.end=1999-01-04", "data.end: 1999-01-04 is before MSFT's first bar (2000-03-01)"),
+        ("data.end=2010-01-04", "data.start: 2011-01-01 is after data.end (2010-01-04)"),
+    ],
+)
+def test_a_data_bound_past_the_bars_names_the_bound_and_the_bars(tmp_path, item, words):
+    """It said "no bars of MSFT between 2020-01-02 and None"."""
+    keys = [*TINY, "data.tickers=[MSFT]", item]
+    if item == "data.end=1999-01-04":
+        keys.remove("data.start=2011-01-01")
+    text = one_line_error(
+        ["train", "--config", "quick", "--out", str(tmp_path / "r"), *sets(*keys)], words
+    )
+    assert "None" not in text
+
+
+def test_predict_given_the_model_file_asks_for_its_folder(tmp_path):
+    """It said "no such run folder; train one with ... --out runs/x/model.pt"."""
+    model = tmp_path / "runs" / "x" / "model.pt"
+    model.parent.mkdir(parents=True)
+    model.write_bytes(b"weights")
+    text = one_line_error(
+        ["predict", "--run", str(model)],
+        f"{model} is a file; --run takes the run folder that holds it: --run {model.parent}",
+    )
+    assert "--out" not in text
+
+
+# --------------------------------------------------------------------------- Ray addresses
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (it did a moment ago)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ray_backtest(tmp_path: Path, address: str) -> list[str]:
+    keys = [*TINY, *SHORT_FOLDS, "data.tickers=[MSFT]"]
+    return ["backtest", "--config", "quick", "--out", str(tmp_path / "bt"), *sets(*keys)] + [
+        "--executor",
+        "ray",
+        "--ray-address",
+        address,
+    ]
+
+
+def test_a_dead_ray_address_is_one_line_in_seconds(tmp_path):
+    """Ray retried 127.0.0.1 on a closed port for 150 s and more, and then said the host's
+    network address instead of 127.0.0.1."""
+    port = closed_port()
+    text = one_line_error(
+        ray_backtest(tmp_path, f"127.0.0.1:{port}"),
+        f"--ray-address (backtest.ray_address) 127.0.0.1:{port}: nothing answers at "
+        f"127.0.0.1:{port} (connection refused)",
+        "ray start --head",
+    )
+    assert "ray://" not in text
+    assert not (tmp_path / "bt").exists()  # refused before anything is written
+
+
+def test_a_ray_client_address_without_ray_client_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "grpc", None)  # `import grpc` raises ImportError
+    one_line_error(
+        ray_backtest(tmp_path, f"ray://127.0.0.1:{closed_port()}"),
+        "a ray:// address needs Ray Client, which is not installed: pip install 'ray[client]'",
+    )
+
+
+def test_a_loopback_ray_address_keeps_ray_on_loopback(tmp_path, monkeypatch):
+    """Given 127.0.0.1, Ray connected from the host's network address: tsconv asks for its
+    local-only mode (set before Ray is imported), as for a cluster it starts itself."""
+    import socket
+
+    monkeypatch.delenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", raising=False)
+    monkeypatch.setitem(sys.modules, "ray", None)  # stops right after the address is checked
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        result = invoke(*ray_backtest(tmp_path, f"127.0.0.1:{port}"), code=2)
+    assert "pip install 'tsconv[ray]'" in result.stderr  # the address was fine
+    assert os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
+
+
+@pytest.mark.parametrize(
+    ("name", "words"),
+    [
+        ("member 10/10", "epoch"),
+        ("walk-forward", "fold 12/40 test 2012-01-03..2012-03-30"),
+        ("sweep", "trial 19: r2_oos -0.012 (best 0.004)"),
+    ],
+)
+def test_the_progress_bar_keeps_its_clocks_in_80_columns(name, words):
+    """The train bar's words (losses, learning rate, windows a second) cut both clocks to
+    `0:0...` in 80 columns."""
+    import io
+    import re
+
+    from rich.console import Console
+
+    from tsconv.report.progress import epoch_words, progress_bar
+
+    if words == "epoch":
+        words = epoch_words(
+            {"epoch": 120, "train_loss": 1.23456, "val_loss": 0.98765, "lr": 1e-3}
+            | {"samples_per_s": 123456.0}
+        )
+    console = Console(file=io.StringIO(), width=80, force_terminal=True, color_system=None)
+    progress = progress_bar(console)
+    progress.add_task(name, total=10, completed=3, info=words)
+    console.print(progress.get_renderable())  # one frame, as the live display draws it
+    (line,) = console.file.getvalue().splitlines()
+    assert words in line and "…" not in line and len(line) <= 80, line
+    assert len(re.findall(r"\d:\d\d:\d\d", line)) == 1 and "-:--:--" in line, line

@@ -158,6 +158,29 @@ def test_the_sweep_histogram_counts_distinct_trials_in_whole_trials():
     plt.close(fig)
 
 
+def test_the_sweep_histogram_counts_each_distinct_trial_once():
+    """Two trials with the same returns made the bars count 6 trials beside the line's "5
+    distinct trials"."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tsconv.report.sweep_html import sharpe_histogram
+
+    r = {
+        "periods_per_year": 252,
+        "per_bar_sharpes": [0.01, 0.01, 0.02, -0.01, 0.03, 0.0],
+        "trials": {"complete": 6, "distinct": 5},
+        "deflated_sharpe": {"annualised": {"expected_max_sharpe": 0.4, "sharpe": 0.47}},
+    }
+    fig = sharpe_histogram(r, plt)
+    ax = fig.axes[0]
+    assert sum(p.get_height() for p in ax.patches) == 5
+    assert ax.get_ylabel() == "distinct trials"
+    plt.close(fig)
+
+
 def test_the_leaderboard_shows_time_in_the_market_as_a_percentage(tmp_path):
     from tsconv.report.sweep_html import leaderboard_html
 
@@ -175,6 +198,32 @@ def test_the_leaderboard_shows_time_in_the_market_as_a_percentage(tmp_path):
     ).to_csv(tmp_path / "leaderboard.csv", index=False)
     table = leaderboard_html(tmp_path, ["model.channels"])
     assert "<td>83%</td>" in table and "0.8333" not in table
+
+
+def test_the_terminal_leaderboard_shows_time_in_the_market_as_a_percentage(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from tsconv.cli import _leaderboard_table
+    from tsconv.runfolder import RunFolder
+
+    pd.DataFrame(
+        {
+            "rank": [1, 2],
+            "trial": [1, 0],
+            "model.channels": [8, 16],
+            "value": [0.5, 0.2],
+            "sharpe": [0.5, 0.2],
+            "r2_oos": [0.01, -0.01],
+            "ic": [0.05, 0.01],
+            "in_market": [0.8333333, None],
+        }
+    ).to_csv(RunFolder(tmp_path).leaderboard, index=False)
+    console = Console(file=io.StringIO(), width=80)
+    console.print(_leaderboard_table(RunFolder(tmp_path), ["model.channels"]))
+    (row,) = [line for line in console.file.getvalue().splitlines() if "in market" in line]
+    assert row.split()[2:] == ["83%", "-"], row
 
 
 def test_the_equity_legend_covers_no_curve():

@@ -12,7 +12,6 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 import tsconv
@@ -193,17 +192,10 @@ def fetch(
 # --------------------------------------------------------------------------- train
 
 
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=False,
-        disable=not err.is_terminal,
-    )
+def _progress():
+    from tsconv.report.progress import progress_bar
+
+    return progress_bar(err)
 
 
 @app.command()
@@ -236,17 +228,15 @@ def train(
     else:
         cfg = _config(_required(config), set_)
         target = out_dir or Path("runs") / (cfg.name or config.stem)
-    ddp.start(select_device(cfg.train.device))
-    if not ddp.is_main():
-        out.quiet = err.quiet = True
-    try:
+    with ddp.process_group(select_device(cfg.train.device), target):
+        if not ddp.is_main():
+            out.quiet = err.quiet = True
         _train(cfg, target, resume is not None, overwrite)
-    finally:
-        ddp.stop()
 
 
 def _train(cfg, target: Path, resume: bool, overwrite: bool) -> None:
     from tsconv.recipes.train import describe_model, run_training
+    from tsconv.report.progress import epoch_words, step_words
 
     info = describe_model(cfg)
     out.print(
@@ -264,22 +254,12 @@ def _train(cfg, target: Path, resume: bool, overwrite: bool) -> None:
             progress.update(task, description=f"member {m + 1}/{members}", completed=0)
 
         def on_step(s: dict[str, float]) -> None:
-            progress.update(
-                task,
-                completed=s["epoch"] - 1 + s["seen"] / s["of"],
-                info=f"epoch {s['epoch']:.0f} loss {s['loss']:.4f}",
-            )
+            done = s["epoch"] - 1 + s["seen"] / s["of"]
+            progress.update(task, completed=done, info=step_words(s))
 
         def on_epoch(state: Any) -> None:
-            h = state.result.history[-1]
-            progress.update(
-                task,
-                completed=state.epoch,
-                info=(
-                    f"epoch {h['epoch']} loss {h['train_loss']:.4f} val {h['val_loss']:.4f} "
-                    f"lr {h['lr']:.2e} {h['samples_per_s']:.0f} windows/s"
-                ),
-            )
+            info = epoch_words(state.result.history[-1])
+            progress.update(task, completed=state.epoch, info=info)
 
         summary = run_training(
             cfg,
@@ -499,6 +479,10 @@ def _with_execution(cfg, **options: str | None):
         raw = config_to_dict(cfg)
         raw[section][name] = value
         cfg = validate_config(raw, f"{execution_option(key)} {value}")
+    if cfg.backtest.executor == "ray":  # in seconds, and before anything is written
+        from tsconv.executors import check_ray_address
+
+        check_ray_address(cfg.backtest.ray_address)
     return cfg
 
 
@@ -641,6 +625,7 @@ def _leaderboard_table(run: RunFolder, keys: list[str], top: int = 5) -> Table:
     board = everyone.head(top)
     short = [k.rsplit(".", 1)[-1] for k in keys]
     names = [*(keys if len(set(short)) < len(short) else short), "Sharpe", "R2 OS", "IC"]
+    names.append("in market")  # as a percentage, as the report has it (0.833 read as a ratio)
     table = Table(
         box=box.SIMPLE_HEAD,
         show_edge=False,
@@ -650,14 +635,14 @@ def _leaderboard_table(run: RunFolder, keys: list[str], top: int = 5) -> Table:
     table.add_column("trial")
     for number in board["trial"]:
         table.add_column(f"#{number}", justify="right")
-    for name, key in zip(names, [*keys, "sharpe", "r2_oos", "ic"], strict=True):
-        table.add_row(name, *(_cell(v) for v in board[key]))
+    for name, key in zip(names, [*keys, "sharpe", "r2_oos", "ic", "in_market"], strict=True):
+        table.add_row(name, *(_cell(v, ".0%" if key == "in_market" else ".3g") for v in board[key]))
     return table
 
 
-def _cell(v: Any) -> str:
+def _cell(v: Any, spec: str = ".3g") -> str:
     if isinstance(v, float):
-        return "-" if v != v else f"{v:.3g}"
+        return "-" if v != v else format(v, spec)
     return str(v)
 
 

@@ -35,6 +35,7 @@ import multiprocessing as mp
 import os
 import pickle
 import signal
+import socket
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -253,9 +254,11 @@ def _ray_cluster(shared: Any, threads: int, gpus: int, address: str | None) -> I
     Without `address`, a local cluster is started, bound to 127.0.0.1 and with its files in a
     temporary folder, and stopped at the end; with one, tsconv connects to that cluster and
     leaves it running."""
-    if address is None:
+    check_ray_address(address)
+    if address is None or _loopback(address):
         # A cluster started for this run serves only this machine: Ray's local-only mode (the
-        # one it uses on macOS and Windows) binds every server to 127.0.0.1. Read when Ray is
+        # one it uses on macOS and Windows) binds every server to 127.0.0.1. Given a loopback
+        # address, Ray otherwise swaps it for the host's network address. Read when Ray is
         # imported, so set before.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
@@ -267,7 +270,10 @@ def _ray_cluster(shared: Any, threads: int, gpus: int, address: str | None) -> I
     started = not ray.is_initialized()
     with tempfile.TemporaryDirectory(prefix="tsconv-ray-") as tmp:
         if started and address:
-            ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+            try:
+                ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+            except ConnectionError as exc:  # `auto` and no cluster found: one line already
+                raise UsageError(f"{_ADDRESS} {address}: {exc}") from None
         elif started:
             ray.init(
                 _node_ip_address="127.0.0.1",
@@ -285,6 +291,68 @@ def _ray_cluster(shared: Any, threads: int, gpus: int, address: str | None) -> I
         finally:
             if started:
                 ray.shutdown()
+
+
+_ADDRESS = "--ray-address (backtest.ray_address)"
+CONNECT_SECONDS = 3.0  # a cluster's port answers in milliseconds; Ray's own retries take 150 s+
+GCS_PORT = 6379  # Ray's default for `host` without a port
+
+
+def check_ray_address(address: str | None) -> None:
+    """Refuse, in one line and within seconds, an address Ray could not use: `ray://` without
+    Ray Client's package, or a host and port where nothing answers a TCP connection. Ray
+    itself retried a dead address for minutes. `auto` (and `local`) are Ray's to resolve."""
+    if address is None or address in ("auto", "local"):
+        return
+    client = address.startswith("ray://")
+    if client and not _has_ray_client():
+        raise UsageError(
+            f"{_ADDRESS} {address}: a ray:// address needs Ray Client, which is not "
+            "installed: pip install 'ray[client]'"
+        )
+    host, port = _host_port(address)
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_SECONDS).close()
+    except OSError as exc:
+        raise UsageError(
+            f"{_ADDRESS} {address}: nothing answers at {host}:{port} ({_why(exc)}); start the "
+            "cluster first (`ray start --head` prints its address), or leave the address "
+            "unset to run a local cluster"
+        ) from None
+
+
+def _has_ray_client() -> bool:
+    try:
+        import grpc  # noqa: F401  what `pip install 'ray[client]'` adds to Ray
+    except ImportError:
+        return False
+    return True
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    """(host, port) of `host:port`, `[v6]:port`, `host` or `ray://host:port`."""
+    rest = address.removeprefix("ray://").rstrip("/")
+    host, colon, port = rest.rpartition(":")
+    if not colon or "]" in port:  # no port (an IPv6 address's colons are bracketed)
+        host, port = rest, str(10001 if address.startswith("ray://") else GCS_PORT)
+    if not port.isdigit():
+        raise UsageError(f"{_ADDRESS} {address}: not host:port (e.g. 127.0.0.1:6379)")
+    return host.strip("[]"), int(port)
+
+
+def _loopback(address: str) -> bool:
+    if address in ("auto", "local"):
+        return False
+    host = _host_port(address)[0]
+    return host == "localhost" or host == "::1" or host.startswith("127.")
+
+
+def _why(exc: OSError) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"no answer in {CONNECT_SECONDS:g} s"
+    if isinstance(exc, socket.gaierror):
+        return "unknown host"
+    return (exc.strerror or str(exc)).lower()
 
 
 def _run_ray(ray, remote, shared_ref, threads, tasks, fn: Task, finished: Finished) -> None:

@@ -29,15 +29,31 @@ def load_frames(cfg: DataConfig) -> dict[str, pd.DataFrame]:
             )
         ]
         if sliced.empty:
-            raise DataError(
-                f"data.start/data.end: no bars of {ticker} between {cfg.start} and {cfg.end}"
-            )
+            raise DataError(no_bars_between(ticker, frame, cfg))
         if cfg.price == "adj_close" and "adj_close" not in sliced:
             sliced = sliced.assign(
                 adj_close=sliced["close"]
             )  # no adjustment given: close is all we have
         out[ticker] = sliced
     return out
+
+
+def no_bars_between(ticker: str, frame: pd.DataFrame, cfg: DataConfig) -> str:
+    """Why data.start and data.end leave no bar of `ticker`, naming the key at fault and the
+    dates its bars cover (a missing bound once read "and None")."""
+    if frame.empty:
+        return f"{ticker}: no bars at all"
+    first, last = (d.date() for d in frame.index[[0, -1]])
+    if cfg.start is not None and cfg.end is not None and cfg.start > cfg.end:
+        return f"data.start: {cfg.start} is after data.end ({cfg.end})"
+    if cfg.start is not None and pd.Timestamp(cfg.start) > frame.index[-1]:
+        return f"data.start: {cfg.start} is after {ticker}'s last bar ({last}); set an earlier one"
+    if cfg.end is not None and pd.Timestamp(cfg.end) < frame.index[0]:
+        return f"data.end: {cfg.end} is before {ticker}'s first bar ({first}); set a later one"
+    return (
+        f"data.start/data.end: no bars of {ticker} from {cfg.start} to {cfg.end}; its bars run "
+        f"from {first} to {last}"
+    )
 
 
 def load_from_sample(

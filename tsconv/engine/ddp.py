@@ -13,10 +13,16 @@ agrees without messages). Rank 0 alone writes the run folder; `--resume` reads i
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
+
+from tsconv.errors import TrainingError
+from tsconv.runfolder import RunFolder
 
 
 def start(device: torch.device) -> None:
@@ -42,6 +48,49 @@ def stop() -> None:
     if dist.is_initialized():
         dist.barrier()  # the other ranks wait until rank 0 has written the run folder
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def process_group(device: torch.device, run: Path) -> Iterator[None]:
+    """`start` and, once the body has finished, `stop`. A rank that dies (killed, out of
+    memory) breaks the others' next collective with a gloo or NCCL error, which came out as
+    70 lines of traceback: twice, once more from the barrier of `stop`. It is one line that
+    says what happened and how to go on; after a failure no barrier waits for the dead."""
+    start(device)
+    try:
+        yield
+    except BaseException as exc:
+        part = shard()
+        if dist.is_initialized():
+            dist.destroy_process_group()  # no barrier: the others may be gone
+        if isinstance(exc, RuntimeError) and part is not None and _lost_peer(exc):
+            raise TrainingError(_lost_words(part, run)) from None
+        raise
+    stop()
+
+
+def _lost_peer(exc: RuntimeError) -> bool:
+    """A collective broke because another process is gone: torch raises DistBackendError
+    from a collective, and a plain RuntimeError with gloo's or NCCL's text from inside DDP's
+    backward hooks."""
+    text = str(exc)
+    return isinstance(exc, getattr(dist, "DistError", ())) or any(
+        words in text for words in ("gloo", "NCCL", "Connection reset", "Connection closed")
+    )
+
+
+def _lost_words(part: tuple[int, int], run: Path) -> str:
+    rank, world = part
+    folder = RunFolder(run)
+    then = (
+        f"the last finished epoch is saved: `tsconv train --resume {run}` under torchrun continues"
+        if folder.training_state.exists()
+        else "no epoch had finished; start the run again"
+    )
+    return (
+        f"another process of the run stopped (killed, or out of memory?), so rank {rank} of "
+        f"{world} cannot go on; {then}"
+    )
 
 
 def shard() -> tuple[int, int] | None:

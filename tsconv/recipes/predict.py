@@ -43,6 +43,11 @@ def check_run_folder(run: RunFolder) -> None:
     if run.model.exists():
         return
     where = run.path
+    if where.is_file():
+        # `--run runs/x/model.pt` once got "no such run folder; ... --out runs/x/model.pt"
+        raise UsageError(
+            f"{where} is a file; --run takes the run folder that holds it: --run {where.parent}"
+        )
     if not where.is_dir():
         raise UsageError(
             f"{where}: no such run folder; train one with "

@@ -67,14 +67,28 @@ def make_folds(prep: Prepared) -> list[Fold]:
         first = max(first, int(cal.searchsorted(pd.Timestamp(cfg.start))))
     bounds = fold_bounds(n, first, cfg.test_span)
     if not bounds:
-        raise DataError(
-            f"backtest: {n} usable dates leave no test bars after backtest.train_span="
-            f"{cfg.train_span} + gap={cfg.gap}; lower train_span or use more data"
-        )
+        raise DataError(_no_test_dates(prep, n))
     return [
         Fold(k, cal[lo], cal[hi] if hi < len(cal) else cal[-1] + pd.Timedelta(days=1))
         for k, (lo, hi) in enumerate(bounds)
     ]
+
+
+def _no_test_dates(prep: Prepared, n: int) -> str:
+    """What leaves no test date: backtest.start after the last usable date (it once blamed
+    train_span), or the training span and gap taking every usable date."""
+    cfg, cal = prep.cfg.backtest, prep.calendar
+    last = f"{cal[n - 1].date()}" if n else "none"
+    if cfg.start is not None and cal.searchsorted(pd.Timestamp(cfg.start)) >= n:
+        return (
+            f"backtest.start: {cfg.start} is after the last usable test date, {last} (the last "
+            f"whose target the data knows{', up to backtest.end' if cfg.end else ''}); set an "
+            "earlier start"
+        )
+    return (
+        f"backtest: {n} usable dates (to {last}) leave no test bars after "
+        f"backtest.train_span={cfg.train_span} + gap={cfg.gap}; lower train_span or use more data"
+    )
 
 
 def fold_spans(

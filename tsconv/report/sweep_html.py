@@ -98,8 +98,8 @@ def _sharpe_figure(r: dict[str, Any]) -> str:
     fig = sharpe_histogram(r, plt)
     d, trials = r["deflated_sharpe"], r["trials"]
     alt = (
-        f"Histogram of {trials['complete']} trials' Sharpe ratios ({trials['distinct']} "
-        f"distinct); the chosen trial at {_number_or_dash(d['annualised']['sharpe'], '.2f')}, "
+        f"Histogram of the Sharpe ratios of {trials['distinct']} distinct trials (of "
+        f"{trials['complete']} finished); the chosen trial at {_number_or_dash(d['annualised']['sharpe'], '.2f')}, "
         f"the maximum expected without skill at {d['annualised']['expected_max_sharpe']:.2f}"
     )
     return html_figure(alt, png_base64(fig))
@@ -111,7 +111,10 @@ def sharpe_histogram(r: dict[str, Any], plt: Any) -> Any:
     from matplotlib.ticker import MaxNLocator
 
     scale = np.sqrt(r["periods_per_year"])
-    sharpes = np.asarray(r["per_bar_sharpes"]) * scale
+    # trials with the same returns bar for bar (so the same Sharpe ratio) are one trial, as
+    # the line's count has it: the bars counted 6 trials beside "5 distinct trials"
+    sharpes = np.unique(np.asarray(r["per_bar_sharpes"], dtype=float)) * scale
+    sharpes = sharpes[np.isfinite(sharpes)]
     d = r["deflated_sharpe"]
     fig, ax = plt.subplots(figsize=(8, 3.2))
     ax.hist(sharpes, bins=min(30, max(5, len(sharpes) // 2)), color="0.75", edgecolor="0.4")
@@ -127,7 +130,7 @@ def sharpe_histogram(r: dict[str, Any], plt: Any) -> Any:
         ax.axvline(chosen, color="black", label="chosen trial")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # a count of trials
     ax.set_xlabel("net Sharpe ratio a year, selection period")
-    ax.set_ylabel("trials")
+    ax.set_ylabel("distinct trials")
     # above the axes: inside, it covered the bars or the lines
     ax.legend(loc="lower left", bbox_to_anchor=(0, 1), ncol=2, fontsize=8, frameon=False)
     return fig
