@@ -87,8 +87,11 @@ def test_nonlinear_model_beats_ridge_and_nears_the_oracle(tmp_path, known_cache,
 def test_random_walk_shows_no_edge(tmp_path, known_cache, config):
     m, _, _ = run_case(tmp_path, known_cache, config, "random_walk")
     f = m["forecast"]["prediction"]
-    assert abs(f["directional_accuracy"] - 0.5) <= 3 * f["directional_accuracy_se"], f
-    assert f["dm_vs_zero"]["p_value"] > 0.05, f["dm_vs_zero"]
+    # a model that kept the zero forecast everywhere (its linear part chose zero and no epoch
+    # beat that) has no direction and no squared-error difference to test: no edge either
+    da, p = f["directional_accuracy"], f["dm_vs_zero"]["p_value"]
+    assert da is None or abs(da - 0.5) <= 3 * f["directional_accuracy_se"], f
+    assert p is None or p > 0.05, f["dm_vs_zero"]
     # the trading verdict: nothing significant against any other strategy after costs
     tests = m["trading"]["prediction"]["sharpe_vs"]
     assert all(t["p_holm"] is None or t["p_holm"] >= 0.05 for t in tests.values()), tests

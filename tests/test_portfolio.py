@@ -181,10 +181,12 @@ def test_random_walk_panel_long_short_is_not_significant(tmp_path):
     m = run_backtest(cfg, tmp_path / "rw", prep=prepare(cfg, frames))
     # no edge to find: the book beats nothing significantly (churning noise forecasts can
     # lose to the cheaper strategies, which is the cost table's point), nor do its buckets
+    # (None: the model kept the zero forecast on every date, and so never traded a book)
     for name, t in m["trading"]["prediction"]["sharpe_vs"].items():
-        assert t["p_holm"] > 0.05 or t["difference"] < 0, name
+        assert t["p_holm"] is None or t["p_holm"] > 0.05 or t["difference"] < 0, name
     assert "beats" not in m["verdict"].split("Trading after costs")[1]
-    assert m["quantiles"]["spread"]["p_value"] > 0.05
+    p = m["quantiles"]["spread"]["p_value"]
+    assert p is None or p > 0.05
 
 
 def test_a_portfolio_of_one_ticker_is_a_config_error(tmp_path):

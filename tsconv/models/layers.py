@@ -87,24 +87,32 @@ class Highway(nn.Module):
         self.clip = 5.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Each lag's term, then the terms summed shifted, lag by lag in a fixed order: unlike
-        # a convolution with a long kernel it holds no (N, F, L, lags) copy, and a step's bits
-        # depend neither on the batch's shape nor on the thread count.
-        w = self.weight[0].to(x.dtype)
-        terms = torch.einsum("nfl,fk->nkl", x, w)
+        # Sums in a fixed order of elementwise steps, feature by feature and lag by lag: unlike
+        # a matrix product (MKL splits its sums by thread count on AMD CPUs) or a convolution
+        # with a long kernel (an (N, F, L, lags) copy), a step's bits depend neither on the
+        # thread count nor on the batch's shape, so folds in worker processes give the serial
+        # run's bytes. The highway is a small share of a step's work.
+        n_feat, length = x.shape[1], x.shape[-1]
+        w = self.weight[0].to(x.dtype)  # (F, lags)
+        terms = x[:, 0, None, :] * w[0, :, None]  # (N, lags, L): each lag's term
+        for f in range(1, n_feat):
+            terms = terms + x[:, f, None, :] * w[f, :, None]
         out = torch.zeros_like(terms[:, :1])
-        length = x.shape[-1]
         for k in range(self.lags):
             lag = self.lags - 1 - k
             if lag < length:
                 out[..., lag:] += terms[:, k : k + 1, : length - lag]
-        z = x.clamp(-self.clip, self.clip)  # always, not when nonzero: no host sync
-        qz = torch.einsum("ij,njl->nil", self.quad.to(x.dtype), z)
-        terms = (z * qz).sum(1, keepdim=True) + self.offset.to(x.dtype)
-        for h, (sign, knot) in enumerate(HINGES):
-            w = self.hinge[:, h].to(x.dtype)
-            terms = terms + torch.einsum("f,nfl->nl", w, F.relu(sign * z - knot)).unsqueeze(1)
-        return out + terms
+        # the last bar's terms, always computed (not only when nonzero: no host sync)
+        z = x.clamp(-self.clip, self.clip)
+        quad, hinge = self.quad.to(x.dtype), self.hinge.to(x.dtype)
+        bar = self.offset.to(x.dtype).expand(x.shape[0], length)
+        for i in range(n_feat):
+            zi = z[:, i]
+            for j in range(i, n_feat):
+                bar = bar + quad[i, j] * (zi * z[:, j])
+            for h, (sign, knot) in enumerate(HINGES):
+                bar = bar + hinge[i, h] * F.relu(sign * zi - knot)
+        return out + bar.unsqueeze(1)
 
     @torch.no_grad()
     def set_ridge(
