@@ -512,20 +512,3 @@ def test_the_progress_bar_keeps_its_clocks_in_80_columns(name, words):
     (line,) = console.file.getvalue().splitlines()
     assert words in line and "…" not in line and len(line) <= 80, line
     assert len(re.findall(r"\d:\d\d:\d\d", line)) == 1 and "-:--:--" in line, line
-
-
-def test_threads_wait_passively_unless_told_otherwise():
-    """Issue 31, item 16: torch's OpenMP threads spinning against another busy process made a
-    3-fold backtest take minutes; importing tsconv (before torch loads) makes them wait
-    passively, and leaves an explicit OMP_WAIT_POLICY alone."""
-    import os
-    import subprocess
-    import sys
-
-    code = "import tsconv, torch, os; print(os.environ['OMP_WAIT_POLICY'])"
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert got.stdout.strip() == "PASSIVE", got.stderr
-    env["OMP_WAIT_POLICY"] = "ACTIVE"
-    got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert got.stdout.strip() == "ACTIVE", got.stderr

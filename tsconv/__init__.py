@@ -12,11 +12,5 @@ import os
 # what makes results independent of the worker count. MKL reads this at its first call, so it
 # is set before tsconv uses torch; an explicit setting is left alone.
 os.environ.setdefault("MKL_CBWR", "AVX2,STRICT")
-# torch's OpenMP threads spin while they wait for work. When another process is busy on the
-# machine they spin against it: a 2-thread quick backtest took 116 s instead of 42 s with
-# passive waiting, on 2 cores with a load average of 4 (docs/performance.md). Passive waiting
-# changes no result (the thread count stays the same) and degrades gracefully; OpenMP reads it
-# when torch loads, so it is set here too, and an explicit setting is left alone.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"

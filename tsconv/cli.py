@@ -36,7 +36,12 @@ ConfigOpt = Annotated[
 ]
 SetOpt = Annotated[
     list[str] | None,
-    typer.Option("--set", help="Override a key: --set train.epochs=3", metavar="KEY=VALUE"),
+    typer.Option(
+        "--set",
+        help="Override a key: --set train.epochs=3; --set train.threads=N for N CPU threads "
+        "(default: the cores other processes leave free)",
+        metavar="KEY=VALUE",
+    ),
 ]
 # how a backtest's folds or a sweep's trials run: the config's execution keys (backtest.*)
 WorkersOpt = Annotated[

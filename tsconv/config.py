@@ -135,7 +135,8 @@ class TrainConfig(_Section):
     threads: int | None = Field(
         None,
         ge=1,
-        description="torch CPU threads of every training process; unset: the cores shared out",
+        description="torch CPU threads of every training process; unset: the cores other "
+        "processes leave free (1-minute load average), shared out among the workers",
     )
     ensemble: int = Field(
         1,

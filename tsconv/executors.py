@@ -46,10 +46,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
-
 from tsconv.config import Config
-from tsconv.engine.runtime import intra_op_threads, select_device
+from tsconv.engine.runtime import give_threads, intra_op_threads, select_device, settle_threads
 from tsconv.errors import TsconvError, UsageError
 
 _shared: Any = None  # a worker's copy of the shared data, set once by _start
@@ -94,25 +92,27 @@ class Executor:
 def choose(cfg: Config, tasks: int, *, chained: bool = False) -> Executor:
     """How `tasks` independent tasks of a run with config `cfg` execute.
 
-    Local: `backtest.workers` processes (auto: torch's intra-op thread count, which is the
-    physical cores unless set), at most one per task; `chained` tasks (each starts from the
-    last one's result) run here, one after another. Ray schedules its own tasks, one GPU each
-    on CUDA. Threads: `train.threads` when set, in every process alike, so results do not
-    depend on the worker count on any CPU; else the cores shared out among the workers (a Ray
-    task: 1). MKL's sums may depend on the thread count (docs/performance.md)."""
+    Local: `backtest.workers` processes (auto: this process's thread count, the cores other
+    processes leave free unless set: `runtime.settle_threads`), at most one per task;
+    `chained` tasks (each starts from the last one's result) run here, one after another. Ray
+    schedules its own tasks, one GPU each on CUDA. Threads: `train.threads` when set, in
+    every process alike, so results do not depend on the worker count on any CPU; else the
+    free cores shared out among the workers (a Ray task: 1). MKL's sums may depend on the
+    thread count (docs/performance.md)."""
     bt, threads = cfg.backtest, cfg.train.threads
     if bt.executor == "ray" and not chained:
         gpus = int(select_device(cfg.train.device).type == "cuda")
         return Executor("ray", 1, threads or 1, gpus, bt.ray_address)
-    workers = torch.get_num_threads() if bt.workers == "auto" else bt.workers
+    cores = settle_threads()  # the cores not busy (`default_threads`), or train.threads
+    workers = cores if bt.workers == "auto" else bt.workers
     workers = 1 if chained else max(1, min(int(workers), tasks))
-    return Executor("local", workers, threads or max(1, torch.get_num_threads() // workers))
+    return Executor("local", workers, threads or max(1, cores // workers))
 
 
 def _start(path: str, threads: int) -> None:
     global _shared
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited on POSIX; Windows: from here on
-    torch.set_num_threads(threads)
+    give_threads(threads)
     try:
         with open(path, "rb") as f:
             _shared = pickle.load(f)
@@ -244,7 +244,7 @@ def _hand_over(pending: dict[Future, Any], finished: Finished, done) -> None:
 
 
 def _ray_call(shared: Any, fn: Task, task: Any, threads: int) -> Any:
-    torch.set_num_threads(threads)
+    give_threads(threads)
     return fn(shared, task)
 
 

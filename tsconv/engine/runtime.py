@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import random
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,10 +45,71 @@ def _pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def default_threads(cores: int, load: float, ceiling: int) -> int:
+    """Intra-op threads for `train.threads` unset: the `cores` this process may run on less
+    those other processes keep busy (the 1-minute load average, rounded), at most `ceiling`
+    (torch's own default: the physical cores, or OMP_NUM_THREADS), and at least 1.
+
+    torch's threads spin-wait for each other, so on cores another process is using they wait
+    for the scheduler instead: with one busy process on 2 cores, a 3-fold backtest that takes
+    8.5 s on an idle machine had not finished after 120 s on torch's 2 threads, and took
+    13.7 s on 1. The models here gain little from a second thread even when it is free."""
+    return max(1, min(ceiling, cores - int(load + 0.5)))
+
+
+# torch's thread count when tsconv first looked: its own default unless the process set one
+_TORCH_DEFAULT = torch.get_num_threads()
+_settled: list[int] = []  # this process's count, once chosen or given
+
+
+def settle_threads() -> int:
+    """This process's intra-op thread count, chosen once (`default_threads` from the load at
+    the time) and kept for the rest of the process: a resume or a sweep's holdout in the same
+    process computes on the same count. A count the process set itself (a pool worker's
+    share, a caller's torch.set_num_threads) is kept as it is."""
+    if not _settled:
+        if torch.get_num_threads() == _TORCH_DEFAULT:
+            torch.set_num_threads(default_threads(_cores(), _load(), _TORCH_DEFAULT))
+        _settled.append(torch.get_num_threads())
+    return torch.get_num_threads()
+
+
+def give_threads(threads: int) -> None:
+    """Set this process's count (a worker's share of the cores): no default replaces it."""
+    torch.set_num_threads(threads)
+    _settled[:] = [threads]
+
+
+def recorded_threads(versions: Path) -> int | None:
+    """The thread count a run recorded in its versions.json, for its resume: MKL's sums may
+    depend on the count (on AMD CPUs), and a resume ends with the uninterrupted run's bytes
+    only on the same count."""
+    try:
+        return int(json.loads(versions.read_text())["threads"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # a container's or taskset's cores, not the host's
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def _load() -> float:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):  # Windows
+        return 0.0
+
+
 @contextlib.contextmanager
 def intra_op_threads(threads: int | None) -> Iterator[None]:
-    """torch's intra-op thread count set to `threads` (unset: left alone), put back on exit:
-    a run called from a test or a notebook leaves the caller's setting as it found it."""
+    """torch's intra-op thread count set to `threads` (unset: this process's, `settle_threads`),
+    put back on exit: a run called from a test or a notebook leaves the caller's setting as
+    it found it (once settled)."""
+    settle_threads()
     previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)

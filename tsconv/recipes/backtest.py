@@ -20,7 +20,7 @@ import torch
 
 from tsconv import executors, runfolder
 from tsconv.config import Config, dump_yaml, results_config
-from tsconv.engine.runtime import intra_op_threads, select_device
+from tsconv.engine.runtime import intra_op_threads, recorded_threads, select_device
 from tsconv.errors import ConfigError, UsageError
 from tsconv.evaluate.summary import summarize_backtest
 from tsconv.executors import Executor
@@ -66,7 +66,8 @@ def run_backtest(
     unless `overwrite`. `on_fold(done, total, info)` as each fold finishes; `prep`: the
     data, prepared already. The folder is locked for the run's life."""
     run = RunFolder(out)
-    with intra_op_threads(cfg.train.threads), runfolder.locked(run):
+    resumed = recorded_threads(run.versions) if resume else None  # the interrupted run's count
+    with intra_op_threads(cfg.train.threads or resumed), runfolder.locked(run):
         t0 = time.perf_counter()
         prep = prep or prepare(cfg)
         t_prep = time.perf_counter() - t0

@@ -101,6 +101,7 @@ def _sweep(
             "holdout_seconds": time.perf_counter() - t0 - t_trials,
             "workers": executor.workers,
             "executor": executor.kind,
+            "threads": executor.threads,  # of each process running trials
         },
     )
     runfolder.write_text(run.report, sweep_html.render(result, run.path, hm))

@@ -25,7 +25,7 @@ from tsconv.config import Config, dump_yaml
 from tsconv.data import covariates
 from tsconv.engine import checkpoint, ddp
 from tsconv.engine.fit import FitState
-from tsconv.engine.runtime import cpu_state, intra_op_threads, select_device
+from tsconv.engine.runtime import cpu_state, intra_op_threads, recorded_threads, select_device
 from tsconv.engine.windows import Panel, Scaler, dense_sequence, fit_sequence
 from tsconv.errors import FolderError, UsageError
 from tsconv.models.registry import build_model, count_parameters, receptive_field
@@ -62,7 +62,8 @@ def run_training(
     run = RunFolder(out)
     main = ddp.is_main()  # under torchrun, rank 0 alone writes the run folder
     held = runfolder.locked(run) if main else contextlib.nullcontext()
-    with intra_op_threads(cfg.train.threads), held:
+    resumed = recorded_threads(run.versions) if resume else None  # the interrupted run's count
+    with intra_op_threads(cfg.train.threads or resumed), held:
         progress = EnsembleProgress.load(run, cfg) if resume else EnsembleProgress()
         prep = prepare(cfg)
         device = select_device(cfg.train.device)
