@@ -123,9 +123,10 @@ def _time_groups(order: np.ndarray, n_groups: int) -> np.ndarray:
     return (ranks * n_groups) // max(len(order), 1)
 
 
-def _degrees_of_freedom(a: np.ndarray, width: int, penalty: float) -> float:
-    s = np.maximum(np.linalg.eigvalsh(a[:, :width].T @ a[:, :width] / len(a)), 0)
-    return float(np.sum(s / (s + penalty)))
+def _spectrum(a: np.ndarray, width: int) -> np.ndarray:
+    """The eigenvalues of the first `width` columns' Gram matrix: a candidate's effective
+    degrees of freedom at penalty p are sum(s / (s + p))."""
+    return np.maximum(np.linalg.eigvalsh(a[:, :width].T @ a[:, :width] / len(a)), 0)
 
 
 def _solve(a: np.ndarray, b: np.ndarray, penalty: float) -> np.ndarray:
@@ -202,8 +203,15 @@ def select_ridge(
     means = {c: float(e.mean()) for c, e in errors.items()}
     best = min(means, key=means.get)
 
+    spectra = {}  # one eigendecomposition per design and width, shared by its penalties
+
     def df(c):
-        return 0.0 if c[0] == "zero" else _degrees_of_freedom(designs[c[0]][1], c[1], c[2])
+        if c[0] == "zero":
+            return 0.0
+        if c[:2] not in spectra:
+            spectra[c[:2]] = _spectrum(designs[c[0]][1], c[1])
+        s = spectra[c[:2]]
+        return float(np.sum(s / (s + c[2])))
 
     chosen, chosen_df = best, df(best)
     for c, e in errors.items():
