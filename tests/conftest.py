@@ -102,6 +102,11 @@ def random_head(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
         model.head.weight.copy_(torch.randn(model.head.weight.shape, generator=g))
         model.head.bias.copy_(torch.randn(model.head.bias.shape, generator=g))
         if getattr(model, "highway", None) is not None:
-            for w in (model.highway.weight, model.highway.hinge, model.highway.quad):
+            for w in (
+                model.highway.weight,
+                model.highway.hinge,
+                model.highway.quad,
+                model.highway.step,
+            ):
                 w.copy_(0.1 * torch.randn(w.shape, generator=g))
     return model

@@ -199,7 +199,12 @@ def test_time_major_tcn_is_the_reference_tcn(highway, mode):
         for prm in fast.parameters():
             prm.add_(0.1 * torch.randn_like(prm))
         if highway:  # a fitted ridge, not the zeros it starts at
-            for w in (fast.highway.weight, fast.highway.hinge, fast.highway.quad):
+            for w in (
+                fast.highway.weight,
+                fast.highway.hinge,
+                fast.highway.quad,
+                fast.highway.step,
+            ):
                 w.copy_(torch.randn_like(w))
     ref.load_state_dict(fast.state_dict())
     assert list(ref.state_dict()) == list(fast.state_dict())

@@ -6,7 +6,9 @@ penalty, is chosen per fold on the training rows alone, by cross-validation over
 time: every training row is predicted once by a fit that did not see its stretch, where a
 single validation split would choose on a fifth of the rows. The lags come in
 blocks whose bars share one weight (HAR's idea), so a signal spread over 20 or 40 bars (a sum,
-a decay) costs a handful of weights, not one per bar per feature.
+a decay) costs a handful of weights, not one per bar per feature; and the lags of one feature
+alone compete with those of all features, so a signal in the returns' own past costs one
+weight per block, not one per block per feature.
 """
 
 from __future__ import annotations
@@ -29,9 +31,12 @@ _one_blas_thread = threadpool_limits.wrap(limits=1, user_api="blas")
 # The last bar's terms (`bar_terms`) read the standardised features clipped at +-CLIP: a 10-sd
 # day would otherwise weigh 10,000 times a typical one in a squared term.
 CLIP = 5.0
-# Hinges max(sign * z - knot, 0) per feature: with the linear term they make a piecewise-linear
-# function of z with kinks at 0, +-1 and +-2 sd (an absolute value, a step, a threshold).
-HINGES = ((1.0, 0.0), (1.0, 1.0), (1.0, 2.0), (-1.0, 1.0), (-1.0, 2.0))
+# (sign, knot) pairs at 0, +-1 and +-2 sd. Hinges max(sign * z - knot, 0) per feature make, with
+# the linear term, a piecewise-linear function of z with kinks there (an absolute value, a
+# ramp); steps 1{sign * z > knot} a piecewise-constant one with jumps there (a sign, a
+# threshold), which hinges only approach: the best hinge fit of sign(z) keeps 75-84% of its
+# variance, the steps all of it.
+KNOTS = ((1.0, 0.0), (1.0, 1.0), (1.0, 2.0), (-1.0, 1.0), (-1.0, 2.0))
 
 
 @dataclass(frozen=True)
@@ -41,9 +46,10 @@ class RidgeFit:
     penalty: float
     cv_mse: float  # cross-validated mean squared error of the chosen candidate
     zero_mse: float  # the zero forecast's mean squared error on the same rows
-    hinge: np.ndarray | None = None  # (features, len(HINGES)): each hinge's weight
+    hinge: np.ndarray | None = None  # (features, len(KNOTS)): each hinge's weight
     quad: np.ndarray | None = None  # (features, features) upper triangle: z_i z_j's weight
     offset: float = 0.0  # minus the last bar's terms' training mean (they are centred)
+    step: np.ndarray | None = None  # (features, len(KNOTS)): each step's weight
 
 
 def lag_blocks(max_lags: int) -> list[tuple[int, int]]:
@@ -67,18 +73,27 @@ def block_means(x: np.ndarray, rows: np.ndarray, blocks: list[tuple[int, int]]) 
 
 
 def bar_terms(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """(len(rows), F * len(HINGES) + F (F + 1) / 2): the nonlinear terms of each row's own bar,
-    z its features clipped at +-CLIP: hinges of each feature (feature-major), then the products
-    z_i z_j (i <= j), squares and pairwise interactions."""
+    """(len(rows), 2 F len(KNOTS) + F (F + 1) / 2): the nonlinear terms of each row's own bar,
+    z its features clipped at +-CLIP: hinges of each feature (feature-major), the products
+    z_i z_j (i <= j, squares and pairwise interactions), then the steps of each feature."""
     z = np.clip(np.asarray(x[rows], np.float64), -CLIP, CLIP)
-    hinges = [np.maximum(sign * z - knot, 0.0) for sign, knot in HINGES]
+    hinges = [np.maximum(sign * z - knot, 0.0) for sign, knot in KNOTS]
+    steps = [(sign * z > knot).astype(np.float64) for sign, knot in KNOTS]
     i, j = np.triu_indices(x.shape[1])
-    return np.concatenate([np.stack(hinges, axis=2).reshape(len(rows), -1), z[:, i] * z[:, j]], 1)
+    return np.concatenate(
+        [
+            np.stack(hinges, axis=2).reshape(len(rows), -1),
+            z[:, i] * z[:, j],
+            np.stack(steps, axis=2).reshape(len(rows), -1),
+        ],
+        1,
+    )
 
 
 def _bar_weights(fit: RidgeFit) -> np.ndarray:
     i, j = np.triu_indices(len(fit.quad))
-    return np.concatenate([fit.hinge.reshape(-1), fit.quad[i, j]])
+    step = np.zeros_like(fit.hinge) if fit.step is None else fit.step
+    return np.concatenate([fit.hinge.reshape(-1), fit.quad[i, j], step.reshape(-1)])
 
 
 def predict(x: np.ndarray, rows: np.ndarray, fit: RidgeFit) -> np.ndarray:
@@ -160,12 +175,15 @@ def select_ridge(
     one-standard-error rule: the lowest of a hundred noisy errors is low partly by luck, and a
     linear forecast that is not clearly better than a near-zero one loses out of sample.
 
-    `nonlinear`: the candidates also include the best linear fit's lags plus one group of
+    The lag candidates read the first k blocks of every feature, or of one feature alone (a
+    signal in the returns' own past then costs one weight a block, not eight).
+
+    `nonlinear`: the candidates also include the chosen linear fit's lags plus one group of
     the nonlinear terms of the row's own bar (`bar_terms`, `term_groups`: one feature's
-    hinges and square, or one pair's product, centred on the training rows): a signal in the
-    size of a move, a volume shock or a range, a threshold, or two features together, at the
-    cost of a few weights, where a network needs far more rows to learn it. All the terms at
-    once (76 for 8 features) cost more in noise than they found.
+    hinges and square, or its steps, or one pair's product, centred on the training rows): a
+    signal in the size of a move, a volume shock or a range, a sign or a threshold, or two
+    features together, at the cost of a few weights, where a network needs far more rows to
+    learn it. All the terms at once (116 for 8 features) cost more in noise than they found.
 
     `since`: the first row of each row's own series (a panel's ticker), before which no lag is
     read. Candidates compete on the rows that have all `max_lags` bars, then the chosen one is
@@ -181,62 +199,76 @@ def select_ridge(
         return zero
     b = np.asarray(y[full], np.float64)
     groups = _time_groups(order[keep], n_groups)
-    lin = block_means(x, full, blocks)
+    lin = block_means(x, full, blocks)  # block-major: block k's features are columns kF..kF+F-1
     no_terms = np.zeros(0, np.int64)
-    designs = {"linear": (no_terms, lin, [k * n_feat for k in range(1, len(blocks) + 1)])}
+    widths = range(1, len(blocks) + 1)
+    # a design: (last-bar term columns, the features whose lags it reads, its matrix, widths)
+    designs = {"lags": (no_terms, np.arange(n_feat), lin, [k * n_feat for k in widths])}
+    if n_feat > 1:
+        for f in range(n_feat):
+            designs[f"lags of {f}"] = (no_terms, np.array([f]), lin[:, f::n_feat], list(widths))
     errors = {("zero", 0, max(penalties)): b**2}
     errors.update(_scored(designs, b, groups, penalties))
-    if nonlinear:
-        # one group of the last bar's terms at a time on top of the best linear fit: a
-        # signal in one feature or one pair is found at the cost of its own few weights
-        best = min(errors, key=lambda c: errors[c].mean())
-        lags_cols = best[1] if best[0] == "linear" else 0
-        terms = bar_terms(x, full)
-        extra = {
-            label: (cols, np.concatenate([_centred(terms[:, cols]), lin[:, :lags_cols]], 1), [])
-            for label, cols in term_groups(n_feat)
-        }
-        for label, (cols, a, _) in extra.items():
-            extra[label] = (cols, a, [len(cols) + lags_cols])
-        designs.update(extra)
-        errors.update(_scored(extra, b, groups, penalties))
-    means = {c: float(e.mean()) for c, e in errors.items()}
-    best = min(means, key=means.get)
-
     spectra = {}  # one eigendecomposition per design and width, shared by its penalties
 
     def df(c):
         if c[0] == "zero":
             return 0.0
         if c[:2] not in spectra:
-            spectra[c[:2]] = _spectrum(designs[c[0]][1], c[1])
+            spectra[c[:2]] = _spectrum(designs[c[0]][2], c[1])
         s = spectra[c[:2]]
         return float(np.sum(s / (s + c[2])))
 
+    if nonlinear:
+        # one group of the last bar's terms at a time on top of the chosen linear fit: a
+        # signal in one feature or one pair is found at the cost of its own few weights
+        base = _one_se(errors, df)
+        feats = designs[base[0]][1] if base[0] != "zero" else np.zeros(0, np.int64)
+        base_lin = designs[base[0]][2][:, : base[1]] if base[0] != "zero" else lin[:, :0]
+        terms = bar_terms(x, full)
+        extra = {}
+        for label, cols in term_groups(n_feat):
+            a = np.concatenate([_centred(terms[:, cols]), base_lin], 1)
+            extra[label] = (cols, feats, a, [a.shape[1]])
+        designs.update(extra)
+        errors.update(_scored(extra, b, groups, penalties))
+    chosen = _one_se(errors, df)
+    zero_mse = float(np.mean(b**2))
+    name, width, pen = chosen
+    if name == "zero":
+        return RidgeFit(zero.coef, 0, zero.penalty, zero_mse, zero_mse)
+    cols, feats = designs[name][0], designs[name][1]
+    k = (width - len(cols)) // max(len(feats), 1)
+    cv_mse = float(errors[chosen].mean())
+    return _refit(x, y, rows, history, blocks, cols, feats, k, pen, cv_mse, zero_mse)
+
+
+def _one_se(errors: dict[tuple, np.ndarray], df) -> tuple:
+    """The candidate with the fewest degrees of freedom `df(c)` whose cross-validated error
+    is within one standard error (of the rows' paired differences) of the lowest."""
+    means = {c: float(e.mean()) for c, e in errors.items()}
+    best = min(means, key=means.get)
     chosen, chosen_df = best, df(best)
     for c, e in errors.items():
         d = e - errors[best]
         if c != best and d.mean() <= d.std(ddof=1) / np.sqrt(len(d)) and df(c) < chosen_df:
             chosen, chosen_df = c, df(c)
-    zero_mse = float(np.mean(b**2))
-    name, width, pen = chosen
-    if name == "zero":
-        return RidgeFit(zero.coef, 0, zero.penalty, zero_mse, zero_mse)
-    cols = designs[name][0]
-    k = (width - len(cols)) // n_feat
-    return _refit(x, y, rows, history, blocks, cols, k, pen, means[chosen], zero_mse)
+    return chosen
 
 
 def term_groups(n_feat: int) -> list[tuple[str, np.ndarray]]:
-    """The columns of `bar_terms` that go together: each feature's hinges and square, and
-    each pair's product."""
-    n_hinge = n_feat * len(HINGES)
+    """The columns of `bar_terms` that go together: each feature's hinges and square, each
+    feature's steps, and each pair's product."""
+    n_knots = len(KNOTS)
+    n_hinge = n_feat * n_knots
     i, j = np.triu_indices(n_feat)
     product = {(a, b): n_hinge + c for c, (a, b) in enumerate(zip(i, j, strict=True))}
+    first_step = n_hinge + len(product)
     out = []
     for f in range(n_feat):
-        hinges = np.arange(f * len(HINGES), (f + 1) * len(HINGES))
-        out.append((f"terms of {f}", np.append(hinges, product[f, f])))
+        hinges = np.arange(f * n_knots, (f + 1) * n_knots)
+        out.append((f"shape of {f}", np.append(hinges, product[f, f])))
+        out.append((f"steps of {f}", first_step + hinges))
     for a, b in product:
         if a < b:
             out.append((f"{a} x {b}", np.array([product[a, b]])))
@@ -250,32 +282,35 @@ def _centred(a: np.ndarray) -> np.ndarray:
 def _scored(designs, b, groups, penalties):
     """{(design, width, penalty): cross-validated squared errors} of every candidate."""
     out = {}
-    for name, (_, a, widths) in designs.items():
+    for name, (_, _, a, widths) in designs.items():
         for (p, pen), e in _cv_errors(a, b, groups, widths, penalties):
             out[name, p, pen] = e
     return out
 
 
-def _refit(x, y, rows, history, blocks, cols, k, pen, cv_mse, zero_mse) -> RidgeFit:
-    """The chosen candidate (the last bar's terms `cols`, the first k lag blocks) fitted on
-    every row with the bars it reads."""
+def _refit(x, y, rows, history, blocks, cols, feats, k, pen, cv_mse, zero_mse) -> RidgeFit:
+    """The chosen candidate (the last bar's terms `cols`, the first k lag blocks of the
+    features `feats`) fitted on every row with the bars it reads."""
     n_feat = x.shape[1]
     lags = blocks[k - 1][1] if k else 1
     used = rows[history >= lags - 1]
     b = np.asarray(y[used], np.float64)
     terms = bar_terms(x, used)[:, cols]
     mean = terms.mean(0)
-    c = _solve(np.concatenate([terms - mean, block_means(x, used, blocks[:k])], 1), b, pen)
+    lagged = block_means(x[:, feats], used, blocks[:k])
+    c = _solve(np.concatenate([terms - mean, lagged], 1), b, pen)
     q = len(cols)
     coef = np.zeros((blocks[-1][1], n_feat))
-    for (lo, hi), ck in zip(blocks[:k], c[q:].reshape(k, n_feat), strict=True):
-        coef[lo:hi] = ck / (hi - lo)
+    for (lo, hi), ck in zip(blocks[:k], c[q:].reshape(k, len(feats)), strict=True):
+        coef[lo:hi, feats] = ck / (hi - lo)
     if not q:
         return RidgeFit(coef, lags, pen, cv_mse, zero_mse)
-    n_hinge = n_feat * len(HINGES)
-    weights = np.zeros(n_hinge + n_feat * (n_feat + 1) // 2)
+    n_knots, n_quad = len(KNOTS), n_feat * (n_feat + 1) // 2
+    weights = np.zeros(2 * n_feat * n_knots + n_quad)
     weights[cols] = c[:q]
+    hinge = weights[: n_feat * n_knots].reshape(n_feat, n_knots)
     quad = np.zeros((n_feat, n_feat))
-    quad[np.triu_indices(n_feat)] = weights[n_hinge:]
-    hinge = weights[:n_hinge].reshape(n_feat, len(HINGES))
-    return RidgeFit(coef, lags, pen, cv_mse, zero_mse, hinge, quad, -float(c[:q] @ mean))
+    quad[np.triu_indices(n_feat)] = weights[n_feat * n_knots : n_feat * n_knots + n_quad]
+    step = weights[n_feat * n_knots + n_quad :].reshape(n_feat, n_knots)
+    offset = -float(c[:q] @ mean)
+    return RidgeFit(coef, lags, pen, cv_mse, zero_mse, hinge, quad, offset, step)

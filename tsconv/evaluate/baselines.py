@@ -32,9 +32,10 @@ def ridge_ar(
     penalty: float | None = None,
 ) -> tuple[np.ndarray, linear.RidgeFit]:
     """Ridge regression of the target on the last bars of the (scaled) features, fitted on
-    the training rows only, with its lags (up to `max_lags`) and penalty (unless given) chosen
-    by leave-one-out error on those rows (`tsconv.engine.linear`): the linear forecast a
-    careful analyst would fit, which the model must beat. Returns (forecasts, the fit)."""
+    the training rows only, with its lags (up to `max_lags`, of every feature or of one) and
+    penalty (unless given) chosen by cross-validation over stretches of those rows
+    (`tsconv.engine.linear`): the linear forecast a careful analyst would fit, which the
+    model must beat. Returns (forecasts, the fit)."""
     tr = np.arange(train[0], train[1])
     tr = tr[np.isfinite(y[tr])]
     penalties = linear.PENALTIES if penalty is None else (penalty,)

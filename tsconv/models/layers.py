@@ -55,14 +55,15 @@ def zero_head(in_channels: int) -> CausalConv1d:
     return head
 
 
-# tsconv.engine.linear.HINGES: (sign, knot) of each hinge max(sign * z - knot, 0)
-HINGES = ((1.0, 0.0), (1.0, 1.0), (1.0, 2.0), (-1.0, 1.0), (-1.0, 2.0))
+# tsconv.engine.linear.KNOTS: (sign, knot) of each hinge max(sign * z - knot, 0) and each step
+# 1{sign * z > knot}
+KNOTS = ((1.0, 0.0), (1.0, 1.0), (1.0, 2.0), (-1.0, 1.0), (-1.0, 2.0))
 
 
 class Highway(nn.Module):
     """LSTNet's autoregressive component, extended: a linear map of the last `lags` bars of
-    the input features plus a few fixed nonlinear terms of the last bar (hinges of each
-    feature, products of two), added to the network's output at every step.
+    the input features plus a few fixed nonlinear terms of the last bar (hinges and steps of
+    each feature, products of two), added to the network's output at every step.
 
     The network then nests a linear model over its whole reach (the ridge baseline's model
     class) and the simplest nonlinear ones, instead of having to rediscover them through ReLUs
@@ -79,8 +80,9 @@ class Highway(nn.Module):
         self.register_buffer("weight", torch.zeros(1, in_features, lags))
         # the last bar's nonlinear terms (tsconv.engine.linear.bar_terms), z its features
         # clipped at +-clip: hinge[f, h] * max(sign_h * z_f - knot_h, 0), quad[i, j] * z_i z_j
-        # (i <= j), plus offset
-        self.register_buffer("hinge", torch.zeros(in_features, len(HINGES)))
+        # (i <= j), step[f, h] * 1{sign_h * z_f > knot_h}, plus offset
+        self.register_buffer("hinge", torch.zeros(in_features, len(KNOTS)))
+        self.register_buffer("step", torch.zeros(in_features, len(KNOTS)))
         self.register_buffer("quad", torch.zeros(in_features, in_features))
         self.register_buffer("offset", torch.zeros(()))
         self.register_buffer("penalty", torch.zeros(()))
@@ -104,14 +106,15 @@ class Highway(nn.Module):
                 out[..., lag:] += terms[:, k : k + 1, : length - lag]
         # the last bar's terms, always computed (not only when nonzero: no host sync)
         z = x.clamp(-self.clip, self.clip)
-        quad, hinge = self.quad.to(x.dtype), self.hinge.to(x.dtype)
+        quad, hinge, step = self.quad.to(x.dtype), self.hinge.to(x.dtype), self.step.to(x.dtype)
         bar = self.offset.to(x.dtype).expand(x.shape[0], length)
         for i in range(n_feat):
             zi = z[:, i]
             for j in range(i, n_feat):
                 bar = bar + quad[i, j] * (zi * z[:, j])
-            for h, (sign, knot) in enumerate(HINGES):
+            for h, (sign, knot) in enumerate(KNOTS):
                 bar = bar + hinge[i, h] * F.relu(sign * zi - knot)
+                bar = bar + step[i, h] * (sign * zi > knot).to(x.dtype)
         return out + bar.unsqueeze(1)
 
     @torch.no_grad()
@@ -122,30 +125,35 @@ class Highway(nn.Module):
         hinge: np.ndarray | None = None,
         quad: np.ndarray | None = None,
         offset: float = 0.0,
+        step: np.ndarray | None = None,
     ) -> None:
         """coef (lags, features): coef[j, f] multiplies feature f of the bar j steps back;
-        hinge (features, len(HINGES)) and quad (features, features, upper triangle): the
-        last bar's nonlinear terms' weights."""
+        hinge and step (features, len(KNOTS)) and quad (features, features, upper triangle):
+        the last bar's nonlinear terms' weights."""
         w = torch.as_tensor(np.asarray(coef, dtype=np.float32))
         self.weight.copy_(w.flip(0).T.unsqueeze(0))
         self.hinge.copy_(torch.as_tensor(np.zeros(self.hinge.shape) if hinge is None else hinge))
         self.quad.copy_(torch.as_tensor(np.zeros(self.quad.shape) if quad is None else quad))
+        self.step.copy_(torch.as_tensor(np.zeros(self.step.shape) if step is None else step))
         self.offset.fill_(float(offset))
         self.penalty.fill_(float(penalty))
 
     def reach(self) -> int:
         """Bars back the fitted weights read: 0 when the ridge chose the zero forecast."""
         used = self.weight[0].abs().sum(0).flip(0).nonzero()
-        return int(used.max()) + 1 if len(used) else int(bool(self.quad.any() or self.hinge.any()))
+        if len(used):
+            return int(used.max()) + 1
+        return int(bool(self.quad.any() or self.hinge.any() or self.step.any()))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # model.pt files written before the highway stopped training held a Conv1d's weight
-        # and no second-order part
+        # and no second-order part; those written before the steps, no steps
         if prefix + "conv.weight" in state_dict:
             state_dict[prefix + "weight"] = state_dict.pop(prefix + "conv.weight")
-            state_dict[prefix + "hinge"] = torch.zeros_like(self.hinge)
-            state_dict[prefix + "quad"] = torch.zeros_like(self.quad)
-            state_dict[prefix + "offset"] = torch.zeros_like(self.offset)
+            for name in ("hinge", "quad", "offset"):
+                state_dict[prefix + name] = torch.zeros_like(getattr(self, name))
+        if prefix + "weight" in state_dict and prefix + "step" not in state_dict:
+            state_dict[prefix + "step"] = torch.zeros_like(self.step)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 

@@ -215,10 +215,13 @@ def fit_member(
 
 def bar_terms_used(highway: torch.nn.Module, names: list[str]) -> str:
     """The last bar's nonlinear terms the linear part kept, in words: "shape of hl_range"
-    (its hinges and square), "hl_range x close_loc", or "" (lags only)."""
+    (its hinges and square), "steps of hl_range", "hl_range x close_loc", or "" (lags
+    only)."""
     hinged = highway.hinge.abs().sum(1) > 0
+    stepped = highway.step.abs().sum(1) > 0
     quad = highway.quad.abs() > 0
     out = [f"shape of {n}" for n, h in zip(names, hinged.tolist(), strict=True) if h]
+    out += [f"steps of {n}" for n, h in zip(names, stepped.tolist(), strict=True) if h]
     for i, j in quad.nonzero().tolist():
         if i != j:
             out.append(f"{names[i]} x {names[j]}")
