@@ -41,15 +41,6 @@ def _predictions(tickers: int, dates: int, seed: int = 0) -> pd.DataFrame:
     return frame.drop(index=frame.index[(frame["date"] == d[3]) & (frame["ticker"] > "T001")])
 
 
-def test_rank_ics_by_date_are_the_reference_numbers_bit_for_bit():
-    pred = _predictions(40, 60).sample(frac=1.0, random_state=1)  # rows in any order
-    for name in ["prediction", "realized_1"]:
-        got = summary._rank_ics_by_date(pred, name)
-        want = summary.rank_ics_by_date(pred, name)
-        assert np.array_equal(np.array(got), np.array(want), equal_nan=True)
-        assert len(got) == 59  # the date with 2 tickers has none
-
-
 def test_per_ticker_breakdown_is_the_scan_per_key_it_replaced():
     pred = _predictions(12, 80)
     cfg = tiny_config()
