@@ -190,7 +190,7 @@ def startup_table(repeats: int) -> str:
         rows["forked, fork server starting (first pool)"].append(worker_start(Path(tmp)))
         for _ in range(repeats):
             rows["forked from the running fork server"].append(worker_start(Path(tmp)))
-            executors._context = spawned
+            forkserver.context = spawned
             try:
                 rows["spawned (before)"].append(worker_start(Path(tmp)))
             finally:

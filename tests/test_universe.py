@@ -134,3 +134,48 @@ def test_universe_benchmark_prints_phases_quality_and_a_cost_model(tmp_path):
     assert [ln.split("|")[1].strip() for ln in lines[1:]] == [*bench_universe.PHASES, "total"]
     model = bench_universe.fit_cost_model(rows)
     assert all(a >= 0 and b >= 0 for a, b in model.values())
+
+
+SCRIPT = """
+import os, sys
+from pathlib import Path
+with open(sys.argv[1], "a") as f:
+    f.write(f"{__name__} {os.getpid()}\\n")  # each process that imports this script
+
+
+def task(shared, t):
+    import time
+
+    time.sleep(0.3)
+    return os.getpid()
+
+
+if __name__ == "__main__":
+    from tsconv.executors import Executor
+
+    pids = set()
+    for _ in range(2):  # two pools, one fork server
+        with Executor("local", 2, 1).start(None) as run:
+            run(list(range(12)), task, lambda t, pid: pids.add(pid))
+    print(len(pids - {os.getpid()}))
+"""
+
+
+def test_the_fork_server_imports_the_main_script_once_for_every_worker(tmp_path):
+    """Python's fork server is told neither the import path nor the main script; tsconv
+    passes both, so the workers find the script imported (once, in the server) instead of
+    importing it again each."""
+    import subprocess
+
+    if "forkserver" not in __import__("multiprocessing").get_all_start_methods():
+        pytest.skip("no fork server on this platform")
+    script, log = tmp_path / "pool_script.py", tmp_path / "imports.log"
+    script.write_text(SCRIPT)
+    run = subprocess.run(
+        [sys.executable, str(script), str(log)], capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr
+    workers = int(run.stdout.split()[-1])
+    names = sorted(line.split()[0] for line in log.read_text().splitlines())
+    assert workers >= 1  # the pools' workers ran tasks
+    assert names == ["__main__", "__mp_main__"]  # this process, then the server alone
