@@ -16,7 +16,9 @@ BENCHES = [
     ["bench_quality.py"],
     ["bench_startup.py"],
     ["bench_panel.py", "--tickers", "8"],
-    ["bench_scale.py", "--repeats", "3", "--ray"],
+    ["bench_scale.py", "--repeats", "3", "--ray", "--startup"],
+    ["bench_scale.py", "--sweep", "quick", "--repeats", "1", "--set", "train.threads=1"],
+    ["bench_universe.py", "--tickers", "4", "8", "--refits", "20", "--after", "64"],
     ["bench_ddp.py", "--repeats", "3"],
     ["bench_batched.py", "--repeats", "10"],
 ]

@@ -373,14 +373,15 @@ def backtest(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Walk-forward evaluation against naive baselines; writes predictions, metrics and report.html."""
-    from tsconv.recipes.backtest import run_backtest
-
     if resume is not None:
         cfg, target = _resumable_backtest(resume, config, set_, out_dir, overwrite), resume
     else:
         cfg = _config(_required(config), set_)
         target = out_dir or Path("runs") / f"{cfg.name or config.stem}-bt"
     cfg = _with_execution(cfg, workers=workers, executor=executor, ray_address=ray_address)
+    _prestart_workers(cfg, "tsconv.recipes.backtest")
+    from tsconv.recipes.backtest import run_backtest
+
     parallel = cfg.backtest.workers != 1 or cfg.backtest.executor != "local"
     if parallel and cfg.backtest.retrain == "warm":
         err.print("backtest.retrain: warm chains each fold to the last, so folds run one at a time")
@@ -399,6 +400,20 @@ def backtest(
             cfg, target, resume=resume is not None, overwrite=overwrite, on_fold=on_fold
         )
     _print_backtest(m, cfg, RunFolder(target))
+
+
+def _prestart_workers(cfg, module: str) -> None:
+    """Start the fork server that local pool workers fork from (`tsconv.forkserver`) before
+    this process imports torch, so that both import side by side, when the run may use
+    more than one process."""
+    import os
+
+    from tsconv import forkserver
+
+    workers = cfg.backtest.workers
+    many = (os.cpu_count() or 1) > 1 if workers == "auto" else workers > 1
+    if cfg.backtest.executor == "local" and many:
+        forkserver.prestart(module)
 
 
 def _print_backtest(m: dict[str, Any], cfg, run: RunFolder) -> None:
@@ -562,13 +577,15 @@ def sweep(
     Each trial is a walk-forward backtest; the report says how much of the best is luck.
     """
     from tsconv.config import execution_settings
-    from tsconv.recipes.sweep import run_sweep
 
     if resume is not None:
         _resume_or_overwrite(overwrite)
     base, spc, target = _sweep_setup(config, space_file, set_, trials, out_dir, resume)
     # validated as the backtest keys are, then the trials and the holdout run so
     run_cfg = _with_execution(base, workers=workers, executor=executor, ray_address=ray_address)
+    _prestart_workers(run_cfg, "tsconv.recipes.trials")
+    from tsconv.recipes.sweep import run_sweep
+
     with _progress() as progress:
         task = progress.add_task("sweep", total=spc.sweep.trials, info="")
         best: list[float] = []

@@ -9,8 +9,11 @@ files). An executor stays up between calls: a sweep runs its trials in rounds wi
 restarting processes or a cluster each time. The caller passes the task function: this module
 knows nothing of what a task computes.
 
-- local (`_local_pool`): this process and a standard-library pool of N - 1 (spawned, so a
-  worker never inherits a half-initialised thread pool from its parent). One rule shares the
+- local (`_local_pool`): this process and a standard-library pool of N - 1, forked from a
+  fork server (`tsconv.forkserver`: one clean process per process that runs pools, which has
+  imported the task's module, torch and `torch._dynamo` and run no computation, so a worker
+  never inherits a half-initialised thread pool and starts in tens of milliseconds instead of
+  the seconds a spawned one spends importing; spawned where there is none). One rule shares the
   work while the pool's processes are still starting (importing torch takes seconds): the pool
   takes tasks from the last (the largest, for callers that sort them), this process from the
   first that no worker has claimed yet. A task is claimed by creating its file in a folder of
@@ -31,7 +34,6 @@ Every process uses `threads` intra-op threads; results do not depend on that cou
 from __future__ import annotations
 
 import contextlib
-import multiprocessing as mp
 import os
 import pickle
 import signal
@@ -46,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from tsconv import forkserver
 from tsconv.config import Config
 from tsconv.engine.runtime import give_threads, intra_op_threads, select_device, settle_threads
 from tsconv.errors import TsconvError, UsageError
@@ -109,9 +112,12 @@ def choose(cfg: Config, tasks: int, *, chained: bool = False) -> Executor:
     return Executor("local", workers, threads or max(1, cores // workers))
 
 
-def _start(path: str, threads: int) -> None:
+def _start(path: str, threads: int, environ: dict[str, str] | None = None) -> None:
     global _shared
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited on POSIX; Windows: from here on
+    if environ is not None:  # a forked worker has the fork server's, from when it started
+        os.environ.clear()
+        os.environ.update(environ)
     give_threads(threads)
     try:
         with open(path, "rb") as f:
@@ -152,7 +158,7 @@ def _call(fn: Task, task: Any, claims: str, index: int) -> Any:
 
 @contextlib.contextmanager
 def _local_pool(shared: Any, workers: int, threads: int) -> Iterator[Runner]:
-    """`run(tasks, fn, finished)` over this process and `workers - 1` spawned ones. On an
+    """`run(tasks, fn, finished)` over this process and `workers - 1` others. On an
     error or Ctrl-C the workers are stopped and the exception propagates; finished tasks
     were handed over. One worker: every task here, in order, no pool."""
     if workers <= 1:
@@ -162,12 +168,19 @@ def _local_pool(shared: Any, workers: int, threads: int) -> Iterator[Runner]:
         path = Path(tmp) / "shared.pkl"
         with open(path, "wb") as f:
             pickle.dump(shared, f, protocol=pickle.HIGHEST_PROTOCOL)
-        pool = ProcessPoolExecutor(
-            workers - 1,
-            mp_context=mp.get_context("spawn"),
-            initializer=_start,
-            initargs=(str(path), threads),
-        )
+        pools: list[ProcessPoolExecutor] = []  # started by the first run, when its task is known
+
+        def pool_for(fn: Task) -> ProcessPoolExecutor:
+            if not pools:
+                pools.append(
+                    ProcessPoolExecutor(
+                        workers - 1,
+                        mp_context=forkserver.context(fn.__module__),
+                        initializer=_start,
+                        initargs=(str(path), threads, dict(os.environ)),
+                    )
+                )
+            return pools[0]
 
         def run(tasks: Sequence[Any], fn: Task, finished: Finished) -> None:
             with _claims(tmp) as claims:
@@ -175,6 +188,7 @@ def _local_pool(shared: Any, workers: int, threads: int) -> Iterator[Runner]:
 
         def _run_claimed(tasks: Sequence[Any], fn: Task, finished: Finished, claims: str) -> None:
             order = list(enumerate(tasks))
+            pool = pool_for(fn)
             with _sigint_ignored():  # the first submits start the workers
                 futures = {i: pool.submit(_call, fn, t, claims, i) for i, t in reversed(order)}
             pending = {futures[i]: t for i, t in order}
@@ -199,9 +213,11 @@ def _local_pool(shared: Any, workers: int, threads: int) -> Iterator[Runner]:
             try:
                 yield run
             except BaseException:
-                _stop_workers(pool)
+                for pool in pools:
+                    _stop_workers(pool)
                 raise
-        pool.shutdown(wait=False)  # the workers exit while this process writes its outputs
+        for pool in pools:
+            pool.shutdown(wait=False)  # the workers exit while this process writes its outputs
 
 
 @contextlib.contextmanager

@@ -120,9 +120,10 @@ def breakdown(
     directional accuracy with its standard error, and the net Sharpe ratio with its 95%
     interval, from the model strategy's rows of the whole run (`strategy_rows`)."""
     out = {}
+    held = dict(iter(strat.groupby(by, sort=False)))  # each key's rows, once (not a scan a key)
     for key, g in pred.groupby(by, sort=True):
         f = metrics.forecast_metrics(g["prediction"].to_numpy(), g["realized"].to_numpy())
-        t, _ = _strategy_metrics(strat[strat[by] == key], g, cfg, "prediction")
+        t, _ = _strategy_metrics(held.get(key, strat.iloc[:0]), g, cfg, "prediction")
         out[str(key)] = {
             "n": f["n"],
             "r2_oos": f["r2_oos"],

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from tsconv.config import Config, results_config
@@ -188,7 +190,7 @@ def render(
         ),
         html_section("calibration", "Predicted vs realised", figs["Predicted vs realised"]),
         html_section("rolling", "Rolling IC and Sharpe", figs["Rolling IC and Sharpe"]),
-        html_section("per-ticker", per_ticker, _breakdown_html(m["by_ticker"], "ticker", None)),
+        html_section("per-ticker", per_ticker, _tickers_html(m["by_ticker"])),
         html_section("per-fold", "Per fold", _breakdown_html(m["by_fold"], "fold", fold_extra)),
         html_section(
             "monthly",
@@ -388,6 +390,54 @@ def _breakdown_html(rows: dict[str, dict[str, Any]], label: str, extra: pd.DataF
             cells += [str(match[c].iloc[0]) if len(match) else "-" for c in extra_cols]
         body.append(cells)
     return html_table([*head, *extra_cols], body)
+
+
+# A universe's per-ticker table: every row up to this many tickers; beyond, the distribution
+# over the tickers and the SHOWN best and worst by net Sharpe ratio (metrics.json keeps all).
+ALL_TICKER_ROWS = 30
+SHOWN = 10
+
+
+def _tickers_html(rows: dict[str, dict[str, Any]]) -> str:
+    if len(rows) <= ALL_TICKER_ROWS:
+        return _breakdown_html(rows, "ticker", None)
+    ranked = sorted(
+        rows, key=lambda t: -math.inf if rows[t].get("sharpe") is None else rows[t]["sharpe"]
+    )
+    best = {t: rows[t] for t in reversed(ranked[-SHOWN:])}
+    worst = {t: rows[t] for t in ranked[:SHOWN]}
+    return (
+        f"<p>{len(rows)} tickers: the distribution of each figure over them, then the {SHOWN} "
+        f"with the highest and the {SHOWN} with the lowest net Sharpe ratio (no Sharpe ratio "
+        "counts as lowest). Every ticker's figures are in metrics.json (<code>by_ticker</code>)."
+        f"</p>{_distribution_html(rows)}<h3>Highest net Sharpe</h3>"
+        f"{_breakdown_html(best, 'ticker', None)}<h3>Lowest net Sharpe</h3>"
+        f"{_breakdown_html(worst, 'ticker', None)}"
+    )
+
+
+def _distribution_html(rows: dict[str, dict[str, Any]]) -> str:
+    """Quantiles over the tickers of each per-ticker figure (tickers without one left out)."""
+    figures = [
+        ("R2 oos", "r2_oos", ".4f"),
+        ("IC", "ic", ".3f"),
+        ("dir. acc", "directional_accuracy", ".3f"),
+        ("in market", "in_market", ".0%"),
+        ("Sharpe", "sharpe", ".2f"),
+        ("ann. return", "annual_return", ".1%"),
+    ]
+    qs = [0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0]
+    body = []
+    for label, key, spec in figures:
+        v = np.array([r[key] for r in rows.values() if r.get(key) is not None], dtype=float)
+        v = v[np.isfinite(v)]
+        cells = [format_cell(float(q), spec) for q in np.quantile(v, qs)] if len(v) else ["-"] * 7
+        body.append(
+            [label, str(len(v)), *cells, format_cell(float(v.mean()) if len(v) else None, spec)]
+        )
+    return html_table(
+        ["figure", "tickers", "min", "10%", "25%", "median", "75%", "90%", "max", "mean"], body
+    )
 
 
 def _monthly_html(net: pd.Series) -> str:
