@@ -416,11 +416,14 @@ def _print_backtest(m: dict[str, Any], cfg, run: RunFolder) -> None:
         err.print(f"[yellow]warning:[/yellow] {escape(line)}", highlight=False, soft_wrap=True)
     out.print(m["bottom_line"], soft_wrap=False)
     out.print(m["verdict"], soft_wrap=False)
-    out.print(results_table(m, TABLE_HEADER, table_rows(m)))
-    costs = results_table(m, cost_header(drag=False), cost_rows(m, drag=False))
-    costs.title = cost_title(cfg.backtest.cost_bps, cfg.backtest.portfolio)
-    out.print(costs)
-    out.print(quantile_words(m.get("quantiles") or {}), soft_wrap=False)
+    if m.get("target", "return") != "return":
+        _print_risk_tables(m)
+    else:
+        out.print(results_table(m, TABLE_HEADER, table_rows(m)))
+        costs = results_table(m, cost_header(drag=False), cost_rows(m, drag=False))
+        costs.title = cost_title(cfg.backtest.cost_bps, cfg.backtest.portfolio)
+        out.print(costs)
+        out.print(quantile_words(m.get("quantiles") or {}), soft_wrap=False)
     t = m["timing"]
     ran = t["folds"] - t["folds_resumed"]
     folds = (
@@ -442,6 +445,24 @@ def _print_backtest(m: dict[str, Any], cfg, run: RunFolder) -> None:
         f"data prep {t['prepare_seconds']:.2f} s -> {run.report}",
         soft_wrap=True,
     )
+
+
+def _print_risk_tables(m: dict[str, Any]) -> None:
+    """A volatility or quantiles backtest's forecast table and its volatility-managed books."""
+    from tsconv.report import risk_html
+
+    if m["target"] == "volatility":
+        out.print(results_table(m, risk_html.VOL_HEADER, risk_html.vol_table_rows(m)))
+    else:
+        header = risk_html.quantile_header(m)
+        out.print(results_table(m, header, risk_html.quantile_table_rows(m)))
+    s = m["strategy"]
+    title = (
+        f"volatility-managed buy-and-hold: target {s['target_vol']:.0%}, "
+        f"{s['cost_bps']:g} bps costs"
+    )
+    rows = risk_html.strategy_table_rows(m)
+    out.print(results_table(m, risk_html.STRATEGY_HEADER, rows, title=title))
 
 
 def results_table(
