@@ -195,7 +195,7 @@ def fit_member(
     t_fit = time.perf_counter() - t0
     if risk_fold.is_risk(prep):  # a variance (and quantiles) from the log target
         predictions, risk_info = risk_fold.model_forecasts(
-            prep, model, panel, scalers, train, test, device
+            prep, model, panel, scalers, train, val_spans, test, device
         )
     else:
         predictions = {
