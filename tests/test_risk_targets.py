@@ -226,3 +226,29 @@ def test_config_rejects_bad_levels_and_keeps_return_configs_as_they_were():
     assert "levels" not in dump_yaml(tiny_config(target={"kind": "volatility"}))
     result = CliRunner().invoke(app, ["config", "show", "vol"])
     assert result.exit_code == 0 and "kind: volatility" in result.output
+
+
+def test_train_then_predict_prints_the_forecast_volatility_and_quantiles(tmp_path):
+    from tsconv.config import dump_yaml
+
+    path = tmp_path / "g.csv"
+    synthetic_vol.garch_t(700, seed=5)[0].to_csv(path)
+    cfg = tiny_config(
+        data={"source": "csv", "path": str(path), "tickers": ["G"]},
+        target={"kind": "quantiles", "levels": [0.05, 0.95]},
+    )
+    (tmp_path / "q.yaml").write_text(dump_yaml(cfg))
+    run = tmp_path / "run"
+    result = CliRunner().invoke(
+        app, ["train", "--config", str(tmp_path / "q.yaml"), "--out", str(run)]
+    )
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, ["predict", "--run", str(run), "--json"])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.output)
+    assert row["predicted_variance"] > 0
+    assert row["predicted_vol"] == pytest.approx(math.sqrt(row["predicted_variance"]))
+    q = row["quantiles"]
+    assert q["0.05"] < 0 < q["0.95"]
+    result = CliRunner().invoke(app, ["predict", "--run", str(run)])
+    assert result.exit_code == 0 and "q0.05" in result.output and "G" in result.output

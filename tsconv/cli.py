@@ -334,6 +334,9 @@ def predict(
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
+    if rows and "predicted_vol" in rows[0]:
+        _print_risk_forecast(rows)
+        return
     # basis points: a daily forecast is a few of them, which "+0.00001" hid
     table = Table("ticker", "latest bar", "horizon", "log return, bps", "position", "scaler")
     for r in rows:
@@ -350,6 +353,24 @@ def predict(
     out.print(table)
     if rows:
         out.print(f"position: {rows[0]['position_rule']}", highlight=False)
+
+
+def _print_risk_forecast(rows: list[dict[str, Any]]) -> None:
+    """The forecast volatility (and quantiles, in bps of log return) after the latest bar."""
+    levels = list(rows[0].get("quantiles", {}))
+    table = Table("ticker", "latest bar", "h", "vol", "ann. vol", *(f"q{q}" for q in levels))
+    for r in rows:
+        table.add_row(
+            r["ticker"],
+            r["last_bar"],
+            str(r["horizon"]),
+            f"{r['predicted_vol']:.4%}",
+            f"{r['predicted_vol_annualised']:.1%}",
+            *(f"{v * 1e4:+.0f}" for v in r.get("quantiles", {}).values()),
+        )
+    out.print(table)
+    quantiles = ", quantiles in bps of log return" if levels else ""
+    out.print(f"vol: over the next h bars; proxy {rows[0]['proxy']}{quantiles}", highlight=False)
 
 
 # --------------------------------------------------------------------------- backtest

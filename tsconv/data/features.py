@@ -286,8 +286,6 @@ def _build_stacked(
             ret1=ret1_all[rows].copy(),
             logp=logp_all[rows].copy(),
             feature_names=inputs,
-            risk=None
-            if risk_all is None
-            else {k: v[rows].copy() for k, v in risk_all.items()},
+            risk=None if risk_all is None else {k: v[rows].copy() for k, v in risk_all.items()},
         )
     return out

@@ -56,7 +56,9 @@ def managed_strategies(
     buy-and-hold, the model's Sharpe tests against each; and the net returns per date."""
     nets, out = {}, {}
     for name in ["prediction", *forecasts, "buy_and_hold"]:
-        net, turnover = managed_returns(pred, None if name == "buy_and_hold" else name, cfg, periods)
+        net, turnover = managed_returns(
+            pred, None if name == "buy_and_hold" else name, cfg, periods
+        )
         nets[name] = net
         out[name] = metrics.trading_metrics(net.to_numpy(), periods, turnover.to_numpy())
     tests = {}

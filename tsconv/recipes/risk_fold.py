@@ -51,7 +51,9 @@ def model_forecasts(
     # calibrated where the weights were not fitted (the validation rows, when they hold a
     # few hundred targets): an overfitted fit's training residuals are too small, and its
     # constant then too low
-    spans = val if CALIBRATE_ON == "val" and sum(hi - lo for lo, hi in val.values()) >= 100 else train
+    spans = (
+        val if CALIBRATE_ON == "val" and sum(hi - lo for lo, hi in val.values()) >= 100 else train
+    )
     fit_z, fit_base, fit_rv, fit_ret, fit_t = [], [], [], [], []
     for t, (lo, hi) in spans.items():
         rows = np.arange(max(lo, cfg.window - 1), hi)

@@ -300,9 +300,7 @@ def combine_members(fits: list[MemberFit]) -> tuple[pd.DataFrame, dict[str, Any]
     preds = first.rows.copy()
     if len(preds):
         per_member = [np.concatenate(list(f.predictions.values())) for f in fits]
-        risk_fold.fill_predictions(
-            preds, np.mean(np.stack(per_member).astype(np.float64), axis=0)
-        )
+        risk_fold.fill_predictions(preds, np.mean(np.stack(per_member).astype(np.float64), axis=0))
     results = [f.result for f in fits]
     info = {
         **first.info,

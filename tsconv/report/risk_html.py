@@ -163,9 +163,7 @@ def _plt():
     return plt
 
 
-def _vol_figure(
-    pred: pd.DataFrame, m: dict[str, Any], names: list[str], column_of, h: int
-) -> str:
+def _vol_figure(pred: pd.DataFrame, m: dict[str, Any], names: list[str], column_of, h: int) -> str:
     """Forecast and realised volatility (annualised), per ticker mean by date; the realised
     smoothed over 21 bars so that the forecasts can be seen."""
     plt = _plt()
@@ -320,7 +318,9 @@ def render(
         ),
         html_section("definitions", "Definitions", f"<dl>{definitions}</dl>"),
         html_section(
-            "config", "Resolved config", f"<pre>{esc(json.dumps(results_config(cfg), indent=2))}</pre>"
+            "config",
+            "Resolved config",
+            f"<pre>{esc(json.dumps(results_config(cfg), indent=2))}</pre>",
         ),
     ]
     bt = cfg.backtest
@@ -331,4 +331,3 @@ def render(
         + "".join(f"<br>\n<b>Warning:</b> {esc(w)}" for w in m.get("warnings", []))
     )
     return html_page("tsconv backtest", f"tsconv {cfg.target.kind} backtest", intro, sections)
-
