@@ -14,7 +14,7 @@ from tsconv.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name", ["quick", "tcn", "multiscale", "wf_msft"])
+@pytest.mark.parametrize("name", ["quick", "tcn", "multiscale", "wf_msft", "vol", "quantiles"])
 def test_shipped_configs_load(name):
     cfg = load_config(ROOT / "configs" / f"{name}.yaml")
     assert isinstance(cfg, Config)

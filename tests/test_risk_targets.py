@@ -252,3 +252,34 @@ def test_train_then_predict_prints_the_forecast_volatility_and_quantiles(tmp_pat
     assert q["0.05"] < 0 < q["0.95"]
     result = CliRunner().invoke(app, ["predict", "--run", str(run)])
     assert result.exit_code == 0 and "q0.05" in result.output and "G" in result.output
+
+
+def test_sweep_refuses_a_risk_target_in_one_line(tmp_path):
+    result = CliRunner().invoke(
+        app, ["sweep", "--config", "vol", "--space", "quick", "--out", str(tmp_path / "s")]
+    )
+    assert result.exit_code == 2, result.output
+    assert "no sweep objective yet" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_workers_give_the_serial_bytes_with_a_covariate(tmp_path):
+    """Two processes, and a file covariate, on a volatility and a quantiles target."""
+    frames = {t: synthetic_vol.garch_t(800, seed=7 + i)[0] for i, t in enumerate("AB")}
+    cov = tmp_path / "cov.csv"
+    dates = frames["A"].index
+    pd.DataFrame({"date": dates, "x": np.sin(np.arange(len(dates)) / 9)}).to_csv(cov, index=False)
+    for kind in ("volatility", "quantiles"):
+        outs = []
+        for workers in (1, 2):
+            cfg = tiny_config(
+                target={"kind": kind},
+                covariates=[{"file": str(cov), "columns": ["x"]}],
+                backtest={"train_span": 400, "test_span": 150, "workers": workers},
+                train={"threads": 1},
+            )
+            out = tmp_path / f"{kind}-{workers}"
+            run_backtest(cfg, out, prep=prepare(cfg, frames))
+            outs.append((out / "predictions.parquet").read_bytes())
+        assert outs[0] == outs[1], kind

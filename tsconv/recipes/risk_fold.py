@@ -18,8 +18,8 @@ from tsconv.engine.predict import predict_rows
 from tsconv.evaluate import risk_baselines
 from tsconv.recipes.prepare import Prepared, global_rows
 
-
-CALIBRATE_ON = "val"
+# validation targets a fold needs to calibrate on them rather than on its training rows
+MIN_CALIBRATION_ROWS = 100
 
 
 def is_risk(prep: Prepared) -> bool:
@@ -51,9 +51,7 @@ def model_forecasts(
     # calibrated where the weights were not fitted (the validation rows, when they hold a
     # few hundred targets): an overfitted fit's training residuals are too small, and its
     # constant then too low
-    spans = (
-        val if CALIBRATE_ON == "val" and sum(hi - lo for lo, hi in val.values()) >= 100 else train
-    )
+    spans = val if sum(hi - lo for lo, hi in val.values()) >= MIN_CALIBRATION_ROWS else train
     fit_z, fit_base, fit_rv, fit_ret, fit_t = [], [], [], [], []
     for t, (lo, hi) in spans.items():
         rows = np.arange(max(lo, cfg.window - 1), hi)
