@@ -35,6 +35,11 @@ def run(root: Path, config: str, case: str, names: list[str]) -> tuple[dict, flo
     return json.loads((out / "metrics.json").read_text()), time.perf_counter() - t0
 
 
+def _p(tests: dict, b: str) -> str:
+    t = tests[b]
+    return f"p = {t['p_holm']:.2g} ({'lower' if t['stat'] < 0 else 'higher'})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--bars", type=int, default=1800)
@@ -63,16 +68,11 @@ def main() -> None:
             m, seconds = run(root, "vol", case, names[case])
             f, dm = m["forecast"], m["forecast"]["prediction"]["dm_vs"]
 
-            def p(b: str) -> str:
-                t = dm[b]
-                word = "lower" if t["stat"] < 0 else "higher"
-                return f"p = {t['p_holm']:.2g} ({word})"
-
             order = ["prediction", "trailing_mean", "ewma", "garch", "har"]
             qlikes = " | ".join(f"{f[k]['qlike']:.3f}" for k in order)
             print(
-                f"| {case} | {len(names[case])} | {qlikes} | {p('garch')} | {p('har')} "
-                f"| {p('trailing_mean')} | {seconds:.0f} s |"
+                f"| {case} | {len(names[case])} | {qlikes} | {_p(dm, 'garch')} | {_p(dm, 'har')} "
+                f"| {_p(dm, 'trailing_mean')} | {seconds:.0f} s |"
             )
         m, seconds = run(root, "quantiles", "garch_t", names["garch_t"])
         v = m["levels"]["0.05"]["prediction"]
