@@ -283,3 +283,37 @@ def test_workers_give_the_serial_bytes_with_a_covariate(tmp_path):
             run_backtest(cfg, out, prep=prepare(cfg, frames))
             outs.append((out / "predictions.parquet").read_bytes())
         assert outs[0] == outs[1], kind
+
+
+def test_a_failed_garch_fit_falls_back_to_ewma_in_the_report(tmp_path, monkeypatch):
+    """A fold whose GARCH fit raises: EWMA stands in there, and folds.csv, metrics.json's
+    warnings and the report's header say so."""
+    import arch
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the optimiser gave up")
+
+    monkeypatch.setattr(arch, "arch_model", broken)
+    m, out = _risk_backtest(tmp_path, "volatility")
+    assert m["garch_fallbacks"] and all("gave up" in v for v in m["garch_fallbacks"].values())
+    assert any("GARCH did not fit" in w for w in m["warnings"])
+    assert "GARCH did not fit" in (out / "report.html").read_text()
+    pred = pd.read_parquet(out / "predictions.parquet")
+    # EWMA's forecast in its place, each scaled to the proxy by its own training-span constant
+    ratio = pred["garch"] / pred["ewma"]
+    assert np.allclose(ratio.groupby([pred["fold"], pred["ticker"]]).std().fillna(0), 0)
+
+
+def test_the_multiscale_model_forecasts_volatility_too(tmp_path):
+    frames = {"A": synthetic_vol.volume_driven(900, seed=2)[0]}
+    cfg = tiny_config(
+        target={"kind": "volatility"},
+        features=["log_return", "hl_range", "log_volume_chg"],
+        model={"kind": "multiscale", "channels": 8, "kernels": [3, 5], "highway": True},
+        backtest={"train_span": 400, "test_span": 200},
+    )
+    m = run_backtest(cfg, tmp_path / "ms", prep=prepare(cfg, frames))
+    pred = pd.read_parquet(tmp_path / "ms" / "predictions.parquet")
+    assert (pred["prediction"] > 0).all()
+    # the volume shock is in its inputs: below the trailing mean's QLIKE, as the oracle is
+    assert m["forecast"]["prediction"]["qlike"] < m["forecast"]["trailing_mean"]["qlike"]
