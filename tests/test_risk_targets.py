@@ -317,3 +317,32 @@ def test_the_multiscale_model_forecasts_volatility_too(tmp_path):
     assert (pred["prediction"] > 0).all()
     # the volume shock is in its inputs: below the trailing mean's QLIKE, as the oracle is
     assert m["forecast"]["prediction"]["qlike"] < m["forecast"]["trailing_mean"]["qlike"]
+
+
+def test_manage_scales_the_return_models_strategy_by_the_volatility_forecast(tmp_path):
+    frames = {t: synthetic_vol.garch_t(800, seed=11 + i)[0] for i, t in enumerate("AB")}
+    runs = {}
+    for kind in ("return", "volatility"):
+        cfg = tiny_config(target={"kind": kind}, backtest={"train_span": 400, "test_span": 200})
+        runs[kind] = tmp_path / kind
+        run_backtest(cfg, runs[kind], prep=prepare(cfg, frames))
+    result = CliRunner().invoke(
+        app, ["manage", str(runs["return"]), str(runs["volatility"]), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    r = json.loads(result.output)
+    s = r["strategies"]
+    assert set(s) == {"vol_managed", "trailing_vol_managed", "unmanaged"}
+    assert set(s["vol_managed"]["sharpe_vs"]) == {"trailing_vol_managed", "unmanaged"}
+    # unmanaged is the return backtest's own strategy, bar for bar
+    own = pd.read_parquet(runs["return"] / "returns.parquet").set_index("date")["prediction"]
+    assert s["unmanaged"]["sharpe"] == pytest.approx(risk_metrics_sharpe(own), rel=1e-9)
+    # in the wrong order: one line, exit 2
+    result = CliRunner().invoke(app, ["manage", str(runs["volatility"]), str(runs["return"])])
+    assert result.exit_code == 2 and "give a return backtest first" in result.output
+
+
+def risk_metrics_sharpe(net: pd.Series) -> float:
+    from tsconv.evaluate import metrics
+
+    return metrics.trading_metrics(net.to_numpy(), 252)["sharpe"]

@@ -786,6 +786,41 @@ def compare(
         out.print(line, soft_wrap=True, highlight=False)
 
 
+@app.command()
+@user_errors
+def manage(
+    run_returns: Annotated[
+        Path, typer.Argument(help="A finished return backtest", metavar="RETURN_RUN")
+    ],
+    run_vol: Annotated[
+        Path, typer.Argument(help="A finished volatility backtest", metavar="VOL_RUN")
+    ],
+    target_vol: Annotated[
+        float | None,
+        typer.Option("--target-vol", help="Annualised volatility to manage to (default 0.10)"),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON", metavar="")] = False,
+) -> None:
+    """The return model's strategy, volatility-managed by a volatility backtest's forecast.
+
+    Against the same scaled by trailing volatility, and unmanaged (Sharpe-difference test).
+    """
+    from tsconv.recipes.manage import manage_runs
+    from tsconv.report import risk_html
+
+    r = manage_runs(run_returns, run_vol, target_vol)
+    if as_json:
+        sys.stdout.write(json.dumps(r, indent=2) + "\n")
+        return
+    title = (
+        f"{r['rows']:,} common rows, {r['first_date']} to {r['last_date']}: managed to "
+        f"{r['target_vol']:.0%}"
+    )
+    m = {"strategy": {"strategies": r["strategies"]}}
+    rows = risk_html.strategy_table_rows(m, model="vol_managed")
+    out.print(results_table(r, risk_html.STRATEGY_HEADER, rows, title))
+
+
 # --------------------------------------------------------------------------- config
 
 config_app = typer.Typer(no_args_is_help=True, help="The shipped configs: list them, copy one.")

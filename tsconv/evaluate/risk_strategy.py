@@ -84,3 +84,54 @@ def managed_strategies(
             if name != "buy_and_hold"
         },
     }, nets
+
+
+def managed_return_strategy(
+    rows: pd.DataFrame,
+    vol: pd.DataFrame,
+    cfg: Config,
+    periods: int,
+    target: float,
+    horizon: int,
+) -> tuple[dict[str, Any], dict[str, pd.Series]]:
+    """A return model's strategy (`rows`: its `strategy_rows`, weight per date and ticker)
+    volatility-managed: each weight times target / forecast annualised volatility (at most
+    MAX_LEVERAGE), the forecast from a volatility backtest's `vol` (columns date, ticker,
+    `prediction` and `trailing_mean`, variances over `horizon` bars); against the same scaled
+    by trailing volatility, and unmanaged. Net of `cfg`'s costs; the tests: the model-managed
+    book's Sharpe ratio against each other's (Ledoit-Wolf, Holm-adjusted)."""
+    from tsconv.evaluate.strategy import by_date
+
+    frame = rows.merge(vol, on=["date", "ticker"], how="inner")
+    frame = frame.sort_values(["ticker", "date"], kind="stable")
+    realised = np.expm1(frame["realized_1"].to_numpy())
+    cost = cfg.backtest.cost_bps / 1e4
+    nets, out = {}, {}
+    for name, column in [
+        ("vol_managed", "prediction"),
+        ("trailing_vol_managed", "trailing_mean"),
+        ("unmanaged", None),
+    ]:
+        if column is None:
+            scale = np.ones(len(frame))
+        else:
+            ann = np.sqrt(frame[column].to_numpy() / horizon * periods)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                scale = np.clip(np.nan_to_num(target / ann, nan=0.0), 0.0, MAX_LEVERAGE)
+        w = frame["weight"].to_numpy() * scale
+        g = frame.assign(_w=w)
+        prev = g.groupby("ticker")["_w"].shift(1).fillna(0.0).to_numpy()
+        book = g.assign(gross=w * realised, turnover=np.abs(w - prev))
+        per_bar = by_date(book, cfg, "prediction")
+        net = per_bar["gross"] - cost * per_bar["turnover"]
+        nets[name] = net
+        out[name] = metrics.trading_metrics(net.to_numpy(), periods, per_bar["turnover"].to_numpy())
+    tests = {}
+    for name in ("trailing_vol_managed", "unmanaged"):
+        a, b = nets["vol_managed"].align(nets[name], join="inner")
+        tests[name] = metrics.sharpe_difference(a.to_numpy(), b.to_numpy())
+    adjusted = metrics.holm([t["p_value"] for t in tests.values()])
+    for t, p in zip(tests.values(), adjusted, strict=True):
+        t["p_holm"] = p
+    out["vol_managed"]["sharpe_vs"] = tests
+    return {"target_vol": target, "max_leverage": MAX_LEVERAGE, "strategies": out}, nets

@@ -105,9 +105,10 @@ def vol_table_rows(m: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-def strategy_table_rows(m: dict[str, Any]) -> list[list[str]]:
+def strategy_table_rows(m: dict[str, Any], model: str = "prediction") -> list[list[str]]:
+    """One row per managed book; p: the model-managed book's (`model`) Sharpe test."""
     s = m["strategy"]["strategies"]
-    tests = s["prediction"].get("sharpe_vs", {})
+    tests = s[model].get("sharpe_vs", {})
     rows = []
     for name, r in s.items():
         if not r:
