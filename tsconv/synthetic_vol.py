@@ -63,18 +63,17 @@ def garch_t(
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """GARCH(1,1)-t bars and each bar's conditional variance sigma2[t] (known at t-1)."""
     rng = np.random.default_rng(seed)
-    # Student-t with nu degrees of freedom and unit variance: normal * sqrt((nu-2) / chi2_nu)
+    # Student-t with nu degrees of freedom and unit variance: a standard normal z times
+    # sqrt(mix), mix = (nu - 2) / chi2_nu; the bar's whole path is scaled by the same mix
     mix = (nu - 2) / rng.chisquare(nu, n)
-    z = rng.normal(0.0, 1.0, (n, STEPS)).sum(axis=1) / np.sqrt(STEPS)
+    z = rng.normal(0.0, 1.0, n)
     sigma2 = np.empty(n)
     s2 = omega / (1 - alpha - beta)
     for t in range(n):
         sigma2[t] = s2
         r = np.sqrt(s2 * mix[t]) * z[t]
         s2 = omega + alpha * r * r + beta * s2
-    # the same draws as bars(): the path's end is sqrt(sigma2 * mix) * z
-    frame = _bars_with_ends(sigma2 * mix, z, rng)
-    return frame, sigma2
+    return _bars_with_ends(sigma2 * mix, z, rng), sigma2
 
 
 def _bars_with_ends(var: np.ndarray, z: np.ndarray, rng: np.random.Generator) -> pd.DataFrame:

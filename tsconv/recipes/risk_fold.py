@@ -48,29 +48,34 @@ def model_forecasts(
         )
         return pred.astype(np.float64) * scalers[t].y_scale
 
-    # calibrated where the weights were not fitted (the validation rows, when they hold a
-    # few hundred targets): an overfitted fit's training residuals are too small, and its
-    # constant then too low
-    spans = val if sum(hi - lo for lo, hi in val.values()) >= MIN_CALIBRATION_ROWS else train
-    fit_z, fit_base, fit_rv, fit_ret, fit_t = [], [], [], [], []
-    for t, (lo, hi) in spans.items():
-        rows = np.arange(max(lo, cfg.window - 1), hi)
-        if not len(rows):
-            continue
-        risk = prep.data[t].risk
-        fit_z.append(z_of(t, rows))
-        fit_base.append(risk["base"][rows])
-        fit_rv.append(risk["rv"][rows])
-        fit_ret.append(risk["ret"][rows])
-        fit_t.append(t)
-    cat = [np.concatenate([*p, np.zeros(0)]) for p in (fit_z, fit_base, fit_rv, fit_ret)]
-    scale = targets.calibration(cat[0], cat[1], cat[2], h)
+    def stacked(spans: dict[str, tuple[int, int]]) -> list[np.ndarray]:
+        """z, base, rv and the h-bar return on the rows of `spans`, tickers one after another."""
+        parts: list[list[np.ndarray]] = [[], [], [], []]
+        for t, (lo, hi) in spans.items():
+            rows = np.arange(max(lo, cfg.window - 1), hi)
+            risk = prep.data[t].risk
+            for part, values in zip(
+                parts,
+                (z_of(t, rows), risk["base"][rows], risk["rv"][rows], risk["ret"][rows]),
+                strict=True,
+            ):
+                part.append(values)
+        return [np.concatenate([*p, np.zeros(0)]) for p in parts]
+
+    # the constant where the weights were not fitted (the validation rows, when they hold a
+    # few hundred targets): an overfitted fit's training residuals are too small
+    enough = sum(hi - lo for lo, hi in val.values()) >= MIN_CALIBRATION_ROWS
+    z, base, rv, _ = stacked(val if enough else train)
+    scale = targets.calibration(z, base, rv, h)
     info: dict[str, Any] = {"variance_scale": scale}
     out = {}
     k = None
     if cfg.target.kind == "quantiles":
-        sigma = np.sqrt(targets.variance_forecast(cat[0], cat[1], h, scale))
-        k = targets.standardized_quantiles(cat[3], sigma, cfg.target.levels)
+        # the standardised quantiles on every training row: a 1% quantile needs far more
+        # rows than validation holds
+        z, base, _, ret = stacked(train)
+        sigma = np.sqrt(targets.variance_forecast(z, base, h, scale))
+        k = targets.standardized_quantiles(ret, sigma, cfg.target.levels)
         info["standardized_quantiles"] = " ".join(f"{v:.4g}" for v in k)
     for t, rows in test.items():
         base = prep.data[t].risk["base"][rows]

@@ -292,10 +292,10 @@ def render(
         )
         figures = _calibration_figure(m)
         figures += _vol_figure(
-            pred.assign(realized_variance_sq=pred["realized"] ** 2),
+            pred,
             m,
             ["prediction"],
-            lambda n: "realized_variance_sq" if n == "realized" else n,
+            lambda n: "realized_variance" if n == "realized" else n,
             cfg.target.horizon,
         )
         forecast_title = "Quantiles: coverage, Kupiec and Diebold-Mariano on pinball loss"
