@@ -6,9 +6,9 @@ known (tsconv.synthetic_vol).
   p < 0.01) and closes at least half of the gap from the trailing mean to a fitted GARCH, the
   correct model (on four draws of two tickers, seeds 1, 10, 20 and 30, it closed 93%, 56%, 85%
   and, where GARCH's own fit lost to HAR, more than all of it); its 5% VaR passes Kupiec's
-  test at the 1% level (at 5% the test rejects a correct forecaster on one draw in twenty: on
-  those four draws the fitted GARCH's own 5% VaR failed it once, covering 7.8%, while the
-  model's p-values were 0.17, 0.096, 0.042 and 0.014);
+  test at 5% (which rejects a correct forecaster on one draw in twenty: on those four draws
+  the fitted GARCH's own 5% VaR failed it once, seed 30, covering 7.8%; the model's failed
+  once too, seed 10, covering 3.6%, p = 0.0075);
 - variance that follows the previous bar's volume shock, which GARCH on returns and HAR on the
   proxy cannot see: the model beats both, DM p < 0.01 (Holm-adjusted);
 - iid Gaussian returns of one variance: no significantly lower QLIKE than the trailing mean.
@@ -87,7 +87,7 @@ def test_garch_t_model_nears_the_fitted_garch(tmp_path, vol_cache):
 def test_garch_t_var_coverage_passes_kupiec(tmp_path, vol_cache):
     m, pred, _ = backtest(tmp_path, vol_cache, "quantiles", "garch_t")
     var5 = m["levels"]["0.05"]["prediction"]
-    assert var5["kupiec"]["p_value"] > 0.01, var5
+    assert var5["kupiec"]["p_value"] > 0.05, var5
     # recomputed from the predictions: the share of returns below the 5% quantile
     hits = pred["realized"] < pred["prediction@0.05"]
     assert hits.mean() == pytest.approx(var5["coverage"])
