@@ -194,7 +194,7 @@ def test_shipped_configs_by_name_from_any_folder(tmp_path, monkeypatch):
     listed = runner.invoke(app, ["config", "list"])
     assert listed.exit_code == 0
     assert [ln.split()[0] for ln in listed.output.splitlines()] == sorted(
-        ["quick", "tcn", "multiscale", "wf_msft"]
+        ["quick", "tcn", "multiscale", "wf_msft", "vol", "quantiles"]
     )
     missing = runner.invoke(app, ["backtest", "--config", "quik"])
     assert missing.exit_code == 2 and "shipped: multiscale, quick, tcn, wf_msft" in missing.output

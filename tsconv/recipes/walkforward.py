@@ -208,11 +208,12 @@ def fit_member(
     fitted = MemberFit(member, predictions, result, t_fit, time.perf_counter() - t0 - t_fit)
     if keep_state:
         fitted.state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    if member == 0 and risk_fold.is_risk(prep):
-        fitted.rows, fitted.info = risk_fold.fold_rows(prep, fold, train, test)
-        fitted.info.update(risk_info)
-    elif member == 0:
-        fitted.rows, fitted.info = _fold_rows(prep, fold, train, test, scalers)
+    if member == 0:
+        if risk_fold.is_risk(prep):
+            fitted.rows, fitted.info = risk_fold.fold_rows(prep, fold, train, test)
+            fitted.info.update(risk_info)
+        else:
+            fitted.rows, fitted.info = _fold_rows(prep, fold, train, test, scalers)
         fitted.info["train_rows"] = int(sum(hi - lo for lo, hi in fit_spans.values()))
         fitted.info["val_rows"] = int(sum(hi - lo for lo, hi in val_spans.values()))
         if model.highway is not None:  # the linear part's choice, on this fold's training rows
