@@ -197,7 +197,10 @@ def test_shipped_configs_by_name_from_any_folder(tmp_path, monkeypatch):
         ["quick", "tcn", "multiscale", "wf_msft", "vol", "quantiles"]
     )
     missing = runner.invoke(app, ["backtest", "--config", "quik"])
-    assert missing.exit_code == 2 and "shipped: multiscale, quick, tcn, wf_msft" in missing.output
+    assert (
+        missing.exit_code == 2
+        and "shipped: multiscale, quantiles, quick, tcn, vol, wf_msft" in missing.output
+    )
     (tmp_path / "quick.yaml").write_text("name: mine\n")  # a file here wins over the shipped one
     assert load_config(Path("quick.yaml")).name == "mine"
 
