@@ -14,7 +14,7 @@ from tsconv.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name", ["quick", "tcn", "multiscale", "wf_msft"])
+@pytest.mark.parametrize("name", ["quick", "tcn", "multiscale", "wf_msft", "vol", "quantiles"])
 def test_shipped_configs_load(name):
     cfg = load_config(ROOT / "configs" / f"{name}.yaml")
     assert isinstance(cfg, Config)
@@ -194,10 +194,13 @@ def test_shipped_configs_by_name_from_any_folder(tmp_path, monkeypatch):
     listed = runner.invoke(app, ["config", "list"])
     assert listed.exit_code == 0
     assert [ln.split()[0] for ln in listed.output.splitlines()] == sorted(
-        ["quick", "tcn", "multiscale", "wf_msft"]
+        ["quick", "tcn", "multiscale", "wf_msft", "vol", "quantiles"]
     )
     missing = runner.invoke(app, ["backtest", "--config", "quik"])
-    assert missing.exit_code == 2 and "shipped: multiscale, quick, tcn, wf_msft" in missing.output
+    assert (
+        missing.exit_code == 2
+        and "shipped: multiscale, quantiles, quick, tcn, vol, wf_msft" in missing.output
+    )
     (tmp_path / "quick.yaml").write_text("name: mine\n")  # a file here wins over the shipped one
     assert load_config(Path("quick.yaml")).name == "mine"
 

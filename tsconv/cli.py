@@ -334,6 +334,9 @@ def predict(
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
+    if rows and "predicted_vol" in rows[0]:
+        _print_risk_forecast(rows)
+        return
     # basis points: a daily forecast is a few of them, which "+0.00001" hid
     table = Table("ticker", "latest bar", "horizon", "log return, bps", "position", "scaler")
     for r in rows:
@@ -350,6 +353,24 @@ def predict(
     out.print(table)
     if rows:
         out.print(f"position: {rows[0]['position_rule']}", highlight=False)
+
+
+def _print_risk_forecast(rows: list[dict[str, Any]]) -> None:
+    """The forecast volatility (and quantiles, in bps of log return) after the latest bar."""
+    levels = list(rows[0].get("quantiles", {}))
+    table = Table("ticker", "latest bar", "h", "vol", "ann. vol", *(f"q{q}" for q in levels))
+    for r in rows:
+        table.add_row(
+            r["ticker"],
+            r["last_bar"],
+            str(r["horizon"]),
+            f"{r['predicted_vol']:.4%}",
+            f"{r['predicted_vol_annualised']:.1%}",
+            *(f"{v * 1e4:+.0f}" for v in r.get("quantiles", {}).values()),
+        )
+    out.print(table)
+    quantiles = ", quantiles in bps of log return" if levels else ""
+    out.print(f"vol: over the next h bars; proxy {rows[0]['proxy']}{quantiles}", highlight=False)
 
 
 # --------------------------------------------------------------------------- backtest
@@ -431,11 +452,14 @@ def _print_backtest(m: dict[str, Any], cfg, run: RunFolder) -> None:
         err.print(f"[yellow]warning:[/yellow] {escape(line)}", highlight=False, soft_wrap=True)
     out.print(m["bottom_line"], soft_wrap=False)
     out.print(m["verdict"], soft_wrap=False)
-    out.print(results_table(m, TABLE_HEADER, table_rows(m)))
-    costs = results_table(m, cost_header(drag=False), cost_rows(m, drag=False))
-    costs.title = cost_title(cfg.backtest.cost_bps, cfg.backtest.portfolio)
-    out.print(costs)
-    out.print(quantile_words(m.get("quantiles") or {}), soft_wrap=False)
+    if m.get("target", "return") != "return":
+        _print_risk_tables(m)
+    else:
+        out.print(results_table(m, TABLE_HEADER, table_rows(m)))
+        costs = results_table(m, cost_header(drag=False), cost_rows(m, drag=False))
+        costs.title = cost_title(cfg.backtest.cost_bps, cfg.backtest.portfolio)
+        out.print(costs)
+        out.print(quantile_words(m.get("quantiles") or {}), soft_wrap=False)
     t = m["timing"]
     ran = t["folds"] - t["folds_resumed"]
     folds = (
@@ -457,6 +481,24 @@ def _print_backtest(m: dict[str, Any], cfg, run: RunFolder) -> None:
         f"data prep {t['prepare_seconds']:.2f} s -> {run.report}",
         soft_wrap=True,
     )
+
+
+def _print_risk_tables(m: dict[str, Any]) -> None:
+    """A volatility or quantiles backtest's forecast table and its volatility-managed books."""
+    from tsconv.report import risk_html
+
+    if m["target"] == "volatility":
+        out.print(results_table(m, risk_html.VOL_HEADER, risk_html.vol_table_rows(m)))
+    else:
+        header = risk_html.quantile_header(m)
+        out.print(results_table(m, header, risk_html.quantile_table_rows(m)))
+    s = m["strategy"]
+    title = (
+        f"volatility-managed buy-and-hold: target {s['target_vol']:.0%}, "
+        f"{s['cost_bps']:g} bps costs"
+    )
+    rows = risk_html.strategy_table_rows(m)
+    out.print(results_table(m, risk_html.STRATEGY_HEADER, rows, title=title))
 
 
 def results_table(
@@ -759,6 +801,41 @@ def compare(
     out.print(results_table(r, header, compare_rows(r), title))
     for line in compare_lines(r):
         out.print(line, soft_wrap=True, highlight=False)
+
+
+@app.command()
+@user_errors
+def manage(
+    run_returns: Annotated[
+        Path, typer.Argument(help="A finished return backtest", metavar="RETURN_RUN")
+    ],
+    run_vol: Annotated[
+        Path, typer.Argument(help="A finished volatility backtest", metavar="VOL_RUN")
+    ],
+    target_vol: Annotated[
+        float | None,
+        typer.Option("--target-vol", help="Annualised volatility to manage to (default 0.10)"),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON", metavar="")] = False,
+) -> None:
+    """The return model's strategy, volatility-managed by a volatility backtest's forecast.
+
+    Against the same scaled by trailing volatility, and unmanaged (Sharpe-difference test).
+    """
+    from tsconv.recipes.manage import manage_runs
+    from tsconv.report import risk_html
+
+    r = manage_runs(run_returns, run_vol, target_vol)
+    if as_json:
+        sys.stdout.write(json.dumps(r, indent=2) + "\n")
+        return
+    title = (
+        f"{r['rows']:,} common rows, {r['first_date']} to {r['last_date']}: managed to "
+        f"{r['target_vol']:.0%}"
+    )
+    m = {"strategy": {"strategies": r["strategies"]}}
+    rows = risk_html.strategy_table_rows(m, model="vol_managed")
+    out.print(results_table(r, risk_html.STRATEGY_HEADER, rows, title))
 
 
 # --------------------------------------------------------------------------- config

@@ -10,11 +10,20 @@ import copy
 import datetime as dt
 import difflib
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from tsconv.errors import ConfigError
 from tsconv.feature_names import check_feature_names
@@ -107,7 +116,42 @@ class CovariateConfig(_Section):
 
 
 class TargetConfig(_Section):
+    """What is forecast (tsconv.data.targets): the next `horizon` bars' log return (`return`),
+    their variance measured by `proxy` (`volatility`), or the return's quantiles at `levels`
+    (`quantiles`). The risk keys are left out of a saved `return` config, so configs written
+    before they existed keep their bytes."""
+
     horizon: int = Field(1, ge=1, le=252)
+    kind: Literal["return", "volatility", "quantiles"] = "return"
+    proxy: Literal["squared_return", "parkinson", "garman_klass"] = Field(
+        "garman_klass",
+        description="the realised variance a volatility forecast is scored against: squared "
+        "return, or a range estimator from the bar's OHLC (far less noisy)",
+    )
+    levels: list[float] = Field(
+        default_factory=lambda: [0.01, 0.05, 0.5, 0.95, 0.99],
+        min_length=1,
+        description="quantiles: the probability levels forecast",
+    )
+
+    @field_validator("levels")
+    @classmethod
+    def _levels_in_unit_interval(cls, levels: list[float]) -> list[float]:
+        if any(not 0 < q < 1 for q in levels):
+            raise ValueError(f"every level must be between 0 and 1 (exclusive), got {levels}")
+        if sorted(set(levels)) != list(levels):
+            raise ValueError(f"levels must be increasing and distinct, got {levels}")
+        return levels
+
+    @model_serializer(mode="wrap")
+    def _return_keys_only(self, handler: Callable) -> dict[str, Any]:
+        out = handler(self)
+        if self.kind == "return":
+            for key in ("kind", "proxy", "levels"):
+                out.pop(key, None)
+        elif self.kind == "volatility":
+            out.pop("levels", None)
+        return out
 
 
 class TrainConfig(_Section):

@@ -134,6 +134,9 @@ class TickerData:
     ret1: np.ndarray  # (T,) float64 one-bar forward log return, for the trading simulation
     logp: np.ndarray  # (T,) float64 log price, for the naive baselines
     feature_names: list[str]
+    # risk targets only (tsconv.data.targets.risk_columns): proxy, base, rv; y is then the
+    # log variance target
+    risk: dict[str, np.ndarray] | None = None
 
 
 def forward_log_return(logp: np.ndarray, horizon: int, lengths: np.ndarray) -> np.ndarray:
@@ -182,14 +185,17 @@ def build(
     price: str = "adj_close",
     covariates: Sequence[Any] = (),
     columns: UserColumns = UserColumns(),
+    risk: str | None = None,
 ) -> dict[str, TickerData]:
     """Features and targets per ticker; leading rows without full feature history are dropped.
-    `covariates` (tsconv.covariates.Covariate) add their aligned columns after `names`."""
+    `covariates` (tsconv.covariates.Covariate) add their aligned columns after `names`.
+    `risk`: a variance proxy (tsconv.data.targets): the target is then the next bars'
+    variance, and rows without the proxy's trailing mean are dropped as well."""
     items = list(frames.items())
     out = {}
     for i in range(0, len(items), STACK_TICKERS):
         part = dict(items[i : i + STACK_TICKERS])
-        out.update(_build_stacked(part, names, horizon, price, covariates, columns))
+        out.update(_build_stacked(part, names, horizon, price, covariates, columns, risk))
     return out
 
 
@@ -220,6 +226,7 @@ def _build_stacked(
     price: str,
     covariates: Sequence[Any],
     columns: UserColumns,
+    risk: str | None = None,
 ) -> dict[str, TickerData]:
     if not frames:
         return {}
@@ -233,6 +240,14 @@ def _build_stacked(
     logp_all = np.log(big[price].to_numpy())
     target_all = forward_log_return(logp_all, horizon, lengths)
     ret1_all = target_all if horizon == 1 else forward_log_return(logp_all, 1, lengths)
+    risk_all = None
+    if risk is not None:
+        from tsconv.data import targets
+
+        ohlc = stack(frames, ["open", "high", "low", "close"])
+        risk_all = targets.risk_columns(ohlc, logp_all, lengths, horizon, risk)
+        risk_all["ret"] = target_all  # the next h bars' log return, which quantiles forecast
+        target_all = risk_all.pop("y")
     inputs = [*names, *(c for cov in covariates for c in cov.values.columns)]
     out = {}
     for (ticker, frame), lo, n in zip(frames.items(), starts, lengths, strict=True):
@@ -248,6 +263,8 @@ def _build_stacked(
         if covariates:
             feats = np.hstack([feats, *(cov.align(frame.index, ticker) for cov in covariates)])
         finite = np.isfinite(feats).all(axis=1)
+        if risk_all is not None:
+            finite &= np.isfinite(risk_all["base"][lo : lo + n])
         if not finite.any():
             raise DataError(
                 f"{ticker}: too few bars to compute features {inputs} ({len(frame)} rows)"
@@ -269,5 +286,6 @@ def _build_stacked(
             ret1=ret1_all[rows].copy(),
             logp=logp_all[rows].copy(),
             feature_names=inputs,
+            risk=None if risk_all is None else {k: v[rows].copy() for k, v in risk_all.items()},
         )
     return out

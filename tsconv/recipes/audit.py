@@ -208,7 +208,11 @@ def _differences(a: dict, b: dict, variant: str, cut: pd.Timestamp) -> list[Find
     pa, pb = a["pred"], b["pred"]
     if len(pa):
         merged = pa.merge(pb, on=["date", "ticker"], how="left", suffixes=("", "_b"))
-        for col in ["prediction", "persistence", "trailing_mean", "ridge_ar"]:
+        # every forecast the fold holds: the return target's baselines, or the risk
+        # targets' variance and quantile columns (tsconv.recipes.risk_fold)
+        not_forecasts = {"date", "ticker", "fold", "zero", "realized", "realized_1"}
+        not_forecasts.add("realized_variance")
+        for col in [c for c in pa.columns if c not in not_forecasts]:
             va, vb = merged[col].to_numpy(), merged[f"{col}_b"].to_numpy()
             bad = ~((va == vb) | (np.isnan(va) & np.isnan(vb)))
             if bad.any():

@@ -22,6 +22,7 @@ from tsconv import executors, runfolder
 from tsconv.config import Config, dump_yaml, results_config
 from tsconv.engine.runtime import intra_op_threads, recorded_threads, select_device
 from tsconv.errors import ConfigError, UsageError
+from tsconv.evaluate.risk_summary import summarize_risk
 from tsconv.evaluate.summary import summarize_backtest
 from tsconv.executors import Executor
 from tsconv.recipes.caveats import backtest_caveats
@@ -34,7 +35,7 @@ from tsconv.recipes.walkforward import (
     make_folds,
     run_fold,
 )
-from tsconv.report import backtest_html
+from tsconv.report import backtest_html, risk_html
 from tsconv.runfolder import (
     RunFolder,
     run_info,
@@ -86,8 +87,13 @@ def run_backtest(
         t_folds = time.perf_counter() - t0 - t_prep
 
         predictions, table = log.combined()
-        metrics, nets = summarize_backtest(predictions, cfg)
-        metrics.update(backtest_caveats(prep, folds, predictions))
+        if cfg.target.kind == "return":
+            metrics, nets = summarize_backtest(predictions, cfg)
+        else:  # volatility or quantiles: their losses, tests and the volatility-managed book
+            metrics, nets = summarize_risk(predictions, cfg, table)
+        caveats = backtest_caveats(prep, folds, predictions)
+        caveats["warnings"] = [*metrics.pop("warnings", []), *caveats.get("warnings", [])]
+        metrics.update(caveats)
         metrics["timing"] = timing(log, t_prep, t_folds, executor)
         write_outputs(run, cfg, predictions, table, metrics, nets, report_html)
         return metrics
@@ -304,5 +310,6 @@ def write_outputs(
     write_json(run.metrics, {k: v for k, v in metrics.items() if k != "timing"})
     write_json(run.timing, metrics["timing"])
     if report_html:
-        write_text(run.report, backtest_html.render(predictions, metrics, table, cfg, nets))
+        render = backtest_html.render if cfg.target.kind == "return" else risk_html.render
+        write_text(run.report, render(predictions, metrics, table, cfg, nets))
     write_manifest(run, complete=True)

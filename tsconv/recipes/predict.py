@@ -90,6 +90,10 @@ def predict_latest(run: Path, tickers: list[str] | None = None) -> list[dict[str
         # A ticker the model never saw is scaled on its own history, all of it before the bar.
         scalers[t] = Scaler.from_dict(stored) if stored else Scaler.fit(td.x, td.y)
     panel = make_panel(prep.data, scalers)
+    if cfg.target.kind != "return":  # the forecast volatility (and quantiles), no position
+        from tsconv.recipes.risk_predict import latest_risk
+
+        return latest_risk(prep, models, panel, scalers, set(payload["scalers"]), ensemble_predict)
     rows, history = [], []
     for t, td in prep.data.items():
         last = len(td.x) - 1

@@ -53,7 +53,10 @@ def prepare(
         cfg.data.columns_known_at, cfg.data.nan_policy == "ffill", cfg.data.fill_limit
     )
     covs = covariates.build(cfg, covariate_sources)
-    data = features.build(frames, cfg.features, cfg.target.horizon, cfg.data.price, covs, rule)
+    risk = cfg.target.proxy if cfg.target.kind != "return" else None
+    data = features.build(
+        frames, cfg.features, cfg.target.horizon, cfg.data.price, covs, rule, risk
+    )
     rf = receptive_field(cfg.model)
     sequence, burn_in = dense_sequence(cfg.window, rf, cfg.train.burn_in)
     need = cfg.window + cfg.target.horizon + 1

@@ -26,7 +26,7 @@ import pandas as pd
 
 from tsconv import executors, runfolder
 from tsconv.config import Config, dump_yaml, load_config
-from tsconv.errors import DataError, UsageError
+from tsconv.errors import ConfigError, DataError, UsageError
 from tsconv.evaluate import metrics
 from tsconv.evaluate.sweep_summary import holdout_summary, leaderboard, luck_measures
 from tsconv.evaluate.verdict import sweep_verdict
@@ -62,6 +62,13 @@ def run_sweep(
     execution keys (`backtest.workers`, ...) the trials and the holdout run with, by default
     the base config's; `on_trial(done, total, row)` as each trial ends. A new sweep replaces
     another run in `out` only with `overwrite`; the folder is locked for the sweep's life."""
+    if base.target.kind != "return":
+        # the selection statistics (deflated Sharpe, PBO, the holdout's verdict) are the
+        # return target's; a QLIKE or pinball objective is not built yet
+        raise ConfigError(
+            f"target.kind: sweep selects on a return forecast's Sharpe ratio or R^2; "
+            f"{base.target.kind} has no sweep objective yet (backtest it with --set instead)"
+        )
     run = RunFolder(out)
     with runfolder.locked(run):
         return _sweep(run, base, spc, resume, overwrite, execution, on_trial, frames)

@@ -27,6 +27,7 @@ from tsconv.engine.fit import FitResult
 from tsconv.engine.predict import predict_rows
 from tsconv.errors import DataError
 from tsconv.evaluate import baselines
+from tsconv.recipes import risk_fold
 from tsconv.recipes.fit_span import fit_span, member_seed
 from tsconv.recipes.prepare import Prepared, global_rows, known_rows, split_train_val
 
@@ -192,18 +193,27 @@ def fit_member(
         epochs=epochs,
     )
     t_fit = time.perf_counter() - t0
-    predictions = {
-        t: predict_rows(
-            model, panel, global_rows(panel, t, rows), cfg.window, device, amp=cfg.train.amp
+    if risk_fold.is_risk(prep):  # a variance (and quantiles) from the log target
+        predictions, risk_info = risk_fold.model_forecasts(
+            prep, model, panel, scalers, train, val_spans, test, device
         )
-        * scalers[t].y_scale
-        for t, rows in test.items()
-    }
+    else:
+        predictions = {
+            t: predict_rows(
+                model, panel, global_rows(panel, t, rows), cfg.window, device, amp=cfg.train.amp
+            )
+            * scalers[t].y_scale
+            for t, rows in test.items()
+        }
     fitted = MemberFit(member, predictions, result, t_fit, time.perf_counter() - t0 - t_fit)
     if keep_state:
         fitted.state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if member == 0:
-        fitted.rows, fitted.info = _fold_rows(prep, fold, train, test, scalers)
+        if risk_fold.is_risk(prep):
+            fitted.rows, fitted.info = risk_fold.fold_rows(prep, fold, train, test)
+            fitted.info.update(risk_info)
+        else:
+            fitted.rows, fitted.info = _fold_rows(prep, fold, train, test, scalers)
         fitted.info["train_rows"] = int(sum(hi - lo for lo, hi in fit_spans.values()))
         fitted.info["val_rows"] = int(sum(hi - lo for lo, hi in val_spans.values()))
         if model.highway is not None:  # the linear part's choice, on this fold's training rows
@@ -316,7 +326,7 @@ def combine_members(fits: list[MemberFit]) -> tuple[pd.DataFrame, dict[str, Any]
     preds = first.rows.copy()
     if len(preds):
         per_member = [np.concatenate(list(f.predictions.values())) for f in fits]
-        preds["prediction"] = np.mean(np.stack(per_member).astype(np.float64), axis=0)
+        risk_fold.fill_predictions(preds, np.mean(np.stack(per_member).astype(np.float64), axis=0))
     results = [f.result for f in fits]
     info = {
         **first.info,

@@ -1,0 +1,348 @@
+"""The risk targets' pieces (tsconv.data.targets, evaluate.risk_*): numbers checked against
+hand computations, the baselines' causality and fitting span, and metrics.json's documented
+keys for a volatility and a quantiles backtest."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from tests.conftest import tiny_config
+from tsconv import synthetic_vol
+from tsconv.cli import app
+from tsconv.data import targets
+from tsconv.data.features import build
+from tsconv.evaluate import risk_baselines, risk_metrics
+from tsconv.recipes.audit import run_audit
+from tsconv.recipes.backtest import run_backtest
+from tsconv.recipes.prepare import prepare
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_proxies_by_hand():
+    o, h, lo, c = np.array([100.0]), np.array([103.0]), np.array([99.0]), np.array([102.0])
+    hl, co = math.log(103 / 99), math.log(102 / 100)
+    assert targets.proxy(o, h, lo, c, np.log(c), "parkinson")[0] == pytest.approx(
+        hl**2 / (4 * math.log(2))
+    )
+    gk = 0.5 * hl**2 - (2 * math.log(2) - 1) * co**2
+    assert targets.proxy(o, h, lo, c, np.log(c), "garman_klass")[0] == pytest.approx(gk)
+    sq = targets.proxy(o, h, lo, c, np.log([100.0, 101.0]), "squared_return")
+    assert np.isnan(sq[0]) and sq[1] == pytest.approx(math.log(1.01) ** 2)
+
+
+def test_range_proxies_are_less_noisy_than_squared_returns():
+    frame, s2 = synthetic_vol.constant(4000, seed=3)
+    logp = np.log(frame["close"].to_numpy())
+    cols = [frame[k].to_numpy() for k in ("open", "high", "low", "close")]
+    sq = targets.proxy(*cols, logp, "squared_return")[1:]
+    gk = targets.proxy(*cols, logp, "garman_klass")[1:]
+    assert np.mean(sq) == pytest.approx(s2[0], rel=0.06)
+    # a path of 24 steps has a shorter range than a continuous one: the range proxies are
+    # proportional to the variance, below it (the forecasts' calibration takes the constant)
+    assert 0.5 * s2[0] < np.mean(gk) < s2[0]
+    assert np.std(gk) / np.mean(gk) < 0.5 * np.std(sq) / np.mean(sq)
+
+
+def test_the_target_is_the_next_bars_variance_and_the_base_is_causal():
+    frames = {"A": synthetic_vol.constant(300, seed=1)[0], "B": synthetic_vol.constant(200)[0]}
+    data = build(frames, ["log_return", "hl_range"], 2, risk="parkinson")
+    for t, td in data.items():
+        f = frames[t].loc[td.dates]
+        p = np.log(f["high"] / f["low"]).to_numpy() ** 2 / (4 * math.log(2))
+        i = 50
+        assert td.risk["rv"][i] == pytest.approx(p[i + 1] + p[i + 2])
+        assert np.isnan(td.risk["rv"][-2:]).all() and np.isnan(td.y[-2:]).all()
+        assert td.y[i] == pytest.approx(math.log(td.risk["rv"][i] / 2 / td.risk["base"][i]))
+        # the base at t: the proxy's mean over the 63 bars up to t, this ticker's only
+        full = np.log(frames[t]["high"] / frames[t]["low"]).to_numpy() ** 2 / (4 * math.log(2))
+        k = len(frames[t]) - len(td.dates) + 100
+        assert td.risk["base"][100] == pytest.approx(full[k - 62 : k + 1].mean())
+
+
+def test_calibration_makes_the_forecast_unbiased_and_quantiles_never_cross():
+    rng = np.random.default_rng(0)
+    base = np.full(5000, 2e-4)
+    z = rng.normal(0, 0.3, 5000)
+    rv = targets.variance_forecast(z, base, 1, 1.0) * rng.chisquare(1, 5000)
+    c = targets.calibration(z, base, rv, 1)
+    assert c == pytest.approx(1.0, rel=0.05)
+    sigma = np.sqrt(targets.variance_forecast(z, base, 1, c))
+    k = targets.standardized_quantiles(sigma * rng.standard_normal(5000), sigma, [0.05, 0.5, 0.95])
+    assert k[0] == pytest.approx(-1.645, abs=0.1) and k[2] == pytest.approx(1.645, abs=0.1)
+    assert np.all(np.diff(k) >= 0)
+
+
+def test_qlike_mz_kupiec_christoffersen_by_hand():
+    assert risk_metrics.qlike(np.array([2.0]), np.array([1.0]))[0] == pytest.approx(
+        0.5 - math.log(0.5) - 1
+    )
+    assert risk_metrics.qlike(np.array([1.0]), np.array([1.0]))[0] == 0
+    mz = risk_metrics.mincer_zarnowitz(np.array([1.0, 2, 3, 4]), np.array([3.0, 5, 7, 9]))
+    assert mz["intercept"] == pytest.approx(1) and mz["slope"] == pytest.approx(2)
+    hits = np.zeros(1000, bool)
+    hits[::20] = True  # exactly 5%
+    assert risk_metrics.kupiec(hits, 0.05)["p_value"] == pytest.approx(1.0)
+    assert risk_metrics.kupiec(hits, 0.01)["p_value"] < 1e-6
+    clustered = np.zeros(1000, bool)
+    clustered[100:150] = True
+    assert risk_metrics.christoffersen(clustered)["p_value"] < 1e-6
+    # hits exactly every 20th bar never follow each other: too regular, also rejected
+    assert risk_metrics.christoffersen(hits)["p_value"] < 0.05
+    iid = np.random.default_rng(0).random(2000) < 0.05
+    assert risk_metrics.christoffersen(iid)["p_value"] > 0.01
+
+
+def test_baselines_use_only_the_training_rows_and_the_past():
+    frame, _ = synthetic_vol.garch_t(1500, seed=2)
+    data = build({"A": frame}, ["log_return", "hl_range"], 1, risk="garman_klass")
+    td = data["A"]
+    rows = np.arange(1000, 1200)
+    a = risk_baselines.risk_baselines(td, (0, 1000), rows, 1, 252)
+    # the future changed: every forecast up to and including the row before it stays
+    later = frame.copy()
+    later.iloc[1150:, :4] *= 1.5
+    tb = build({"A": later}, ["log_return", "hl_range"], 1, risk="garman_klass")["A"]
+    b = risk_baselines.risk_baselines(tb, (0, 1000), rows, 1, 252)
+    cut = 1150 - (len(frame) - len(td.dates)) - 1000  # test rows before the change
+    for name in a.variance:
+        np.testing.assert_array_equal(a.variance[name][:cut], b.variance[name][:cut])
+    assert a.garch.failed is None and 0.8 < a.garch.alpha + a.garch.beta < 1
+    assert a.garch.nu == pytest.approx(6, abs=3)  # the generating process's tails
+
+
+def test_a_garch_fit_that_fails_falls_back_to_ewma_and_says_so():
+    frame, _ = synthetic_vol.constant(400, seed=1)
+    td = build({"A": frame}, ["log_return"], 1, risk="squared_return")["A"]
+    b = risk_baselines.risk_baselines(td, (0, 60), np.arange(60, 100), 1, 252)
+    assert b.garch.failed and "too few" in b.garch.failed
+    np.testing.assert_array_equal(b.return_variance["garch"], b.return_variance["ewma"])
+
+
+def _doc_rows() -> dict[str, set[str]]:
+    text = (ROOT / "docs" / "metrics.md").read_text()
+    section = text.split("### metrics.json of a risk backtest", 1)[1]
+    rows = {}
+    for line in section.splitlines():
+        if line.startswith("| `"):
+            label, meaning = line.strip("|").split("|", 1)
+            rows[label.strip()] = set(re.findall(r"`([a-z_0-9<>.@]+)`", meaning)) | set(
+                re.findall(r"`([a-z_0-9]+)`", label)
+            )
+    return rows
+
+
+def _risk_backtest(tmp_path, kind: str):
+    frames = {t: synthetic_vol.garch_t(900, seed=i)[0] for i, t in enumerate("AB")}
+    cfg = tiny_config(
+        target={"kind": kind, "proxy": "parkinson", "levels": [0.05, 0.5, 0.95]},
+        backtest={"train_span": 400, "test_span": 200},
+        model={"highway": True},
+    )
+    run_backtest(cfg, tmp_path / kind, prep=prepare(cfg, frames))
+    return json.loads((tmp_path / kind / "metrics.json").read_text()), tmp_path / kind
+
+
+def test_volatility_metrics_json_keys_are_documented(tmp_path):
+    m, out = _risk_backtest(tmp_path, "volatility")
+    rows = _doc_rows()
+    top = set().union(*(re.findall(r"`([a-z_]+)`", k) for k in rows if "." not in k))
+    assert set(m) == top | {"forecast", "by_ticker", "by_fold"}, set(m) ^ top
+    breakdown = rows["`by_ticker.<t>`, `by_fold.<k>`"]
+    for row in [*m["by_ticker"].values(), *m["by_fold"].values()]:
+        assert {re.sub("_(prediction|trailing_mean|ewma|garch|har)$", "_<f>", k) for k in row} <= (
+            breakdown
+        )
+    assert m["target"] == "volatility" and m["proxy"] == "parkinson"
+    forecast_doc = rows["`forecast.<f>`"]
+    assert set(m["forecast"]) == {"prediction", *risk_baselines.VOL_BASELINES}
+    for f in m["forecast"].values():
+        assert set(f) - {"dm_vs"} <= forecast_doc
+        assert set(f["mincer_zarnowitz"]) <= forecast_doc
+    assert set(m["forecast"]["prediction"]["dm_vs"]["garch"]) == {"stat", "p_value", "p_holm", "n"}
+    assert set(m["edge"]) <= rows["`edge`"]
+    assert set(m["strategy"]) <= rows["`strategy`"]
+    assert sum(r["n"] for r in m["by_fold"].values()) == m["n_predictions"]
+    pred = pd.read_parquet(out / "predictions.parquet")
+    assert (pred["prediction"] > 0).all() and np.isfinite(pred["prediction"]).all()
+    assert "Volatility-managed strategy" in (out / "report.html").read_text()
+    folds = pd.read_csv(out / "folds.csv")
+    assert "variance_scale" in folds and "garch_fallback" in folds
+
+
+def test_quantiles_metrics_json_keys_are_documented(tmp_path):
+    m, out = _risk_backtest(tmp_path, "quantiles")
+    rows = _doc_rows()
+    top = set().union(*(re.findall(r"`([a-z_]+)`", k) for k in rows if "." not in k))
+    assert set(m) == (top - {"edge"}) | {"levels", "by_ticker", "by_fold"}, set(m) ^ top
+    assert set(m["levels"]) == {"0.05", "0.5", "0.95"}
+    level_doc = rows["`levels.<q>.<f>`"]
+    for row in m["levels"].values():
+        assert set(row) == {"prediction", *risk_baselines.QUANTILE_BASELINES}
+        for f in row.values():
+            assert set(f) - {"dm_vs"} <= level_doc
+    pred = pd.read_parquet(out / "predictions.parquet")
+    cols = ["prediction@0.05", "prediction@0.5", "prediction@0.95"]
+    assert (pred[cols].diff(axis=1).iloc[:, 1:] >= 0).all().all()
+    for row in m["by_fold"].values():
+        assert {re.sub("@[0-9.]+$", "@<q>", k) for k in row} <= rows[
+            "`by_ticker.<t>`, `by_fold.<k>`"
+        ]
+
+
+@pytest.mark.slow
+def test_audit_covers_the_risk_targets(tmp_path):
+    """Perturbing every bar after the cut changes no volatility or quantile forecast, and no
+    baseline, dated before it."""
+    frames = {"A": synthetic_vol.garch_t(900, seed=4)[0]}
+    path = tmp_path / "a.csv"
+    frames["A"].to_csv(path)
+    for kind in ("volatility", "quantiles"):
+        cfg = tiny_config(
+            data={"source": "csv", "path": str(path), "tickers": ["A"]},
+            target={"kind": kind},
+            backtest={"train_span": 400, "test_span": 200},
+        )
+        report = run_audit(cfg, folds=2)
+        causal = [f for f in report["findings"] if f["check"] == "causality"]
+        assert not causal, causal
+        assert "predictions of" in report["checked"]["pipeline"]
+
+
+def test_config_rejects_bad_levels_and_keeps_return_configs_as_they_were():
+    with pytest.raises(Exception, match="levels"):
+        tiny_config(target={"kind": "quantiles", "levels": [0.5, 0.05]})
+    from tsconv.config import dump_yaml
+
+    assert "proxy" not in dump_yaml(tiny_config())
+    assert "levels" not in dump_yaml(tiny_config(target={"kind": "volatility"}))
+    result = CliRunner().invoke(app, ["config", "show", "vol"])
+    assert result.exit_code == 0 and "kind: volatility" in result.output
+
+
+def test_train_then_predict_prints_the_forecast_volatility_and_quantiles(tmp_path):
+    from tsconv.config import dump_yaml
+
+    path = tmp_path / "g.csv"
+    synthetic_vol.garch_t(700, seed=5)[0].to_csv(path)
+    cfg = tiny_config(
+        data={"source": "csv", "path": str(path), "tickers": ["G"]},
+        target={"kind": "quantiles", "levels": [0.05, 0.95]},
+    )
+    (tmp_path / "q.yaml").write_text(dump_yaml(cfg))
+    run = tmp_path / "run"
+    result = CliRunner().invoke(
+        app, ["train", "--config", str(tmp_path / "q.yaml"), "--out", str(run)]
+    )
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, ["predict", "--run", str(run), "--json"])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.output)
+    assert row["predicted_variance"] > 0
+    assert row["predicted_vol"] == pytest.approx(math.sqrt(row["predicted_variance"]))
+    q = row["quantiles"]
+    assert q["0.05"] < 0 < q["0.95"]
+    result = CliRunner().invoke(app, ["predict", "--run", str(run)])
+    assert result.exit_code == 0 and "q0.05" in result.output and "G" in result.output
+
+
+def test_sweep_refuses_a_risk_target_in_one_line(tmp_path):
+    result = CliRunner().invoke(
+        app, ["sweep", "--config", "vol", "--space", "quick", "--out", str(tmp_path / "s")]
+    )
+    assert result.exit_code == 2, result.output
+    assert "no sweep objective yet" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_workers_give_the_serial_bytes_with_a_covariate(tmp_path):
+    """Two processes, and a file covariate, on a volatility and a quantiles target."""
+    frames = {t: synthetic_vol.garch_t(800, seed=7 + i)[0] for i, t in enumerate("AB")}
+    cov = tmp_path / "cov.csv"
+    dates = frames["A"].index
+    pd.DataFrame({"date": dates, "x": np.sin(np.arange(len(dates)) / 9)}).to_csv(cov, index=False)
+    for kind in ("volatility", "quantiles"):
+        outs = []
+        for workers in (1, 2):
+            cfg = tiny_config(
+                target={"kind": kind},
+                covariates=[{"file": str(cov), "columns": ["x"]}],
+                backtest={"train_span": 400, "test_span": 150, "workers": workers},
+                train={"threads": 1},
+            )
+            out = tmp_path / f"{kind}-{workers}"
+            run_backtest(cfg, out, prep=prepare(cfg, frames))
+            outs.append((out / "predictions.parquet").read_bytes())
+        assert outs[0] == outs[1], kind
+
+
+def test_a_failed_garch_fit_falls_back_to_ewma_in_the_report(tmp_path, monkeypatch):
+    """A fold whose GARCH fit raises: EWMA stands in there, and folds.csv, metrics.json's
+    warnings and the report's header say so."""
+    import arch
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the optimiser gave up")
+
+    monkeypatch.setattr(arch, "arch_model", broken)
+    m, out = _risk_backtest(tmp_path, "volatility")
+    assert m["garch_fallbacks"] and all("gave up" in v for v in m["garch_fallbacks"].values())
+    assert any("GARCH did not fit" in w for w in m["warnings"])
+    assert "GARCH did not fit" in (out / "report.html").read_text()
+    pred = pd.read_parquet(out / "predictions.parquet")
+    # EWMA's forecast in its place, each scaled to the proxy by its own training-span constant
+    ratio = pred["garch"] / pred["ewma"]
+    assert np.allclose(ratio.groupby([pred["fold"], pred["ticker"]]).std().fillna(0), 0)
+
+
+def test_the_multiscale_model_forecasts_volatility_too(tmp_path):
+    frames = {"A": synthetic_vol.volume_driven(900, seed=2)[0]}
+    cfg = tiny_config(
+        target={"kind": "volatility"},
+        features=["log_return", "hl_range", "log_volume_chg"],
+        model={"kind": "multiscale", "channels": 8, "kernels": [3, 5], "highway": True},
+        backtest={"train_span": 400, "test_span": 200},
+    )
+    m = run_backtest(cfg, tmp_path / "ms", prep=prepare(cfg, frames))
+    pred = pd.read_parquet(tmp_path / "ms" / "predictions.parquet")
+    assert (pred["prediction"] > 0).all()
+    # the volume shock is in its inputs: below the trailing mean's QLIKE, as the oracle is
+    assert m["forecast"]["prediction"]["qlike"] < m["forecast"]["trailing_mean"]["qlike"]
+
+
+def test_manage_scales_the_return_models_strategy_by_the_volatility_forecast(tmp_path):
+    frames = {t: synthetic_vol.garch_t(800, seed=11 + i)[0] for i, t in enumerate("AB")}
+    runs = {}
+    for kind in ("return", "volatility"):
+        cfg = tiny_config(target={"kind": kind}, backtest={"train_span": 400, "test_span": 200})
+        runs[kind] = tmp_path / kind
+        run_backtest(cfg, runs[kind], prep=prepare(cfg, frames))
+    result = CliRunner().invoke(
+        app, ["manage", str(runs["return"]), str(runs["volatility"]), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    r = json.loads(result.output)
+    s = r["strategies"]
+    assert set(s) == {"vol_managed", "trailing_vol_managed", "unmanaged"}
+    assert set(s["vol_managed"]["sharpe_vs"]) == {"trailing_vol_managed", "unmanaged"}
+    # unmanaged is the return backtest's own strategy, bar for bar
+    own = pd.read_parquet(runs["return"] / "returns.parquet").set_index("date")["prediction"]
+    assert s["unmanaged"]["sharpe"] == pytest.approx(risk_metrics_sharpe(own), rel=1e-9)
+    # in the wrong order: one line, exit 2
+    result = CliRunner().invoke(app, ["manage", str(runs["volatility"]), str(runs["return"])])
+    assert result.exit_code == 2 and "give a return backtest first" in result.output
+
+
+def risk_metrics_sharpe(net: pd.Series) -> float:
+    from tsconv.evaluate import metrics
+
+    return metrics.trading_metrics(net.to_numpy(), 252)["sharpe"]
