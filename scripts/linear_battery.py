@@ -14,24 +14,17 @@ from __future__ import annotations
 import argparse
 import time
 from multiprocessing import Pool
+from pathlib import Path
 
 import numpy as np
 
 from tsconv import synthetic
+from tsconv.config import load_config, resolve_config_path
 from tsconv.data.features import compute_features, make_target
 from tsconv.engine import linear
 from tsconv.evaluate.battery import signal_basis
 
-FEATURES = [
-    "log_return",
-    "oc_return",
-    "hl_range",
-    "close_loc",
-    "log_volume_chg",
-    "vol_20",
-    "volume_z_20",
-    "mom_5",
-]
+FEATURES = load_config(resolve_config_path(Path("quick"))).features  # the shipped quick's
 TRAIN, TEST, REACH = 1000, 250, 61  # quick's train_span, test_span, receptive field
 
 

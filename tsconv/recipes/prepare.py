@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -155,3 +156,16 @@ def training_spans(prep: Prepared) -> tuple[dict[str, Span], dict[str, Span]]:
 
 
 Span = tuple[int, int]  # rows [lo, hi) of one ticker
+
+
+def fold_dates(prep: Prepared, fold: Any, train: dict[str, Span], rows: pd.DataFrame) -> dict:
+    """A fold's first entries in folds.csv: its index, its training span's first and last
+    date over tickers, and its test span's first and last (from its predicted `rows`)."""
+    train_dates = [prep.data[t].dates[[lo, hi - 1]] for t, (lo, hi) in train.items()]
+    return {
+        "fold": fold.index,
+        "train_start": str(min(d[0] for d in train_dates).date()),
+        "train_end": str(max(d[1] for d in train_dates).date()),
+        "test_start": str(fold.test_start.date()),
+        "test_end": str(rows["date"].max().date()) if len(rows) else None,
+    }

@@ -16,7 +16,7 @@ from tsconv.data import targets
 from tsconv.data.targets import quantile_column
 from tsconv.engine.predict import predict_rows
 from tsconv.evaluate import risk_baselines
-from tsconv.recipes.prepare import Prepared, global_rows
+from tsconv.recipes.prepare import Prepared, fold_dates, global_rows
 
 # validation targets a fold needs to calibrate on them rather than on its training rows
 MIN_CALIBRATION_ROWS = 100
@@ -126,13 +126,8 @@ def fold_rows(
                     cols[quantile_column(name, q)] = qs[:, j]
         frames.append(pd.DataFrame(cols))
     rows_all = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    train_dates = [prep.data[t].dates[[lo, hi - 1]] for t, (lo, hi) in train.items()]
     info = {
-        "fold": fold.index,
-        "train_start": str(min(d[0] for d in train_dates).date()),
-        "train_end": str(max(d[1] for d in train_dates).date()),
-        "test_start": str(fold.test_start.date()),
-        "test_end": str(rows_all["date"].max().date()) if len(rows_all) else None,
+        **fold_dates(prep, fold, train, rows_all),
         # a GARCH fit that failed on a ticker of this fold: EWMA stood in for it there
         "garch_fallback": "; ".join(failed),
     }

@@ -29,7 +29,7 @@ from tsconv.errors import DataError
 from tsconv.evaluate import baselines
 from tsconv.recipes import risk_fold
 from tsconv.recipes.fit_span import fit_span, member_seed
-from tsconv.recipes.prepare import Prepared, global_rows, known_rows, split_train_val
+from tsconv.recipes.prepare import Prepared, fold_dates, global_rows, known_rows, split_train_val
 
 
 @dataclass(frozen=True)
@@ -281,13 +281,8 @@ def _fold_rows(
         ):
             columns[key].append(values)
     rows = pd.DataFrame({k: _joined(v) for k, v in columns.items()}) if test else pd.DataFrame()
-    train_dates = [prep.data[t].dates[[lo, hi - 1]] for t, (lo, hi) in train.items()]
     info = {
-        "fold": fold.index,
-        "train_start": str(min(d[0] for d in train_dates).date()),
-        "train_end": str(max(d[1] for d in train_dates).date()),
-        "test_start": str(fold.test_start.date()),
-        "test_end": str(rows["date"].max().date()) if len(rows) else None,
+        **fold_dates(prep, fold, train, rows),
         # what the ridge baseline chose (the median over tickers: one fit each)
         "ridge_ar_lags": float(np.median([f.lags for f in ridge_fits])) if ridge_fits else 0.0,
         "ridge_ar_penalty": float(np.median([f.penalty for f in ridge_fits]))
