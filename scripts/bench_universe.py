@@ -2,7 +2,8 @@
 timed phase by phase, with peak memory and the fit's R^2 against the oracle.
 
     python scripts/bench_universe.py [--config quick] [--tickers 8 32] [--bars 5040]
-        [--refits 40] [--project 500] [--after 500] [--prepare 3000] [--set KEY=V ...]
+        [--refits 40] [--project 500] [--after 500] [--prepare 3000] [--linear 64]
+        [--set KEY=V ...]
 
 The panel: N tickers of AR(1) returns (`tsconv.synthetic.ar1`, independent draws, seed = the
 ticker's number), B business days each (5,040: twenty years), whose best forecast is known,
@@ -32,6 +33,9 @@ predictions are the oracle's plus noise, and the baselines, the tests and metric
 report are timed on them (what item 3 of issue 33 asks to take seconds at N = 500).
 `--prepare N`: peak resident memory of preparing N x B bars with the config's features, in a
 fresh process (the frames as a source would hand them over, then `prepare`).
+`--linear N`: the linear part's selection (`select_ridge`, nonlinear, the config's window and
+feature count) on the last fold's pooled training rows of N tickers (0.8 B rows each): peak
+memory it allocates (tracemalloc, which numpy reports to) per row, and seconds.
 """
 
 from __future__ import annotations
@@ -407,6 +411,38 @@ def prepare_memory(name: str, sets: list[str], n: int, bars: int) -> list[object
     ]
 
 
+def linear_memory(name: str, sets: list[str], n: int, bars: int) -> list[object]:
+    """The linear part's selection on N tickers' pooled training rows: what its peak memory
+    grows with (the rows) and its time."""
+    import tracemalloc
+
+    from tsconv.engine import linear
+
+    cfg = config(name, sets)
+    n_feat, lags, train = len(cfg.features), cfg.window, int(0.8 * bars)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n * bars, n_feat)).astype(np.float32)
+    y = np.r_[0.0, 0.1 * x[:-1, 0] + 0.05 * np.abs(x[:-1, -1])] + rng.standard_normal(n * bars)
+    rows = np.concatenate([np.arange(t * bars + lags, t * bars + train) for t in range(n)])
+    since = np.repeat(np.arange(n) * bars, train - lags)
+    dates = np.tile(np.arange(lags, train), n)
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    linear.select_ridge(x, y, rows, lags, since, dates, nonlinear=True)
+    seconds = time.perf_counter() - t0
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return [
+        name,
+        n,
+        len(rows),
+        lags,
+        f"{peak / 2**20:.0f}",
+        f"{peak / len(rows):.0f}",
+        f"{seconds:.1f}",
+    ]
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -420,6 +456,7 @@ def main() -> None:
     ap.add_argument("--after", type=int, nargs="*", default=[])
     ap.add_argument("--after-every", type=int, default=10, help="time every K-th fold's baselines")
     ap.add_argument("--prepare", type=int, nargs="*", default=[])
+    ap.add_argument("--linear", type=int, nargs="*", default=[])
     ap.add_argument("--set", dest="sets", action="append", default=[])
     args = ap.parse_args()
     print(
@@ -480,6 +517,14 @@ def main() -> None:
                     "seconds",
                 ],
                 [prepare_memory(name, args.sets, n, args.bars) for n in args.prepare],
+            )
+        )
+    for name in args.config if args.linear else []:
+        print(
+            table(
+                f"The linear part's selection on N tickers' pooled training rows, `{name}`",
+                ["config", "N", "rows", "lags", "peak MiB", "bytes per row", "seconds"],
+                [linear_memory(name, args.sets, n, args.bars) for n in args.linear],
             )
         )
 

@@ -148,3 +148,26 @@ def test_a_nonlinear_function_of_one_feature_is_found_by_the_hinges_or_steps(sha
     test = np.arange(3000, 5000)
     got, best = r2(linear.predict(x, test, fit), y[test]), r2(signal[test], y[test])
     assert got > 0.8 * best, (got, best)
+
+
+def test_a_panel_of_copies_chooses_what_one_copy_chooses():
+    """Rows of one date share its market move; the one-standard-error rule counts dates, not
+    rows. Four identical tickers (the extreme of a shared move) carry one ticker's evidence,
+    and must not buy a richer fit than that ticker alone would."""
+    rng = np.random.default_rng(8)
+    n, copies = 1500, 4
+    x = rng.normal(size=(n, 3))
+    y = np.r_[0.0, 0.08 * x[:-1, 0] + 0.06 * np.abs(x[:-1, 1])] + rng.normal(size=n)
+    rows = np.arange(25, n)  # 1,475 dates: five whole stretches of 295
+    one = linear.select_ridge(x, y, rows, 20, nonlinear=True)
+    xs, ys = np.tile(x, (copies, 1)), np.tile(y, copies)
+    panel_rows = np.concatenate([rows + k * n for k in range(copies)])
+    since = np.repeat(np.arange(copies) * n, len(rows))
+    dates = np.tile(rows, copies)
+    many = linear.select_ridge(xs, ys, panel_rows, 20, since, dates, nonlinear=True)
+    assert (many.lags, many.penalty) == (one.lags, one.penalty)
+    assert np.allclose(many.coef, one.coef) and np.allclose(_weights(many), _weights(one))
+
+
+def _weights(fit):
+    return np.zeros(1) if fit.quad is None else np.r_[fit.hinge.ravel(), fit.quad.ravel()]

@@ -67,27 +67,47 @@ def block_means(x: np.ndarray, rows: np.ndarray, blocks: list[tuple[int, int]]) 
     `lo` to `hi - 1` before each row. Rows must have `blocks[-1][1] - 1` bars before them."""
     cols = []
     for lo, hi in blocks:
-        idx = rows[:, None] - np.arange(lo, hi)[None, :]
-        cols.append(np.asarray(x[idx], np.float64).mean(axis=1))
+        # bar by bar, in the order (and so to the bit) of a mean over a (rows, bars, F) stack,
+        # without holding that stack: 40 bars of a universe's rows would be gigabytes
+        total = np.asarray(x[rows - lo], np.float64)
+        for j in range(lo + 1, hi):
+            total += x[rows - j]
+        cols.append(total / (hi - lo))
     return np.concatenate(cols, axis=1) if cols else np.zeros((len(rows), 0))
 
 
-def bar_terms(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+def bar_terms(x: np.ndarray, rows: np.ndarray, cols: np.ndarray | None = None) -> np.ndarray:
     """(len(rows), 2 F len(KNOTS) + F (F + 1) / 2): the nonlinear terms of each row's own bar,
     z its features clipped at +-CLIP: hinges of each feature (feature-major), the products
-    z_i z_j (i <= j, squares and pairwise interactions), then the steps of each feature."""
+    z_i z_j (i <= j, squares and pairwise interactions), then the steps of each feature.
+    `cols`: only those columns, computed alone (a universe's rows times all 116 terms of
+    8 features would be gigabytes)."""
     z = np.clip(np.asarray(x[rows], np.float64), -CLIP, CLIP)
-    hinges = [np.maximum(sign * z - knot, 0.0) for sign, knot in KNOTS]
-    steps = [(sign * z > knot).astype(np.float64) for sign, knot in KNOTS]
-    i, j = np.triu_indices(x.shape[1])
-    return np.concatenate(
-        [
-            np.stack(hinges, axis=2).reshape(len(rows), -1),
-            z[:, i] * z[:, j],
-            np.stack(steps, axis=2).reshape(len(rows), -1),
-        ],
-        1,
-    )
+    kinds = _term_kinds(x.shape[1])
+    cols = range(len(kinds)) if cols is None else cols
+    out = np.empty((len(rows), len(cols)))
+    for o, c in enumerate(cols):
+        kind, f, g = kinds[c]
+        if kind == "product":
+            out[:, o] = z[:, f] * z[:, g]
+        else:
+            sign, knot = KNOTS[g]
+            out[:, o] = (
+                np.maximum(sign * z[:, f] - knot, 0.0) if kind == "hinge" else sign * z[:, f] > knot
+            )
+    return out
+
+
+def _term_kinds(n_feat: int) -> list[tuple[str, int, int]]:
+    """`bar_terms`' columns in order: ("hinge", feature, knot), ("product", i, j) and
+    ("step", feature, knot)."""
+    i, j = np.triu_indices(n_feat)
+    knots = range(len(KNOTS))
+    return [
+        *(("hinge", f, k) for f in range(n_feat) for k in knots),
+        *(("product", int(a), int(b)) for a, b in zip(i, j, strict=True)),
+        *(("step", f, k) for f in range(n_feat) for k in knots),
+    ]
 
 
 def _bar_weights(fit: RidgeFit) -> np.ndarray:
@@ -110,8 +130,10 @@ def predict(x: np.ndarray, rows: np.ndarray, fit: RidgeFit) -> np.ndarray:
 
 
 def _cv_errors(a, b, groups, widths, penalties):
-    """Yield ((width, penalty), squared errors of every row predicted by the fit on the other
-    groups) for each candidate: the first `width` columns of `a` and a penalty."""
+    """Yield (width, penalty, squared errors of every row predicted by the fit on the other
+    groups, the eigenvalues of the width's Gram matrix over all rows) for each candidate: the
+    first `width` columns of `a` and a penalty. A candidate's effective degrees of freedom at
+    penalty p are sum(s / (s + p)) over those eigenvalues s."""
     n_groups = int(groups.max()) + 1
     gram_all, cross_all = a.T @ a, a.T @ b
     fold_stats = []
@@ -122,6 +144,7 @@ def _cv_errors(a, b, groups, widths, penalties):
     for p in widths:
         if 2 * p >= len(b) * (n_groups - 1) / n_groups:  # fewer than two rows a weight
             break
+        spectrum = np.maximum(np.linalg.eigvalsh(gram_all[:p, :p] / len(b)), 0)
         errors = np.empty((len(penalties), len(b)))
         for part, a_out, gram, cross in fold_stats:
             s, v = np.linalg.eigh(gram[:p, :p])
@@ -129,19 +152,13 @@ def _cv_errors(a, b, groups, widths, penalties):
             for i, pen in enumerate(penalties):
                 errors[i, part] = (b[part] - z_out @ (proj / (np.maximum(s, 0) + pen))) ** 2
         for i, pen in enumerate(penalties):
-            yield (p, pen), errors[i]
+            yield p, pen, errors[i], spectrum
 
 
 def _time_groups(order: np.ndarray, n_groups: int) -> np.ndarray:
     """Each row's cross-validation group: `n_groups` contiguous stretches of time."""
     ranks = np.argsort(np.argsort(order, kind="stable"), kind="stable")
     return (ranks * n_groups) // max(len(order), 1)
-
-
-def _spectrum(a: np.ndarray, width: int) -> np.ndarray:
-    """The eigenvalues of the first `width` columns' Gram matrix: a candidate's effective
-    degrees of freedom at penalty p are sum(s / (s + p))."""
-    return np.maximum(np.linalg.eigvalsh(a[:, :width].T @ a[:, :width] / len(a)), 0)
 
 
 def _solve(a: np.ndarray, b: np.ndarray, penalty: float) -> np.ndarray:
@@ -199,61 +216,71 @@ def select_ridge(
         return zero
     b = np.asarray(y[full], np.float64)
     groups = _time_groups(order[keep], n_groups)
+    scores = _Scores(b, groups, penalties, np.unique(order[keep], return_inverse=True)[1])
     lin = block_means(x, full, blocks)  # block-major: block k's features are columns kF..kF+F-1
     no_terms = np.zeros(0, np.int64)
     widths = range(1, len(blocks) + 1)
-    # a design: (last-bar term columns, the features whose lags it reads, its matrix, widths)
-    designs = {"lags": (no_terms, np.arange(n_feat), lin, [k * n_feat for k in widths])}
+    lagged = {"zero": lin[:, :0], "lags": lin}  # views of lin, no copies
+    scores.add("lags", no_terms, np.arange(n_feat), lin, [k * n_feat for k in widths])
     if n_feat > 1:
         for f in range(n_feat):
-            designs[f"lags of {f}"] = (no_terms, np.array([f]), lin[:, f::n_feat], list(widths))
-    errors = {("zero", 0, max(penalties)): b**2}
-    errors.update(_scored(designs, b, groups, penalties))
-    spectra = {}  # one eigendecomposition per design and width, shared by its penalties
-
-    def df(c):
-        if c[0] == "zero":
-            return 0.0
-        if c[:2] not in spectra:
-            spectra[c[:2]] = _spectrum(designs[c[0]][2], c[1])
-        s = spectra[c[:2]]
-        return float(np.sum(s / (s + c[2])))
-
+            lagged[f"lags of {f}"] = lin[:, f::n_feat]
+            scores.add(f"lags of {f}", no_terms, np.array([f]), lagged[f"lags of {f}"], widths)
     if nonlinear:
         # one group of the last bar's terms at a time on top of the chosen linear fit: a
         # signal in one feature or one pair is found at the cost of its own few weights
-        base = _one_se(errors, df)
-        feats = designs[base[0]][1] if base[0] != "zero" else np.zeros(0, np.int64)
-        base_lin = designs[base[0]][2][:, : base[1]] if base[0] != "zero" else lin[:, :0]
-        terms = bar_terms(x, full)
-        extra = {}
+        base = scores.one_se()
+        feats = scores.designs[base[0]][1] if base[0] != "zero" else no_terms
+        base_lin = lagged[base[0]][:, : base[1]]
         for label, cols in term_groups(n_feat):
-            a = np.concatenate([_centred(terms[:, cols]), base_lin], 1)
-            extra[label] = (cols, feats, a, [a.shape[1]])
-        designs.update(extra)
-        errors.update(_scored(extra, b, groups, penalties))
-    chosen = _one_se(errors, df)
+            a = np.concatenate([_centred(bar_terms(x, full, cols)), base_lin], 1)
+            scores.add(label, cols, feats, a, [a.shape[1]])
+    chosen = scores.one_se()
     zero_mse = float(np.mean(b**2))
     name, width, pen = chosen
     if name == "zero":
         return RidgeFit(zero.coef, 0, zero.penalty, zero_mse, zero_mse)
-    cols, feats = designs[name][0], designs[name][1]
+    cols, feats = scores.designs[name]
     k = (width - len(cols)) // max(len(feats), 1)
-    cv_mse = float(errors[chosen].mean())
+    cv_mse = float(scores.sums[chosen].sum() / len(b))
     return _refit(x, y, rows, history, blocks, cols, feats, k, pen, cv_mse, zero_mse)
 
 
-def _one_se(errors: dict[tuple, np.ndarray], df) -> tuple:
-    """The candidate with the fewest degrees of freedom `df(c)` whose cross-validated error
-    is within one standard error (of the rows' paired differences) of the lowest."""
-    means = {c: float(e.mean()) for c, e in errors.items()}
-    best = min(means, key=means.get)
-    chosen, chosen_df = best, df(best)
-    for c, e in errors.items():
-        d = e - errors[best]
-        if c != best and d.mean() <= d.std(ddof=1) / np.sqrt(len(d)) and df(c) < chosen_df:
-            chosen, chosen_df = c, df(c)
-    return chosen
+class _Scores:
+    """Every candidate's cross-validated squared errors, summed per point in time (`unit`:
+    each row's date, so a universe's rows cost one number per date and candidate, not one
+    per row), with its degrees of freedom; designs are scored one at a time and not kept.
+
+    The one-standard-error rule's standard error comes from the per-date sums: the rows of
+    one date share its market move, so their errors are not independent draws. On one series
+    a date is a row, and this is the per-row rule."""
+
+    def __init__(self, b, groups, penalties, unit):
+        self.b, self.groups, self.penalties, self.unit = b, groups, penalties, unit
+        self.n_units = int(unit.max()) + 1
+        zero = ("zero", 0, max(penalties))
+        self.sums = {zero: np.bincount(unit, weights=b**2, minlength=self.n_units)}
+        self.df = {zero: 0.0}
+        self.designs = {}  # name: (last-bar term columns, the features whose lags it reads)
+
+    def add(self, name, cols, feats, a, widths):
+        self.designs[name] = (cols, feats)
+        for p, pen, e, s in _cv_errors(a, self.b, self.groups, widths, self.penalties):
+            self.sums[name, p, pen] = np.bincount(self.unit, weights=e, minlength=self.n_units)
+            self.df[name, p, pen] = float(np.sum(s / (s + pen)))
+
+    def one_se(self) -> tuple:
+        """The candidate with the fewest degrees of freedom whose cross-validated error is
+        within one standard error (of the paired differences) of the lowest."""
+        n, root = len(self.b), np.sqrt(self.n_units)
+        best = min(self.sums, key=lambda c: self.sums[c].sum())
+        chosen = best
+        for c, e in self.sums.items():
+            d = e - self.sums[best]
+            close = d.sum() / n <= d.std(ddof=1) * root / n
+            if c != best and close and self.df[c] < self.df[chosen]:
+                chosen = c
+        return chosen
 
 
 def term_groups(n_feat: int) -> list[tuple[str, np.ndarray]]:
@@ -279,15 +306,6 @@ def _centred(a: np.ndarray) -> np.ndarray:
     return a - a.mean(0)
 
 
-def _scored(designs, b, groups, penalties):
-    """{(design, width, penalty): cross-validated squared errors} of every candidate."""
-    out = {}
-    for name, (_, _, a, widths) in designs.items():
-        for (p, pen), e in _cv_errors(a, b, groups, widths, penalties):
-            out[name, p, pen] = e
-    return out
-
-
 def _refit(x, y, rows, history, blocks, cols, feats, k, pen, cv_mse, zero_mse) -> RidgeFit:
     """The chosen candidate (the last bar's terms `cols`, the first k lag blocks of the
     features `feats`) fitted on every row with the bars it reads."""
@@ -295,7 +313,7 @@ def _refit(x, y, rows, history, blocks, cols, feats, k, pen, cv_mse, zero_mse) -
     lags = blocks[k - 1][1] if k else 1
     used = rows[history >= lags - 1]
     b = np.asarray(y[used], np.float64)
-    terms = bar_terms(x, used)[:, cols]
+    terms = bar_terms(x, used, cols)
     mean = terms.mean(0)
     lagged = block_means(x[:, feats], used, blocks[:k])
     c = _solve(np.concatenate([terms - mean, lagged], 1), b, pen)
