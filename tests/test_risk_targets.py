@@ -178,6 +178,34 @@ def test_volatility_metrics_json_keys_are_documented(tmp_path):
     assert "variance_scale" in folds and "garch_fallback" in folds
 
 
+def test_the_managed_book_holds_each_bar_by_the_forecast_made_the_close_before(tmp_path):
+    """The volatility backtest's managed book, by hand: the weight set at t's close is
+    target / the forecast annualised volatility made at t (at most 3), and earns the return
+    from t's close to t+1's, the same price series's; net of costs on the weight's change."""
+    m, out = _risk_backtest(tmp_path, "volatility")
+    frames = {t: synthetic_vol.garch_t(900, seed=i)[0] for i, t in enumerate("AB")}
+    pred = pd.read_parquet(out / "predictions.parquet")
+    s = m["strategy"]
+    nets = []
+    for ticker, g in pred.groupby("ticker"):
+        close = frames[ticker]["close"]
+        after = close.shift(-1).reindex(g["date"]).to_numpy() / close.reindex(g["date"]).to_numpy()
+        np.testing.assert_allclose(np.expm1(g["realized_1"]), after - 1, rtol=1e-9)
+        vol = np.sqrt(g["prediction"].to_numpy() * m["periods_per_year"])
+        w = np.minimum(s["target_vol"] / vol, s["max_leverage"])
+        cost = s["cost_bps"] / 1e4 * np.abs(np.diff(w, prepend=0.0))
+        nets.append(pd.Series(w * (after - 1) - cost, index=g["date"].to_numpy()))
+    by_hand = pd.concat(nets, axis=1).mean(axis=1).sort_index()
+    returns = pd.read_parquet(out / "returns.parquet").set_index("date")
+    np.testing.assert_allclose(returns["prediction"].to_numpy(), by_hand.to_numpy(), rtol=1e-9)
+    book = s["strategies"]["prediction"]
+    assert set(book["sharpe_vs"]) == {*risk_baselines.VOL_BASELINES, "buy_and_hold"}
+    assert (
+        book["sharpe_vs"]["trailing_mean"]["p_holm"]
+        >= book["sharpe_vs"]["trailing_mean"]["p_value"]
+    )
+
+
 def test_quantiles_metrics_json_keys_are_documented(tmp_path):
     m, out = _risk_backtest(tmp_path, "quantiles")
     rows = _doc_rows()
@@ -254,12 +282,16 @@ def test_train_then_predict_prints_the_forecast_volatility_and_quantiles(tmp_pat
     assert result.exit_code == 0 and "q0.05" in result.output and "G" in result.output
 
 
-def test_sweep_refuses_a_risk_target_in_one_line(tmp_path):
+def test_sweep_refuses_a_return_objective_on_a_risk_target_in_one_line(tmp_path):
+    """The shipped quick space selects on the Sharpe ratio; a volatility sweep on QLIKE
+    (tests/test_risk_sweep.py)."""
     result = CliRunner().invoke(
         app, ["sweep", "--config", "vol", "--space", "quick", "--out", str(tmp_path / "s")]
     )
     assert result.exit_code == 2, result.output
-    assert "no sweep objective yet" in result.output
+    assert "sweep.objective: sharpe does not score a volatility forecast; use qlike" in (
+        " ".join(result.output.split())
+    )
     assert "Traceback" not in result.output
 
 

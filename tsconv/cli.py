@@ -626,8 +626,10 @@ def sweep(
     # validated as the backtest keys are, then the trials and the holdout run so
     run_cfg = _with_execution(base, workers=workers, executor=executor, ray_address=ray_address)
     _prestart_workers(run_cfg, "tsconv.recipes.trials")
+    from tsconv.evaluate.sweep_summary import lower_is_better
     from tsconv.recipes.sweep import run_sweep
 
+    pick = min if lower_is_better(spc.sweep.objective) else max
     with _progress() as progress:
         task = progress.add_task("sweep", total=spc.sweep.trials, info="")
         best: list[float] = []
@@ -636,7 +638,7 @@ def sweep(
             if "value" in row:
                 best.append(row["value"])
             info = f"trial {row['trial']}: " + (
-                f"{spc.sweep.objective} {row['value']:.3f} (best {max(best):.3f})"
+                f"{spc.sweep.objective} {row['value']:.3f} (best {pick(best):.3f})"
                 if "value" in row
                 else "failed"
             )
@@ -651,7 +653,7 @@ def sweep(
             execution=execution_settings(run_cfg),
             on_trial=on_trial,
         )
-    out.print(_leaderboard_table(RunFolder(target), list(spc.space)))
+    out.print(_leaderboard_table(RunFolder(target), list(spc.space), spc.sweep.objective))
     out.print(r["verdict"], soft_wrap=False)
     out.print(f"-> {RunFolder(target).report}", soft_wrap=True)
 
@@ -679,17 +681,22 @@ def _sweep_setup(config, space_file, set_, trials, out_dir, resume):
     return base, spc, out_dir or Path("runs") / f"{base.name or config.stem}-sweep"
 
 
-def _leaderboard_table(run: RunFolder, keys: list[str], top: int = 5) -> Table:
+def _leaderboard_table(
+    run: RunFolder, keys: list[str], objective: str = "sharpe", top: int = 5
+) -> Table:
     """The best trials side by side, one column each (a row per parameter keeps the table
-    narrow however many parameters the space has), each under the last part of its key."""
+    narrow however many parameters the space has), each under the last part of its key,
+    then the figures of the objective's target (the report's)."""
     import pandas as pd
     from rich import box
+
+    from tsconv.report.sweep_html import FIGURES
 
     everyone = pd.read_csv(run.leaderboard)
     board = everyone.head(top)
     short = [k.rsplit(".", 1)[-1] for k in keys]
-    names = [*(keys if len(set(short)) < len(short) else short), "Sharpe", "R2 OS", "IC"]
-    names.append("in market")  # as a percentage, as the report has it (0.833 read as a ratio)
+    figures = FIGURES[objective]
+    names = [*(keys if len(set(short)) < len(short) else short), *figures.values()]
     table = Table(
         box=box.SIMPLE_HEAD,
         show_edge=False,
@@ -699,7 +706,8 @@ def _leaderboard_table(run: RunFolder, keys: list[str], top: int = 5) -> Table:
     table.add_column("trial")
     for number in board["trial"]:
         table.add_column(f"#{number}", justify="right")
-    for name, key in zip(names, [*keys, "sharpe", "r2_oos", "ic", "in_market"], strict=True):
+    # in_market as a percentage, as the report has it (0.833 read as a ratio)
+    for name, key in zip(names, [*keys, *figures], strict=True):
         table.add_row(name, *(_cell(v, ".0%" if key == "in_market" else ".3g") for v in board[key]))
     return table
 

@@ -37,6 +37,31 @@ def _by_date(pred: pd.DataFrame, loss: np.ndarray) -> np.ndarray:
     return pred.assign(_l=loss).groupby("date", sort=True)["_l"].mean().to_numpy()
 
 
+def selection_loss(pred: pd.DataFrame, cfg: Config, name: str = "prediction") -> pd.Series:
+    """The loss a sweep selects a risk model on, averaged across tickers on each date (index:
+    the dates in order): QLIKE of forecast `name` (volatility), or its pinball loss averaged
+    over the target's levels (quantiles)."""
+    y = pred["realized"].to_numpy()
+    if cfg.target.kind == "volatility":
+        loss = risk_metrics.qlike(pred[name].to_numpy(), y)
+    else:
+        levels = cfg.target.levels
+        loss = sum(
+            risk_metrics.pinball(pred[quantile_column(name, q)].to_numpy(), y, q) for q in levels
+        ) / len(levels)
+    return pred.assign(_l=loss).groupby("date", sort=True)["_l"].mean()
+
+
+def selection_value(m: dict[str, Any], name: str = "prediction") -> float | None:
+    """The same loss over the whole run, from a risk backtest's metrics.json: forecast
+    `name`'s QLIKE, or its pinball loss averaged over the levels (None where a level has
+    none)."""
+    if m["target"] == "volatility":
+        return m["forecast"][name]["qlike"]
+    losses = [row[name]["pinball"] for row in m["levels"].values()]
+    return None if any(v is None for v in losses) else float(np.mean(losses))
+
+
 def _with_holm(tests: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     adjusted = metrics.holm([t["p_value"] for t in tests.values()])
     for t, p in zip(tests.values(), adjusted, strict=True):

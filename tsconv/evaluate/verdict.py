@@ -181,6 +181,37 @@ def sweep_verdict(r: dict[str, Any]) -> str:
     )
 
 
+def risk_sweep_verdict(r: dict[str, Any]) -> str:
+    """A risk sweep's result in words: the chosen trial and its loss, the luck measure that
+    applies to a loss (PBO), and the holdout's bottom line."""
+    c, p, h = r["chosen"], r["pbo"], r["holdout"]
+    n, distinct = r["trials"]["complete"], r["trials"]["distinct"]
+    params = ", ".join(
+        f"{k}={format(v, '.3g') if isinstance(v, float) else v}" for k, v in c["params"].items()
+    )
+    same = (
+        f"{n - distinct} trial(s) repeat another's losses bar for bar, so {distinct} distinct. "
+        if distinct < n
+        else ""
+    )
+    pbo = (
+        f"Probability of backtest overfitting {p['pbo']:.2f}: in that share of {p['splits']:,} "
+        f"splits of the selection period the trial with the lowest {c['objective']} on one half "
+        "ranked at or below the median on the other."
+        if p["splits"]
+        else "Probability of backtest overfitting: too few bars for the splits."
+    )
+    sharpe = h["managed_sharpe"]
+    return (
+        f"Chose trial #{c['trial']} of {n} (trials/{c['trial']:03d}: {params}): "
+        f"selection-period {c['objective']} {c['value']:.4f} (lower is better). {same}{pbo} "
+        f"Deflated Sharpe ratio {r['not_computed']['deflated_sharpe']}. "
+        f"Holdout {h['first_date']} to {h['last_date']}: {h['bottom_line']} "
+        f"Volatility-managed book: net Sharpe "
+        f"{'n/a' if sharpe is None else format(sharpe, '.2f')}."
+    )
+
+
 def _direction_and_p(test: dict[str, Any] | None) -> str:
     """A test's direction and p-value (Holm-adjusted where it was): "lower, p = 0.03"."""
     test = test or {}

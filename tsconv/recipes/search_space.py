@@ -48,12 +48,14 @@ from tsconv.config import (
     validate_config,
 )
 from tsconv.errors import ConfigError
+from tsconv.evaluate.sweep_summary import OBJECTIVES
 
 # What trials may not vary, and why.
 FORBIDDEN = {
     "data": "every trial reads the same data",
     "covariates": "every trial reads the same data",
     "name": "it names the run, not the model",
+    "target": "every trial is scored against the same realised values",
     "backtest.train_span": "it moves the test dates, and trials are compared bar for bar",
     "backtest.gap": "it moves the test dates, and trials are compared bar for bar",
     "backtest.start": "it moves the test dates, and trials are compared bar for bar",
@@ -74,8 +76,11 @@ class SweepSettings(_Strict):
     holdout: float | dt.date = Field(
         0.25, description="the last fraction of dates, or the first holdout date"
     )
-    objective: Literal["sharpe", "r2_oos"] = Field(
-        "sharpe", description="maximised: the net Sharpe ratio, or R^2 against the zero forecast"
+    objective: Literal["sharpe", "r2_oos", "qlike", "pinball"] = Field(
+        "sharpe",
+        description="a return target's is maximised: the net Sharpe ratio, or R^2 against the "
+        "zero forecast; a risk target's minimised: QLIKE (volatility), the mean pinball loss "
+        "over the levels (quantiles), each a risk target's default",
     )
     seed: int = 0
     startup: int = Field(10, ge=1, description="tpe: random trials before it models the rest")
@@ -188,6 +193,7 @@ def read_space(path: Path, base: Config, trials: int | None = None) -> SpaceFile
     """The validated space file; `trials` (the --trials option) replaces sweep.trials."""
     path = resolve_space_path(path)
     raw = read_yaml(path, "space")
+    _default_objective(raw, base)
     if trials is not None:
         raw.setdefault("sweep", {})
         if isinstance(raw["sweep"], dict):
@@ -199,7 +205,24 @@ def read_space(path: Path, base: Config, trials: int | None = None) -> SpaceFile
     except ValidationError as exc:
         raise _error(path, exc) from None
     check_against(space, base, path)
+    check_objective(space, base, path)
     return space
+
+
+def _default_objective(raw: dict[str, Any], base: Config) -> None:
+    """A risk target's sweep selects on its loss unless the file names an objective."""
+    sweep = raw.get("sweep", {})
+    if base.target.kind != "return" and isinstance(sweep, dict) and "objective" not in sweep:
+        raw["sweep"] = {**sweep, "objective": OBJECTIVES[base.target.kind][0]}
+
+
+def check_objective(space: SpaceFile, base: Config, path: Path) -> None:
+    kind, objective = base.target.kind, space.sweep.objective
+    if objective not in OBJECTIVES[kind]:
+        raise ConfigError(
+            f"{path}: sweep.objective: {objective} does not score a {kind} forecast; "
+            f"use {' or '.join(OBJECTIVES[kind])} (target.kind: {kind})"
+        )
 
 
 def check_against(space: SpaceFile, base: Config, path: Path) -> None:

@@ -7,7 +7,9 @@ computed, so no trial can read the holdout (`tsconv.recipes.trials`). The best t
 objective is then evaluated once, walk-forward, on the holdout (training, as always, on
 everything before each test fold). That is the result the sweep reports, next to two measures
 of luck over the trials: the deflated Sharpe ratio of the chosen one and the probability of
-backtest overfitting (`tsconv.evaluate.selection`).
+backtest overfitting (`tsconv.evaluate.selection`). A risk target's trials are selected on
+their loss instead (QLIKE, or the pinball loss over the levels; lower is better), and the
+deflated Sharpe ratio, which is about selecting a Sharpe ratio, is left out and said to be.
 
 Reads top-down (`run_sweep`): split the data, run the trials, evaluate them, backtest the
 chosen one on the holdout, write the sweep folder. Each trial's backtest has its own folder, so
@@ -26,10 +28,18 @@ import pandas as pd
 
 from tsconv import executors, runfolder
 from tsconv.config import Config, dump_yaml, load_config
-from tsconv.errors import ConfigError, DataError, UsageError
+from tsconv.errors import DataError, UsageError
 from tsconv.evaluate import metrics
-from tsconv.evaluate.sweep_summary import holdout_summary, leaderboard, luck_measures
-from tsconv.evaluate.verdict import sweep_verdict
+from tsconv.evaluate.risk_summary import selection_loss
+from tsconv.evaluate.sweep_summary import (
+    NO_DEFLATED_SHARPE,
+    holdout_summary,
+    leaderboard,
+    lower_is_better,
+    luck_measures,
+    risk_holdout_summary,
+)
+from tsconv.evaluate.verdict import risk_sweep_verdict, sweep_verdict
 from tsconv.executors import Executor
 from tsconv.recipes import search_space
 from tsconv.recipes.backtest import run_backtest
@@ -62,13 +72,6 @@ def run_sweep(
     execution keys (`backtest.workers`, ...) the trials and the holdout run with, by default
     the base config's; `on_trial(done, total, row)` as each trial ends. A new sweep replaces
     another run in `out` only with `overwrite`; the folder is locked for the sweep's life."""
-    if base.target.kind != "return":
-        # the selection statistics (deflated Sharpe, PBO, the holdout's verdict) are the
-        # return target's; a QLIKE or pinball objective is not built yet
-        raise ConfigError(
-            f"target.kind: sweep selects on a return forecast's Sharpe ratio or R^2; "
-            f"{base.target.kind} has no sweep objective yet (backtest it with --set instead)"
-        )
     run = RunFolder(out)
     with runfolder.locked(run):
         return _sweep(run, base, spc, resume, overwrite, execution, on_trial, frames)
@@ -95,10 +98,14 @@ def _sweep(
     study = run_trials(run, base, spc, data, executor, n_trials, on_trial, resume)
     t_trials = time.perf_counter() - t0
 
-    result = summarize_selection(spc, study, run.path, data.cut, data.selection[0])
+    result = summarize_selection(spc, study, run.path, data.cut, data.selection[0], base)
     hm = run_holdout(run, base, spc, data, result["chosen"]["params"], executor)
-    result["holdout"] = holdout_summary(hm, data.cut)
-    result["verdict"] = sweep_verdict(result)
+    if base.target.kind == "return":
+        result["holdout"] = holdout_summary(hm, data.cut)
+        result["verdict"] = sweep_verdict(result)
+    else:
+        result["holdout"] = risk_holdout_summary(hm, data.cut, spc.sweep.objective)
+        result["verdict"] = risk_sweep_verdict(result)
     result = metrics.clean(result)  # NaN (a flat strategy's Sharpe ratio) as null
     runfolder.write_json(run.sweep_result, result)
     runfolder.write_json(
@@ -152,14 +159,17 @@ def run_holdout(
     )
 
 
-def _trial_performance(out: Path, numbers: list[int], objective: str) -> pd.DataFrame:
+def _trial_performance(out: Path, numbers: list[int], objective: str, base: Config) -> pd.DataFrame:
     """Per-bar performance of each trial's model, dates in rows and trials in columns, on the
     dates all of them traded: net returns, or for the r2_oos objective the squared-error
-    reduction against the zero forecast (whose mean ranks trials as R^2 does)."""
+    reduction against the zero forecast (whose mean ranks trials as R^2 does), or for a risk
+    target's loss its negative (a higher mean is a lower loss)."""
     cols = {}
     for n in numbers:
         folder = RunFolder(out).trial(n)
-        if objective == "r2_oos":
+        if lower_is_better(objective):
+            cols[n] = -selection_loss(pd.read_parquet(folder.predictions), base)
+        elif objective == "r2_oos":
             p = pd.read_parquet(folder.predictions)
             gain = p["realized"] ** 2 - (p["prediction"] - p["realized"]) ** 2
             cols[n] = gain.groupby(p["date"]).mean()
@@ -170,7 +180,7 @@ def _trial_performance(out: Path, numbers: list[int], objective: str) -> pd.Data
 
 
 def summarize_selection(
-    spc: SpaceFile, study, out: Path, cut: pd.Timestamp, frames
+    spc: SpaceFile, study, out: Path, cut: pd.Timestamp, frames, base: Config
 ) -> dict[str, Any]:
     """sweep.json without the holdout: settings, the chosen trial, and the luck measures.
     Also writes trials.parquet and leaderboard.csv."""
@@ -186,16 +196,21 @@ def summarize_selection(
     runfolder.write_with(
         RunFolder(out).trials_table, lambda tmp: table.to_parquet(tmp, index=False)
     )
-    board = leaderboard(table)
+    objective = spc.sweep.objective
+    board = leaderboard(table, objective)
     runfolder.write_text(RunFolder(out).leaderboard, board.to_csv(index=False))
     best = int(board["trial"].iloc[0])
     numbers = [t.number for t in complete]
-    perf = _trial_performance(out, numbers, spc.sweep.objective)
-    nets = _trial_performance(out, numbers, "sharpe") if spc.sweep.objective != "sharpe" else perf
+    perf = _trial_performance(out, numbers, objective, base)
+    if lower_is_better(objective):
+        nets = None  # selected on a loss: no Sharpe ratio to deflate
+    else:
+        nets = _trial_performance(out, numbers, "sharpe", base) if objective != "sharpe" else perf
     periods = json.loads(RunFolder(out).trial(best).metrics.read_text())["periods_per_year"]
-    luck = luck_measures(nets, perf, best, periods, spc.sweep.blocks, spc.sweep.objective)
+    luck = luck_measures(nets, perf, best, periods, spc.sweep.blocks, objective)
     row = table[table["trial"] == best].iloc[0]
-    return {
+    figures = ["sharpe", "r2_oos"] if nets is not None else ["managed_sharpe"]
+    result = {
         "settings": spc.sweep.model_dump(mode="json") | {"trials_run": len(trials)},
         "space": list(spc.space),  # in the space file's order
         "selection": {
@@ -212,16 +227,18 @@ def summarize_selection(
         "chosen": {
             "trial": best,
             "params": search_space.decode(spc, {t.number: t for t in trials}[best].params),
-            "objective": spc.sweep.objective,
+            "objective": objective,
             "value": float(row["value"]),
-            "sharpe": _none(row["sharpe"]),
-            "r2_oos": _none(row["r2_oos"]),
+            **{k: _none(row[k]) for k in figures},
         },
         "deflated_sharpe": luck["deflated_sharpe"],
         "pbo": luck["pbo"],
         "per_bar_sharpes": luck["per_bar_sharpes"],
         "periods_per_year": int(periods),
     }
+    if nets is None:
+        result["not_computed"] = {"deflated_sharpe": NO_DEFLATED_SHARPE.format(objective=objective)}
+    return result
 
 
 def _kept_start(out: Path, numbers: list[int]) -> dict[str, int]:

@@ -20,7 +20,10 @@ from tsconv import executors, runfolder
 from tsconv.config import Config, config_to_dict, validate_config
 from tsconv.data import covariates
 from tsconv.data.load import load_frames
+from tsconv.data.targets import RISK_KINDS
 from tsconv.errors import DataError, FolderError, TsconvError
+from tsconv.evaluate.risk_summary import selection_value
+from tsconv.evaluate.sweep_summary import lower_is_better
 from tsconv.executors import Executor
 from tsconv.recipes import search_space
 from tsconv.recipes.backtest import run_backtest
@@ -96,7 +99,7 @@ def run_trials(
     from optuna.trial import TrialState
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = open_study(run, resume)
+    study = open_study(run, resume, spc.sweep.objective)
     if resume:  # the trials an interrupted sweep finished: each folder as its backtest wrote it
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             runfolder.verify_finished(run.trial(t.number))
@@ -129,10 +132,10 @@ def run_trials(
     return study
 
 
-def open_study(run: RunFolder, resume: bool):
-    """The sweep's Optuna study in study.db: a new one, or (`resume`) the interrupted
-    sweep's, which must be there. A damaged or locked file is one line, not SQLAlchemy's
-    traceback."""
+def open_study(run: RunFolder, resume: bool, objective: str):
+    """The sweep's Optuna study in study.db: a new one, maximising `objective` or minimising
+    it (a loss), or (`resume`) the interrupted sweep's, which must be there. A damaged or
+    locked file is one line, not SQLAlchemy's traceback."""
     import optuna
     import sqlalchemy.exc  # optuna's storage
 
@@ -141,7 +144,8 @@ def open_study(run: RunFolder, resume: bool):
         if resume:
             study = optuna.load_study(storage=storage, study_name="sweep")
         else:
-            study = optuna.create_study(storage=storage, study_name="sweep", direction="maximize")
+            direction = "minimize" if lower_is_better(objective) else "maximize"
+            study = optuna.create_study(storage=storage, study_name="sweep", direction=direction)
         study.get_trials(deepcopy=False)  # reads every table a resume needs
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.OptunaError, KeyError) as exc:
         cause = str(getattr(exc, "orig", None) or exc).strip("'\"") or type(exc).__name__
@@ -210,6 +214,8 @@ def run_trial(data: tuple[dict, dict], task: TrialTask) -> dict[str, Any]:
 
 
 def _objective(m: dict[str, Any], objective: str) -> float:
+    if lower_is_better(objective):  # a risk forecast's loss
+        return float(selection_value(m))
     if objective == "r2_oos":
         return float(m["forecast"]["prediction"]["r2_oos"])
     sharpe = m["trading"]["prediction"].get("sharpe")
@@ -218,6 +224,8 @@ def _objective(m: dict[str, Any], objective: str) -> float:
 
 def trial_row(m: dict[str, Any]) -> dict[str, Any]:
     """A trial's selection-period figures for trials.parquet and the leaderboard."""
+    if m.get("target") in RISK_KINDS:
+        return _risk_trial_row(m)
     f, t = m["forecast"]["prediction"], m["trading"]["prediction"]
     return {
         "sharpe": t.get("sharpe"),
@@ -228,6 +236,30 @@ def trial_row(m: dict[str, Any]) -> dict[str, Any]:
         "ic": f.get("ic"),
         "directional_accuracy": f.get("directional_accuracy"),
         "dm_vs_zero_p": (f.get("dm_vs_zero") or {}).get("p_value"),
+        "n_predictions": m["n_predictions"],
+    }
+
+
+def _risk_trial_row(m: dict[str, Any]) -> dict[str, Any]:
+    """A volatility trial's QLIKE, MSE of the log variance and Mincer-Zarnowitz R^2, or a
+    quantiles trial's mean pinball loss and its worst coverage error over the levels; both
+    with the net Sharpe ratio of the book it manages."""
+    if m["target"] == "volatility":
+        f = m["forecast"]["prediction"]
+        row = {"qlike": f["qlike"], "mse_log": f["mse_log"], "mz_r2": f["mincer_zarnowitz"]["r2"]}
+    else:
+        misses = [
+            abs(r["prediction"]["coverage"] - float(q))
+            for q, r in m["levels"].items()
+            if r["prediction"]["coverage"] is not None
+        ]
+        row = {
+            "pinball": selection_value(m),
+            "coverage_error": max(misses) if misses else None,
+        }
+    return {
+        **row,
+        "managed_sharpe": m["strategy"]["strategies"]["prediction"].get("sharpe"),
         "n_predictions": m["n_predictions"],
     }
 

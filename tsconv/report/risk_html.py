@@ -127,6 +127,18 @@ def strategy_table_rows(m: dict[str, Any], model: str = "prediction") -> list[li
     return rows
 
 
+def forecast_tables(m: dict[str, Any]) -> str:
+    """The model against the baselines: the volatility table, or the quantiles' coverage and
+    pinball tables (HTML)."""
+    if m["target"] == "volatility":
+        return html_table(VOL_HEADER, vol_table_rows(m))
+    return (
+        html_table(quantile_header(m), quantile_table_rows(m))
+        + "<p>Pinball loss per level</p>"
+        + html_table(["level", "model", *QUANTILE_BASELINES], pinball_rows(m))
+    )
+
+
 def quantile_header(m: dict[str, Any]) -> list[str]:
     return ["level", *(f"{n} cover" for n in ["model", *QUANTILE_BASELINES]), "Kupiec p", "DM p"]
 
@@ -278,18 +290,14 @@ def render(
     esc = html.escape
     vol = cfg.target.kind == "volatility"
     verdict = f"<p><b>{esc(m['bottom_line'])}</b></p><p>{esc(m['verdict'])}</p>"
+    forecast = forecast_tables(m)
     if vol:
-        forecast = html_table(VOL_HEADER, vol_table_rows(m))
         figures = _vol_figure(
             pred, m, ["prediction", "garch", "har"], lambda n: n, cfg.target.horizon
         )
         figures += _qlike_fold_figure(m)
         forecast_title = "Model vs baselines: QLIKE, MSE of the log variance, Mincer-Zarnowitz"
     else:
-        forecast = html_table(quantile_header(m), quantile_table_rows(m))
-        forecast += "<p>Pinball loss per level</p>" + html_table(
-            ["level", "model", *QUANTILE_BASELINES], pinball_rows(m)
-        )
         figures = _calibration_figure(m)
         figures += _vol_figure(
             pred,

@@ -10,9 +10,28 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tsconv.report import risk_html
 from tsconv.report.figures import png_base64
 from tsconv.report.html_page import html_figure, html_page, html_section, html_table
 from tsconv.report.tables import TABLE_HEADER, format_cell, table_rows
+
+# the leaderboard's figures by objective: leaderboard.csv column -> heading
+RETURN_FIGURES = {"sharpe": "Sharpe", "r2_oos": "R2 OS", "ic": "IC", "in_market": "in market"}
+FIGURES = {
+    "sharpe": RETURN_FIGURES,
+    "r2_oos": RETURN_FIGURES,
+    "qlike": {
+        "qlike": "QLIKE",
+        "mse_log": "MSE log",
+        "mz_r2": "MZ R2",
+        "managed_sharpe": "managed Sharpe",
+    },
+    "pinball": {
+        "pinball": "pinball",
+        "coverage_error": "max cover err",
+        "managed_sharpe": "managed Sharpe",
+    },
+}
 
 
 def render(r: dict[str, Any], out: Path, holdout_metrics: dict[str, Any]) -> str:
@@ -20,11 +39,19 @@ def render(r: dict[str, Any], out: Path, holdout_metrics: dict[str, Any]) -> str
     leaderboard and the settings; `holdout_metrics`: the holdout backtest's metrics.json."""
     esc = html.escape
     h = r["holdout"]
+    risk = "bottom_line" in h
     holdout = (
         f"<p>The chosen config, evaluated once, walk-forward, on dates from {esc(h['start'])} "
         f"that no trial saw: {h['n_predictions']} predictions in {h['folds']} folds. "
-        f"<b>{esc(h['verdict'])}</b>. {esc(h['backtest_verdict'])}</p>"
-        + html_table(TABLE_HEADER, table_rows(holdout_metrics))
+        + (
+            f"<b>{esc(h['bottom_line'])}</b> {esc(h['backtest_verdict'])}</p>"
+            + risk_html.forecast_tables(holdout_metrics)
+            + "<p>Volatility-managed books</p>"
+            + html_table(risk_html.STRATEGY_HEADER, risk_html.strategy_table_rows(holdout_metrics))
+            if risk
+            else f"<b>{esc(h['verdict'])}</b>. {esc(h['backtest_verdict'])}</p>"
+            + html_table(TABLE_HEADER, table_rows(holdout_metrics))
+        )
         + "<p>The full backtest report of the holdout: "
         "<a href='holdout/report.html'>holdout/report.html</a>.</p>"
     )
@@ -38,9 +65,13 @@ def render(r: dict[str, Any], out: Path, holdout_metrics: dict[str, Any]) -> str
     sections = [
         html_section("verdict", "Verdict", f"<p>{esc(r['verdict'])}</p>"),
         html_section("holdout", "Holdout", holdout),
-        html_section("luck", "How much of the best is luck", _luck_html(r)),
         html_section(
-            "leaderboard", "Leaderboard (selection period)", leaderboard_html(out, r["space"])
+            "luck", "How much of the best is luck", _risk_luck_html(r) if risk else _luck_html(r)
+        ),
+        html_section(
+            "leaderboard",
+            "Leaderboard (selection period)",
+            leaderboard_html(out, r["space"], r["chosen"]["objective"]),
         ),
         html_section("settings", "Settings", settings),
     ]
@@ -86,6 +117,32 @@ def _luck_html(r: dict[str, Any]) -> str:
         "the selection period in two halves where picking the best trial on one half gives "
         "one at or below the median on the other: 0.5 or more means the search picks noise.</p>"
         f"<table>{body}</table>{_sharpe_figure(r)}"
+    )
+
+
+def _risk_luck_html(r: dict[str, Any]) -> str:
+    """A loss objective's luck: PBO on the trials' losses per date; no deflated Sharpe ratio."""
+    p = r["pbo"]
+    q = p.get("logit_quantiles") or {}
+    rows = [
+        ["trials finished (distinct)", f"{r['trials']['complete']} ({r['trials']['distinct']})"],
+        ["probability of backtest overfitting (PBO)", _number_or_dash(p["pbo"], ".3f")],
+        ["CSCV splits / bars", f"{p['splits']:,} / {p['bars']:,}"],
+        [
+            "logit of the in-sample best's out-of-sample rank: 10%, 50%, 90%",
+            ", ".join(f"{q[k]:+.2f}" for k in ("q10", "q50", "q90")) if q else "-",
+        ],
+        ["deflated Sharpe ratio", r["not_computed"]["deflated_sharpe"]],
+    ]
+    body = "".join(
+        f"<tr><td style='text-align:left'>{html.escape(a)}</td><td>{html.escape(b)}</td></tr>"
+        for a, b in rows
+    )
+    return (
+        f"<p>PBO is the share of ways to split the selection period in two halves where the "
+        f"trial with the lowest mean {html.escape(r['chosen']['objective'])} per date on one "
+        "half is at or below the median on the other: 0.5 or more means the search picks "
+        f"noise.</p><table>{body}</table>"
     )
 
 
@@ -136,15 +193,18 @@ def sharpe_histogram(r: dict[str, Any], plt: Any) -> Any:
     return fig
 
 
-def leaderboard_html(out: Path, keys: list[str]) -> str:
+def leaderboard_html(out: Path, keys: list[str], objective: str = "sharpe") -> str:
     """Rank, trial, each parameter (under the last part of its key where that is unique) and
-    the main figures, the time in the market as a percentage; every column is in
-    leaderboard.csv."""
+    the main figures of `objective`'s target, the time in the market as a percentage; every
+    column is in leaderboard.csv."""
     board = pd.read_csv(out / "leaderboard.csv")
-    board["in_market"] = [format_cell(v, ".0%") if pd.notna(v) else "-" for v in board["in_market"]]
+    if "in_market" in board:
+        board["in_market"] = [
+            format_cell(v, ".0%") if pd.notna(v) else "-" for v in board["in_market"]
+        ]
     short = [k.rsplit(".", 1)[-1] for k in keys]
     names = dict(zip(keys, short if len(set(short)) == len(short) else keys, strict=True))
-    figures = {"sharpe": "Sharpe", "r2_oos": "R2 OS", "ic": "IC", "in_market": "in market"}
+    figures = FIGURES[objective]
     shown = board[["rank", "trial", *keys, *figures]].rename(columns={**names, **figures})
     table = shown.to_html(index=False, float_format="%.4g", na_rep="-")
     # many parameters make a wide table: smaller type, and it scrolls rather than overflow
