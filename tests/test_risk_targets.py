@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from tests.conftest import tiny_config
@@ -19,10 +20,14 @@ from tsconv import synthetic_vol
 from tsconv.cli import app
 from tsconv.data import targets
 from tsconv.data.features import build
+from tsconv.engine.predict import predict_rows
 from tsconv.evaluate import risk_baselines, risk_metrics
+from tsconv.recipes import risk_fold
 from tsconv.recipes.audit import run_audit
 from tsconv.recipes.backtest import run_backtest
-from tsconv.recipes.prepare import prepare
+from tsconv.recipes.fit_span import fit_span
+from tsconv.recipes.prepare import global_rows, prepare, split_train_val
+from tsconv.recipes.walkforward import fold_spans, make_folds
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,13 +77,78 @@ def test_calibration_makes_the_forecast_unbiased_and_quantiles_never_cross():
     rng = np.random.default_rng(0)
     base = np.full(5000, 2e-4)
     z = rng.normal(0, 0.3, 5000)
-    rv = targets.variance_forecast(z, base, 1, 1.0) * rng.chisquare(1, 5000)
-    c = targets.calibration(z, base, rv, 1)
+    bounds = targets.forecast_range(z)
+    rv = targets.variance_forecast(z, base, 1, 1.0, bounds) * rng.chisquare(1, 5000)
+    c = targets.calibration(z, base, rv, 1, bounds)
     assert c == pytest.approx(1.0, rel=0.05)
-    sigma = np.sqrt(targets.variance_forecast(z, base, 1, c))
+    sigma = np.sqrt(targets.variance_forecast(z, base, 1, c, bounds))
     k = targets.standardized_quantiles(sigma * rng.standard_normal(5000), sigma, [0.05, 0.5, 0.95])
     assert k[0] == pytest.approx(-1.645, abs=0.1) and k[2] == pytest.approx(1.645, abs=0.1)
     assert np.all(np.diff(k) >= 0)
+
+
+def _one_absurd_low(frame: pd.DataFrame, at: int) -> pd.DataFrame:
+    """`frame` with bar `at`'s low a twentieth of itself: a bad print, the range 20 times
+    wider than any other bar's."""
+    bad = frame.copy()
+    bad.iloc[at, bad.columns.get_loc("low")] /= 20
+    return bad
+
+
+def test_an_absurd_bar_in_the_test_span_gives_a_forecast_clipped_to_the_training_range():
+    """The network's forecast z on a bar unlike any in training (its range 20 times too
+    wide) lies outside the range of its forecasts on the fold's training rows: the variance
+    forecast is then h base exp(that range's end) c, finite and positive; every forecast
+    inside the range is the unclipped h base exp(z) c, the same numbers as before the guard."""
+    cpu = torch.device("cpu")
+    frame = _one_absurd_low(synthetic_vol.garch_t(700, seed=2)[0], 560)
+    cfg = tiny_config(
+        target={"kind": "volatility", "proxy": "parkinson"},
+        model={"highway": True},
+        backtest={"train_span": 400, "test_span": 300},
+    )
+    prep = prepare(cfg, {"A": frame})
+    train, test = fold_spans(prep, make_folds(prep)[0])
+    fit, val = split_train_val(prep, train)
+    model, scalers, panel, _ = fit_span(prep, fit, val, seed=0, device=cpu)
+    forecasts, info = risk_fold.model_forecasts(prep, model, panel, scalers, train, val, test, cpu)
+
+    def z_of(rows: np.ndarray) -> np.ndarray:
+        pred = predict_rows(model, panel, global_rows(panel, "A", rows), cfg.window, cpu)
+        return pred.astype(np.float64) * scalers["A"].y_scale
+
+    lo, hi = train["A"]
+    z_train = z_of(np.arange(max(lo, cfg.window - 1), hi))
+    rows = test["A"]
+    z = z_of(rows)
+    bad = rows == prep.data["A"].dates.get_loc(frame.index[560])
+    assert bad.sum() == 1 and not z_train.min() <= z[bad][0] <= z_train.max()
+    var, c = forecasts["A"], info["variance_scale"]
+    base = prep.data["A"].risk["base"][rows]
+    outside = (z < z_train.min()) | (z > z_train.max())
+    assert info["forecasts_clipped"] == outside.sum() >= 1
+    assert np.isfinite(var).all() and (var > 0).all()
+    np.testing.assert_allclose(var, base * np.exp(np.clip(z, z_train.min(), z_train.max())) * c)
+    np.testing.assert_array_equal(var[~outside], base[~outside] * np.exp(z[~outside]) * c)
+
+
+def test_clipped_forecasts_are_counted_in_folds_csv_metrics_json_and_the_report(tmp_path):
+    frames = {"A": _one_absurd_low(synthetic_vol.garch_t(700, seed=2)[0], 560)}
+    cfg = tiny_config(
+        target={"kind": "volatility", "proxy": "parkinson"},
+        model={"highway": True},
+        backtest={"train_span": 400, "test_span": 300},
+    )
+    out = tmp_path / "bt"
+    run_backtest(cfg, out, prep=prepare(cfg, frames))
+    folds = pd.read_csv(out / "folds.csv")
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["forecasts_clipped"] == folds["forecasts_clipped"].sum() >= 1
+    (warning,) = [w for w in m["warnings"] if "clipped" in w]
+    assert warning.startswith(f"{m['forecasts_clipped']} model forecast(s) in fold(s) 0 lay")
+    assert warning in (out / "report.html").read_text().replace("&#x27;", "'")
+    pred = pd.read_parquet(out / "predictions.parquet")
+    assert np.isfinite(pred["prediction"]).all() and (pred["prediction"] > 0).all()
 
 
 def test_qlike_mz_kupiec_christoffersen_by_hand():
@@ -280,6 +350,40 @@ def test_train_then_predict_prints_the_forecast_volatility_and_quantiles(tmp_pat
     assert q["0.05"] < 0 < q["0.95"]
     result = CliRunner().invoke(app, ["predict", "--run", str(run)])
     assert result.exit_code == 0 and "q0.05" in result.output and "G" in result.output
+
+
+def test_predict_clips_a_forecast_from_an_absurd_latest_bar_and_says_so(tmp_path):
+    """A run trained on clean bars; then the latest bar's low is a twentieth of itself. The
+    forecast after it lies beyond the model's forecasts on the rows it trains on: clipped,
+    finite, and named under the table; the clean latest bar's is not."""
+    from tsconv.config import dump_yaml
+
+    # not the series's last 5 bars: the last is a 9% fall (Student-t), its range 2.5 times
+    # any other's, and this small model's forecast after it is clipped too
+    frame = synthetic_vol.garch_t(700, seed=2)[0].iloc[:-5]
+    path = tmp_path / "g.csv"
+    frame.to_csv(path)
+    cfg = tiny_config(
+        data={"source": "csv", "path": str(path), "tickers": ["G"]},
+        target={"kind": "volatility", "proxy": "parkinson"},
+        model={"highway": True},
+    )
+    (tmp_path / "v.yaml").write_text(dump_yaml(cfg))
+    run = tmp_path / "run"
+    result = CliRunner().invoke(
+        app, ["train", "--config", str(tmp_path / "v.yaml"), "--out", str(run)]
+    )
+    assert result.exit_code == 0, result.output
+    rows = {}
+    for name, bars in (("clean", frame), ("absurd", _one_absurd_low(frame, len(frame) - 1))):
+        bars.to_csv(path)
+        result = CliRunner().invoke(app, ["predict", "--run", str(run), "--json"])
+        assert result.exit_code == 0, result.output
+        (rows[name],) = json.loads(result.output)
+    assert rows["clean"]["clipped"] is False and rows["absurd"]["clipped"] is True
+    assert 0 < rows["absurd"]["predicted_variance"] < math.inf
+    result = CliRunner().invoke(app, ["predict", "--run", str(run)])
+    assert result.exit_code == 0 and "clipped: G (the forecast lay beyond" in result.output
 
 
 def test_sweep_refuses_a_return_objective_on_a_risk_target_in_one_line(tmp_path):

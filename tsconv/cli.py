@@ -371,6 +371,13 @@ def _print_risk_forecast(rows: list[dict[str, Any]]) -> None:
     out.print(table)
     quantiles = ", quantiles in bps of log return" if levels else ""
     out.print(f"vol: over the next h bars; proxy {rows[0]['proxy']}{quantiles}", highlight=False)
+    clipped = [r["ticker"] for r in rows if r["clipped"]]
+    if clipped:
+        out.print(
+            f"clipped: {', '.join(clipped)} (the forecast lay beyond the model's forecasts on "
+            "the training rows)",
+            highlight=False,
+        )
 
 
 # --------------------------------------------------------------------------- backtest

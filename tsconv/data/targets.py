@@ -20,7 +20,10 @@ This is the "MSE of the log variance" loss; its forecast z is turned back into a
 positive by construction, by `variance_forecast`: h * base[t] * exp(z) * c, where the one
 constant c = mean(rv / (h * base * exp(z))) over the fold's training rows is what makes the
 forecast unbiased for the variance (E[exp(error)] of the log fit) and minimises QLIKE over
-scale. The zero forecast z = 0 is the trailing mean of the proxy.
+scale. The zero forecast z = 0 is the trailing mean of the proxy. Before exp, z is clipped to
+the range of the network's own forecasts on the fold's training rows (`forecast_range`): the
+network may not extrapolate beyond what it forecast on the inputs it was fitted to, so one bar
+unlike any in training (a bad print) cannot send the variance a thousand times too high.
 
 For `quantiles` the same network forecasts the scale, and the return's quantile at level q is
 sigma[t] * k_q, with k_q the pinball-loss minimiser over the training rows of the returns
@@ -116,15 +119,31 @@ def risk_columns(
     return {"proxy": p, "base": base, "rv": rv, "y": y}
 
 
-def variance_forecast(z: np.ndarray, base: np.ndarray, horizon: int, scale: float) -> np.ndarray:
-    """The variance of the next h bars from the network's forecast `z` of the log target."""
-    return horizon * base * np.exp(z) * scale
+def forecast_range(z_train: np.ndarray) -> tuple[float, float]:
+    """The lowest and highest of the network's forecasts `z_train` on a fold's training rows:
+    every forecast is clipped to this range before it becomes a variance."""
+    return float(np.nanmin(z_train)), float(np.nanmax(z_train))
 
 
-def calibration(z: np.ndarray, base: np.ndarray, rv: np.ndarray, horizon: int) -> float:
+def clipped(z: np.ndarray, bounds: tuple[float, float]) -> int:
+    """How many forecasts `z` lie outside `bounds` (and are clipped by `variance_forecast`)."""
+    return int(np.sum((z < bounds[0]) | (z > bounds[1])))
+
+
+def variance_forecast(
+    z: np.ndarray, base: np.ndarray, horizon: int, scale: float, bounds: tuple[float, float]
+) -> np.ndarray:
+    """The variance of the next h bars from the network's forecast `z` of the log target,
+    clipped to `bounds` (`forecast_range`)."""
+    return horizon * base * np.exp(np.clip(z, *bounds)) * scale
+
+
+def calibration(
+    z: np.ndarray, base: np.ndarray, rv: np.ndarray, horizon: int, bounds: tuple[float, float]
+) -> float:
     """c = mean(rv / (h base exp(z))) over rows whose rv is known: the scale that makes the
     variance forecast unbiased in the training rows (and, given its shape, QLIKE-optimal)."""
-    raw = variance_forecast(z, base, horizon, 1.0)
+    raw = variance_forecast(z, base, horizon, 1.0, bounds)
     ok = np.isfinite(raw) & np.isfinite(rv) & (raw > 0)
     if not ok.any():
         return 1.0

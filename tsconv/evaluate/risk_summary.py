@@ -309,4 +309,13 @@ def summarize_risk(
                 + ", ".join(out["garch_fallbacks"])
                 + ": EWMA stands in for it there (folds.csv: garch_fallback)"
             )
+    clipped = folds.get("forecasts_clipped") if len(folds) else None
+    out["forecasts_clipped"] = 0 if clipped is None else int(clipped.sum())
+    if out["forecasts_clipped"]:
+        where = folds.loc[clipped > 0, "fold"].astype(str)
+        out.setdefault("warnings", []).append(
+            f"{out['forecasts_clipped']} model forecast(s) in fold(s) {', '.join(where)} lay "
+            "beyond the model's forecasts on the fold's training rows and were clipped to "
+            "them (folds.csv: forecasts_clipped)"
+        )
     return metrics.clean(out), nets

@@ -38,7 +38,8 @@ def model_forecasts(
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Per test ticker: the variance forecast of its test rows (quantiles: a (rows, 1 + levels)
     array, the variance then each level's quantile), and what was fitted on the training rows
-    to get it (the calibration constant, the standardised quantiles)."""
+    to get it (the calibration constant, the standardised quantiles) with the number of test
+    forecasts clipped to the range of the model's forecasts on the training rows."""
     cfg = prep.cfg
     h = cfg.target.horizon
 
@@ -66,23 +67,29 @@ def model_forecasts(
     # targets): an overfitted fit's training residuals are too small, so its constant would
     # be too low and its quantiles too narrow (on the sample, quantiles from every training
     # row missed four levels of five in Kupiec's test; from validation, one)
+    trained = stacked(train)
+    bounds = targets.forecast_range(trained[0])
     enough = sum(hi - lo for lo, hi in val.values()) >= MIN_CALIBRATION_ROWS
-    z, base, rv, ret = stacked(val if enough else train)
-    scale = targets.calibration(z, base, rv, h)
+    z, base, rv, ret = stacked(val) if enough else trained
+    scale = targets.calibration(z, base, rv, h, bounds)
     info: dict[str, Any] = {"variance_scale": scale}
     out = {}
     k = None
     if cfg.target.kind == "quantiles":
-        sigma = np.sqrt(targets.variance_forecast(z, base, h, scale))
+        sigma = np.sqrt(targets.variance_forecast(z, base, h, scale, bounds))
         k = targets.standardized_quantiles(ret, sigma, cfg.target.levels)
         info["standardized_quantiles"] = " ".join(f"{v:.4g}" for v in k)
+    clipped = 0
     for t, rows in test.items():
         base = prep.data[t].risk["base"][rows]
-        var = targets.variance_forecast(z_of(t, rows), base, h, scale)
+        z_test = z_of(t, rows)
+        clipped += targets.clipped(z_test, bounds)
+        var = targets.variance_forecast(z_test, base, h, scale, bounds)
         if k is None:
             out[t] = var
         else:
             out[t] = np.column_stack([var, np.sqrt(var)[:, None] * k[None, :]])
+    info["forecasts_clipped"] = clipped
     return out, info
 
 

@@ -159,6 +159,7 @@ class MemberFit:
     rows: pd.DataFrame | None = None
     info: dict[str, Any] | None = None
     state: dict[str, torch.Tensor] | None = None
+    clipped: int = 0  # risk targets: test forecasts clipped to the training range
 
 
 def fit_member(
@@ -206,6 +207,8 @@ def fit_member(
             for t, rows in test.items()
         }
     fitted = MemberFit(member, predictions, result, t_fit, time.perf_counter() - t0 - t_fit)
+    if risk_fold.is_risk(prep):
+        fitted.clipped = risk_info["forecasts_clipped"]
     if keep_state:
         fitted.state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if member == 0:
@@ -334,6 +337,8 @@ def combine_members(fits: list[MemberFit]) -> tuple[pd.DataFrame, dict[str, Any]
         "fit_seconds": sum(f.fit_seconds for f in fits),
         "predict_seconds": sum(f.predict_seconds for f in fits),
     }
+    if "forecasts_clipped" in info:  # every member's, not only the first's
+        info["forecasts_clipped"] = sum(f.clipped for f in fits)
     if len(fits) > 1:
         info["members"] = len(fits)
         info["members_kept_start"] = sum(r.best_epoch == 0 for r in results)
