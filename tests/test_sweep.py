@@ -182,6 +182,75 @@ def test_space_values_grid_and_rounds():
     assert {search_space.round_end(spc, n, 24) for n in range(24)} == {24}
 
 
+def _grid_space(trials: int, seed: int = 0) -> search_space.SpaceFile:
+    return search_space.SpaceFile.model_validate(
+        {
+            "sweep": {"sampler": "grid", "trials": trials, "seed": seed},
+            "space": {
+                "model.channels": search_space._as_param([4, 8, 16]),
+                "backtest.position": search_space._as_param(["sign", "scaled"]),
+            },
+        }
+    )
+
+
+def test_grid_trials_proposed_together_take_each_point_once():
+    """All of a grid sweep's trials are proposed in one round. Optuna's GridSampler, seeded
+    per trial, gave two trials the same point there (3 or 4 distinct of 6 for seeds 0-3); the
+    grid's points are now given, trial n point n of an order shuffled by the seed."""
+    import optuna
+
+    from tsconv.recipes.trials import next_round
+
+    def proposed(spc: search_space.SpaceFile) -> list[tuple]:
+        study = optuna.create_study()
+        next_round(study, spc, search_space.trials_to_run(spc))
+        return [tuple(sorted(t.params.items())) for t in study.get_trials()]
+
+    everything = {
+        (("backtest.position", p), ("model.channels", c))
+        for c in (4, 8, 16)
+        for p in ("sign", "scaled")
+    }
+    for seed in range(4):
+        points = proposed(_grid_space(6, seed))
+        assert len(points) == 6 and set(points) == everything
+    assert search_space.trials_to_run(_grid_space(20)) == 6
+    subset = proposed(_grid_space(4, seed=1))
+    assert len(set(subset)) == 4 and subset == proposed(_grid_space(4, seed=1))
+    assert subset == proposed(_grid_space(6, seed=1))[:4]  # a prefix of the whole grid's order
+
+
+@pytest.mark.slow
+def test_a_grid_sweep_of_more_trials_than_points_runs_each_once_in_any_process(tmp_path):
+    """--trials 20 on a grid of 4: one line says 4 trials run, each point once; no
+    `RuntimeError: Study.stop` when the last point finishes; 2 processes give the same bytes."""
+    from tests.conftest import tiny_config
+    from tsconv.config import dump_yaml
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(dump_yaml(tiny_config(backtest={"train_span": 1000, "test_span": 500})))
+    space = write_space(
+        tmp_path,
+        {
+            "sweep": {"sampler": "grid", "holdout": 0.3, "seed": 1},
+            "space": {"model.channels": [4, 8], "backtest.position": ["sign", "scaled"]},
+        },
+    )
+    results = []
+    for name, extra in (("serial", []), ("par", ["--workers", "2"])):
+        args = ["sweep", "--config", str(config), "--space", str(space), "--trials", "20"]
+        r = invoke([*args, "--out", str(tmp_path / name), *extra])
+        assert "Traceback" not in r.output
+        assert r.output.count("sweep: the grid has 4 points; running 4 trials, not 20\n") == 1
+        results.append(comparable(tmp_path / name))
+    table = results[0][1]
+    assert table["state"].eq("complete").all() and len(table) == 4
+    assert len(set(zip(table["model.channels"], table["backtest.position"], strict=True))) == 4
+    assert results[0][0] == results[1][0] and results[0][0]["settings"]["trials_run"] == 4
+    pd.testing.assert_frame_equal(results[0][1], results[1][1])
+
+
 def test_holdout_split_by_fraction_and_by_date():
     idx = pd.bdate_range("2020-01-01", periods=100)
     frames = {

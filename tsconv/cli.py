@@ -634,11 +634,19 @@ def sweep(
     run_cfg = _with_execution(base, workers=workers, executor=executor, ray_address=ray_address)
     _prestart_workers(run_cfg, "tsconv.recipes.trials")
     from tsconv.evaluate.sweep_summary import lower_is_better
+    from tsconv.recipes import search_space as spaces
     from tsconv.recipes.sweep import run_sweep
 
     pick = min if lower_is_better(spc.sweep.objective) else max
+    n_trials = spaces.trials_to_run(spc)
+    if n_trials < spc.sweep.trials:  # a grid: each point once
+        err.print(
+            f"sweep: the grid has {n_trials} points; running {n_trials} trials, not "
+            f"{spc.sweep.trials}",
+            highlight=False,
+        )
     with _progress() as progress:
-        task = progress.add_task("sweep", total=spc.sweep.trials, info="")
+        task = progress.add_task("sweep", total=n_trials, info="")
         best: list[float] = []
 
         def on_trial(done: int, total: int, row: dict[str, Any]) -> None:

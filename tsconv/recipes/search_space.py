@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
+import itertools
 import json
 import math
 from pathlib import Path
@@ -315,6 +316,26 @@ def grid_size(space: SpaceFile) -> int:
     return math.prod(len(v) for v in grid(space).values())
 
 
+def grid_points(space: SpaceFile) -> list[dict[str, Any]]:
+    """Every point of the grid, each once, in an order shuffled by the sweep's seed: trial n
+    evaluates point n, so fewer trials than points take a random subset, the same one in any
+    number of processes (Optuna's GridSampler, proposing trials together, could give two of
+    them the same point)."""
+    values = grid(space)
+    points = [
+        dict(zip(values, combo, strict=True)) for combo in itertools.product(*values.values())
+    ]
+    order = np.random.default_rng(space.sweep.seed).permutation(len(points))
+    return [points[i] for i in order]
+
+
+def trials_to_run(space: SpaceFile) -> int:
+    """`sweep.trials`, for the grid sampler at most the grid's size (each point once)."""
+    if space.sweep.sampler == "grid":
+        return min(space.sweep.trials, grid_size(space))
+    return space.sweep.trials
+
+
 def decode(space: SpaceFile, params: dict[str, Any]) -> dict[str, Any]:
     """Optuna's stored params as config values (JSON text back to lists)."""
     out = {}
@@ -326,14 +347,13 @@ def decode(space: SpaceFile, params: dict[str, Any]) -> dict[str, Any]:
 
 def sampler(space: SpaceFile, number: int):
     """The sampler that proposes trial `number`: seeded by the sweep's seed and the trial's
-    number, so an interrupted sweep proposes the same trials when it resumes."""
+    number, so an interrupted sweep proposes the same trials when it resumes. A grid trial's
+    parameters are given (`grid_points`), so its sampler draws nothing."""
     import optuna
 
     s = space.sweep
     seed = s.seed * 100_003 + number
-    if s.sampler == "grid":
-        return optuna.samplers.GridSampler(grid(space), seed=seed)
-    if s.sampler == "random":
+    if s.sampler in ("grid", "random"):
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.startup)
 

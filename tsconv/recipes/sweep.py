@@ -90,9 +90,7 @@ def _sweep(
     t0 = time.perf_counter()
     data = split_data(base, spc, frames)
     start_sweep_folder(run, base, spc, resume, overwrite)
-    n_trials = spc.sweep.trials
-    if spc.sweep.sampler == "grid":
-        n_trials = min(n_trials, search_space.grid_size(spc))
+    n_trials = search_space.trials_to_run(spc)
     executing = search_space.with_values(base, execution or {}, "execution")
     executor = executors.choose(executing, n_trials)
     study = run_trials(run, base, spc, data, executor, n_trials, on_trial, resume)

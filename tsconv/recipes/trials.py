@@ -167,8 +167,11 @@ def next_round(study, spc: SpaceFile, n_trials: int) -> list[int]:
         return []
     start = len(trials) - 1 if pending else len(trials)
     dists = search_space.distributions(spc)
+    points = search_space.grid_points(spc) if spc.sweep.sampler == "grid" else None
     for number in range(len(trials), search_space.round_end(spc, start, n_trials)):
         study.sampler = search_space.sampler(spc, number)
+        if points is not None:  # the grid's point `number`, given rather than drawn
+            study.enqueue_trial(points[number])
         pending.append(study.ask(dists).number)
     return pending
 
