@@ -43,7 +43,7 @@ KNOTS = ((1.0, 0.0), (1.0, 1.0), (1.0, 2.0), (-1.0, 1.0), (-1.0, 2.0))
 class RidgeFit:
     coef: np.ndarray  # (max_lags, features): coef[j, f] multiplies feature f of the bar j back
     lags: int  # bars the fit reads (0: the zero forecast, which no candidate beat)
-    penalty: float
+    penalty: float  # the lags' penalty (the terms' own, `_refit`, when it reads no lags)
     cv_mse: float  # cross-validated mean squared error of the chosen candidate
     zero_mse: float  # the zero forecast's mean squared error on the same rows
     hinge: np.ndarray | None = None  # (features, len(KNOTS)): each hinge's weight
@@ -130,10 +130,11 @@ def predict(x: np.ndarray, rows: np.ndarray, fit: RidgeFit) -> np.ndarray:
 
 
 def _cv_errors(a, b, groups, widths, penalties):
-    """Yield (width, penalty, squared errors of every row predicted by the fit on the other
-    groups, the eigenvalues of the width's Gram matrix over all rows) for each candidate: the
-    first `width` columns of `a` and a penalty. A candidate's effective degrees of freedom at
-    penalty p are sum(s / (s + p)) over those eigenvalues s."""
+    """Yield (width, label, squared errors of every row predicted by the fit on the other
+    groups, effective degrees of freedom) for the first `width` columns of `a` and each
+    (label, column penalties) of `penalties(width)`: the ridge regression with a penalty of
+    its own on each column, mean((b - a c)^2) + sum_j penalty_j c_j^2. Its degrees of
+    freedom are trace(G (G + P)^-1), G the columns' Gram matrix over all rows."""
     n_groups = int(groups.max()) + 1
     gram_all, cross_all = a.T @ a, a.T @ b
     fold_stats = []
@@ -144,15 +145,14 @@ def _cv_errors(a, b, groups, widths, penalties):
     for p in widths:
         if 2 * p >= len(b) * (n_groups - 1) / n_groups:  # fewer than two rows a weight
             break
-        spectrum = np.maximum(np.linalg.eigvalsh(gram_all[:p, :p] / len(b)), 0)
-        errors = np.empty((len(penalties), len(b)))
-        for part, a_out, gram, cross in fold_stats:
-            s, v = np.linalg.eigh(gram[:p, :p])
-            z_out, proj = a_out[:, :p] @ v, v.T @ cross[:p]
-            for i, pen in enumerate(penalties):
-                errors[i, part] = (b[part] - z_out @ (proj / (np.maximum(s, 0) + pen))) ** 2
-        for i, pen in enumerate(penalties):
-            yield p, pen, errors[i], spectrum
+        full = gram_all[:p, :p] / len(b)
+        for label, pen in penalties(p):
+            errors = np.empty(len(b))
+            for part, a_out, gram, cross in fold_stats:
+                c = np.linalg.solve(gram[:p, :p] + np.diag(pen), cross[:p])
+                errors[part] = (b[part] - a_out[:, :p] @ c) ** 2
+            df = float(np.trace(np.linalg.solve(full + np.diag(pen), full)))
+            yield p, label, errors, df
 
 
 def _time_groups(order: np.ndarray, n_groups: int) -> np.ndarray:
@@ -161,9 +161,9 @@ def _time_groups(order: np.ndarray, n_groups: int) -> np.ndarray:
     return (ranks * n_groups) // max(len(order), 1)
 
 
-def _solve(a: np.ndarray, b: np.ndarray, penalty: float) -> np.ndarray:
-    s, v = np.linalg.eigh(a.T @ a / len(b))
-    return v @ ((v.T @ (a.T @ b / len(b))) / (np.maximum(s, 0) + penalty))
+def _solve(a: np.ndarray, b: np.ndarray, penalty: np.ndarray) -> np.ndarray:
+    """The ridge coefficients with column j's own penalty `penalty[j]`."""
+    return np.linalg.solve(a.T @ a / len(b) + np.diag(penalty), a.T @ b / len(b))
 
 
 @_one_blas_thread
@@ -221,29 +221,46 @@ def select_ridge(
     no_terms = np.zeros(0, np.int64)
     widths = range(1, len(blocks) + 1)
     lagged = {"zero": lin[:, :0], "lags": lin}  # views of lin, no copies
-    scores.add("lags", no_terms, np.arange(n_feat), lin, [k * n_feat for k in widths])
+
+    def uniform(p):  # one penalty on every column
+        return [(pen, np.full(p, pen)) for pen in penalties]
+
+    scores.add("lags", no_terms, np.arange(n_feat), lin, [k * n_feat for k in widths], uniform)
     if n_feat > 1:
         for f in range(n_feat):
             lagged[f"lags of {f}"] = lin[:, f::n_feat]
-            scores.add(f"lags of {f}", no_terms, np.array([f]), lagged[f"lags of {f}"], widths)
+            scores.add(
+                f"lags of {f}", no_terms, np.array([f]), lagged[f"lags of {f}"], widths, uniform
+            )
     if nonlinear:
         # one group of the last bar's terms at a time on top of the chosen linear fit: a
-        # signal in one feature or one pair is found at the cost of its own few weights
+        # signal in one feature or one pair is found at the cost of its own few weights.
+        # The lags keep the penalty they were chosen at and the terms get their own: with
+        # one penalty for both, a term group that wanted a small one freed the lags from
+        # theirs, and they fitted noise (docs/models.md)
         base = scores.one_se()
         feats = scores.designs[base[0]][1] if base[0] != "zero" else no_terms
         base_lin = lagged[base[0]][:, : base[1]]
         for label, cols in term_groups(n_feat):
+            q = len(cols)
+
+            def own(p, q=q):  # the terms' penalty, then the lags' as chosen
+                return [
+                    (pen, np.r_[np.full(q, pen), scores.pen[base][: p - q]]) for pen in penalties
+                ]
+
             a = np.concatenate([_centred(bar_terms(x, full, cols)), base_lin], 1)
-            scores.add(label, cols, feats, a, [a.shape[1]])
+            scores.add(label, cols, feats, a, [a.shape[1]], own)
     chosen = scores.one_se()
     zero_mse = float(np.mean(b**2))
-    name, width, pen = chosen
+    name, width, _ = chosen
     if name == "zero":
         return RidgeFit(zero.coef, 0, zero.penalty, zero_mse, zero_mse)
     cols, feats = scores.designs[name]
     k = (width - len(cols)) // max(len(feats), 1)
     cv_mse = float(scores.sums[chosen].sum() / len(b))
-    return _refit(x, y, rows, history, blocks, cols, feats, k, pen, cv_mse, zero_mse)
+    pen = scores.pen[chosen]
+    return _refit(x, y, rows, history, blocks, cols, np.asarray(feats), k, pen, cv_mse, zero_mse)
 
 
 class _Scores:
@@ -256,18 +273,23 @@ class _Scores:
     a date is a row, and this is the per-row rule."""
 
     def __init__(self, b, groups, penalties, unit):
-        self.b, self.groups, self.penalties, self.unit = b, groups, penalties, unit
+        self.b, self.groups, self.unit = b, groups, unit
         self.n_units = int(unit.max()) + 1
         zero = ("zero", 0, max(penalties))
         self.sums = {zero: np.bincount(unit, weights=b**2, minlength=self.n_units)}
         self.df = {zero: 0.0}
+        self.pen = {zero: np.zeros(0)}  # each candidate's column penalties
         self.designs = {}  # name: (last-bar term columns, the features whose lags it reads)
 
-    def add(self, name, cols, feats, a, widths):
+    def add(self, name, cols, feats, a, widths, penalties):
+        """Score the design `a` at `widths`, each with the (label, column penalties) of
+        `penalties(width)`: candidates (name, width, label)."""
         self.designs[name] = (cols, feats)
-        for p, pen, e, s in _cv_errors(a, self.b, self.groups, widths, self.penalties):
-            self.sums[name, p, pen] = np.bincount(self.unit, weights=e, minlength=self.n_units)
-            self.df[name, p, pen] = float(np.sum(s / (s + pen)))
+        for p, label, e, df in _cv_errors(a, self.b, self.groups, widths, penalties):
+            key = (name, p, label)
+            self.sums[key] = np.bincount(self.unit, weights=e, minlength=self.n_units)
+            self.df[key] = df
+            self.pen[key] = dict(penalties(p))[label]
 
     def one_se(self) -> tuple:
         """The candidate with the fewest degrees of freedom whose cross-validated error is
@@ -318,6 +340,7 @@ def _refit(x, y, rows, history, blocks, cols, feats, k, pen, cv_mse, zero_mse) -
     lagged = block_means(x[:, feats], used, blocks[:k])
     c = _solve(np.concatenate([terms - mean, lagged], 1), b, pen)
     q = len(cols)
+    pen = float(pen[q]) if k else float(pen[0])  # the lags' penalty, or the terms' alone
     coef = np.zeros((blocks[-1][1], n_feat))
     for (lo, hi), ck in zip(blocks[:k], c[q:].reshape(k, len(feats)), strict=True):
         coef[lo:hi, feats] = ck / (hi - lo)
