@@ -171,3 +171,24 @@ def test_a_panel_of_copies_chooses_what_one_copy_chooses():
 
 def _weights(fit):
     return np.zeros(1) if fit.quad is None else np.r_[fit.hinge.ravel(), fit.quad.ravel()]
+
+
+def test_a_term_group_keeps_the_lags_at_their_own_penalty():
+    """A weak 30-bar momentum and a strong threshold of a second feature: the nonlinear fit
+    adds that feature's terms at a penalty of their own and reads the lags at the penalty
+    the linear fit chose for them (with one penalty for both, this draw's lags went from
+    0.1 to the terms' 0.01, and a group that wanted almost none freed 40 lags of every
+    feature from theirs)."""
+    rng = np.random.default_rng(11)
+    n = 5000
+    x = rng.normal(size=(n, 3))
+    mom = np.convolve(x[:, 0], np.ones(30))[:n] / np.sqrt(30)
+    step = np.sign(x[:, 1]) * (np.abs(x[:, 1]) > 1.0)
+    signal = 0.12 * mom + 0.6 * step  # y[t]: the return after bar t
+    y = signal + rng.normal(size=n)
+    rows, test = np.arange(40, 3000), np.arange(3000, n)
+    lin = linear.select_ridge(x, y, rows, 40)
+    both = linear.select_ridge(x, y, rows, 40, nonlinear=True)
+    assert lin.lags >= 20 and (both.lags, both.penalty) == (lin.lags, lin.penalty)
+    assert both.quad is not None and np.abs(both.hinge[1]).sum() + np.abs(both.step[1]).sum() > 0.3
+    assert r2(linear.predict(x, test, both), y[test]) > 0.8 * r2(signal[test], y[test])
