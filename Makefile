@@ -31,8 +31,11 @@ $(TESTSTAMP): $(STAMP)
 	$(BIN)/python -m pip install -q -e ".[dev,ray]"
 	touch $(TESTSTAMP)
 
+# Two test processes (pytest-xdist), a module's tests in one of them (its fixtures are built
+# once): the suite is mostly single-threaded waits on small fits, and CI has two cores.
+TEST_JOBS ?= 2
 test: $(TESTSTAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadscope
 
 # ruff, and the layering contract of pyproject.toml ([tool.importlinter]): data flows one way.
 lint: setup
