@@ -11,6 +11,7 @@ import torch
 
 from tsconv.engine import checkpoint
 from tsconv.engine.predict import predict_rows
+from tsconv.engine.runtime import intra_op_threads, recorded_threads
 from tsconv.engine.windows import Panel, Scaler, make_panel
 from tsconv.errors import CheckpointError, UsageError
 from tsconv.evaluate.strategy import position_words, strategy_rows
@@ -75,6 +76,13 @@ def predict_latest(run: Path, tickers: list[str] | None = None) -> list[dict[str
     cfg = checkpoint.config_of(payload, folder.model)
     if tickers:
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"tickers": tickers})})
+    # the run's own thread count (its config's, or the one it trained on): a forecast's last
+    # bits, and so the printed figures, may depend on it, and must not on the process's
+    with intra_op_threads(cfg.train.threads or recorded_threads(folder.versions)):
+        return _latest(folder, payload, cfg)
+
+
+def _latest(folder: RunFolder, payload: dict[str, Any], cfg: Any) -> list[dict[str, Any]]:
     prep = prepare(cfg)
     states = payload.get("ensemble") or [payload["state_dict"]]
     try:
