@@ -130,9 +130,9 @@ def predict(x: np.ndarray, rows: np.ndarray, fit: RidgeFit) -> np.ndarray:
 
 
 def _cv_errors(a, b, groups, widths, penalties):
-    """Yield (width, label, squared errors of every row predicted by the fit on the other
-    groups, effective degrees of freedom) for the first `width` columns of `a` and each
-    (label, column penalties) of `penalties(width)`: the ridge regression with a penalty of
+    """Yield (width, label, column penalties, squared errors of every row predicted by the fit
+    on the other groups, effective degrees of freedom) for the first `width` columns of `a`
+    and each (label, column penalties) of `penalties(width)`: the ridge regression with a penalty of
     its own on each column, mean((b - a c)^2) + sum_j penalty_j c_j^2. Its degrees of
     freedom are trace(G (G + P)^-1), G the columns' Gram matrix over all rows."""
     n_groups = int(groups.max()) + 1
@@ -152,7 +152,7 @@ def _cv_errors(a, b, groups, widths, penalties):
                 c = np.linalg.solve(gram[:p, :p] + np.diag(pen), cross[:p])
                 errors[part] = (b[part] - a_out[:, :p] @ c) ** 2
             df = float(np.trace(np.linalg.solve(full + np.diag(pen), full)))
-            yield p, label, errors, df
+            yield p, label, pen, errors, df
 
 
 def _time_groups(order: np.ndarray, n_groups: int) -> np.ndarray:
@@ -285,11 +285,11 @@ class _Scores:
         """Score the design `a` at `widths`, each with the (label, column penalties) of
         `penalties(width)`: candidates (name, width, label)."""
         self.designs[name] = (cols, feats)
-        for p, label, e, df in _cv_errors(a, self.b, self.groups, widths, penalties):
+        for p, label, pen, e, df in _cv_errors(a, self.b, self.groups, widths, penalties):
             key = (name, p, label)
             self.sums[key] = np.bincount(self.unit, weights=e, minlength=self.n_units)
             self.df[key] = df
-            self.pen[key] = dict(penalties(p))[label]
+            self.pen[key] = pen
 
     def one_se(self) -> tuple:
         """The candidate with the fewest degrees of freedom whose cross-validated error is

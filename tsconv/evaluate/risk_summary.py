@@ -13,7 +13,7 @@ from tsconv.config import Config
 from tsconv.data.targets import quantile_column
 from tsconv.evaluate import metrics, risk_metrics
 from tsconv.evaluate.risk_baselines import QUANTILE_BASELINES, VOL_BASELINES
-from tsconv.evaluate.strategy import periods_per_year
+from tsconv.evaluate.summary import predictions_span
 from tsconv.evaluate.verdict import SIGNIFICANCE_LEVEL, outcome
 
 # the baselines a volatility edge must beat: the established models, not only the naive mean
@@ -21,15 +21,7 @@ ESTABLISHED = ["ewma", "garch", "har"]
 
 
 def _header(pred: pd.DataFrame, cfg: Config) -> dict[str, Any]:
-    return {
-        "target": cfg.target.kind,
-        "n_predictions": len(pred),
-        "tickers": sorted(pred["ticker"].unique()),
-        "first_date": str(pred["date"].min().date()),
-        "last_date": str(pred["date"].max().date()),
-        "folds": int(pred["fold"].nunique()),
-        "periods_per_year": periods_per_year(pred, cfg),
-    }
+    return {"target": cfg.target.kind, **predictions_span(pred, cfg)}
 
 
 def _by_date(pred: pd.DataFrame, loss: np.ndarray) -> np.ndarray:

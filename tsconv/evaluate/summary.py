@@ -21,12 +21,7 @@ def summarize_backtest(
     of each strategy (the model's, each baseline's but the zero forecast's, and buy-and-hold),
     which returns.parquet holds and the report draws."""
     out: dict[str, Any] = {
-        "n_predictions": len(pred),
-        "tickers": sorted(pred["ticker"].unique()),
-        "first_date": str(pred["date"].min().date()),
-        "last_date": str(pred["date"].max().date()),
-        "folds": int(pred["fold"].nunique()),
-        "periods_per_year": periods_per_year(pred, cfg),
+        **predictions_span(pred, cfg),
         "forecast": {},
         "trading": {},
     }
@@ -54,6 +49,19 @@ def summarize_backtest(
     out["bottom_line"] = bottom_line(out)
     out["verdict"] = backtest_verdict(out)
     return metrics.clean(out), nets
+
+
+def predictions_span(pred: pd.DataFrame, cfg: Config) -> dict[str, Any]:
+    """metrics.json's first keys, whatever the target: how many predictions, of which tickers,
+    from when to when, in how many folds, and the bars a year they are annualised by."""
+    return {
+        "n_predictions": len(pred),
+        "tickers": sorted(pred["ticker"].unique()),
+        "first_date": str(pred["date"].min().date()),
+        "last_date": str(pred["date"].max().date()),
+        "folds": int(pred["fold"].nunique()),
+        "periods_per_year": periods_per_year(pred, cfg),
+    }
 
 
 def _forecast_metrics(

@@ -108,11 +108,7 @@ def holdout_summary(m: dict[str, Any], cut: pd.Timestamp) -> dict[str, Any]:
     dm = f.get("dm_vs", {})
     e = edge(m)
     return {
-        "start": str(cut.date()),
-        "first_date": m["first_date"],
-        "last_date": m["last_date"],
-        "folds": m["folds"],
-        "n_predictions": m["n_predictions"],
+        **_holdout_span(m, cut),
         "r2_oos": f.get("r2_oos"),
         "ic": f.get("ic"),
         "directional_accuracy": f.get("directional_accuracy"),
@@ -129,6 +125,14 @@ def holdout_summary(m: dict[str, Any], cut: pd.Timestamp) -> dict[str, Any]:
     }
 
 
+def _holdout_span(m: dict[str, Any], cut: pd.Timestamp) -> dict[str, Any]:
+    """Where the holdout starts and what its walk-forward covered."""
+    return {
+        "start": str(cut.date()),
+        **{k: m[k] for k in ("first_date", "last_date", "folds", "n_predictions")},
+    }
+
+
 def risk_holdout_summary(m: dict[str, Any], cut: pd.Timestamp, objective: str) -> dict[str, Any]:
     """The chosen risk config's walk-forward result on the holdout: its loss and each
     baseline's, the Diebold-Mariano tests the backtest made (volatility: on QLIKE; quantiles:
@@ -138,11 +142,7 @@ def risk_holdout_summary(m: dict[str, Any], cut: pd.Timestamp, objective: str) -
     )
     book = m["strategy"]["strategies"]["prediction"]
     return {
-        "start": str(cut.date()),
-        "first_date": m["first_date"],
-        "last_date": m["last_date"],
-        "folds": m["folds"],
-        "n_predictions": m["n_predictions"],
+        **_holdout_span(m, cut),
         "objective": objective,
         "value": selection_value(m),
         "baselines": {b: selection_value(m, b) for b in baselines if b != "prediction"},

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import json
 import math
 from typing import Any
 
@@ -13,7 +12,13 @@ import pandas as pd
 from tsconv.config import Config, results_config
 from tsconv.evaluate.verdict import SIGNIFICANCE_LEVEL
 from tsconv.report.figures import backtest_figures
-from tsconv.report.html_page import html_figure, html_page, html_section, html_table
+from tsconv.report.html_page import (
+    closing_sections,
+    html_figure,
+    html_page,
+    html_section,
+    html_table,
+)
 from tsconv.report.tables import (
     TABLE_HEADER,
     cost_header,
@@ -171,7 +176,6 @@ def render(
     )
     fold_extra = folds[[c for c in ["fold", "test_start", "test_end", "best_epoch"] if c in folds]]
     fold_table = folds[[c for c in FOLD_COLUMNS if c in folds]]
-    definitions = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in DEFINITIONS)
     sections = [
         html_section(
             "verdict",
@@ -197,14 +201,8 @@ def render(
             "Monthly net returns of the model's strategy",
             _monthly_html(nets["prediction"]),
         ),
-        html_section(
-            "folds", "Folds (bookkeeping)", fold_table.to_html(index=False, float_format="%.4g")
-        ),
-        html_section("definitions", "Definitions", f"<dl>{definitions}</dl>"),
-        html_section(
-            "config",
-            "Resolved config",
-            f"<pre>{esc(json.dumps(results_config(cfg), indent=2))}</pre>",
+        *closing_sections(
+            fold_table.to_html(index=False, float_format="%.4g"), DEFINITIONS, results_config(cfg)
         ),
     ]
     intro = _intro_html(pred, m, folds, cfg)

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import html
+import json
+from typing import Any
 
 STYLE = """body{font-family:sans-serif;max-width:960px;margin:2em auto}table{border-collapse:collapse}
 td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td{white-space:nowrap}
@@ -36,3 +38,18 @@ def html_figure(alt: str, png_base64: str) -> str:
     return (
         f"<figure><img alt='{html.escape(alt)}' src='data:image/png;base64,{png_base64}'/></figure>"
     )
+
+
+def closing_sections(
+    folds_html: str, definitions: list[tuple[str, str]], config: dict[str, Any]
+) -> list[str]:
+    """The sections a run's report ends with: its folds' bookkeeping, the definitions of its
+    terms, and the resolved config."""
+    terms = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in definitions)
+    return [
+        html_section("folds", "Folds (bookkeeping)", folds_html),
+        html_section("definitions", "Definitions", f"<dl>{terms}</dl>"),
+        html_section(
+            "config", "Resolved config", f"<pre>{html.escape(json.dumps(config, indent=2))}</pre>"
+        ),
+    ]

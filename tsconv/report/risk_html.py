@@ -6,7 +6,6 @@ tables (`vol_table_rows`, `quantile_table_rows`, `strategy_table_rows`)."""
 from __future__ import annotations
 
 import html
-import json
 import math
 from typing import Any
 
@@ -16,7 +15,13 @@ import pandas as pd
 from tsconv.config import Config, results_config
 from tsconv.evaluate.risk_baselines import QUANTILE_BASELINES, VOL_BASELINES
 from tsconv.report.figures import png_base64
-from tsconv.report.html_page import html_figure, html_page, html_section, html_table
+from tsconv.report.html_page import (
+    closing_sections,
+    html_figure,
+    html_page,
+    html_section,
+    html_table,
+)
 
 VOL_HEADER = ["forecast", "QLIKE", "MSE log var", "MZ a", "MZ b", "MZ R2", "ann. vol", "DM p"]
 STRATEGY_HEADER = ["managed by", "ann. return", "ann. vol", "Sharpe", "max DD", "turnover", "p"]
@@ -314,7 +319,6 @@ def render(
         + html_table(STRATEGY_HEADER, strategy_table_rows(m))
         + _equity_figure(nets)
     )
-    definitions = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in DEFINITIONS)
     sections = [
         html_section("verdict", "Verdict", verdict),
         html_section("baselines", forecast_title, forecast),
@@ -322,14 +326,8 @@ def render(
         html_section("strategy", "Volatility-managed strategy", strategy),
         html_section("per-ticker", "Per ticker", _breakdown(m["by_ticker"], "ticker")),
         html_section("per-fold", "Per fold", _breakdown(m["by_fold"], "fold")),
-        html_section(
-            "folds", "Folds (bookkeeping)", folds.to_html(index=False, float_format="%.4g")
-        ),
-        html_section("definitions", "Definitions", f"<dl>{definitions}</dl>"),
-        html_section(
-            "config",
-            "Resolved config",
-            f"<pre>{esc(json.dumps(results_config(cfg), indent=2))}</pre>",
+        *closing_sections(
+            folds.to_html(index=False, float_format="%.4g"), DEFINITIONS, results_config(cfg)
         ),
     ]
     bt = cfg.backtest
