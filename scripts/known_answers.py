@@ -14,7 +14,10 @@ p-value against zero and the wall time of the backtest.
 bars are written as CSV files, imported with `tsconv fetch --from-csv` and backtested with
 `tsconv backtest --config <shipped>` and only data and span keys set, as a user would; each run
 is scored against the attainable reference, a least-squares fit of the true form on the same
-folds (tsconv.evaluate.battery). It prints a table per draw and a summary per config.
+folds (tsconv.evaluate.battery). It prints a table per draw and a summary per config; with
+--by-fold, also each fold's figures (where a draw's score is won or lost), e.g.
+
+    python scripts/known_answers.py --battery --seed 1 --only 5 --configs tcn --by-fold
 
 With --out, each mode rewrites its own part of the file: the fixed cases the part before
 "## Randomized battery", the battery its config's and seed's section.
@@ -225,6 +228,9 @@ def run_battery(
         )
         rows.append(row)
         print(f"{config:10s} {draw_line(row)}", flush=True)
+        if args.by_fold:
+            for f in battery.scores_by_fold(answer, pred, folds):
+                print(f"{'':14s}{fold_line(f)}", flush=True)
     return rows
 
 
@@ -242,6 +248,16 @@ def draw_line(r: dict) -> str:
         f"target {r['target']:.3f} oracle {fmt(r['oracle'])} attainable {fmt(r['attainable'])} "
         f"ridge {fmt(r['ridge'])} model {fmt(r['model'])} ratio {pct(r['ratio'])} "
         f"DM p {pval(r['dm_p'])} (Holm {pval(r['dm_p_holm'])}) {r['seconds']:.0f} s"
+    )
+
+
+def fold_line(f: dict) -> str:
+    terms = f["linear_terms"] if isinstance(f["linear_terms"], str) else "lags only"
+    penalty = "-" if f["linear_penalty"] is None else f"{f['linear_penalty']:.3g}"
+    return (
+        f"fold {f['fold']} from {f['test_start']} ({f['rows']} rows): oracle {fmt(f['oracle'])} "
+        f"attainable {fmt(f['attainable'])} ridge {fmt(f['ridge'])} model {fmt(f['model'])}; "
+        f"linear part: {terms} at penalty {penalty}, best epoch {f['best_epoch']}"
     )
 
 
@@ -367,6 +383,11 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1, help="--battery: tsconv backtest --workers")
     ap.add_argument(
         "--only", type=int, nargs="+", help="--battery: run only these draws (by index)"
+    )
+    ap.add_argument(
+        "--by-fold",
+        action="store_true",
+        help="--battery: also each fold's R^2s and the linear part's choice, under each draw",
     )
     args = ap.parse_args()
     if args.battery:

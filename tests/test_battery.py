@@ -244,3 +244,25 @@ def test_a_battery_subset_through_the_cli(tmp_path, index, family):
         assert score["dm_p_holm"] is None or score["dm_p_holm"] >= 0.05, score
     else:
         assert score["ratio"] >= 0.5, score
+
+
+def test_scores_by_fold_split_the_draws_rows_by_fold():
+    answer = synthetic.generate(synthetic.draw_spec(0, first_of("nonlinear"), bars=3000))
+    pred, folds = half_split(answer)
+    folds["test_start"] = ["a", "b"]
+    oracle = [answer.oracles[t][d] for t, d in zip(pred["ticker"], pred["date"], strict=True)]
+    pred["prediction"], pred["ridge_ar"] = oracle, 0.0
+    by_fold = battery.scores_by_fold(answer, pred, folds)
+    assert [f["fold"] for f in by_fold] == [0, 1]
+    assert sum(f["rows"] for f in by_fold) == len(pred)
+    basis = {t: battery.signal_basis(answer.draw.form, f) for t, f in answer.frames.items()}
+    target = {t: make_target(f) for t, f in answer.frames.items()}
+    attainable = battery.attainable_forecast(pred, folds, basis, target)
+    for f in by_fold:
+        mine = (pred["fold"] == f["fold"]).to_numpy()
+        realized = pred["realized"].to_numpy()[mine]
+        assert f["model"] == pytest.approx(f["oracle"]) and f["oracle"] > 0.02
+        assert f["ridge"] == 0.0
+        expected = metrics.forecast_metrics(attainable[mine], realized)["r2_oos"]
+        assert f["attainable"] == pytest.approx(expected)
+        assert f["linear_terms"] is None  # folds.csv without the linear part's columns

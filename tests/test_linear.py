@@ -192,3 +192,36 @@ def test_a_term_group_keeps_the_lags_at_their_own_penalty():
     assert lin.lags >= 20 and (both.lags, both.penalty) == (lin.lags, lin.penalty)
     assert both.quad is not None and np.abs(both.hinge[1]).sum() + np.abs(both.step[1]).sum() > 0.3
     assert r2(linear.predict(x, test, both), y[test]) > 0.8 * r2(signal[test], y[test])
+
+
+def plain_one_se(scores) -> tuple:
+    """The one-standard-error rule as first written: a loop over every candidate."""
+    n, root = len(scores.b), np.sqrt(scores.n_units)
+    best = min(scores.sums, key=lambda c: scores.sums[c].sum())
+    chosen = best
+    for c, e in scores.sums.items():
+        d = e - scores.sums[best]
+        close = d.sum() / n <= d.std(ddof=1) * root / n
+        if c != best and close and scores.df[c] < scores.df[chosen]:
+            chosen = c
+    return chosen
+
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("panel", [False, True])
+def test_the_rule_compares_candidates_as_the_plain_loop_does(seed, panel):
+    """`_Scores.one_se` (candidates as one array, only those simpler than the lowest) against
+    the loop over all of them, on candidates whose errors differ by a little (ties in
+    degrees of freedom included), per row or per date."""
+    rng = np.random.default_rng(seed)
+    n = 300
+    b = rng.normal(scale=1.5, size=n)  # the zero forecast: clearly worse than the candidates
+    unit = np.repeat(np.arange(n // 3), 3) if panel else np.arange(n)
+    scores = linear._Scores(b, unit % 5, (0.1, 1.0), unit)
+    assert scores.per_row is not panel
+    base = rng.normal(size=n) ** 2
+    for k in range(40):
+        errors = base + rng.normal(scale=0.3, size=n) ** 2 + rng.uniform(0, 0.03)
+        df = float(rng.integers(1, 6))  # ties in degrees of freedom
+        scores._keep(("c", k, 0.0), errors, df, np.zeros(1))
+    assert scores.one_se() == plain_one_se(scores)

@@ -244,7 +244,9 @@ class BacktestConfig(_Section):
         description="ridge baseline: at most this many bars; unset: the model's reach",
     )
     ridge_alpha: float | None = Field(
-        None, gt=0, description="ridge baseline's penalty; unset: chosen per fold (leave-one-out)"
+        None,
+        gt=0,
+        description="ridge baseline's penalty; unset: chosen per fold (cross-validation over time)",
     )
     trailing_window: int = Field(252, ge=1)
 

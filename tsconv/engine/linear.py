@@ -134,7 +134,11 @@ def _cv_errors(a, b, groups, widths, penalties):
     on the other groups, effective degrees of freedom) for the first `width` columns of `a`
     and each (label, column penalties) of `penalties(width)`: the ridge regression with a penalty of
     its own on each column, mean((b - a c)^2) + sum_j penalty_j c_j^2. Its degrees of
-    freedom are trace(G (G + P)^-1), G the columns' Gram matrix over all rows."""
+    freedom are trace(G (G + P)^-1), G the columns' Gram matrix over all rows.
+
+    A width's candidates are solved together (one batched solve per group, one matrix
+    product for their predictions): the same systems as one at a time, without a Python
+    round trip per penalty and group (docs/performance.md)."""
     n_groups = int(groups.max()) + 1
     gram_all, cross_all = a.T @ a, a.T @ b
     fold_stats = []
@@ -145,14 +149,17 @@ def _cv_errors(a, b, groups, widths, penalties):
     for p in widths:
         if 2 * p >= len(b) * (n_groups - 1) / n_groups:  # fewer than two rows a weight
             break
+        candidates = penalties(p)
+        diag = np.stack([np.diag(pen) for _, pen in candidates])  # (candidates, p, p)
+        errors = np.empty((len(candidates), len(b)))
+        for part, a_out, gram, cross in fold_stats:
+            rhs = np.broadcast_to(cross[:p, None], (len(candidates), p, 1))
+            c = np.linalg.solve(gram[:p, :p] + diag, rhs)[..., 0]  # (candidates, p)
+            errors[:, part] = ((b[part, None] - a_out[:, :p] @ c.T) ** 2).T
         full = gram_all[:p, :p] / len(b)
-        for label, pen in penalties(p):
-            errors = np.empty(len(b))
-            for part, a_out, gram, cross in fold_stats:
-                c = np.linalg.solve(gram[:p, :p] + np.diag(pen), cross[:p])
-                errors[part] = (b[part] - a_out[:, :p] @ c) ** 2
-            df = float(np.trace(np.linalg.solve(full + np.diag(pen), full)))
-            yield p, label, pen, errors, df
+        dfs = np.trace(np.linalg.solve(full + diag, full), axis1=1, axis2=2)
+        for (label, pen), e, df in zip(candidates, errors, dfs, strict=True):
+            yield p, label, pen, e, float(df)
 
 
 def _time_groups(order: np.ndarray, n_groups: int) -> np.ndarray:
@@ -275,34 +282,41 @@ class _Scores:
     def __init__(self, b, groups, penalties, unit):
         self.b, self.groups, self.unit = b, groups, unit
         self.n_units = int(unit.max()) + 1
+        # one series: each row its own point in time, and its error is its own sum
+        self.per_row = self.n_units == len(unit) and bool(np.all(unit[1:] > unit[:-1]))
         zero = ("zero", 0, max(penalties))
-        self.sums = {zero: np.bincount(unit, weights=b**2, minlength=self.n_units)}
-        self.df = {zero: 0.0}
-        self.pen = {zero: np.zeros(0)}  # each candidate's column penalties
+        self.sums, self.total, self.df, self.pen = {}, {}, {}, {}
+        self._keep(zero, b**2, 0.0, np.zeros(0))  # pen: each candidate's column penalties
         self.designs = {}  # name: (last-bar term columns, the features whose lags it reads)
+
+    def _keep(self, key, errors, df, pen):
+        sums = errors if self.per_row else np.bincount(self.unit, weights=errors)
+        self.sums[key], self.total[key] = sums, sums.sum()
+        self.df[key], self.pen[key] = df, pen
 
     def add(self, name, cols, feats, a, widths, penalties):
         """Score the design `a` at `widths`, each with the (label, column penalties) of
         `penalties(width)`: candidates (name, width, label)."""
         self.designs[name] = (cols, feats)
         for p, label, pen, e, df in _cv_errors(a, self.b, self.groups, widths, penalties):
-            key = (name, p, label)
-            self.sums[key] = np.bincount(self.unit, weights=e, minlength=self.n_units)
-            self.df[key] = df
-            self.pen[key] = pen
+            self._keep((name, p, label), e, df, pen)
 
     def one_se(self) -> tuple:
         """The candidate with the fewest degrees of freedom whose cross-validated error is
-        within one standard error (of the paired differences) of the lowest."""
+        within one standard error (of the paired differences) of the lowest; of equals in
+        degrees of freedom the first scored, and the lowest itself unless one has fewer.
+        Only candidates simpler than the lowest can win, so only theirs are compared."""
+        best = min(self.total, key=self.total.get)
+        simpler = [c for c in self.sums if self.df[c] < self.df[best]]
+        if not simpler:
+            return best
         n, root = len(self.b), np.sqrt(self.n_units)
-        best = min(self.sums, key=lambda c: self.sums[c].sum())
-        chosen = best
-        for c, e in self.sums.items():
-            d = e - self.sums[best]
-            close = d.sum() / n <= d.std(ddof=1) * root / n
-            if c != best and close and self.df[c] < self.df[chosen]:
-                chosen = c
-        return chosen
+        d = np.stack([self.sums[c] for c in simpler]) - self.sums[best]
+        close = d.sum(1) / n <= d.std(1, ddof=1) * root / n
+        if not close.any():
+            return best
+        df = np.array([self.df[c] for c in simpler])
+        return simpler[int(np.flatnonzero(close & (df == df[close].min()))[0])]
 
 
 def term_groups(n_feat: int) -> list[tuple[str, np.ndarray]]:

@@ -106,6 +106,43 @@ def score_draw(
     }
 
 
+def scores_by_fold(
+    answer: synthetic.KnownAnswer, pred: pd.DataFrame, folds: pd.DataFrame
+) -> list[dict[str, Any]]:
+    """`score_draw`'s R^2s fold by fold: where a draw's score is won or lost. A fold whose
+    oracle explains almost nothing (a loud stretch of GARCH noise) is one where no model
+    can gain, and the model's share of the attainable there means little."""
+    form = answer.draw.form
+    basis = {t: signal_basis(form, f) for t, f in answer.frames.items()}
+    target = {t: make_target(f) for t, f in answer.frames.items()}
+    attainable = np.nan_to_num(attainable_forecast(pred, folds, basis, target))
+    realized = pred["realized"].to_numpy()
+    out = []
+    for fold in folds.itertuples():
+        mine = (pred["fold"] == fold.fold).to_numpy()
+        if not mine.any():
+            continue
+
+        def r2(forecast: np.ndarray, mine: np.ndarray = mine) -> float:
+            return metrics.forecast_metrics(forecast[mine], realized[mine])["r2_oos"]
+
+        out.append(
+            {
+                "fold": int(fold.fold),
+                "test_start": fold.test_start,
+                "rows": int(mine.sum()),
+                "oracle": synthetic.oracle_r2_of(pred[mine], answer.oracles),
+                "attainable": r2(attainable),
+                "ridge": r2(pred["ridge_ar"].to_numpy()),
+                "model": r2(pred["prediction"].to_numpy()),
+                "linear_terms": getattr(fold, "linear_terms", None),
+                "linear_penalty": getattr(fold, "linear_penalty", None),
+                "best_epoch": getattr(fold, "best_epoch", None),
+            }
+        )
+    return out
+
+
 def summarize_battery(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """One config's battery: the median and least model / attainable ratio over the draws with
     a signal, the median per family, and how many null draws showed a significant edge.
