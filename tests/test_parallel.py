@@ -119,9 +119,11 @@ def test_ctrl_c_in_a_terminal_keeps_finished_folds_in_one_line_and_resume_finish
         "interrupted; finished work is saved (use --resume to continue)"
     ]
     assert not (out / "predictions.parquet").exists()
-    # a fold is kept once its info is written after its predictions (Ctrl-C may fall between)
-    infos = glob.glob(str(out / "folds" / "fold_*.json"))
-    kept = sum(Path(i).with_suffix(".parquet").exists() for i in infos)
+    # a fold is kept once the manifest records its predictions and its info (Ctrl-C may fall
+    # after the files are written and before they are recorded: such a fold runs again)
+    recorded = json.loads((out / "manifest.json").read_text())["files"]
+    infos = [n for n in recorded if n.startswith("folds/fold_") and n.endswith(".json")]
+    kept = sum(n.removesuffix(".json") + ".parquet" in recorded for n in infos)
     r = runner.invoke(app, ["backtest", "--resume", str(out), "--workers", "2"])
     assert r.exit_code == 0, r.output
     assert (f"{kept} kept from the interrupted run" if kept else "folds on 2 processes") in r.output
