@@ -12,6 +12,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import _bench  # noqa: E402
 import bench_batched  # noqa: E402
+import bench_linear  # noqa: E402
 import bench_startup  # noqa: E402
 import bench_train  # noqa: E402
 
@@ -106,3 +107,19 @@ def test_batched_benchmark_checks_the_grouped_model_against_separate_ones():
     ]
     assert all(float(r[1]) > 0 for r in rows) and rows[0][3] == "1.00x"
     assert "largest relative difference" in text
+
+
+def test_bench_linear_loads_the_module_at_a_revision_and_compares_fits(tmp_path):
+    """The linear module at a git revision is imported beside the current one, and `same_fit`
+    tells a fit from its repeat (the same) and from another problem's (not the same)."""
+    from tsconv.engine import linear
+
+    before = bench_linear.module_at("HEAD", tmp_path)
+    assert before.__name__ == "linear_before" and before is not linear
+    x, y, rows, since, order = bench_linear.problem(300, 2)
+    assert len(rows) == len(since) == 2 * (300 - 65) and order.max() == 299 - 1
+    fit = linear.select_ridge(x, y, rows, 61, since=since, order=order)
+    assert bench_linear.same_fit(fit, linear.select_ridge(x, y, rows, 61, since=since, order=order))
+    x2, y2, *_ = bench_linear.problem(300, 2, seed=1)
+    other = linear.select_ridge(x2, y2, rows, 61, since=since, order=order)
+    assert not bench_linear.same_fit(fit, other)
