@@ -3,6 +3,8 @@ look-ahead, and an end-to-end backtest on a panel whose answer is known."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -146,6 +148,24 @@ def test_quantile_table_by_hand():
     # pooled with rank ties broken by order: bottom = the first 1, 1, 2, 2
     assert pooled["method"] == "pooled"
     assert pooled["buckets"][0]["mean_realized"] == pytest.approx((0.0 - 0.1 + 0.1 + 0.1) / 4)
+
+
+def test_pooled_buckets_count_a_date_once_however_many_tickers_share_it():
+    """Two identical tickers pooled over time carry one ticker's information: the spread's
+    standard error is the single ticker's (iid over the doubled rows would call it 1/sqrt(2)
+    of that), and on one ticker the standard errors are the iid ones."""
+    one = _panel(1, 400, seed=4, signal=0.3)
+    copy = one.assign(ticker="copy")
+    single = strategy.quantile_table(one, "prediction", 5, pooled=True)
+    twice = strategy.quantile_table(pd.concat([one, copy]), "prediction", 5, pooled=True)
+    assert twice["spread"]["mean"] == pytest.approx(single["spread"]["mean"], rel=0.05)
+    assert twice["spread"]["se"] == pytest.approx(single["spread"]["se"], rel=0.05)
+    df = one.dropna(subset=["prediction", "realized"])
+    bucket = np.ceil(df["prediction"].rank(method="first", pct=True) * 5).astype(int)
+    grouped = df.groupby(bucket)["realized"]
+    iid = grouped.std(ddof=1) / np.sqrt(grouped.size())  # the formula before clustering
+    assert [r["se"] for r in single["buckets"]] == list(iid)
+    assert single["spread"]["se"] == math.hypot(iid.iloc[-1], iid.iloc[0])
 
 
 def test_long_short_backtest_on_an_ar1_panel(tmp_path):

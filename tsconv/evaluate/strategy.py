@@ -133,6 +133,27 @@ def _cross_sectional_rows(frame: pd.DataFrame, column: str, cfg: Config) -> pd.D
     return rows[["date", "ticker", "fold", "weight", "gross", "turnover"]]
 
 
+def _date_clustered(df: pd.DataFrame, means: pd.Series, n: pd.Series):
+    """Standard errors of each bucket's mean realised return with the rows of one date as one
+    cluster (two tickers of one date share its market move, so their rows are not two
+    independent draws), and the covariance of two buckets' means (rows of one date in both).
+    Where no date has two rows in a bucket this is the iid standard error exactly."""
+    dev = df["realized"] - df["bucket"].map(means)
+    sums = dev.groupby([df["bucket"], df["date"]]).sum()  # one sum per bucket and date
+    dates = sums.groupby(level="bucket").size()
+    iid = df.groupby("bucket")["realized"].std(ddof=1) / np.sqrt(n)
+    clustered = (
+        np.sqrt((sums**2).groupby(level="bucket").sum() * dates / (dates - 1).clip(lower=1)) / n
+    )
+    se = iid.where(dates == n, clustered)  # one row a date: the iid formula, bit for bit
+
+    def cov(a: int, b: int) -> float:
+        both = sums.loc[a].to_frame("a").join(sums.loc[b].to_frame("b"), how="inner")
+        return float((both["a"] * both["b"]).sum() / (n[a] * n[b]))
+
+    return se, cov
+
+
 def quantile_table(
     frame: pd.DataFrame,
     column: str,
@@ -148,8 +169,8 @@ def quantile_table(
     date's tickers are bucketed by rank and the bucket means averaged over dates; standard
     errors are across dates, the spread's with Newey-West lags h - 1 (h-bar targets overlap).
     Otherwise, or with `pooled`, `pooled`: all predictions bucketed by the quantiles of the
-    whole test span (iid standard errors), a description of calibration rather than a tradable
-    rule."""
+    whole test span (standard errors with each date's rows as one cluster: iid on one ticker),
+    a description of calibration rather than a tradable rule."""
     df = frame[["date", column, "realized"]].dropna()
     if df.empty:
         return {}
@@ -175,9 +196,16 @@ def quantile_table(
         grouped = df.groupby("bucket")
         table = grouped[[column, "realized"]].mean()
         n = grouped.size()
-        se = grouped["realized"].std(ddof=1) / np.sqrt(n)
+        se, cov = _date_clustered(df, table["realized"], n)
         spread_mean = float(table["realized"].iloc[-1] - table["realized"].iloc[0])
-        spread_se = float(math.hypot(se.iloc[-1], se.iloc[0]))
+        top, bottom = table.index[-1], table.index[0]
+        shared = cov(top, bottom)  # 0 where no date has rows in both (one ticker)
+        spread_var = se[top] ** 2 + se[bottom] ** 2 - 2 * shared
+        spread_se = (
+            float(math.hypot(se[top], se[bottom]))
+            if shared == 0
+            else (math.sqrt(spread_var) if spread_var > 0 else math.nan)
+        )
     t = spread_mean / spread_se if spread_se > 0 else math.nan
     rows = [
         {

@@ -92,7 +92,8 @@ DEFINITIONS = [
         "two, in as many buckets as the thinnest date has): each date's tickers are bucketed by forecast "
         "rank and the bucket means averaged over dates, standard errors across dates (the "
         "top-minus-bottom spread's with Newey-West lags h - 1). Otherwise pooled: all "
-        "predictions bucketed by the quantiles of the whole test span, iid standard errors; "
+        "predictions bucketed by the quantiles of the whole test span, standard errors with "
+        "each date's rows as one cluster (iid on one ticker); "
         "that describes calibration and is not a rule that could have been traded (its "
         "bucket edges use the whole span).",
     ),
