@@ -67,6 +67,15 @@ def attainable_forecast(
     return out
 
 
+def attainable_of_draw(
+    answer: synthetic.KnownAnswer, pred: pd.DataFrame, folds: pd.DataFrame
+) -> np.ndarray:
+    """`attainable_forecast` for every row of a draw's backtest (NaN where the basis is)."""
+    basis = {t: signal_basis(answer.draw.form, f) for t, f in answer.frames.items()}
+    target = {t: make_target(f) for t, f in answer.frames.items()}
+    return attainable_forecast(pred, folds, basis, target)
+
+
 def score_draw(
     answer: synthetic.KnownAnswer,
     metrics_json: dict[str, Any],
@@ -76,16 +85,13 @@ def score_draw(
     """One backtest of one draw: the oracle's, attainable reference's, ridge AR's and the
     model's R^2 out of sample on the predicted rows, the model's share of the attainable
     (`ratio`, for draws with a signal) and its DM test against the zero forecast."""
-    form = answer.draw.form
-    basis = {t: signal_basis(form, f) for t, f in answer.frames.items()}
-    target = {t: make_target(f) for t, f in answer.frames.items()}
     realized = pred["realized"].to_numpy()
-    attainable = attainable_forecast(pred, folds, basis, target)
+    attainable = attainable_of_draw(answer, pred, folds)
     forecast = metrics_json["forecast"]
     model = forecast["prediction"]["r2_oos"]
     attainable_r2 = metrics.forecast_metrics(np.nan_to_num(attainable), realized)["r2_oos"]
     dm, dm_zero = forecast["prediction"]["dm_vs_zero"], forecast["prediction"]["dm_vs"]["zero"]
-    has_signal = form.kind != "none"
+    has_signal = answer.draw.form.kind != "none"
     return {
         "oracle": synthetic.oracle_r2_of(pred, answer.oracles),
         "attainable": attainable_r2,
@@ -112,10 +118,7 @@ def scores_by_fold(
     """`score_draw`'s R^2s fold by fold: where a draw's score is won or lost. A fold whose
     oracle explains almost nothing (a loud stretch of GARCH noise) is one where no model
     can gain, and the model's share of the attainable there means little."""
-    form = answer.draw.form
-    basis = {t: signal_basis(form, f) for t, f in answer.frames.items()}
-    target = {t: make_target(f) for t, f in answer.frames.items()}
-    attainable = np.nan_to_num(attainable_forecast(pred, folds, basis, target))
+    attainable = np.nan_to_num(attainable_of_draw(answer, pred, folds))
     realized = pred["realized"].to_numpy()
     out = []
     for fold in folds.itertuples():

@@ -133,11 +133,12 @@ def _cross_sectional_rows(frame: pd.DataFrame, column: str, cfg: Config) -> pd.D
     return rows[["date", "ticker", "fold", "weight", "gross", "turnover"]]
 
 
-def _date_clustered(df: pd.DataFrame, means: pd.Series, n: pd.Series):
+def _date_clustered(df: pd.DataFrame, means: pd.Series, n: pd.Series, top: int, bottom: int):
     """Standard errors of each bucket's mean realised return with the rows of one date as one
     cluster (two tickers of one date share its market move, so their rows are not two
-    independent draws), and the covariance of two buckets' means (rows of one date in both).
-    Where no date has two rows in a bucket this is the iid standard error exactly."""
+    independent draws), and the covariance of the `top` and `bottom` buckets' means (rows of
+    one date in both; 0 on one ticker). Where no date has two rows in a bucket the standard
+    error is the iid one exactly."""
     dev = df["realized"] - df["bucket"].map(means)
     sums = dev.groupby([df["bucket"], df["date"]]).sum()  # one sum per bucket and date
     dates = sums.groupby(level="bucket").size()
@@ -145,13 +146,9 @@ def _date_clustered(df: pd.DataFrame, means: pd.Series, n: pd.Series):
     clustered = (
         np.sqrt((sums**2).groupby(level="bucket").sum() * dates / (dates - 1).clip(lower=1)) / n
     )
-    se = iid.where(dates == n, clustered)  # one row a date: the iid formula, bit for bit
-
-    def cov(a: int, b: int) -> float:
-        both = sums.loc[a].to_frame("a").join(sums.loc[b].to_frame("b"), how="inner")
-        return float((both["a"] * both["b"]).sum() / (n[a] * n[b]))
-
-    return se, cov
+    both = sums.loc[top].to_frame("a").join(sums.loc[bottom].to_frame("b"), how="inner")
+    shared = float((both["a"] * both["b"]).sum() / (n[top] * n[bottom]))
+    return iid.where(dates == n, clustered), shared
 
 
 def quantile_table(
@@ -196,16 +193,16 @@ def quantile_table(
         grouped = df.groupby("bucket")
         table = grouped[[column, "realized"]].mean()
         n = grouped.size()
-        se, cov = _date_clustered(df, table["realized"], n)
-        spread_mean = float(table["realized"].iloc[-1] - table["realized"].iloc[0])
         top, bottom = table.index[-1], table.index[0]
-        shared = cov(top, bottom)  # 0 where no date has rows in both (one ticker)
+        se, shared = _date_clustered(df, table["realized"], n, top, bottom)
+        spread_mean = float(table["realized"].iloc[-1] - table["realized"].iloc[0])
+        # var(top - bottom) = se_top^2 + se_bottom^2 - 2 cov; hypot where cov is 0 (one
+        # ticker), as before, bit for bit
         spread_var = se[top] ** 2 + se[bottom] ** 2 - 2 * shared
-        spread_se = (
-            float(math.hypot(se[top], se[bottom]))
-            if shared == 0
-            else (math.sqrt(spread_var) if spread_var > 0 else math.nan)
-        )
+        if shared == 0:
+            spread_se = float(math.hypot(se[top], se[bottom]))
+        else:
+            spread_se = math.sqrt(spread_var) if spread_var > 0 else math.nan
     t = spread_mean / spread_se if spread_se > 0 else math.nan
     rows = [
         {
