@@ -3,12 +3,11 @@ unchanged but for data keys and span keys, run through the CLI on series whose v
 known (tsconv.synthetic_vol).
 
 - GARCH(1,1)-t returns (two tickers): the model's QLIKE is far below the trailing mean's (DM
-  p < 0.01) and closes at least half of the gap from the trailing mean to a fitted GARCH, the
-  correct model (on four draws of two tickers, seeds 1, 10, 20 and 30, it closed 93%, 56%, 85%
-  and, where GARCH's own fit lost to HAR, more than all of it); its 5% VaR passes Kupiec's
-  test at 5% (which rejects a correct forecaster on one draw in twenty: on those four draws
-  the fitted GARCH's own 5% VaR failed it once, seed 30, covering 7.8%; the model's failed
-  once too, seed 10, covering 3.6%, p = 0.0075);
+  p < 0.01) and within 5% of a fitted GARCH's, the correct model (2.0% above it on this draw;
+  on 14 draws, `python scripts/risk_known_answers.py --draws 14 --cases garch_t`, median
+  4.2% above, from 16% below, where GARCH's own fit lost to HAR, to 18% above: README); its
+  5% VaR passes Kupiec's test at 5% (which rejects a correct forecaster on one draw in
+  twenty);
 - variance that follows the previous bar's volume shock, which GARCH on returns and HAR on the
   proxy cannot see: the model beats both, DM p < 0.01 (Holm-adjusted);
 - iid Gaussian returns of one variance: no significantly lower QLIKE than the trailing mean.
@@ -78,8 +77,8 @@ def test_garch_t_model_nears_the_fitted_garch(tmp_path, vol_cache):
     assert garch < trailing  # the series' volatility is predictable, and GARCH finds it
     dm = f["prediction"]["dm_vs"]["trailing_mean"]
     assert dm["stat"] < 0 and dm["p_holm"] < 0.01, dm
-    # the model closes at least half of the way from the trailing mean to the correct model
-    assert model <= garch + 0.5 * (trailing - garch), (model, garch, trailing)
+    # within a few percent of the correct model's QLIKE
+    assert model <= 1.05 * garch, (model, garch, trailing)
     assert "VOLATILITY" in output and "garch" in output  # the verdict, in the terminal
     assert not m.get("garch_fallbacks")
 

@@ -73,6 +73,29 @@ def test_the_target_is_the_next_bars_variance_and_the_base_is_causal():
         assert td.risk["base"][100] == pytest.approx(full[k - 62 : k + 1].mean())
 
 
+def test_risk_inputs_in_units_of_return_are_read_relative_to_the_trailing_volatility():
+    names = ["log_return", "hl_range", "vol_5", "mom_3", "close_loc", "volume_z_20"]
+    frame = synthetic_vol.garch_t(400, seed=3)[0]
+    plain = build({"A": frame}, names, 1)["A"]
+    risk = build({"A": frame}, names, 1, risk="garman_klass")["A"]
+    at = plain.dates.get_indexer(risk.dates)  # the risk target drops rows without a base
+    scale = np.sqrt(risk.risk["base"])
+    for j, name in enumerate(names):
+        expected = plain.x[at, j] / scale if j < 4 else plain.x[at, j]  # the last two: unitless
+        np.testing.assert_allclose(risk.x[:, j], expected, rtol=1e-5, err_msg=name)
+    # the same series at three times the volatility: the same inputs (a wild year looks like a
+    # calm one), where the plain features are three times as large
+    wild = frame.copy()
+    for c in ("open", "high", "low", "close", "adj_close"):
+        wild[c] = 100.0 * np.exp(3.0 * np.log(frame[c] / 100.0))
+    risk3 = build({"A": wild}, names, 1, risk="garman_klass")["A"]
+    for j in range(4):
+        np.testing.assert_allclose(risk3.x[:, j], risk.x[:, j], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        build({"A": wild}, names, 1)["A"].x[at, 0], 3 * plain.x[at, 0], rtol=1e-4
+    )
+
+
 def test_calibration_makes_the_forecast_unbiased_and_quantiles_never_cross():
     rng = np.random.default_rng(0)
     base = np.full(5000, 2e-4)
@@ -87,21 +110,24 @@ def test_calibration_makes_the_forecast_unbiased_and_quantiles_never_cross():
     assert np.all(np.diff(k) >= 0)
 
 
-def _one_absurd_low(frame: pd.DataFrame, at: int) -> pd.DataFrame:
-    """`frame` with bar `at`'s low a twentieth of itself: a bad print, the range 20 times
-    wider than any other bar's."""
+def _one_absurd_gap(frame: pd.DataFrame, at: int) -> pd.DataFrame:
+    """`frame` with every price from bar `at` on three times itself: an overnight jump of
+    110% (a split not adjusted for, a bad print), the bar's range as usual. (A bad print in
+    one bar's range no longer serves: a risk target reads the range against a trailing mean
+    that holds that bar too, so however wide, it is at most sqrt(63) of it.)"""
     bad = frame.copy()
-    bad.iloc[at, bad.columns.get_loc("low")] /= 20
+    for c in ("open", "high", "low", "close", "adj_close"):
+        bad.iloc[at:, bad.columns.get_loc(c)] *= 3.0
     return bad
 
 
 def test_an_absurd_bar_in_the_test_span_gives_a_forecast_clipped_to_the_training_range():
-    """The network's forecast z on a bar unlike any in training (its range 20 times too
-    wide) lies outside the range of its forecasts on the fold's training rows: the variance
+    """The network's forecast z on a bar unlike any in training (a 110% overnight jump)
+    lies outside the range of its forecasts on the fold's training rows: the variance
     forecast is then h base exp(that range's end) c, finite and positive; every forecast
     inside the range is the unclipped h base exp(z) c, the same numbers as before the guard."""
     cpu = torch.device("cpu")
-    frame = _one_absurd_low(synthetic_vol.garch_t(700, seed=2)[0], 560)
+    frame = _one_absurd_gap(synthetic_vol.garch_t(700, seed=2)[0], 560)
     cfg = tiny_config(
         target={"kind": "volatility", "proxy": "parkinson"},
         model={"highway": True},
@@ -133,7 +159,7 @@ def test_an_absurd_bar_in_the_test_span_gives_a_forecast_clipped_to_the_training
 
 
 def test_clipped_forecasts_are_counted_in_folds_csv_metrics_json_and_the_report(tmp_path):
-    frames = {"A": _one_absurd_low(synthetic_vol.garch_t(700, seed=2)[0], 560)}
+    frames = {"A": _one_absurd_gap(synthetic_vol.garch_t(700, seed=2)[0], 560)}
     cfg = tiny_config(
         target={"kind": "volatility", "proxy": "parkinson"},
         model={"highway": True},
@@ -353,8 +379,8 @@ def test_train_then_predict_prints_the_forecast_volatility_and_quantiles(tmp_pat
 
 
 def test_predict_clips_a_forecast_from_an_absurd_latest_bar_and_says_so(tmp_path):
-    """A run trained on clean bars; then the latest bar's low is a twentieth of itself. The
-    forecast after it lies beyond the model's forecasts on the rows it trains on: clipped,
+    """A run trained on clean bars; then the latest bar jumps 110% overnight. The forecast
+    after it lies beyond the model's forecasts on the rows it trains on: clipped,
     finite, and named under the table; the clean latest bar's is not."""
     from tsconv.config import dump_yaml
 
@@ -375,7 +401,7 @@ def test_predict_clips_a_forecast_from_an_absurd_latest_bar_and_says_so(tmp_path
     )
     assert result.exit_code == 0, result.output
     rows = {}
-    for name, bars in (("clean", frame), ("absurd", _one_absurd_low(frame, len(frame) - 1))):
+    for name, bars in (("clean", frame), ("absurd", _one_absurd_gap(frame, len(frame) - 1))):
         bars.to_csv(path)
         result = CliRunner().invoke(app, ["predict", "--run", str(run), "--json"])
         assert result.exit_code == 0, result.output

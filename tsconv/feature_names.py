@@ -8,6 +8,9 @@ import re
 FIXED_FEATURES = ("log_return", "oc_return", "hl_range", "close_loc", "log_volume_chg")
 PARAMETRIC_FEATURES = ("vol", "volume_z", "mom")  # written NAME_N, N in 2..1000
 _PARAMETRIC = re.compile(rf"^({'|'.join(PARAMETRIC_FEATURES)})_(\d+)$")
+# Features measured in units of return (a log return, a range, a volatility, a momentum):
+# a risk target reads them relative to its trailing volatility (tsconv.data.features.build)
+RETURN_UNITS = ("log_return", "oc_return", "hl_range", "vol", "mom")
 
 
 def parse_feature_name(name: str) -> tuple[str, int | None]:
@@ -34,3 +37,11 @@ def check_feature_names(names: list[str]) -> None:
             raise ValueError(f"unknown feature {name!r}; valid: {valid}") from None
     if len(set(names)) != len(names):
         raise ValueError("a feature is listed twice")
+
+
+def in_return_units(name: str) -> bool:
+    """Whether the feature `name` is measured in units of return (`RETURN_UNITS`)."""
+    try:
+        return parse_feature_name(name)[0] in RETURN_UNITS
+    except KeyError:
+        return False  # a column of the user's own file: its units are the user's

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from tsconv.errors import ConfigError, DataError
-from tsconv.feature_names import parse_feature_name
+from tsconv.feature_names import in_return_units, parse_feature_name
 
 Feature = Callable[[pd.DataFrame, pd.Series], pd.Series]
 
@@ -248,6 +248,15 @@ def _build_stacked(
         risk_all = targets.risk_columns(ohlc, logp_all, lengths, horizon, risk)
         risk_all["ret"] = target_all  # the next h bars' log return, which quantiles forecast
         target_all = risk_all.pop("y")
+        # The target is the next bars' variance relative to its trailing mean `base`; the
+        # inputs in units of return are read relative to the same scale, so that a calm and a
+        # wild year look alike to the model, and a volatility never seen in training is not
+        # an input never seen in training (docs/models.md, "Risk targets' inputs")
+        scale = np.sqrt(risk_all["base"])
+        feats_all = feats_all.copy()  # pandas' array is read-only
+        for j, name in enumerate(own):
+            if in_return_units(name):
+                feats_all[:, j] /= scale
     inputs = [*names, *(c for cov in covariates for c in cov.values.columns)]
     out = {}
     for (ticker, frame), lo, n in zip(frames.items(), starts, lengths, strict=True):
