@@ -110,6 +110,37 @@ def test_calibration_makes_the_forecast_unbiased_and_quantiles_never_cross():
     assert np.all(np.diff(k) >= 0)
 
 
+def test_one_bad_print_does_not_set_the_scale_of_every_forecast():
+    rng = np.random.default_rng(0)
+    forecast = np.exp(rng.normal(-9, 0.5, 400))
+    rv = forecast * np.exp(rng.normal(0, 0.5, 400)) * 1.2  # a range proxy's spread
+    clean = targets.mean_ratio(rv, forecast)
+    assert clean == np.mean(rv / forecast)  # no ratio reaches the fence: the plain mean
+    bad = rv.copy()
+    bad[200] = 1000 * forecast[200]  # a bad print: the proxy a thousand times the forecast
+    assert np.mean(bad / forecast) > 2 * clean  # the plain mean, moved by one row
+    assert targets.mean_ratio(bad, forecast) == pytest.approx(clean, rel=0.1)
+    # a fold whose validation span holds the bad print: its scale stays near the clean one
+    cfg = tiny_config(
+        target={"kind": "volatility", "proxy": "parkinson"},
+        backtest={"train_span": 400, "test_span": 300},
+    )
+    scales = {}
+    for name, frame in (("clean", synthetic_vol.garch_t(700, seed=2)[0]), ("bad", None)):
+        if frame is None:
+            frame = synthetic_vol.garch_t(700, seed=2)[0]
+            frame.iloc[400, frame.columns.get_loc("low")] /= 20
+        prep = prepare(cfg, {"A": frame})
+        train, test = fold_spans(prep, make_folds(prep)[0])
+        fit, val = split_train_val(prep, train)
+        assert name == "clean" or val["A"][0] <= prep.data["A"].dates.get_loc(frame.index[400])
+        cpu = torch.device("cpu")
+        model, scalers, panel, _ = fit_span(prep, fit, val, seed=0, device=cpu)
+        _, info = risk_fold.model_forecasts(prep, model, panel, scalers, train, val, test, cpu)
+        scales[name] = info["variance_scale"]
+    assert scales["bad"] < 1.5 * scales["clean"], scales
+
+
 def _one_absurd_gap(frame: pd.DataFrame, at: int) -> pd.DataFrame:
     """`frame` with every price from bar `at` on three times itself: an overnight jump of
     110% (a split not adjusted for, a bad print), the bar's range as usual. (A bad print in

@@ -157,12 +157,10 @@ def har_forecast(
 
 
 def scaled_to(forecast: np.ndarray, rv: np.ndarray, lo: int, hi: int) -> float:
-    """mean(rv / forecast) over the training rows [lo, hi): the one constant that puts a
-    return-unit forecast in the proxy's units."""
-    f, v = forecast[lo:hi], rv[lo:hi]
-    ok = np.isfinite(f) & np.isfinite(v) & (f > 0)
-    c = float(np.mean(v[ok] / f[ok])) if ok.any() else 1.0
-    return c if np.isfinite(c) and c > 0 else 1.0
+    """mean(rv / forecast) over the training rows [lo, hi) (`targets.mean_ratio`: a bad
+    print's ratio capped): the one constant that puts a return-unit forecast in the proxy's
+    units."""
+    return targets.mean_ratio(rv[lo:hi], forecast[lo:hi])
 
 
 @dataclass
