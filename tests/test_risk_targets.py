@@ -125,16 +125,16 @@ def test_one_bad_print_does_not_set_the_scale_of_every_forecast():
         target={"kind": "volatility", "proxy": "parkinson"},
         backtest={"train_span": 400, "test_span": 300},
     )
+    clean_frame = synthetic_vol.garch_t(700, seed=2)[0]
+    bad_frame = clean_frame.copy()
+    bad_frame.iloc[400, bad_frame.columns.get_loc("low")] /= 20
+    cpu = torch.device("cpu")
     scales = {}
-    for name, frame in (("clean", synthetic_vol.garch_t(700, seed=2)[0]), ("bad", None)):
-        if frame is None:
-            frame = synthetic_vol.garch_t(700, seed=2)[0]
-            frame.iloc[400, frame.columns.get_loc("low")] /= 20
+    for name, frame in (("clean", clean_frame), ("bad", bad_frame)):
         prep = prepare(cfg, {"A": frame})
         train, test = fold_spans(prep, make_folds(prep)[0])
         fit, val = split_train_val(prep, train)
-        assert name == "clean" or val["A"][0] <= prep.data["A"].dates.get_loc(frame.index[400])
-        cpu = torch.device("cpu")
+        assert val["A"][0] <= prep.data["A"].dates.get_loc(frame.index[400])  # in validation
         model, scalers, panel, _ = fit_span(prep, fit, val, seed=0, device=cpu)
         _, info = risk_fold.model_forecasts(prep, model, panel, scalers, train, val, test, cpu)
         scales[name] = info["variance_scale"]

@@ -40,8 +40,6 @@ def check_feature_names(names: list[str]) -> None:
 
 
 def in_return_units(name: str) -> bool:
-    """Whether the feature `name` is measured in units of return (`RETURN_UNITS`)."""
-    try:
-        return parse_feature_name(name)[0] in RETURN_UNITS
-    except KeyError:
-        return False  # a column of the user's own file: its units are the user's
+    """Whether the (fixed or parametric) feature `name` is measured in units of return
+    (`RETURN_UNITS`); KeyError for any other name."""
+    return parse_feature_name(name)[0] in RETURN_UNITS

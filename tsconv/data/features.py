@@ -252,11 +252,9 @@ def _build_stacked(
         # inputs in units of return are read relative to the same scale, so that a calm and a
         # wild year look alike to the model, and a volatility never seen in training is not
         # an input never seen in training (docs/models.md, "Risk targets' inputs")
-        scale = np.sqrt(risk_all["base"])
+        scaled = [j for j, name in enumerate(own) if in_return_units(name)]
         feats_all = feats_all.copy()  # pandas' array is read-only
-        for j, name in enumerate(own):
-            if in_return_units(name):
-                feats_all[:, j] /= scale
+        feats_all[:, scaled] /= np.sqrt(risk_all["base"])[:, None]
     inputs = [*names, *(c for cov in covariates for c in cov.values.columns)]
     out = {}
     for (ticker, frame), lo, n in zip(frames.items(), starts, lengths, strict=True):
