@@ -17,6 +17,7 @@ from tsconv.engine.windows import Scaler, WindowDataset, make_panel, window_segm
 from tsconv.feature_names import check_feature_names
 
 ALL = Config().features  # the default set: every fixed and parametric feature kind
+MORE = ["vol_3", "ewvol_32", "ewvol_3", "volume_z_2", "mom_30"]  # other windows, ewvol
 
 
 @settings(max_examples=25, deadline=None)
@@ -26,8 +27,8 @@ def test_features_are_causal(t, seed, scale):
     changed = frame.copy()
     changed.iloc[t + 1 :] *= scale  # perturb every bar after t (prices and volume)
     changed.iloc[t + 1 :, 5] += seed
-    a = compute_features(frame, ALL)
-    b = compute_features(changed, ALL)
+    a = compute_features(frame, [*ALL, *MORE])
+    b = compute_features(changed, [*ALL, *MORE])
     pd.testing.assert_frame_equal(a.iloc[: t + 1], b.iloc[: t + 1])
 
 
@@ -66,10 +67,23 @@ def test_feature_values_hand_computed():
     np.testing.assert_allclose(f["log_volume_chg"].iloc[1], np.log(10.0))
 
 
+def test_ewvol_is_the_exponentially_weighted_volatility_of_the_returns_so_far():
+    frame = ohlcv_from_returns(random_walk_returns(80, seed=5))
+    r = np.log(frame["adj_close"]).diff().to_numpy()
+    got = compute_features(frame, ["ewvol_32", "ewvol_5"])
+    for name, span, first in [("ewvol_32", 32, 20), ("ewvol_5", 5, 5)]:
+        lam = (span - 1) / (span + 1)
+        for t in (first, 50, 79):
+            w = lam ** np.arange(t)  # the returns into bars t, t-1, ..., 1
+            expected = np.sqrt(np.sum(w * r[t:0:-1] ** 2) / w.sum())
+            assert got[name].iloc[t] == pytest.approx(expected, rel=1e-12), (name, t)
+        assert got[name].iloc[:first].isna().all()  # min(N, 20) returns before the first
+
+
 def test_unknown_feature_lists_valid_names():
     with pytest.raises(ValueError, match="unknown feature 'rsi'; valid: log_return"):
         check_feature_names(["rsi"])
-    check_feature_names(["vol_10", "mom_21", "volume_z_5"])
+    check_feature_names(["vol_10", "mom_21", "volume_z_5", "ewvol_32"])
 
 
 def test_build_drops_warmup_rows_only():
@@ -194,9 +208,7 @@ def test_moving_a_window_dataset_moves_rows_not_windows():
 @given(
     lengths=st.lists(st.integers(25, 90), min_size=1, max_size=5),
     horizon=st.integers(1, 3),
-    names=st.lists(
-        st.sampled_from([*ALL, "vol_3", "volume_z_2", "mom_30"]), min_size=1, unique=True
-    ),
+    names=st.lists(st.sampled_from([*ALL, *MORE]), min_size=1, unique=True),
 )
 def test_panel_build_equals_one_ticker_at_a_time(lengths, horizon, names):
     """The panel is computed stacked; no ticker's first rows may read the previous ticker's
@@ -223,7 +235,7 @@ def test_panel_build_equals_one_ticker_at_a_time(lengths, horizon, names):
 
 def test_leads_are_the_rows_a_feature_leaves_empty():
     frame = ohlcv_from_returns(random_walk_returns(60, seed=3))
-    for name in [*ALL, "vol_3", "volume_z_2", "mom_30"]:
+    for name in [*ALL, *MORE]:
         _, lead = features.resolve(name)
         values = compute_features(frame, [name])[name].to_numpy()
         assert np.isnan(values[:lead]).all() and np.isfinite(values[lead:]).all(), name

@@ -74,14 +74,14 @@ def test_the_target_is_the_next_bars_variance_and_the_base_is_causal():
 
 
 def test_risk_inputs_in_units_of_return_are_read_relative_to_the_trailing_volatility():
-    names = ["log_return", "hl_range", "vol_5", "mom_3", "close_loc", "volume_z_20"]
+    names = ["log_return", "hl_range", "vol_5", "mom_3", "ewvol_32", "close_loc", "volume_z_20"]
     frame = synthetic_vol.garch_t(400, seed=3)[0]
     plain = build({"A": frame}, names, 1)["A"]
     risk = build({"A": frame}, names, 1, risk="garman_klass")["A"]
     at = plain.dates.get_indexer(risk.dates)  # the risk target drops rows without a base
     scale = np.sqrt(risk.risk["base"])
     for j, name in enumerate(names):
-        expected = plain.x[at, j] / scale if j < 4 else plain.x[at, j]  # the last two: unitless
+        expected = plain.x[at, j] / scale if j < 5 else plain.x[at, j]  # the last two: unitless
         np.testing.assert_allclose(risk.x[:, j], expected, rtol=1e-5, err_msg=name)
     # the same series at three times the volatility: the same inputs (a wild year looks like a
     # calm one), where the plain features are three times as large
@@ -89,7 +89,7 @@ def test_risk_inputs_in_units_of_return_are_read_relative_to_the_trailing_volati
     for c in ("open", "high", "low", "close", "adj_close"):
         wild[c] = 100.0 * np.exp(3.0 * np.log(frame[c] / 100.0))
     risk3 = build({"A": wild}, names, 1, risk="garman_klass")["A"]
-    for j in range(4):
+    for j in range(5):
         np.testing.assert_allclose(risk3.x[:, j], risk.x[:, j], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(
         build({"A": wild}, names, 1)["A"].x[at, 0], 3 * plain.x[at, 0], rtol=1e-4

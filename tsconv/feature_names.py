@@ -6,11 +6,11 @@ from __future__ import annotations
 import re
 
 FIXED_FEATURES = ("log_return", "oc_return", "hl_range", "close_loc", "log_volume_chg")
-PARAMETRIC_FEATURES = ("vol", "volume_z", "mom")  # written NAME_N, N in 2..1000
+PARAMETRIC_FEATURES = ("vol", "ewvol", "volume_z", "mom")  # written NAME_N, N in 2..1000
 _PARAMETRIC = re.compile(rf"^({'|'.join(PARAMETRIC_FEATURES)})_(\d+)$")
 # Features measured in units of return (a log return, a range, a volatility, a momentum):
 # a risk target reads them relative to its trailing volatility (tsconv.data.features.build)
-RETURN_UNITS = ("log_return", "oc_return", "hl_range", "vol", "mom")
+RETURN_UNITS = ("log_return", "oc_return", "hl_range", "vol", "ewvol", "mom")
 
 
 def parse_feature_name(name: str) -> tuple[str, int | None]:
@@ -32,7 +32,14 @@ def check_feature_names(names: list[str]) -> None:
             parse_feature_name(name)
         except KeyError:
             valid = ", ".join(
-                [*FIXED_FEATURES, "vol_N", "volume_z_N", "mom_N (N in 2..1000)", "col:NAME"]
+                [
+                    *FIXED_FEATURES,
+                    "vol_N",
+                    "ewvol_N",
+                    "volume_z_N",
+                    "mom_N (N in 2..1000)",
+                    "col:NAME",
+                ]
             )
             raise ValueError(f"unknown feature {name!r}; valid: {valid}") from None
     if len(set(names)) != len(names):

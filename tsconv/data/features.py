@@ -7,7 +7,8 @@ t+h, known only at t+h; it is NaN for the last h rows.
 feature runs once over it, paying pandas' fixed cost per call once rather than once a ticker.
 A diff, shift or rolling window near the start of a ticker then reads the previous ticker's
 bars; those rows are exactly the ones a feature leaves empty on its own ticker (`lead`), and
-are emptied again.
+are emptied again. An exponentially weighted mean remembers every bar before it, so it runs
+once per ticker (`PER_TICKER`).
 """
 
 from __future__ import annotations
@@ -51,6 +52,19 @@ def _vol(n: int) -> Feature:
     return lambda f, p: np.log(p).diff().rolling(n, min_periods=n).std()
 
 
+# ewvol_N's first value: once min(N, EW_FIRST) returns are in (an average of 20 squared returns
+# is already a usable scale; waiting for N of a long span would cost that many bars of history)
+EW_FIRST = 20
+
+
+def _ewvol(n: int) -> Feature:
+    """The exponentially weighted volatility of log returns, span N: weights fall by
+    (N - 1) / (N + 1) a bar (RiskMetrics' lambda = 0.94 is N = 32), averaged over the returns
+    available so far (pandas' adjust=True)."""
+    first = min(n, EW_FIRST)
+    return lambda f, p: (np.log(p).diff() ** 2).ewm(span=n, min_periods=first).mean() ** 0.5
+
+
 def _volume_z(n: int) -> Feature:
     def z(f: pd.DataFrame, p: pd.Series) -> pd.Series:
         lv = np.log1p(f["volume"])
@@ -74,13 +88,22 @@ FIXED: dict[str, tuple[Feature, int]] = {
     "close_loc": (_close_loc, 0),
     "log_volume_chg": (_log_volume_chg, 1),
 }
-PARAMETRIC: dict[str, Callable[[int], Feature]] = {"vol": _vol, "volume_z": _volume_z, "mom": _mom}
-# vol_N: a diff, then N returns; volume_z_N: N volumes; mom_N: a shift by N
+PARAMETRIC: dict[str, Callable[[int], Feature]] = {
+    "vol": _vol,
+    "ewvol": _ewvol,
+    "volume_z": _volume_z,
+    "mom": _mom,
+}
+# vol_N: a diff, then N returns; ewvol_N: a diff, then min(N, EW_FIRST) returns;
+# volume_z_N: N volumes; mom_N: a shift by N
 LEAD: dict[str, Callable[[int], int]] = {
     "vol": lambda n: n,
+    "ewvol": lambda n: min(n, EW_FIRST),
     "volume_z": lambda n: n - 1,
     "mom": lambda n: n,
 }
+# features with no end to their memory: on stacked tickers each runs on its own ticker's rows
+PER_TICKER = ("ewvol",)
 
 
 def resolve(name: str) -> tuple[Feature, int]:
@@ -110,11 +133,22 @@ def compute_features(
             fn, lead = resolve(name)
         except KeyError:
             raise ConfigError(f"features: unknown feature {name!r}") from None
-        values = fn(frame, p).to_numpy(dtype="float64", copy=True)
+        if position is not None and parse_feature_name(name)[0] in PER_TICKER:
+            values = _per_ticker(fn, frame, p, position)
+        else:
+            values = fn(frame, p).to_numpy(dtype="float64", copy=True)
         if position is not None and lead:
             values[position < lead] = np.nan
         cols[name] = values
     return pd.DataFrame(cols, index=frame.index)
+
+
+def _per_ticker(fn: Feature, frame: pd.DataFrame, p: pd.Series, position: np.ndarray) -> np.ndarray:
+    """fn on each stacked ticker's rows alone (a ticker starts where `position` is 0)."""
+    bounds = [*np.flatnonzero(position == 0), len(position)]
+    spans = zip(bounds[:-1], bounds[1:], strict=True)
+    parts = [fn(frame.iloc[a:b], p.iloc[a:b]) for a, b in spans]
+    return np.concatenate([s.to_numpy(dtype="float64") for s in parts])
 
 
 def make_target(frame: pd.DataFrame, horizon: int = 1, price: str = "adj_close") -> pd.Series:
