@@ -478,6 +478,27 @@ def test_workers_give_the_serial_bytes_with_a_covariate(tmp_path):
         assert outs[0] == outs[1], kind
 
 
+def test_a_ray_cluster_gives_the_serial_bytes_on_both_risk_targets(tmp_path, monkeypatch):
+    """The folds as Ray tasks on a local loopback cluster (started and stopped by the run),
+    whose workers run numpy's BLAS on one thread: the GARCH baseline too gives the bytes of
+    the serial run (before its fit ran on one BLAS thread, a forecast moved by 1e-9)."""
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    pytest.importorskip("ray")
+    frames = {t: synthetic_vol.garch_t(700, seed=3 + i)[0] for i, t in enumerate("AB")}
+    for kind in ("volatility", "quantiles"):
+        outs = []
+        for executor in ("local", "ray"):
+            cfg = tiny_config(
+                target={"kind": kind},
+                backtest={"train_span": 400, "test_span": 150, "executor": executor},
+                train={"threads": 1},
+            )
+            out = tmp_path / f"{kind}-{executor}"
+            run_backtest(cfg, out, prep=prepare(cfg, frames))
+            outs.append([(out / n).read_bytes() for n in ("predictions.parquet", "metrics.json")])
+        assert outs[0] == outs[1], kind
+
+
 def test_a_failed_garch_fit_falls_back_to_ewma_in_the_report(tmp_path, monkeypatch):
     """A fold whose GARCH fit raises: EWMA stands in there, and folds.csv, metrics.json's
     warnings and the report's header say so."""

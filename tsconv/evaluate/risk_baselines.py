@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy import stats
+from threadpoolctl import threadpool_limits
 
 from tsconv.data import targets
 from tsconv.data.features import TickerData
@@ -172,6 +173,10 @@ class RiskBaselines:
     garch: GarchFit
 
 
+# One BLAS thread: the GARCH likelihood's optimiser ends a few ulps apart with OpenBLAS on one
+# thread and on several (a Ray worker's one against the parent's two moved a forecast by 1e-9),
+# and a run must give the same bytes on any worker and core count
+@threadpool_limits.wrap(limits=1, user_api="blas")
 def risk_baselines(
     td: TickerData, train: tuple[int, int], rows: np.ndarray, horizon: int, window: int
 ) -> RiskBaselines:
