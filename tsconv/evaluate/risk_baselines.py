@@ -71,23 +71,44 @@ class GarchFit:
         return float(stats.t.ppf(level, self.nu) * np.sqrt((self.nu - 2) / self.nu))
 
 
+# Where the likelihood's optimiser starts besides arch's own start: a slow, a typical and a fast
+# daily GARCH (alpha, beta), omega matching the returns' variance, 8 degrees of freedom. From
+# arch's start alone SLSQP stopped, converged by its own test, 5-8 log-likelihood units short
+# of the maximum on 4 of the sample's 18 fits (AAPL's early folds, alpha near 0 and beta near
+# 1), and where it stopped moved with the BLAS thread count. The best of the four is kept.
+STARTS = ((0.02, 0.97), (0.05, 0.93), (0.10, 0.85))
+
+
 def fit_garch(r: np.ndarray) -> GarchFit:
-    """GARCH(1,1)-t of returns `r` (finite), fitted with `arch` in percent units."""
+    """GARCH(1,1)-t of returns `r` (finite), fitted with `arch` in percent units: the
+    highest likelihood of the fits from arch's start and from `STARTS` that converged (the
+    first fit, flagged, if none did)."""
     from arch import arch_model
 
     nan = GarchFit(np.nan, np.nan, np.nan, np.nan, np.nan)
     if len(r) < 100:
         nan.failed = f"{len(r)} training returns, too few to fit"
         return nan
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            res = arch_model(100 * r, mean="Constant", vol="GARCH", p=1, q=1, dist="t").fit(
-                disp="off", show_warning=False
-            )
-    except Exception as exc:  # any failure of the optimiser is this fold's, reported
-        nan.failed = f"the fit failed: {type(exc).__name__}: {exc}"
+    x = 100 * r
+    starts = [None] + [np.array([x.mean(), x.var() * (1 - a - b), a, b, 8.0]) for a, b in STARTS]
+    fits, error = [], None
+    for start in starts:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model = arch_model(x, mean="Constant", vol="GARCH", p=1, q=1, dist="t")
+                fits.append(model.fit(disp="off", show_warning=False, starting_values=start))
+        except Exception as exc:  # any failure of the optimiser is this fold's, reported
+            error = error or exc
+    if not fits:
+        nan.failed = f"the fit failed: {type(error).__name__}: {error}"
         return nan
+
+    def rank(res) -> tuple[bool, float]:
+        ll = float(res.loglikelihood)
+        return res.convergence_flag == 0, ll if np.isfinite(ll) else -np.inf
+
+    res = max(fits, key=rank)  # the first of equals: arch's own start before ours
     p = res.params
     fit = GarchFit(
         float(p["mu"]) / 100,
