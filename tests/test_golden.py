@@ -131,11 +131,11 @@ def recorded(records: dict[str, dict], key: str, digests: dict[str, str]) -> dic
 @pytest.mark.slow
 def test_outputs_are_the_recorded_bytes(tmp_path):
     records = json.loads(GOLDEN.read_text())["platforms"] if GOLDEN.exists() else {}
-    key = platform_key()
-    if os.environ.get("TSCONV_GOLDEN") != "record" and key not in records:
+    key, record = platform_key(), os.environ.get("TSCONV_GOLDEN") == "record"
+    if not record and key not in records:
         pytest.skip(f"no golden bytes recorded for {key} (recorded: {', '.join(records)})")
     digests = run_all(tmp_path)
-    if os.environ.get("TSCONV_GOLDEN") == "record":
+    if record:
         GOLDEN.parent.mkdir(exist_ok=True)
         body = {"platforms": recorded(records, key, digests)}
         GOLDEN.write_text(json.dumps(body, indent=1) + "\n")

@@ -16,17 +16,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+
+from tsconv.engine.runtime import one_blas_thread
 
 # Penalties in mean-squared-error units on standardised features,
 # mean((b - a c)^2) + penalty * |c|^2: from almost none to about the zero forecast.
 PENALTIES = (1e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0)
-
-
-# numpy's BLAS (OpenBLAS) wakes its threads for the fits' small eigendecompositions and leaves
-# them spinning afterwards, taking the cores torch trains on; on a busy machine a 64 x 64 one
-# took 13 ms instead of 1. One BLAS thread is plenty for these sizes.
-_one_blas_thread = threadpool_limits.wrap(limits=1, user_api="blas")
 
 # The last bar's terms (`bar_terms`) read the standardised features clipped at +-CLIP: a 10-sd
 # day would otherwise weigh 10,000 times a typical one in a squared term.
@@ -173,7 +168,7 @@ def _solve(a: np.ndarray, b: np.ndarray, penalty: np.ndarray) -> np.ndarray:
     return np.linalg.solve(a.T @ a / len(b) + np.diag(penalty), a.T @ b / len(b))
 
 
-@_one_blas_thread
+@one_blas_thread
 def select_ridge(
     x: np.ndarray,
     y: np.ndarray,

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 from torch import nn
 
 from tsconv.errors import ConfigError
@@ -72,6 +73,15 @@ def settle_threads() -> int:
             torch.set_num_threads(default_threads(_cores(), _load(), _TORCH_DEFAULT))
         _settled.append(torch.get_num_threads())
     return torch.get_num_threads()
+
+
+# numpy's BLAS (OpenBLAS) on one thread, for small fits: it wakes its threads for the ridge
+# fits' small eigendecompositions and leaves them spinning afterwards, taking the cores torch
+# trains on (on a busy machine a 64 x 64 one took 13 ms instead of 1), and the GARCH
+# likelihood's optimiser ends a few ulps apart on one thread and on several (a Ray worker's
+# one against the parent's two moved a forecast by 1e-9): a run must give the same bytes on
+# any worker and core count.
+one_blas_thread = threadpool_limits.wrap(limits=1, user_api="blas")
 
 
 def give_threads(threads: int) -> None:

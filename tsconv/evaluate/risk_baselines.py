@@ -27,10 +27,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy import stats
-from threadpoolctl import threadpool_limits
 
 from tsconv.data import targets
 from tsconv.data.features import TickerData
+from tsconv.engine.runtime import one_blas_thread
 
 LAMBDA = 0.94  # RiskMetrics (J.P. Morgan, 1996), daily
 HAR_LAGS = (1, 5, 22)
@@ -194,10 +194,7 @@ class RiskBaselines:
     garch: GarchFit
 
 
-# One BLAS thread: the GARCH likelihood's optimiser ends a few ulps apart with OpenBLAS on one
-# thread and on several (a Ray worker's one against the parent's two moved a forecast by 1e-9),
-# and a run must give the same bytes on any worker and core count
-@threadpool_limits.wrap(limits=1, user_api="blas")
+@one_blas_thread  # the GARCH fit's optimum must not depend on the BLAS thread count
 def risk_baselines(
     td: TickerData, train: tuple[int, int], rows: np.ndarray, horizon: int, window: int
 ) -> RiskBaselines:
