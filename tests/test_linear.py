@@ -110,7 +110,7 @@ def test_the_highway_computes_what_the_fit_predicts():
     the same forecasts, lag blocks, clipped products and offset included."""
     import torch
 
-    from tsconv.models.layers import KNOTS, Highway
+    from tsconv.models.layers import HINGES, STEPS, Highway
 
     rng = np.random.default_rng(6)
     x = rng.standard_t(3, size=(900, 3)).astype(np.float32)  # some beyond the clip
@@ -118,8 +118,8 @@ def test_the_highway_computes_what_the_fit_predicts():
     fit = linear.select_ridge(x, y, np.arange(30, 700), 30, nonlinear=True)
     assert fit.quad is not None and fit.lags >= 10
     highway = Highway(3, 30)
-    assert highway.clip == linear.CLIP and KNOTS == linear.KNOTS
-    fit = replace(fit, hinge=rng.normal(size=(3, 5)), step=rng.normal(size=(3, 5)))  # every term
+    assert highway.clip == linear.CLIP and (HINGES, STEPS) == (linear.HINGES, linear.STEPS)
+    fit = replace(fit, hinge=rng.normal(size=(3, 6)), step=rng.normal(size=(3, 5)))  # every term
     highway.set_ridge(fit.coef, fit.penalty, fit.hinge, fit.quad, fit.offset, fit.step)
     with torch.no_grad():
         out = highway(torch.as_tensor(x.T[None]))[0, 0].numpy()
@@ -195,14 +195,20 @@ def test_a_term_group_keeps_the_lags_at_their_own_penalty():
 
 
 def plain_one_se(scores) -> tuple:
-    """The one-standard-error rule as first written: a loop over every candidate."""
+    """The one-standard-error rule as first written, a loop over every candidate, counting
+    as simpler the lowest's smaller versions (terms, features and lag blocks all among the
+    lowest's) and other designs at least one degree of freedom below it."""
     n, root = len(scores.b), np.sqrt(scores.n_units)
     best = min(scores.sums, key=lambda c: scores.sums[c].sum())
+    b_cols, b_feats, b_lags = scores.parts(best)
     chosen = best
     for c, e in scores.sums.items():
+        cols, feats, lags = scores.parts(c)
+        smaller = cols <= b_cols and feats <= b_feats and lags <= b_lags
+        simpler = smaller or scores.df[c] <= scores.df[best] - 1
         d = e - scores.sums[best]
         close = d.sum() / n <= d.std(ddof=1) * root / n
-        if c != best and close and scores.df[c] < scores.df[chosen]:
+        if c != best and simpler and close and scores.df[c] < scores.df[chosen]:
             chosen = c
     return chosen
 
@@ -212,16 +218,51 @@ def plain_one_se(scores) -> tuple:
 def test_the_rule_compares_candidates_as_the_plain_loop_does(seed, panel):
     """`_Scores.one_se` (candidates as one array, only those simpler than the lowest) against
     the loop over all of them, on candidates whose errors differ by a little (ties in
-    degrees of freedom included), per row or per date."""
+    degrees of freedom included) from designs nested or not, per row or per date."""
     rng = np.random.default_rng(seed)
     n = 300
     b = rng.normal(scale=1.5, size=n)  # the zero forecast: clearly worse than the candidates
     unit = np.repeat(np.arange(n // 3), 3) if panel else np.arange(n)
     scores = linear._Scores(b, unit % 5, (0.1, 1.0), unit)
     assert scores.per_row is not panel
+    designs = {  # lags of features 0-2 (one block = 3 columns), lags of 1, terms 5 and 6
+        "lags": (np.zeros(0, np.int64), np.arange(3)),
+        "lags of 1": (np.zeros(0, np.int64), np.array([1])),
+        "5": (np.array([5]), np.arange(3)),
+        "6": (np.array([6]), np.arange(3)),
+        "5 on lags of 1": (np.array([5]), np.array([1])),
+    }
+    scores.designs.update(designs)
     base = rng.normal(size=n) ** 2
+    names = list(designs)
     for k in range(40):
         errors = base + rng.normal(scale=0.3, size=n) ** 2 + rng.uniform(0, 0.03)
         df = float(rng.integers(1, 6))  # ties in degrees of freedom
-        scores._keep(("c", k, 0.0), errors, df, np.zeros(1))
+        name = names[k % len(names)]
+        cols, feats = designs[name]
+        width = len(cols) + len(feats) * int(rng.integers(1, 4))
+        scores._keep((name, width, float(k)), errors, df, np.zeros(1))
     assert scores.one_se() == plain_one_se(scores)
+
+
+def test_the_rule_shrinks_the_best_design_rather_than_swap_it_for_a_near_twin():
+    """The one-standard-error rule replaces the lowest-error candidate by a smaller version
+    of it (more penalty, fewer terms or lags) or by another design at least one degree of
+    freedom simpler, not by another design a fraction of a degree of freedom below it: the
+    signal's product (battery seed 1, draw #05, tcn's second fold) was swapped for a
+    correlated one's, which kept a third of the attainable forecast."""
+    rng = np.random.default_rng(0)
+    n = 400
+    b = rng.normal(size=n)
+    scores = linear._Scores(b, np.arange(n) % 5, (0.1, 0.3), np.arange(n))
+    no_lags = np.zeros(0, np.int64)
+    scores.designs.update({"0 x 3": (np.array([30]), no_lags), "1 x 3": (np.array([31]), no_lags)})
+    a_little_worse = 0.90 * b**2 + 0.001 + 0.05 * (-1.0) ** np.arange(n)  # within one se
+    scores._keep(("0 x 3", 1, 0.1), 0.90 * b**2, 1.16, np.zeros(1))  # the lowest
+    scores._keep(("1 x 3", 1, 0.3), a_little_worse, 0.99, np.zeros(1))  # within, a twin
+    scores._keep(("0 x 3", 1, 0.3), a_little_worse, 1.02, np.zeros(1))  # within, smaller
+    assert scores.one_se() == ("0 x 3", 1, 0.3)
+    scores._keep(("0 x 3", 1, 0.3), 0.95 * b**2, 1.02, np.zeros(1))  # not within
+    assert scores.one_se() == ("0 x 3", 1, 0.1)
+    scores._keep(("1 x 3", 1, 0.3), a_little_worse, 0.15, np.zeros(1))  # a weight simpler
+    assert scores.one_se() == ("1 x 3", 1, 0.3)

@@ -366,6 +366,18 @@ def test_highway_loads_weights_saved_as_a_convolution():
     assert torch.equal(model.highway.weight, torch.ones(1, 2, 3))
 
 
+def test_highway_loads_weights_saved_before_the_hinge_down_at_zero():
+    """model.pt files from before the hinge max(-z, 0) held five hinges a feature: they load
+    with the new hinge's weight zero and forecast as before."""
+    cfg = model_config(kind="tcn", channels=4, layers=1, highway=True, highway_lags=3)
+    model = build_model(cfg, 2)
+    state = model.state_dict()
+    old = torch.arange(10.0).reshape(2, 5)
+    state["highway.hinge"] = old
+    model.load_state_dict(state)
+    assert torch.equal(model.highway.hinge, torch.cat([old, torch.zeros(2, 1)], 1))
+
+
 def test_highway_reach_defaults_to_the_networks():
     tcn = model_config(kind="tcn", layers=4, kernel_size=3, highway=True)
     assert build_model(tcn, 2).highway.lags == receptive_field(tcn) == 61

@@ -26,12 +26,15 @@ PENALTIES = (1e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0)
 # The last bar's terms (`bar_terms`) read the standardised features clipped at +-CLIP: a 10-sd
 # day would otherwise weigh 10,000 times a typical one in a squared term.
 CLIP = 5.0
-# (sign, knot) pairs at 0, +-1 and +-2 sd. Hinges max(sign * z - knot, 0) per feature make, with
-# the linear term, a piecewise-linear function of z with kinks there (an absolute value, a
-# ramp); steps 1{sign * z > knot} a piecewise-constant one with jumps there (a sign, a
+# (sign, knot) pairs. Hinges max(sign * z - knot, 0) per feature at 0 both ways and +-1, +-2
+# sd make, with the linear term, a piecewise-linear function of z with kinks there (an
+# absolute value max(z, 0) + max(-z, 0) with no linear term needed, a ramp); steps
+# 1{sign * z > knot} a piecewise-constant one with jumps at 0, +-1 and +-2 sd (a sign, a
 # threshold), which hinges only approach: the best hinge fit of sign(z) keeps 75-84% of its
-# variance, the steps all of it.
-KNOTS = ((1.0, 0.0), (1.0, 1.0), (1.0, 2.0), (-1.0, 1.0), (-1.0, 2.0))
+# variance, the steps all of it. (A step down at 0 would be one minus the step up.) The hinge
+# down at 0 comes last so that model files written before it load with its weight zero.
+HINGES = ((1.0, 0.0), (1.0, 1.0), (1.0, 2.0), (-1.0, 1.0), (-1.0, 2.0), (-1.0, 0.0))
+STEPS = ((1.0, 0.0), (1.0, 1.0), (1.0, 2.0), (-1.0, 1.0), (-1.0, 2.0))
 
 
 @dataclass(frozen=True)
@@ -41,10 +44,10 @@ class RidgeFit:
     penalty: float  # the lags' penalty (the terms' own, `_refit`, when it reads no lags)
     cv_mse: float  # cross-validated mean squared error of the chosen candidate
     zero_mse: float  # the zero forecast's mean squared error on the same rows
-    hinge: np.ndarray | None = None  # (features, len(KNOTS)): each hinge's weight
+    hinge: np.ndarray | None = None  # (features, len(HINGES)): each hinge's weight
     quad: np.ndarray | None = None  # (features, features) upper triangle: z_i z_j's weight
     offset: float = 0.0  # minus the last bar's terms' training mean (they are centred)
-    step: np.ndarray | None = None  # (features, len(KNOTS)): each step's weight
+    step: np.ndarray | None = None  # (features, len(STEPS)): each step's weight
 
 
 def lag_blocks(max_lags: int) -> list[tuple[int, int]]:
@@ -72,11 +75,11 @@ def block_means(x: np.ndarray, rows: np.ndarray, blocks: list[tuple[int, int]]) 
 
 
 def bar_terms(x: np.ndarray, rows: np.ndarray, cols: np.ndarray | None = None) -> np.ndarray:
-    """(len(rows), 2 F len(KNOTS) + F (F + 1) / 2): the nonlinear terms of each row's own bar,
-    z its features clipped at +-CLIP: hinges of each feature (feature-major), the products
-    z_i z_j (i <= j, squares and pairwise interactions), then the steps of each feature.
-    `cols`: only those columns, computed alone (a universe's rows times all 116 terms of
-    8 features would be gigabytes)."""
+    """(len(rows), F (len(HINGES) + len(STEPS)) + F (F + 1) / 2): the nonlinear terms of each
+    row's own bar, z its features clipped at +-CLIP: hinges of each feature (feature-major),
+    the products z_i z_j (i <= j, squares and pairwise interactions), then the steps of each
+    feature. `cols`: only those columns, computed alone (a universe's rows times all 124
+    terms of 8 features would be gigabytes)."""
     z = np.clip(np.asarray(x[rows], np.float64), -CLIP, CLIP)
     kinds = _term_kinds(x.shape[1])
     cols = range(len(kinds)) if cols is None else cols
@@ -86,7 +89,7 @@ def bar_terms(x: np.ndarray, rows: np.ndarray, cols: np.ndarray | None = None) -
         if kind == "product":
             out[:, o] = z[:, f] * z[:, g]
         else:
-            sign, knot = KNOTS[g]
+            sign, knot = (HINGES if kind == "hinge" else STEPS)[g]
             out[:, o] = (
                 np.maximum(sign * z[:, f] - knot, 0.0) if kind == "hinge" else sign * z[:, f] > knot
             )
@@ -97,11 +100,10 @@ def _term_kinds(n_feat: int) -> list[tuple[str, int, int]]:
     """`bar_terms`' columns in order: ("hinge", feature, knot), ("product", i, j) and
     ("step", feature, knot)."""
     i, j = np.triu_indices(n_feat)
-    knots = range(len(KNOTS))
     return [
-        *(("hinge", f, k) for f in range(n_feat) for k in knots),
+        *(("hinge", f, k) for f in range(n_feat) for k in range(len(HINGES))),
         *(("product", int(a), int(b)) for a, b in zip(i, j, strict=True)),
-        *(("step", f, k) for f in range(n_feat) for k in knots),
+        *(("step", f, k) for f in range(n_feat) for k in range(len(STEPS))),
     ]
 
 
@@ -183,8 +185,9 @@ def select_ridge(
     """The ridge regression of y[rows] on the block means of the last bars of x, over the
     first k lag blocks (k = 1 up to `max_lags` bars) and a penalty, chosen by cross-validation
     over `n_groups` contiguous stretches of time (`order`: each row's time, default the row):
-    the simplest candidate (fewest degrees of freedom, the zero forecast first) whose error is
-    within one standard error of the lowest. No intercept: the zero forecast is the benchmark,
+    of the lowest-error candidate's smaller versions (the zero forecast one of them), the
+    simplest (fewest degrees of freedom) whose error is within one standard error of the
+    lowest (`_Scores.one_se`). No intercept: the zero forecast is the benchmark,
     and a fitted mean return is a poor forecast of its own.
 
     Why not leave-one-out: the block means over 20 or 40 bars move slowly, so a row's
@@ -202,7 +205,7 @@ def select_ridge(
     hinges and square, or its steps, or one pair's product, centred on the training rows): a
     signal in the size of a move, a volume shock or a range, a sign or a threshold, or two
     features together, at the cost of a few weights, where a network needs far more rows to
-    learn it. All the terms at once (116 for 8 features) cost more in noise than they found.
+    learn it. All the terms at once (124 for 8 features) cost more in noise than they found.
 
     `since`: the first row of each row's own series (a panel's ticker), before which no lag is
     read. Candidates compete on the rows that have all `max_lags` bars, then the chosen one is
@@ -241,7 +244,7 @@ def select_ridge(
         # one penalty for both, a term group that wanted a small one freed the lags from
         # theirs, and they fitted noise (docs/models.md)
         base = scores.one_se()
-        feats = scores.designs[base[0]][1] if base[0] != "zero" else no_terms
+        feats = scores.designs[base[0]][1]
         base_lin = lagged[base[0]][:, : base[1]]
         for label, cols in term_groups(n_feat):
             q = len(cols)
@@ -282,7 +285,8 @@ class _Scores:
         zero = ("zero", 0, max(penalties))
         self.sums, self.total, self.df, self.pen = {}, {}, {}, {}
         self._keep(zero, b**2, 0.0, np.zeros(0))  # pen: each candidate's column penalties
-        self.designs = {}  # name: (last-bar term columns, the features whose lags it reads)
+        # name: (last-bar term columns, the features whose lags it reads)
+        self.designs = {"zero": (np.zeros(0, np.int64), np.zeros(0, np.int64))}
 
     def _keep(self, key, errors, df, pen):
         sums = errors if self.per_row else np.bincount(self.unit, weights=errors)
@@ -296,13 +300,38 @@ class _Scores:
         for p, label, pen, e, df in _cv_errors(a, self.b, self.groups, widths, penalties):
             self._keep((name, p, label), e, df, pen)
 
+    def parts(self, key: tuple) -> tuple[set, set, int]:
+        """A candidate's last-bar term columns, the features whose lags it reads, and how
+        many lag blocks of them."""
+        cols, feats = self.designs[key[0]]
+        return set(cols.tolist()), set(feats.tolist()), (key[1] - len(cols)) // max(len(feats), 1)
+
+    def simpler(self, c: tuple, best: tuple) -> bool:
+        """Whether candidate `c` is simpler than `best`: a smaller version of it (no term,
+        feature or lag block that `best` lacks; fewer degrees of freedom, which more penalty
+        also gives), or another design with at least one degree of freedom fewer."""
+        if self.df[c] >= self.df[best]:
+            return False
+        (c_cols, c_feats, c_lags), (b_cols, b_feats, b_lags) = self.parts(c), self.parts(best)
+        smaller = c_cols <= b_cols and c_feats <= b_feats and c_lags <= b_lags
+        return smaller or self.df[c] <= self.df[best] - 1
+
     def one_se(self) -> tuple:
-        """The candidate with the fewest degrees of freedom whose cross-validated error is
-        within one standard error (of the paired differences) of the lowest; of equals in
-        degrees of freedom the first scored, and the lowest itself unless one has fewer.
-        Only candidates simpler than the lowest can win, so only theirs are compared."""
+        """The simplest candidate (fewest degrees of freedom) whose cross-validated error is
+        within one standard error (of the paired differences) of the lowest's, among the
+        candidates simpler than the lowest (`simpler`); of equals in degrees of freedom the
+        first scored, and the lowest itself when none is within.
+
+        Why `simpler` is not merely fewer degrees of freedom: the rule trades a little error
+        for a simpler model, and another design a fraction of a degree of freedom below the
+        lowest is not simpler, only different. Among all candidates the rule swapped a log
+        return x close location product (the signal) for an open-to-close return's
+        (correlated with it, 0.17 degrees of freedom fewer at more penalty) and kept a third
+        of the attainable forecast; allowing only the lowest's smaller versions fitted more
+        noise on null draws, where another design one or more weights smaller is the
+        simpler model the rule is for (docs/known_answers.md)."""
         best = min(self.total, key=self.total.get)
-        simpler = [c for c in self.sums if self.df[c] < self.df[best]]
+        simpler = [c for c in self.sums if self.simpler(c, best)]
         if not simpler:
             return best
         n, root = len(self.b), np.sqrt(self.n_units)
@@ -317,16 +346,15 @@ class _Scores:
 def term_groups(n_feat: int) -> list[tuple[str, np.ndarray]]:
     """The columns of `bar_terms` that go together: each feature's hinges and square, each
     feature's steps, and each pair's product."""
-    n_knots = len(KNOTS)
-    n_hinge = n_feat * n_knots
+    n_hinge, n_step = len(HINGES), len(STEPS)
     i, j = np.triu_indices(n_feat)
-    product = {(a, b): n_hinge + c for c, (a, b) in enumerate(zip(i, j, strict=True))}
-    first_step = n_hinge + len(product)
+    product = {(a, b): n_feat * n_hinge + c for c, (a, b) in enumerate(zip(i, j, strict=True))}
+    first_step = n_feat * n_hinge + len(product)
     out = []
     for f in range(n_feat):
-        hinges = np.arange(f * n_knots, (f + 1) * n_knots)
+        hinges = np.arange(f * n_hinge, (f + 1) * n_hinge)
         out.append((f"shape of {f}", np.append(hinges, product[f, f])))
-        out.append((f"steps of {f}", first_step + hinges))
+        out.append((f"steps of {f}", first_step + np.arange(f * n_step, (f + 1) * n_step)))
     for a, b in product:
         if a < b:
             out.append((f"{a} x {b}", np.array([product[a, b]])))
@@ -355,12 +383,12 @@ def _refit(x, y, rows, history, blocks, cols, feats, k, pen, cv_mse, zero_mse) -
         coef[lo:hi, feats] = ck / (hi - lo)
     if not q:
         return RidgeFit(coef, lags, pen, cv_mse, zero_mse)
-    n_knots, n_quad = len(KNOTS), n_feat * (n_feat + 1) // 2
-    weights = np.zeros(2 * n_feat * n_knots + n_quad)
+    n_hinge, n_quad = n_feat * len(HINGES), n_feat * (n_feat + 1) // 2
+    weights = np.zeros(len(_term_kinds(n_feat)))
     weights[cols] = c[:q]
-    hinge = weights[: n_feat * n_knots].reshape(n_feat, n_knots)
+    hinge = weights[:n_hinge].reshape(n_feat, len(HINGES))
     quad = np.zeros((n_feat, n_feat))
-    quad[np.triu_indices(n_feat)] = weights[n_feat * n_knots : n_feat * n_knots + n_quad]
-    step = weights[n_feat * n_knots + n_quad :].reshape(n_feat, n_knots)
+    quad[np.triu_indices(n_feat)] = weights[n_hinge : n_hinge + n_quad]
+    step = weights[n_hinge + n_quad :].reshape(n_feat, len(STEPS))
     offset = -float(c[:q] @ mean)
     return RidgeFit(coef, lags, pen, cv_mse, zero_mse, hinge, quad, offset, step)

@@ -55,9 +55,10 @@ def zero_head(in_channels: int) -> CausalConv1d:
     return head
 
 
-# tsconv.engine.linear.KNOTS: (sign, knot) of each hinge max(sign * z - knot, 0) and each step
-# 1{sign * z > knot}
-KNOTS = ((1.0, 0.0), (1.0, 1.0), (1.0, 2.0), (-1.0, 1.0), (-1.0, 2.0))
+# tsconv.engine.linear.HINGES and STEPS: (sign, knot) of each hinge max(sign * z - knot, 0)
+# and each step 1{sign * z > knot}
+HINGES = ((1.0, 0.0), (1.0, 1.0), (1.0, 2.0), (-1.0, 1.0), (-1.0, 2.0), (-1.0, 0.0))
+STEPS = ((1.0, 0.0), (1.0, 1.0), (1.0, 2.0), (-1.0, 1.0), (-1.0, 2.0))
 
 
 class Highway(nn.Module):
@@ -81,8 +82,8 @@ class Highway(nn.Module):
         # the last bar's nonlinear terms (tsconv.engine.linear.bar_terms), z its features
         # clipped at +-clip: hinge[f, h] * max(sign_h * z_f - knot_h, 0), quad[i, j] * z_i z_j
         # (i <= j), step[f, h] * 1{sign_h * z_f > knot_h}, plus offset
-        self.register_buffer("hinge", torch.zeros(in_features, len(KNOTS)))
-        self.register_buffer("step", torch.zeros(in_features, len(KNOTS)))
+        self.register_buffer("hinge", torch.zeros(in_features, len(HINGES)))
+        self.register_buffer("step", torch.zeros(in_features, len(STEPS)))
         self.register_buffer("quad", torch.zeros(in_features, in_features))
         self.register_buffer("offset", torch.zeros(()))
         self.register_buffer("penalty", torch.zeros(()))
@@ -112,8 +113,9 @@ class Highway(nn.Module):
             zi = z[:, i]
             for j in range(i, n_feat):
                 bar = bar + quad[i, j] * (zi * z[:, j])
-            for h, (sign, knot) in enumerate(KNOTS):
+            for h, (sign, knot) in enumerate(HINGES):
                 bar = bar + hinge[i, h] * F.relu(sign * zi - knot)
+            for h, (sign, knot) in enumerate(STEPS):
                 bar = bar + step[i, h] * (sign * zi > knot).to(x.dtype)
         return out + bar.unsqueeze(1)
 
@@ -128,7 +130,7 @@ class Highway(nn.Module):
         step: np.ndarray | None = None,
     ) -> None:
         """coef (lags, features): coef[j, f] multiplies feature f of the bar j steps back;
-        hinge and step (features, len(KNOTS)) and quad (features, features, upper triangle):
+        hinge (features, len(HINGES)), step (features, len(STEPS)) and quad (features, features, upper triangle):
         the last bar's nonlinear terms' weights."""
         w = torch.as_tensor(np.asarray(coef, dtype=np.float32))
         self.weight.copy_(w.flip(0).T.unsqueeze(0))
@@ -147,13 +149,20 @@ class Highway(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # model.pt files written before the highway stopped training held a Conv1d's weight
-        # and no second-order part; those written before the steps, no steps
+        # and no second-order part; those written before the steps, no steps; those written
+        # before the hinge down at 0 (the last), one hinge fewer
         if prefix + "conv.weight" in state_dict:
             state_dict[prefix + "weight"] = state_dict.pop(prefix + "conv.weight")
             for name in ("hinge", "quad", "offset"):
                 state_dict[prefix + name] = torch.zeros_like(getattr(self, name))
         if prefix + "weight" in state_dict and prefix + "step" not in state_dict:
             state_dict[prefix + "step"] = torch.zeros_like(self.step)
+        hinge = state_dict.get(prefix + "hinge")
+        if hinge is not None and hinge.shape[-1] < self.hinge.shape[-1]:
+            state_dict[prefix + "hinge"] = torch.cat(
+                [hinge, hinge.new_zeros(*hinge.shape[:-1], self.hinge.shape[-1] - hinge.shape[-1])],
+                -1,
+            )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
