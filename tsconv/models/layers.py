@@ -130,8 +130,8 @@ class Highway(nn.Module):
         step: np.ndarray | None = None,
     ) -> None:
         """coef (lags, features): coef[j, f] multiplies feature f of the bar j steps back;
-        hinge (features, len(HINGES)), step (features, len(STEPS)) and quad (features, features, upper triangle):
-        the last bar's nonlinear terms' weights."""
+        hinge (features, len(HINGES)), step (features, len(STEPS)) and quad (features,
+        features, upper triangle): the last bar's nonlinear terms' weights."""
         w = torch.as_tensor(np.asarray(coef, dtype=np.float32))
         self.weight.copy_(w.flip(0).T.unsqueeze(0))
         self.hinge.copy_(torch.as_tensor(np.zeros(self.hinge.shape) if hinge is None else hinge))
