@@ -88,11 +88,12 @@ def bar_terms(x: np.ndarray, rows: np.ndarray, cols: np.ndarray | None = None) -
         kind, f, g = kinds[c]
         if kind == "product":
             out[:, o] = z[:, f] * z[:, g]
+        elif kind == "hinge":
+            sign, knot = HINGES[g]
+            out[:, o] = np.maximum(sign * z[:, f] - knot, 0.0)
         else:
-            sign, knot = (HINGES if kind == "hinge" else STEPS)[g]
-            out[:, o] = (
-                np.maximum(sign * z[:, f] - knot, 0.0) if kind == "hinge" else sign * z[:, f] > knot
-            )
+            sign, knot = STEPS[g]
+            out[:, o] = sign * z[:, f] > knot
     return out
 
 
@@ -383,12 +384,13 @@ def _refit(x, y, rows, history, blocks, cols, feats, k, pen, cv_mse, zero_mse) -
         coef[lo:hi, feats] = ck / (hi - lo)
     if not q:
         return RidgeFit(coef, lags, pen, cv_mse, zero_mse)
-    n_hinge, n_quad = n_feat * len(HINGES), n_feat * (n_feat + 1) // 2
+    hinges_end = n_feat * len(HINGES)  # bar_terms' columns: hinges, products, steps
+    steps_start = hinges_end + n_feat * (n_feat + 1) // 2
     weights = np.zeros(len(_term_kinds(n_feat)))
     weights[cols] = c[:q]
-    hinge = weights[:n_hinge].reshape(n_feat, len(HINGES))
+    hinge = weights[:hinges_end].reshape(n_feat, len(HINGES))
     quad = np.zeros((n_feat, n_feat))
-    quad[np.triu_indices(n_feat)] = weights[n_hinge : n_hinge + n_quad]
-    step = weights[n_hinge + n_quad :].reshape(n_feat, len(STEPS))
+    quad[np.triu_indices(n_feat)] = weights[hinges_end:steps_start]
+    step = weights[steps_start:].reshape(n_feat, len(STEPS))
     offset = -float(c[:q] @ mean)
     return RidgeFit(coef, lags, pen, cv_mse, zero_mse, hinge, quad, offset, step)
