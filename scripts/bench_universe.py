@@ -2,8 +2,8 @@
 timed phase by phase, with peak memory and the fit's R^2 against the oracle.
 
     python scripts/bench_universe.py [--config quick] [--tickers 8 32] [--bars 5040]
-        [--refits 40] [--project 500] [--after 500] [--prepare 3000] [--linear 64]
-        [--set KEY=V ...]
+        [--refits 40] [--project 500] [--project-refits 40] [--after 500] [--prepare 3000]
+        [--linear 64] [--set KEY=V ...]
 
 The panel: N tickers of AR(1) returns (`tsconv.synthetic.ar1`, independent draws, seed = the
 ticker's number), B business days each (5,040: twenty years), whose best forecast is known,
@@ -23,10 +23,10 @@ writing outputs, and the rest (fold bookkeeping).
 
 Then a cost model: each phase's time as a fixed cost per fold plus a cost per fold and
 ticker-bar (prepare: per ticker-bar only), fitted to the runs by least squares, which gives
-the projection to `--project` tickers at the same bars and refits (work per fold grows with
-the training rows, N x the bars before the fold, so a model in N at fixed B and refits is
-the same as one in N x B per fold; see docs/benchmarks.md), and names the phase that
-dominates there.
+the projection to `--project` tickers at the same bars and refits (or `--project-refits`
+refits: measure few refits, project many; work per fold grows with the training rows, N x
+the bars before the fold, so a model in N at fixed B and refits is the same as one in N x B
+per fold; see docs/benchmarks.md), and names the phase that dominates there.
 
 `--after N`: everything after training at N tickers without training: the folds'
 predictions are the oracle's plus noise, and the baselines, the tests and metrics and the
@@ -453,6 +453,9 @@ def main() -> None:
     ap.add_argument("--bars", type=int, default=5040)
     ap.add_argument("--refits", type=int, default=40)
     ap.add_argument("--project", type=int, default=500)
+    ap.add_argument(
+        "--project-refits", type=int, default=None, help="refits of the projection (--refits)"
+    )
     ap.add_argument("--after", type=int, nargs="*", default=[])
     ap.add_argument("--after-every", type=int, default=10, help="time every K-th fold's baselines")
     ap.add_argument("--prepare", type=int, nargs="*", default=[])
@@ -532,7 +535,8 @@ def main() -> None:
 def universe_table(name: str, args, rows: list[dict]) -> str:
     model = fit_cost_model(rows)
     last = rows[-1]
-    projected = project(model, args.project, args.bars, last["folds"], last["train_span"])
+    folds = args.project_refits or last["folds"]
+    projected = project(model, args.project, args.bars, folds, last["train_span"])
     header = [
         "phase",
         *(f"N={r['N']} s" for r in rows),
@@ -590,7 +594,7 @@ def universe_table(name: str, args, rows: list[dict]) -> str:
         "of what it grows with (panel: N x bars; trained: ticker-bars trained on, summed over "
         "the folds; predicted: N x test bars), least squares over the runs above. "
         f"At N={args.project} x {args.bars} bars "
-        f"and {last['folds']} folds it projects {total_p:,.0f} s ({total_p / 3600:.1f} h) "
+        f"and {folds} folds it projects {total_p:,.0f} s ({total_p / 3600:.1f} h) "
         f"serially on this machine, {projected[dominant] / total_p:.0%} of it {dominant}.\n"
     )
 

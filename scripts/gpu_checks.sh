@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# Everything that needs a GPU, in one run: tests/test_cuda.py (skipped where no GPU is), then the
-# rest of the test suite, then the train-step and walk-forward
-# benchmarks on the GPU, with the same walk-forward on this host's CPU for a same-machine ratio,
-# then the panel benchmark at N = 1,024 and the grouped-members benchmark (issues 18, 19).
+# Everything that needs a GPU, in one run, most wanted first: tests/test_cuda.py (skipped where
+# no GPU is), the universe benchmark on the GPU (issue 33), the grouped-members and the panel
+# benchmarks (issues 19, 18), the rest of the test suite, then the train-step and walk-forward
+# benchmarks on the GPU, with the same walk-forward on this host's CPU for a same-machine ratio.
 #   bash scripts/gpu_checks.sh [OUTDIR [STEP...]]
 # Each step has its own time limit, so one slow step cannot eat the others' time. The limits add
-# up to about 13 minutes, more than one 10-minute device command: name steps to run a subset,
-# e.g. `bash scripts/gpu_checks.sh out pytest_cuda bench_panel_cuda bench_batched_cuda`.
+# up to about 17 minutes, more than one 10-minute device command: name steps to run a subset,
+# e.g. `bash scripts/gpu_checks.sh out pytest_cuda bench_universe_cuda bench_batched_cuda`, or
+# set GPU_CHECKS_BUDGET=SECONDS to cut each step's limit to what is left of that budget.
 set -u
 out=${1:-gpu_checks_out}
 shift $(($# > 0 ? 1 : 0))
 only=" $* "
+budget=${GPU_CHECKS_BUDGET:-0}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 py=${PYTHON:-python3}
@@ -18,6 +20,10 @@ step() {  # step NAME SECONDS CMD...
     local name=$1 limit=$2
     shift 2
     [[ "$only" == "  " || "$only" == *" $name "* ]] || return 0
+    if ((budget > 0)); then  # GPU_CHECKS_BUDGET: seconds for the whole script; steps share it
+        ((limit > budget - SECONDS - 5)) && limit=$((budget - SECONDS - 5))
+        ((limit < 20)) && { echo "=== $name skipped: the budget is spent"; return 0; }
+    fi
     echo "=== $name"
     timeout "$limit" "$@" >"$out/$name.txt" 2>&1
     echo "exit $? after ${SECONDS}s total" | tee -a "$out/$name.txt"
@@ -28,13 +34,19 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 torch.cuda.get_device_name(), 'pandas', pandas.__version__, 'numpy', numpy.__version__)"
 "$py" -c "import torch; print('CPU threads', torch.get_num_threads())"
 step pytest_cuda 120 "$py" -m pytest -v -p no:cacheprovider -rs tests/test_cuda.py
-step pytest 180 "$py" -m pytest -q -p no:cacheprovider -rs tests --ignore tests/test_cuda.py
+# issue 33: the universe walk-forward on the GPU at N = 32 and 128 (4 refits each), with the
+# cost model's projection to N = 500 and 40 refits
+step bench_universe_cuda 240 "$py" scripts/bench_universe.py --tickers 32 128 --refits 4 \
+    --project 500 --project-refits 40 --set train.device=cuda
+# issue 19: 10 folds' worth of wf_msft TCNs one after another against one grouped model
+step bench_batched_cuda 60 "$py" scripts/bench_batched.py --device cuda --config wf_msft \
+    --members 10 --repeats 10
+# issue 18: validation's share of a panel epoch at N = 1,024 (the seed TCN both ways, multiscale)
+step bench_panel_cuda 150 "$py" scripts/bench_panel.py --device cuda --tickers 1024
+# the rest of the suite on 8 workers (pytest-xdist), `train.device: auto` meaning CUDA there
+step pytest 240 "$py" -m pytest -v --tb=line -n 8 --dist loadscope -p no:cacheprovider -rs tests \
+    --ignore tests/test_cuda.py
 step bench_train_cuda 80 "$py" scripts/bench_train.py --device cuda --step-rounds 5
 step bench_walkforward_cuda 90 "$py" scripts/bench_walkforward.py --device cuda --repeats 3
 step bench_walkforward_cpu 90 "$py" scripts/bench_walkforward.py --device cpu --repeats 3 \
     --threads 2
-# issue 18: validation's share of a panel epoch at N = 1,024 (the seed TCN both ways, multiscale)
-step bench_panel_cuda 150 "$py" scripts/bench_panel.py --device cuda --tickers 1024
-# issue 19: 10 folds' worth of wf_msft TCNs one after another against one grouped model
-step bench_batched_cuda 60 "$py" scripts/bench_batched.py --device cuda --config wf_msft \
-    --members 10 --repeats 10

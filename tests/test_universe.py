@@ -126,10 +126,19 @@ def test_universe_benchmark_prints_phases_quality_and_a_cost_model(tmp_path):
         assert r["r2_oracle"] > 0.1 and np.isfinite(r["r2"]) and r["peak_mib"] > 0
 
     class Args:
-        bars, project = 520, 500
+        bars, project, project_refits = 520, 500, None
 
     text = bench_universe.universe_table("quick", Args, rows)
-    assert "projects" in text and "R^2" in text
+    assert "projects" in text and "R^2" in text and "and 3 folds" in text
+    Args.project_refits = 40  # measured on few refits, projected to many: more folds, more time
+    more = bench_universe.universe_table("quick", Args, rows)
+    totals = [
+        float(row.split("|")[-3].replace(",", ""))  # the projected total's column
+        for table in (text, more)
+        for row in table.splitlines()
+        if row.startswith("| total")
+    ]
+    assert "and 40 folds" in more and totals[1] > totals[0]
     lines = [ln for ln in text.splitlines() if ln.startswith("| ")]
     assert [ln.split("|")[1].strip() for ln in lines[1:]] == [*bench_universe.PHASES, "total"]
     model = bench_universe.fit_cost_model(rows)
