@@ -266,3 +266,69 @@ def test_the_rule_shrinks_the_best_design_rather_than_swap_it_for_a_near_twin():
     assert scores.one_se() == ("0 x 3", 1, 0.1)
     scores._keep(("1 x 3", 1, 0.3), a_little_worse, 0.15, np.zeros(1))  # a weight simpler
     assert scores.one_se() == ("1 x 3", 1, 0.3)
+
+
+def _ragged_panel(seed: int, tickers: int = 6, n: int = 700, feats: int = 3):
+    """Tickers listed at different dates (dates with fewer rows), a volume-like threshold
+    signal and a momentum: x, y, rows, since, dates."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(tickers * n, feats))
+    mom = np.convolve(x[:, 0], np.ones(10))[: len(x)] / np.sqrt(10)
+    y = 0.25 * mom + 0.3 * (x[:, 1] > 1.0) + rng.normal(size=len(x))
+    starts = rng.integers(0, n // 2, size=tickers)
+    starts[0] = 0
+    rows = np.concatenate([np.arange(k * n + s, (k + 1) * n) for k, s in enumerate(starts)])
+    since = np.concatenate([np.full(n - s, k * n + s) for k, s in enumerate(starts)])
+    return x, y, rows, since, rows % n
+
+
+def test_a_panels_errors_summed_by_cell_equal_the_rows_summed():
+    """`_cv_errors_by_cell` (a panel's squared errors from each date's Gram matrix) against
+    `_cv_errors` (row by row, then summed per date): the same candidates, degrees of freedom
+    and sums, on tickers listed at different dates (cells of fewer rows) whose
+    cross-validation groups split a date."""
+    _, _, rows, _, dates = _ragged_panel(5)
+    rng = np.random.default_rng(5)
+    a = rng.normal(size=(len(rows), 6))
+    b = a[:, 0] * 0.2 + np.abs(a[:, 1]) * 0.1 + rng.normal(size=len(rows))
+    unit = np.unique(dates, return_inverse=True)[1]
+    groups = linear._time_groups(dates, 5)
+    scores = linear._Scores(b, groups, linear.PENALTIES, unit)
+    cells = scores.cells
+    assert cells.padded and len(cells.unit) > cells.n_units  # a cell short, a date split
+
+    def uniform(p):
+        return [(pen, np.full(p, pen)) for pen in linear.PENALTIES]
+
+    by_row = list(linear._cv_errors(a, b, groups, range(1, 7), uniform))
+    by_cell = list(linear._cv_errors_by_cell(a, b, cells, range(1, 7), uniform))
+    assert len(by_row) == len(by_cell) == 6 * len(linear.PENALTIES)
+    for (p, label, pen, e, df), (p2, label2, pen2, e2, df2) in zip(by_row, by_cell, strict=True):
+        assert (p, label) == (p2, label2) and np.array_equal(pen, pen2)
+        summed = np.bincount(unit, e)  # b'b - 2c'a'b + c'Gc cancels where a cell's fit is near
+        np.testing.assert_allclose(e2, summed, rtol=1e-9, atol=1e-12 * summed.max())
+        assert df2 == pytest.approx(df, rel=1e-9)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_panel_chooses_the_same_fit_by_cell_and_row_by_row(seed, monkeypatch):
+    """Which designs are scored from the cells' sums (`_Scores.add`: where a cell has more
+    rows than the design has columns) does not change the chosen fit."""
+    x, y, rows, since, dates = _ragged_panel(seed, tickers=8)
+    fits = {}
+    for rows_per_cell in (0.0, np.inf):  # every design row by row, then every one by cell
+
+        class Cells(linear._Cells):
+            def __init__(self, *args, rows_per_cell=rows_per_cell):
+                super().__init__(*args)
+                self.rows_per_cell = rows_per_cell
+
+        monkeypatch.setattr(linear, "_Cells", Cells)
+        fits[rows_per_cell] = linear.select_ridge(x, y, rows, 20, since, dates, nonlinear=True)
+    by_row, by_cell = fits.values()
+    assert by_row.lags >= 5 and by_row.quad is not None  # the momentum and the threshold
+    assert (by_cell.lags, by_cell.penalty) == (by_row.lags, by_row.penalty)
+    assert np.array_equal(by_cell.coef, by_row.coef) and np.array_equal(
+        _weights(by_cell), _weights(by_row)
+    )
+    assert by_cell.cv_mse == pytest.approx(by_row.cv_mse, rel=1e-9)

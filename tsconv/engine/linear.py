@@ -80,10 +80,14 @@ def bar_terms(x: np.ndarray, rows: np.ndarray, cols: np.ndarray | None = None) -
     the products z_i z_j (i <= j, squares and pairwise interactions), then the steps of each
     feature. `cols`: only those columns, computed alone (a universe's rows times all 124
     terms of 8 features would be gigabytes)."""
-    z = np.clip(np.asarray(x[rows], np.float64), -CLIP, CLIP)
-    kinds = _term_kinds(x.shape[1])
+    return _terms(np.clip(np.asarray(x[rows], np.float64), -CLIP, CLIP), cols)
+
+
+def _terms(z: np.ndarray, cols: np.ndarray | None = None) -> np.ndarray:
+    """`bar_terms` of the rows' clipped features `z`."""
+    kinds = _term_kinds(z.shape[1])
     cols = range(len(kinds)) if cols is None else cols
-    out = np.empty((len(rows), len(cols)))
+    out = np.empty((len(z), len(cols)))
     for o, c in enumerate(cols):
         kind, f, g = kinds[c]
         if kind == "product":
@@ -158,6 +162,75 @@ def _cv_errors(a, b, groups, widths, penalties):
         dfs = np.trace(np.linalg.solve(full + diag, full), axis1=1, axis2=2)
         for (label, pen), e, df in zip(candidates, errors, dfs, strict=True):
             yield p, label, pen, e, float(df)
+
+
+def _cv_errors_by_cell(a, b, cells, widths, penalties):
+    """`_cv_errors` for a panel, from its cells' sums (`_Cells`): the same candidates, their
+    errors summed per point in time. Each cell's Gram matrix a'a, a'b and b'b are summed
+    once; the groups' and the whole's are sums of those, and a candidate c's squared errors
+    on a cell are b'b - 2 c'(a'b) + c'(a'a)c. The rows are read once, not once per
+    candidate: the cost goes with the dates, not with the tickers."""
+    gram_c, cross_c, bb_c = cells.sums(a, b)
+    grams = [gram_c[g].sum(0) for g in cells.of_group]
+    crosses = [cross_c[g].sum(0) for g in cells.of_group]
+    gram_all, cross_all = sum(grams), sum(crosses)
+    fold_stats = [
+        (g, (gram_all - gram) / n_in, (cross_all - cross) / n_in)
+        for g, gram, cross, n_in in zip(
+            cells.of_group, grams, crosses, len(b) - cells.rows_of_group, strict=True
+        )
+    ]
+    for p in widths:
+        if 2 * p >= len(b) * (len(grams) - 1) / len(grams):  # fewer than two rows a weight
+            break
+        candidates = penalties(p)
+        diag = np.stack([np.diag(pen) for _, pen in candidates])  # (candidates, p, p)
+        errors = np.zeros((len(candidates), cells.n_units))
+        for g, gram, cross in fold_stats:
+            rhs = np.broadcast_to(cross[:p, None], (len(candidates), p, 1))
+            c = np.linalg.solve(gram[:p, :p] + diag, rhs)[..., 0]  # (candidates, p)
+            quad = ((gram_c[g, :p, :p] @ c.T) * c.T).sum(1)  # (cells, candidates)
+            sse = bb_c[g, None] - 2 * cross_c[g, :p] @ c.T + quad
+            for e, cell_e in zip(errors, sse.T, strict=True):
+                e += np.bincount(cells.unit[g], cell_e, cells.n_units)
+        full = gram_all[:p, :p] / len(b)
+        dfs = np.trace(np.linalg.solve(full + diag, full), axis1=1, axis2=2)
+        for (label, pen), e, df in zip(candidates, errors, dfs, strict=True):
+            yield p, label, pen, e, float(df)
+
+
+class _Cells:
+    """A panel's rows by cell: the rows of one point in time (`unit`) in one cross-validation
+    group (a group boundary can split a date)."""
+
+    def __init__(self, unit: np.ndarray, groups: np.ndarray, n_groups: int):
+        self.n_units = int(unit.max()) + 1
+        keys, cell = np.unique(unit * n_groups + groups, return_inverse=True)
+        self.unit, group = keys // n_groups, keys % n_groups
+        self.of_group = [np.flatnonzero(group == g) for g in range(n_groups)]
+        self.rows_of_group = np.bincount(groups, minlength=n_groups)
+        counts = np.bincount(cell)
+        order = np.argsort(cell, kind="stable")
+        within = np.arange(len(cell)) - np.repeat(np.cumsum(counts) - counts, counts)
+        self.index = np.full((len(keys), int(counts.max())), -1)  # each cell's rows, -1 pad
+        self.index[cell[order], within] = order
+        self.rows_per_cell = len(cell) / len(keys)
+        self.padded = bool((counts < self.index.shape[1]).any())
+
+    def sums(self, a: np.ndarray, b: np.ndarray) -> tuple:
+        """Per cell: the Gram matrix of `a`'s columns, a'b and b'b."""
+        n, cols = len(self.index), a.shape[1]
+        gram, cross, bb = np.empty((n, cols, cols)), np.empty((n, cols)), np.empty(n)
+        step = max(1, 2**21 // (self.index.shape[1] * cols))  # 16 MB of rows at a time
+        for lo in range(0, n, step):
+            idx = self.index[lo : lo + step]
+            rows, y = a[idx], b[idx]  # (cells, rows, cols), (cells, rows)
+            if self.padded:
+                rows[idx < 0], y[idx < 0] = 0.0, 0.0
+            gram[lo : lo + step] = rows.transpose(0, 2, 1) @ rows
+            cross[lo : lo + step] = (y[:, None, :] @ rows)[:, 0]
+            bb[lo : lo + step] = np.einsum("cr,cr->c", y, y)
+        return gram, cross, bb
 
 
 def _time_groups(order: np.ndarray, n_groups: int) -> np.ndarray:
@@ -247,6 +320,7 @@ def select_ridge(
         base = scores.one_se()
         feats = scores.designs[base[0]][1]
         base_lin = lagged[base[0]][:, : base[1]]
+        z = np.clip(np.asarray(x[full], np.float64), -CLIP, CLIP)  # bar_terms' input, once
         for label, cols in term_groups(n_feat):
             q = len(cols)
 
@@ -255,7 +329,7 @@ def select_ridge(
                     (pen, np.r_[np.full(q, pen), scores.pen[base][: p - q]]) for pen in penalties
                 ]
 
-            a = np.concatenate([_centred(bar_terms(x, full, cols)), base_lin], 1)
+            a = np.concatenate([_centred(_terms(z, cols)), base_lin], 1)
             scores.add(label, cols, feats, a, [a.shape[1]], own)
     chosen = scores.one_se()
     zero_mse = float(np.mean(b**2))
@@ -284,13 +358,19 @@ class _Scores:
         # one series: each row its own point in time, and its error is its own sum
         self.per_row = self.n_units == len(unit) and bool(np.all(unit[1:] > unit[:-1]))
         zero = ("zero", 0, max(penalties))
+        self.cells = None if self.per_row else _Cells(unit, groups, int(groups.max()) + 1)
         self.sums, self.total, self.df, self.pen = {}, {}, {}, {}
         self._keep(zero, b**2, 0.0, np.zeros(0))  # pen: each candidate's column penalties
         # name: (last-bar term columns, the features whose lags it reads)
         self.designs = {"zero": (np.zeros(0, np.int64), np.zeros(0, np.int64))}
 
     def _keep(self, key, errors, df, pen):
+        """Keep a candidate's errors, one per row."""
         sums = errors if self.per_row else np.bincount(self.unit, weights=errors)
+        self._keep_sums(key, sums, df, pen)
+
+    def _keep_sums(self, key, sums, df, pen):
+        """Keep a candidate's errors summed per point in time."""
         self.sums[key], self.total[key] = sums, sums.sum()
         self.df[key], self.pen[key] = df, pen
 
@@ -298,6 +378,12 @@ class _Scores:
         """Score the design `a` at `widths`, each with the (label, column penalties) of
         `penalties(width)`: candidates (name, width, label)."""
         self.designs[name] = (cols, feats)
+        if self.cells is not None and a.shape[1] < self.cells.rows_per_cell:
+            for p, label, pen, e, df in _cv_errors_by_cell(
+                a, self.b, self.cells, widths, penalties
+            ):
+                self._keep_sums((name, p, label), e, df, pen)
+            return
         for p, label, pen, e, df in _cv_errors(a, self.b, self.groups, widths, penalties):
             self._keep((name, p, label), e, df, pen)
 
