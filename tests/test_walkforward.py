@@ -92,6 +92,53 @@ def test_no_look_ahead_truncating_the_future_changes_no_past_prediction(tmp_path
         )
 
 
+def test_the_pooled_ridge_baseline_of_one_ticker_is_its_own_ridge():
+    """Pooling one ticker changes nothing: the same rows, lags, penalty and forecasts."""
+    from tsconv.evaluate import baselines
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(900, 3))
+    y = np.r_[0.3 * x[:-1, 0] + rng.normal(size=899), np.nan]  # after bar t: x[t] tells
+    dates = pd.bdate_range("2001-01-01", periods=900).asi8
+    own, own_fit = baselines.ridge_ar(x, y, (0, 700), np.arange(700, 899), 20)
+    (pooled,), fit = baselines.pooled_ridge_ar([(x, y, (0, 700), np.arange(700, 899), dates)], 20)
+    assert own_fit.lags > 0 and (fit.lags, fit.penalty) == (own_fit.lags, own_fit.penalty)
+    np.testing.assert_array_equal(pooled, own)
+
+
+def test_the_pooled_ridge_baseline_is_one_fit_a_fold_with_no_look_ahead(tmp_path):
+    """`backtest.ridge_baseline: pooled`: one ridge fit a fold on every ticker's training rows
+    (a shared AR(1) signal, so it reads the last return), which truncating the future does not
+    change, and which differs from the per-ticker fits."""
+    cfg_kw = {
+        "features": ["log_return", "hl_range"],
+        "backtest": {"train_span": 300, "test_span": 150, "ridge_baseline": "pooled"},
+        "train": {"epochs": 1},
+    }
+    frames = {
+        f"T{i}": ohlcv_from_returns(ar1_returns(800, phi=0.3, seed=20 + i), price0=20 + i)
+        for i in range(4)
+    }
+    cut = frames["T0"].index[600]
+    _, full_dir = _synthetic_backtest(tmp_path, "full", frames, **cfg_kw)
+    _, cut_dir = _synthetic_backtest(
+        tmp_path, "cut", {t: f.loc[:cut] for t, f in frames.items()}, **cfg_kw
+    )
+    full = pd.read_parquet(full_dir / "predictions.parquet")
+    short = pd.read_parquet(cut_dir / "predictions.parquet")
+    merged = full.merge(short, on=["date", "ticker"], suffixes=("", "_cut"))
+    assert len(merged) == len(short) > 800
+    np.testing.assert_array_equal(merged["ridge_ar"], merged["ridge_ar_cut"])
+    folds = pd.read_csv(full_dir / "folds.csv")
+    assert (folds["ridge_ar_lags"] >= 1).all()  # the shared AR(1): the last return at least
+    cfg_kw["backtest"]["ridge_baseline"] = "per_ticker"
+    _, own_dir = _synthetic_backtest(tmp_path, "own", frames, **cfg_kw)
+    own = pd.read_parquet(own_dir / "predictions.parquet")
+    assert own["ridge_ar"].corr(full["ridge_ar"]) > 0.8
+    assert not np.allclose(own["ridge_ar"], full["ridge_ar"])
+    assert (full["ridge_ar"] - full["realized"]).pow(2).mean() < full["realized"].pow(2).mean()
+
+
 def test_no_look_ahead_on_the_sample_with_a_shocked_future(tmp_path):
     """Same check on real data, perturbing the future instead of deleting it."""
     cfg_kw = {

@@ -248,6 +248,11 @@ class BacktestConfig(_Section):
         gt=0,
         description="ridge baseline's penalty; unset: chosen per fold (cross-validation over time)",
     )
+    ridge_baseline: Literal["per_ticker", "pooled"] = Field(
+        "per_ticker",
+        description="the ridge baseline fitted on each ticker's training rows, or once a fold "
+        "on every ticker's (a universe's linear benchmark: one fit a fold, not one a ticker)",
+    )
     trailing_window: int = Field(252, ge=1)
 
 

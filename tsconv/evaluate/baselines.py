@@ -41,3 +41,32 @@ def ridge_ar(
     penalties = linear.PENALTIES if penalty is None else (penalty,)
     fit = linear.select_ridge(x_scaled, y, tr, max_lags, penalties=penalties)
     return linear.predict(x_scaled, rows, fit), fit
+
+
+def pooled_ridge_ar(
+    series: list[tuple[np.ndarray, np.ndarray, tuple[int, int], np.ndarray, np.ndarray]],
+    max_lags: int,
+    penalty: float | None = None,
+) -> tuple[list[np.ndarray], linear.RidgeFit]:
+    """`ridge_ar` fitted once on every ticker's training rows together: one fit a fold for a
+    universe, not one a ticker, and the linear benchmark a pooled model is compared with.
+    Lags are read within each ticker's own series; the cross-validation's stretches of time
+    are of dates, a date's rows one point in time (`linear.select_ridge`). `series`: per
+    ticker (scaled features, target, training rows [lo, hi), rows to forecast, each row's
+    date as an integer). Returns each ticker's forecasts, in order, and the fit."""
+    offsets = np.cumsum([0, *(len(x) for x, *_ in series)])
+    rows, since, dates = [], [], []
+    for (_, y, (lo, hi), _, when), start in zip(series, offsets, strict=False):
+        tr = np.arange(lo, hi)
+        tr = tr[np.isfinite(y[tr])]
+        rows.append(start + tr)
+        since.append(np.full(len(tr), start))
+        dates.append(when[tr])
+    x = np.concatenate([s[0] for s in series])
+    y = np.concatenate([s[1] for s in series])
+    rows_all, since_all, dates_all = (
+        np.concatenate([*parts, np.zeros(0, np.int64)]) for parts in (rows, since, dates)
+    )
+    penalties = linear.PENALTIES if penalty is None else (penalty,)
+    fit = linear.select_ridge(x, y, rows_all, max_lags, since_all, dates_all, penalties=penalties)
+    return [linear.predict(xs, test, fit) for xs, _, _, test, _ in series], fit

@@ -252,19 +252,27 @@ def _fold_rows(
     filled by `combine_members`), and the dates of its spans."""
     cfg, bt = prep.cfg, prep.cfg.backtest
     columns: dict[str, list[np.ndarray]] = {k: [] for k in ROW_COLUMNS}
-    ridge_fits = []
-    for t, rows in test.items():
-        td, s = prep.data[t], scalers[t]
-        lo, hi = train.get(t, (0, 0))
-        ridge, fit = baselines.ridge_ar(
-            s.transform(td.x),
-            td.y,
-            (lo, hi),
-            rows,
-            bt.ar_lags or prep.receptive_field,
+    reach = bt.ar_lags or prep.receptive_field
+
+    def series(t: str, rows: np.ndarray) -> tuple:  # the ridge baseline's inputs for ticker t
+        td = prep.data[t]
+        return scalers[t].transform(td.x), td.y, train.get(t, (0, 0)), rows
+
+    if bt.ridge_baseline == "pooled" and test:
+        ridges, fit = baselines.pooled_ridge_ar(
+            [(*series(t, rows), prep.data[t].dates.asi8) for t, rows in test.items()],
+            reach,
             bt.ridge_alpha,
         )
-        ridge_fits.append(fit)
+        ridge_fits = [fit]
+    else:  # one ticker at a time: its scaled features are not all held at once
+        ridges, ridge_fits = [], []
+        for t, rows in test.items():
+            ridge, fit = baselines.ridge_ar(*series(t, rows), reach, bt.ridge_alpha)
+            ridges.append(ridge)
+            ridge_fits.append(fit)
+    for (t, rows), ridge in zip(test.items(), ridges, strict=True):
+        td = prep.data[t]
         # one array per column and ticker, one frame for the fold (not a frame per ticker
         # and fold: 20,000 of them for 500 tickers and 40 folds)
         for key, values in (
@@ -286,7 +294,7 @@ def _fold_rows(
     rows = pd.DataFrame({k: _joined(v) for k, v in columns.items()}) if test else pd.DataFrame()
     info = {
         **fold_dates(prep, fold, train, rows),
-        # what the ridge baseline chose (the median over tickers: one fit each)
+        # what the ridge baseline chose (per ticker: the median over tickers, one fit each)
         "ridge_ar_lags": float(np.median([f.lags for f in ridge_fits])) if ridge_fits else 0.0,
         "ridge_ar_penalty": float(np.median([f.penalty for f in ridge_fits]))
         if ridge_fits

@@ -83,7 +83,8 @@ DEFINITIONS = [
         "the zero forecast, which no linear fit beat. linear_terms: the nonlinear terms of "
         "the last bar it kept, at most one group (a feature's shape: hinges at 0, +-1 and "
         "+-2 sd and its square; or two features' product). ridge_ar_lags and ridge_ar_penalty: "
-        "the ridge AR baseline's choice, made the same way per ticker (median over tickers).",
+        "the ridge AR baseline's choice, made the same way per ticker (median over tickers), "
+        "or once on every ticker's rows (backtest.ridge_baseline: pooled).",
     ),
     (
         "Quantile table",
