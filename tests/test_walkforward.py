@@ -119,6 +119,7 @@ def test_the_pooled_ridge_baseline_is_one_fit_a_fold_with_no_look_ahead(tmp_path
         f"T{i}": ohlcv_from_returns(ar1_returns(800, phi=0.3, seed=20 + i), price0=20 + i)
         for i in range(4)
     }
+    frames["GONE"] = frames["T3"].iloc[:520] * 1.1  # delisted: trained on, later not tested
     cut = frames["T0"].index[600]
     _, full_dir = _synthetic_backtest(tmp_path, "full", frames, **cfg_kw)
     _, cut_dir = _synthetic_backtest(
@@ -137,6 +138,8 @@ def test_the_pooled_ridge_baseline_is_one_fit_a_fold_with_no_look_ahead(tmp_path
     assert own["ridge_ar"].corr(full["ridge_ar"]) > 0.8
     assert not np.allclose(own["ridge_ar"], full["ridge_ar"])
     assert (full["ridge_ar"] - full["realized"]).pow(2).mean() < full["realized"].pow(2).mean()
+    last = full.groupby("ticker")["fold"].max()
+    assert last["GONE"] < last["T0"]  # a later fold trained on it and tested only the others
 
 
 def test_no_look_ahead_on_the_sample_with_a_shocked_future(tmp_path):

@@ -259,12 +259,16 @@ def _fold_rows(
         return scalers[t].transform(td.x), td.y, train.get(t, (0, 0)), rows
 
     if bt.ridge_baseline == "pooled" and test:
-        ridges, fit = baselines.pooled_ridge_ar(
-            [(*series(t, rows), prep.data[t].dates.asi8) for t, rows in test.items()],
+        # fitted on every ticker the fold trains on, as the model's linear part is (one with
+        # no test rows this fold still has training rows), forecasts for those it tests
+        none = np.zeros(0, np.int64)
+        forecasts, fit = baselines.pooled_ridge_ar(
+            [(*series(t, test.get(t, none)), prep.data[t].dates.asi8) for t in train],
             reach,
             bt.ridge_alpha,
         )
-        ridge_fits = [fit]
+        by_ticker = dict(zip(train, forecasts, strict=True))
+        ridges, ridge_fits = [by_ticker[t] for t in test], [fit]
     else:  # one ticker at a time: its scaled features are not all held at once
         ridges, ridge_fits = [], []
         for t, rows in test.items():
