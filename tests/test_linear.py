@@ -332,3 +332,19 @@ def test_a_panel_chooses_the_same_fit_by_cell_and_row_by_row(seed, monkeypatch):
         _weights(by_cell), _weights(by_row)
     )
     assert by_cell.cv_mse == pytest.approx(by_row.cv_mse, rel=1e-9)
+
+
+def test_block_means_of_runs_equal_the_gathered_ones_bit_for_bit():
+    """`block_means` adds a run of consecutive rows' bars as slices of x; rows in no order
+    gather each bar: the same sums in the same order, so the same bits (float32 features)."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(3000, 3)).astype(np.float32)
+    blocks = linear.lag_blocks(61)
+    rows = np.r_[np.arange(60, 1000), np.arange(1100, 1900), np.arange(2100, 3000)]
+    perm = rng.permutation(len(rows))
+    gathered = linear.block_means(x, rows[perm], blocks)  # no runs: bar by bar, gathered
+    assert np.array_equal(linear.block_means(x, rows, blocks)[perm], gathered)
+    few = rows[:5]  # a short run: gathered
+    np.testing.assert_array_equal(
+        linear.block_means(x, few, blocks), gathered[np.argsort(perm)][:5]
+    )

@@ -62,7 +62,14 @@ def lag_blocks(max_lags: int) -> list[tuple[int, int]]:
 
 def block_means(x: np.ndarray, rows: np.ndarray, blocks: list[tuple[int, int]]) -> np.ndarray:
     """(len(rows), blocks * F), block-major: each block's mean of the features of the bars
-    `lo` to `hi - 1` before each row. Rows must have `blocks[-1][1] - 1` bars before them."""
+    `lo` to `hi - 1` before each row. Rows must have `blocks[-1][1] - 1` bars before them.
+
+    Rows that come in long runs of consecutive bars (a ticker's training rows) take
+    `_block_means_of_runs`: the same sums, bit for bit, added from slices of `x` rather
+    than gathered copies (3x on a pooled fold; tests/test_linear.py)."""
+    starts = np.flatnonzero(np.diff(rows) != 1) + 1
+    if len(rows) and (len(starts) + 1) * 64 <= len(rows):  # runs of 64 rows or more on average
+        return _block_means_of_runs(x, rows, blocks, starts)
     cols = []
     for lo, hi in blocks:
         # bar by bar, in the order (and so to the bit) of a mean over a (rows, bars, F) stack,
@@ -72,6 +79,21 @@ def block_means(x: np.ndarray, rows: np.ndarray, blocks: list[tuple[int, int]]) 
             total += x[rows - j]
         cols.append(total / (hi - lo))
     return np.concatenate(cols, axis=1) if cols else np.zeros((len(rows), 0))
+
+
+def _block_means_of_runs(x, rows, blocks, starts) -> np.ndarray:
+    """`block_means` of rows in runs of consecutive bars (`starts`: where each run after the
+    first begins), a run's bars added as slices of `x`, in `block_means`' order."""
+    n_feat = x.shape[1]
+    out = np.empty((len(rows), len(blocks) * n_feat))
+    for a, b in zip(np.r_[0, starts], np.r_[starts, len(rows)], strict=True):
+        first, end = int(rows[a]), int(rows[b - 1]) + 1
+        for k, (lo, hi) in enumerate(blocks):
+            total = np.array(x[first - lo : end - lo], np.float64)  # contiguous: faster adds
+            for j in range(lo + 1, hi):
+                total += x[first - j : end - j]
+            out[a:b, k * n_feat : (k + 1) * n_feat] = total / (hi - lo)
+    return out
 
 
 def bar_terms(x: np.ndarray, rows: np.ndarray, cols: np.ndarray | None = None) -> np.ndarray:
