@@ -283,8 +283,8 @@ def _ragged_panel(seed: int, tickers: int = 6, n: int = 700, feats: int = 3):
 
 
 def test_a_panels_errors_summed_by_cell_equal_the_rows_summed():
-    """`_cv_errors_by_cell` (a panel's squared errors from each date's Gram matrix) against
-    `_cv_errors` (row by row, then summed per date): the same candidates, degrees of freedom
+    """`_cv_errors` with cells (a panel's squared errors from each date's Gram matrix) against
+    `_cv_errors` row by row, then summed per date: the same candidates, degrees of freedom
     and sums, on tickers listed at different dates (cells of fewer rows) whose
     cross-validation groups split a date."""
     _, _, rows, _, dates = _ragged_panel(5)
@@ -295,13 +295,13 @@ def test_a_panels_errors_summed_by_cell_equal_the_rows_summed():
     groups = linear._time_groups(dates, 5)
     scores = linear._Scores(b, groups, linear.PENALTIES, unit)
     cells = scores.cells
-    assert cells.padded and len(cells.unit) > cells.n_units  # a cell short, a date split
+    assert (cells.index < 0).any() and len(cells.unit) > cells.n_units  # a cell short, a date split
 
     def uniform(p):
         return [(pen, np.full(p, pen)) for pen in linear.PENALTIES]
 
     by_row = list(linear._cv_errors(a, b, groups, range(1, 7), uniform))
-    by_cell = list(linear._cv_errors_by_cell(a, b, cells, range(1, 7), uniform))
+    by_cell = list(linear._cv_errors(a, b, groups, range(1, 7), uniform, cells))
     assert len(by_row) == len(by_cell) == 6 * len(linear.PENALTIES)
     for (p, label, pen, e, df), (p2, label2, pen2, e2, df2) in zip(by_row, by_cell, strict=True):
         assert (p, label) == (p2, label2) and np.array_equal(pen, pen2)

@@ -153,7 +153,7 @@ def predict(x: np.ndarray, rows: np.ndarray, fit: RidgeFit) -> np.ndarray:
     return out
 
 
-def _cv_errors(a, b, groups, widths, penalties):
+def _cv_errors(a, b, groups, widths, penalties, cells=None):
     """Yield (width, label, column penalties, squared errors of every row predicted by the fit
     on the other groups, effective degrees of freedom) for the first `width` columns of `a`
     and each (label, column penalties) of `penalties(width)`: the ridge regression with a penalty of
@@ -162,59 +162,51 @@ def _cv_errors(a, b, groups, widths, penalties):
 
     A width's candidates are solved together (one batched solve per group, one matrix
     product for their predictions): the same systems as one at a time, without a Python
-    round trip per penalty and group (docs/performance.md)."""
-    n_groups = int(groups.max()) + 1
-    gram_all, cross_all = a.T @ a, a.T @ b
-    fold_stats = []
-    for part in (groups == g for g in range(n_groups)):
-        a_out, n_in = a[part], len(b) - int(part.sum())
-        gram = (gram_all - a_out.T @ a_out) / n_in
-        fold_stats.append((part, a_out, gram, (cross_all - a_out.T @ b[part]) / n_in))
+    round trip per penalty and group (docs/performance.md).
+
+    `cells` (a panel's `_Cells`): the errors come summed per point in time, from the cells'
+    sums. Each cell's Gram matrix a'a, a'b and b'b are summed once; the groups' and the
+    whole's are sums of those, and a candidate c's squared errors on a cell are
+    b'b - 2 c'(a'b) + c'(a'a)c. The rows are read once, not once per candidate: the cost
+    goes with the dates, not with the tickers."""
+    if cells is None:
+        parts = [groups == g for g in range(int(groups.max()) + 1)]
+        a_outs = [a[part] for part in parts]
+        gram_all, cross_all = a.T @ a, a.T @ b
+        grams = [a_out.T @ a_out for a_out in a_outs]
+        crosses = [a_out.T @ b[part] for a_out, part in zip(a_outs, parts, strict=True)]
+        n_out = [int(part.sum()) for part in parts]
+    else:
+        gram_c, cross_c, bb_c = cells.sums(a, b)
+        grams = [gram_c[g].sum(0) for g in cells.of_group]
+        crosses = [cross_c[g].sum(0) for g in cells.of_group]
+        gram_all, cross_all = sum(grams), sum(crosses)
+        n_out = cells.rows_of_group
+    held_in = [  # each group's fit: the Gram matrix and a'b of the other groups' rows
+        ((gram_all - gram) / (len(b) - n), (cross_all - cross) / (len(b) - n))
+        for gram, cross, n in zip(grams, crosses, n_out, strict=True)
+    ]
+    n_groups = len(grams)
     for p in widths:
         if 2 * p >= len(b) * (n_groups - 1) / n_groups:  # fewer than two rows a weight
             break
         candidates = penalties(p)
         diag = np.stack([np.diag(pen) for _, pen in candidates])  # (candidates, p, p)
-        errors = np.empty((len(candidates), len(b)))
-        for part, a_out, gram, cross in fold_stats:
+        if cells is None:
+            errors = np.empty((len(candidates), len(b)))
+        else:
+            errors = np.zeros((len(candidates), cells.n_units))
+        for g, (gram, cross) in enumerate(held_in):
             rhs = np.broadcast_to(cross[:p, None], (len(candidates), p, 1))
             c = np.linalg.solve(gram[:p, :p] + diag, rhs)[..., 0]  # (candidates, p)
-            errors[:, part] = ((b[part, None] - a_out[:, :p] @ c.T) ** 2).T
-        full = gram_all[:p, :p] / len(b)
-        dfs = np.trace(np.linalg.solve(full + diag, full), axis1=1, axis2=2)
-        for (label, pen), e, df in zip(candidates, errors, dfs, strict=True):
-            yield p, label, pen, e, float(df)
-
-
-def _cv_errors_by_cell(a, b, cells, widths, penalties):
-    """`_cv_errors` for a panel, from its cells' sums (`_Cells`): the same candidates, their
-    errors summed per point in time. Each cell's Gram matrix a'a, a'b and b'b are summed
-    once; the groups' and the whole's are sums of those, and a candidate c's squared errors
-    on a cell are b'b - 2 c'(a'b) + c'(a'a)c. The rows are read once, not once per
-    candidate: the cost goes with the dates, not with the tickers."""
-    gram_c, cross_c, bb_c = cells.sums(a, b)
-    grams = [gram_c[g].sum(0) for g in cells.of_group]
-    crosses = [cross_c[g].sum(0) for g in cells.of_group]
-    gram_all, cross_all = sum(grams), sum(crosses)
-    fold_stats = [
-        (g, (gram_all - gram) / n_in, (cross_all - cross) / n_in)
-        for g, gram, cross, n_in in zip(
-            cells.of_group, grams, crosses, len(b) - cells.rows_of_group, strict=True
-        )
-    ]
-    for p in widths:
-        if 2 * p >= len(b) * (len(grams) - 1) / len(grams):  # fewer than two rows a weight
-            break
-        candidates = penalties(p)
-        diag = np.stack([np.diag(pen) for _, pen in candidates])  # (candidates, p, p)
-        errors = np.zeros((len(candidates), cells.n_units))
-        for g, gram, cross in fold_stats:
-            rhs = np.broadcast_to(cross[:p, None], (len(candidates), p, 1))
-            c = np.linalg.solve(gram[:p, :p] + diag, rhs)[..., 0]  # (candidates, p)
-            quad = ((gram_c[g, :p, :p] @ c.T) * c.T).sum(1)  # (cells, candidates)
-            sse = bb_c[g, None] - 2 * cross_c[g, :p] @ c.T + quad
+            if cells is None:
+                errors[:, parts[g]] = ((b[parts[g], None] - a_outs[g][:, :p] @ c.T) ** 2).T
+                continue
+            own = cells.of_group[g]
+            quad = ((gram_c[own, :p, :p] @ c.T) * c.T).sum(1)  # (cells, candidates)
+            sse = bb_c[own, None] - 2 * cross_c[own, :p] @ c.T + quad
             for e, cell_e in zip(errors, sse.T, strict=True):
-                e += np.bincount(cells.unit[g], cell_e, cells.n_units)
+                e += np.bincount(cells.unit[own], cell_e, cells.n_units)
         full = gram_all[:p, :p] / len(b)
         dfs = np.trace(np.linalg.solve(full + diag, full), axis1=1, axis2=2)
         for (label, pen), e, df in zip(candidates, errors, dfs, strict=True):
@@ -225,7 +217,8 @@ class _Cells:
     """A panel's rows by cell: the rows of one point in time (`unit`) in one cross-validation
     group (a group boundary can split a date)."""
 
-    def __init__(self, unit: np.ndarray, groups: np.ndarray, n_groups: int):
+    def __init__(self, unit: np.ndarray, groups: np.ndarray):
+        n_groups = int(groups.max()) + 1
         self.n_units = int(unit.max()) + 1
         keys, cell = np.unique(unit * n_groups + groups, return_inverse=True)
         self.unit, group = keys // n_groups, keys % n_groups
@@ -237,7 +230,6 @@ class _Cells:
         self.index = np.full((len(keys), int(counts.max())), -1)  # each cell's rows, -1 pad
         self.index[cell[order], within] = order
         self.rows_per_cell = len(cell) / len(keys)
-        self.padded = bool((counts < self.index.shape[1]).any())
 
     def sums(self, a: np.ndarray, b: np.ndarray) -> tuple:
         """Per cell: the Gram matrix of `a`'s columns, a'b and b'b."""
@@ -247,8 +239,9 @@ class _Cells:
         for lo in range(0, n, step):
             idx = self.index[lo : lo + step]
             rows, y = a[idx], b[idx]  # (cells, rows, cols), (cells, rows)
-            if self.padded:
-                rows[idx < 0], y[idx < 0] = 0.0, 0.0
+            pad = idx < 0
+            if pad.any():  # cells with fewer rows than the fullest
+                rows[pad], y[pad] = 0.0, 0.0
             gram[lo : lo + step] = rows.transpose(0, 2, 1) @ rows
             cross[lo : lo + step] = (y[:, None, :] @ rows)[:, 0]
             bb[lo : lo + step] = np.einsum("cr,cr->c", y, y)
@@ -380,7 +373,7 @@ class _Scores:
         # one series: each row its own point in time, and its error is its own sum
         self.per_row = self.n_units == len(unit) and bool(np.all(unit[1:] > unit[:-1]))
         zero = ("zero", 0, max(penalties))
-        self.cells = None if self.per_row else _Cells(unit, groups, int(groups.max()) + 1)
+        self.cells = None if self.per_row else _Cells(unit, groups)
         self.sums, self.total, self.df, self.pen = {}, {}, {}, {}
         self._keep(zero, b**2, 0.0, np.zeros(0))  # pen: each candidate's column penalties
         # name: (last-bar term columns, the features whose lags it reads)
@@ -400,14 +393,11 @@ class _Scores:
         """Score the design `a` at `widths`, each with the (label, column penalties) of
         `penalties(width)`: candidates (name, width, label)."""
         self.designs[name] = (cols, feats)
-        if self.cells is not None and a.shape[1] < self.cells.rows_per_cell:
-            for p, label, pen, e, df in _cv_errors_by_cell(
-                a, self.b, self.cells, widths, penalties
-            ):
-                self._keep_sums((name, p, label), e, df, pen)
-            return
-        for p, label, pen, e, df in _cv_errors(a, self.b, self.groups, widths, penalties):
-            self._keep((name, p, label), e, df, pen)
+        # by cell where a date has more rows than the design has columns (`_cv_errors`)
+        by_cell = self.cells is not None and a.shape[1] < self.cells.rows_per_cell
+        cells, keep = (self.cells, self._keep_sums) if by_cell else (None, self._keep)
+        for p, label, pen, e, df in _cv_errors(a, self.b, self.groups, widths, penalties, cells):
+            keep((name, p, label), e, df, pen)
 
     def parts(self, key: tuple) -> tuple[set, set, int]:
         """A candidate's last-bar term columns, the features whose lags it reads, and how

@@ -36,11 +36,19 @@ def ridge_ar(
     penalty (unless given) chosen by cross-validation over stretches of those rows
     (`tsconv.engine.linear`): the linear forecast a careful analyst would fit, which the
     model must beat. Returns (forecasts, the fit)."""
-    tr = np.arange(train[0], train[1])
-    tr = tr[np.isfinite(y[tr])]
-    penalties = linear.PENALTIES if penalty is None else (penalty,)
-    fit = linear.select_ridge(x_scaled, y, tr, max_lags, penalties=penalties)
+    fit = linear.select_ridge(x_scaled, y, _known(y, train), max_lags, penalties=_grid(penalty))
     return linear.predict(x_scaled, rows, fit), fit
+
+
+def _known(y: np.ndarray, train: tuple[int, int]) -> np.ndarray:
+    """The training rows whose target is known."""
+    tr = np.arange(train[0], train[1])
+    return tr[np.isfinite(y[tr])]
+
+
+def _grid(penalty: float | None) -> tuple[float, ...]:
+    """The penalties to choose from: the given one, or the default grid."""
+    return linear.PENALTIES if penalty is None else (penalty,)
 
 
 def pooled_ridge_ar(
@@ -54,11 +62,10 @@ def pooled_ridge_ar(
     are of dates, a date's rows one point in time (`linear.select_ridge`). `series`: per
     ticker (scaled features, target, training rows [lo, hi), rows to forecast, each row's
     date as an integer). Returns each ticker's forecasts, in order, and the fit."""
-    offsets = np.cumsum([0, *(len(x) for x, *_ in series)])
+    offsets = np.cumsum([0, *(len(x) for x, *_ in series)])[:-1]
     rows, since, dates = [], [], []
-    for (_, y, (lo, hi), _, when), start in zip(series, offsets, strict=False):
-        tr = np.arange(lo, hi)
-        tr = tr[np.isfinite(y[tr])]
+    for (_, y, train, _, when), start in zip(series, offsets, strict=True):
+        tr = _known(y, train)
         rows.append(start + tr)
         since.append(np.full(len(tr), start))
         dates.append(when[tr])
@@ -67,6 +74,7 @@ def pooled_ridge_ar(
     rows_all, since_all, dates_all = (
         np.concatenate([*parts, np.zeros(0, np.int64)]) for parts in (rows, since, dates)
     )
-    penalties = linear.PENALTIES if penalty is None else (penalty,)
-    fit = linear.select_ridge(x, y, rows_all, max_lags, since_all, dates_all, penalties=penalties)
+    fit = linear.select_ridge(
+        x, y, rows_all, max_lags, since_all, dates_all, penalties=_grid(penalty)
+    )
     return [linear.predict(xs, test, fit) for xs, _, _, test, _ in series], fit
