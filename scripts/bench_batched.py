@@ -1,6 +1,13 @@
 """K small TCNs trained one after another against K trained as one grouped model.
 
     python scripts/bench_batched.py [--config quick] [--members 8] [--device auto] [--repeats 15]
+    python scripts/bench_batched.py --trainer [--config quick] [--members 8] [--device auto]
+        [--set KEY=VALUE ...]
+
+`--trainer` times tsconv's own fits instead of single steps: the first fold of the config's
+walk-forward, its K ensemble members fitted one after another (`fit_span` each: the shipped
+route) against together (`fit_span_members`, `train.grouped_members: true`), with each
+route's validation loss (the same to float rounding without dropout).
 
 A walk-forward's folds and a seed ensemble's members are K models of one shape, each with its
 own data. The shipped models are too small to fill a GPU (a step is bound by kernel launches,
@@ -25,6 +32,8 @@ draws its mask through `.item()`) cannot run under `vmap` at all.
 from __future__ import annotations
 
 import argparse
+import statistics
+import time
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +46,9 @@ from tsconv.engine.runtime import select_device
 from tsconv.engine.windows import dense_sequence
 from tsconv.models.fast.tcn import TimeMajorTCN
 from tsconv.models.registry import receptive_field
+from tsconv.recipes.fit_span import fit_span, fit_span_members, member_seed
+from tsconv.recipes.prepare import prepare, split_train_val
+from tsconv.recipes.walkforward import fold_spans, make_folds
 
 
 class GroupedBlock(nn.Module):
@@ -175,15 +187,68 @@ def batched_table(config: str, members: int, device: torch.device, repeats: int)
     )
 
 
+def trainer_table(
+    config: str, members: int, device: torch.device, repeats: int, sets: tuple[str, ...] = ()
+) -> str:
+    """Wall time of a fold's K members fitted one after another and together, interleaved
+    (`sets`: KEY=VALUE overrides of the config)."""
+    cfg = load_config(config, [*sets, f"train.ensemble={members}", "train.grouped_members=true"])
+    prep = prepare(cfg)
+    fold = make_folds(prep)[0]
+    train, _ = fold_spans(prep, fold)
+    fit_rows, val_rows = split_train_val(prep, train, cfg.train.val_gap)
+    seeds = [member_seed(cfg.seed + fold.index, m) for m in range(members)]
+    routes = {
+        "one after another": lambda: [
+            fit_span(prep, fit_rows, val_rows, seed=s, device=device)[3] for s in seeds
+        ],
+        "together": lambda: fit_span_members(prep, fit_rows, val_rows, seeds=seeds, device=device)[
+            3
+        ],
+    }
+    times: dict[str, list[float]] = {name: [] for name in routes}
+    results = {}
+    for _ in range(repeats):
+        for name, route in routes.items():
+            t0 = time.perf_counter()
+            results[name] = route()
+            times[name].append(time.perf_counter() - t0)
+    base = statistics.median(times["one after another"])
+    rows = []
+    for name, got in results.items():
+        wall = statistics.median(times[name])
+        val = " ".join(f"{r.best_val:.5f}" for r in got[:4])
+        rows.append([name, f"{wall:.2f}", f"{base / wall:.2f}x", val])
+    steps = results["together"][0].steps
+    title = (
+        f"{members} members of `{config}` on its first fold ({sum(hi - lo for lo, hi in fit_rows.values())} "
+        f"fit rows, {steps} steps each) on {device.type}, median of {repeats}; {machine()}"
+    )
+    return table(
+        title,
+        ["route", "wall (s)", "speed-up", "best validation MSE (first 4)"],
+        rows,
+    ) + (
+        "\nwall: the members' whole fits (linear part, windows, training, validation); "
+        "together fits the linear part once for all members.\n"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default="quick")
     ap.add_argument("--members", type=int, default=8)
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--repeats", type=int, default=None, help="default: 15 steps, 3 fits")
+    ap.add_argument("--trainer", action="store_true", help="time whole fits (see above)")
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="KEY=VALUE (--trainer)")
     args = ap.parse_args()
     # as tsconv trains: on CUDA that means TF32 off
-    print(batched_table(args.config, args.members, select_device(args.device), args.repeats))
+    device = select_device(args.device)
+    if args.trainer:
+        print(trainer_table(args.config, args.members, device, args.repeats or 3, tuple(args.sets)))
+    else:
+        print(batched_table(args.config, args.members, device, args.repeats or 15))
 
 
 if __name__ == "__main__":

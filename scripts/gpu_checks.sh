@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, in one run, most wanted first: tests/test_cuda.py (skipped where
-# no GPU is), the universe benchmark on the GPU (issue 33), the grouped-members and the panel
+# no GPU is), the universe benchmark on the GPU (issue 33), the grouped-members benchmarks (a
+# step, and tsconv's trainer with `train.grouped_members`), the panel
 # benchmarks (issues 19, 18), the rest of the test suite, then the train-step and walk-forward
 # benchmarks on the GPU, with the same walk-forward on this host's CPU for a same-machine ratio.
 #   bash scripts/gpu_checks.sh [OUTDIR [STEP...]]
 # Each step has its own time limit, so one slow step cannot eat the others' time. The limits add
 # up to about 17 minutes, more than one 10-minute device command: name steps to run a subset,
-# e.g. `bash scripts/gpu_checks.sh out pytest_cuda bench_universe_cuda bench_batched_cuda`, or
+# e.g. `bash scripts/gpu_checks.sh out pytest_cuda bench_trainer_cuda bench_universe_cuda`, or
 # set GPU_CHECKS_BUDGET=SECONDS to cut each step's limit to what is left of that budget.
 set -u
 out=${1:-gpu_checks_out}
@@ -41,6 +42,10 @@ step bench_universe_cuda 240 "$py" scripts/bench_universe.py --tickers 32 128 --
 # issue 19: 10 folds' worth of wf_msft TCNs one after another against one grouped model
 step bench_batched_cuda 60 "$py" scripts/bench_batched.py --device cuda --config wf_msft \
     --members 10 --repeats 10
+# issue 33: the same through tsconv's trainer, a fold's 8 wf_msft members one after another
+# against together (train.grouped_members)
+step bench_trainer_cuda 150 "$py" scripts/bench_batched.py --trainer --device cuda --config wf_msft \
+    --members 8 --repeats 2
 # issue 18: validation's share of a panel epoch at N = 1,024 (the seed TCN both ways, multiscale)
 step bench_panel_cuda 150 "$py" scripts/bench_panel.py --device cuda --tickers 1024
 # the rest of the suite on 8 workers (pytest-xdist), `train.device: auto` meaning CUDA there

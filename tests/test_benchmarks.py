@@ -123,3 +123,13 @@ def test_bench_linear_loads_the_module_at_a_revision_and_compares_fits(tmp_path)
     x2, y2, *_ = bench_linear.problem(300, 2, seed=1)
     other = linear.select_ridge(x2, y2, rows, 61, since=since, order=order)
     assert not bench_linear.same_fit(fit, other)
+
+
+def test_batched_trainer_benchmark_times_both_routes_and_shows_their_losses():
+    text = bench_batched.trainer_table(
+        "quick", 2, torch.device("cpu"), 1, ("train.epochs=1", "train.min_steps=4")
+    )
+    rows = _rows(text)
+    assert [r[0] for r in rows] == ["one after another", "together"]
+    assert rows[0][2] == "1.00x" and all(float(r[1]) > 0 for r in rows)
+    assert rows[0][3] == rows[1][3]  # the kept start's loss: the same in both routes

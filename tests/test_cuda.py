@@ -225,3 +225,27 @@ def test_graph_capture_leaves_batchnorm_statistics_and_the_generator_as_they_wer
         assert all(torch.equal(model.state_dict()[k], v) for k, v in stats.items())
         model(ds.batch(torch.arange(16))[0])  # a replay does update them, as training should
         assert not all(torch.equal(model.state_dict()[k], v) for k, v in stats.items())
+
+
+@pytest.mark.parametrize("kind", ["tcn", "multiscale"])
+def test_members_together_on_the_gpu_follow_their_own_fits(kind):
+    """`train.grouped_members` on CUDA, its steps replayed as CUDA graphs (160 steps): each
+    member's validation losses as in its own fit on the GPU, to float rounding."""
+    from tsconv.recipes.fit_span import fit_span_members, member_seed
+
+    model = {"kind": kind, "highway": True}
+    if kind == "multiscale":
+        model |= {"channels": 8, "kernels": [3, 5], "mix": 4}
+    cfg = tiny_config(
+        model=model, train={"device": "cuda", "epochs": 4, "min_steps": 160, "patience": 0}
+    )
+    prep = prepare(cfg)
+    rows = {"MSFT": (0, 600)}, {"MSFT": (600, 800)}
+    seeds = [member_seed(0, m) for m in range(3)]
+    alone = [fit_span(prep, *rows, seed=s, device=CUDA)[3] for s in seeds]
+    together = fit_span_members(prep, *rows, seeds=seeds, device=CUDA)[3]
+    for want, got in zip(alone, together, strict=True):
+        assert got.steps == want.steps >= 160
+        np.testing.assert_allclose(
+            [h["val_loss"] for h in got.history], [h["val_loss"] for h in want.history], rtol=1e-3
+        )

@@ -256,7 +256,9 @@ def _train(cfg, target: Path, resume: bool, overwrite: bool) -> None:
         task = progress.add_task("train", total=cfg.train.epochs, info="")
 
         def on_member(m: int) -> None:
-            progress.update(task, description=f"member {m + 1}/{members}", completed=0)
+            together = cfg.train.grouped_members  # one fit of every member, no epochs shown
+            words = f"{members} members together" if together else f"member {m + 1}/{members}"
+            progress.update(task, description=words, completed=0)
 
         def on_step(s: dict[str, float]) -> None:
             done = s["epoch"] - 1 + s["seen"] / s["of"]

@@ -188,6 +188,12 @@ class TrainConfig(_Section):
         le=64,
         description="models trained from different seeds on the same data, predictions averaged",
     )
+    grouped_members: bool = Field(
+        False,
+        description="train the ensemble's members together as one grouped model (on a GPU, "
+        "every member's step in one launch); equal to separate members up to float rounding, "
+        "dropout masks drawn from one stream",
+    )
 
 
 # Marks a key that says how a run is executed, not what it computes: two runs that differ only

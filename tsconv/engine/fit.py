@@ -244,7 +244,7 @@ class _Training:
 
 
 @dataclass
-class _Tracking:
+class Tracking:
     """Validation so far: the result, the best weights, and what early stopping counts."""
 
     result: FitResult
@@ -297,19 +297,25 @@ def _set_up(
     )
 
 
-def _start(run: _Training) -> _Tracking:
+def _start(run: _Training) -> Tracking:
+    return start_tracking(run.model, run.val_ds, run.device, run.cfg.amp)
+
+
+def start_tracking(
+    model: ForecastModel, val_ds: WindowDataset | None, device: torch.device, amp: bool
+) -> Tracking:
     """Tracking from the starting weights, whose validation errors are the ones to beat."""
-    track = _Tracking(FitResult(), cpu_state(run.model), 0, None)
-    if run.val_ds is not None:
+    track = Tracking(FitResult(), cpu_state(model), 0, None)
+    if val_ds is not None:
         # The starting weights compete too: with a zero head they are the zero forecast plus
         # the highway's ridge fit, and training must beat them clearly to replace them.
-        track.initial_errors = squared_errors(run.model, run.val_ds, run.device, amp=run.cfg.amp)
+        track.initial_errors = squared_errors(model, val_ds, device, amp=amp)
         track.result.initial_val = track.result.best_val = float(track.initial_errors.mean())
     track.lowest = track.result.best_val
     return track
 
 
-def _resume(run: _Training, resume: FitState) -> _Tracking:
+def _resume(run: _Training, resume: FitState) -> Tracking:
     """Weights, optimizer, schedule, generators and tracking as the interrupted fit left them."""
     run.model.load_state_dict(resume.model)
     run.opt.load_state_dict(resume.optimizer)
@@ -318,7 +324,7 @@ def _resume(run: _Training, resume: FitState) -> _Tracking:
     set_rng_state(resume.rng, run.gen, run.device)
     result = resume.result
     lowest = min([result.best_val, *(_score(h) for h in result.history)])
-    return _Tracking(result, resume.best_model, resume.bad_epochs, resume.initial_errors, lowest)
+    return Tracking(result, resume.best_model, resume.bad_epochs, resume.initial_errors, lowest)
 
 
 def _use_graphs(run: _Training, full_steps: int) -> bool:
@@ -368,7 +374,7 @@ def _train_epoch(
 
 def _validate_epoch(
     run: _Training,
-    track: _Tracking,
+    track: Tracking,
     epoch: int,
     epochs: int,
     train_loss: float,
@@ -377,36 +383,63 @@ def _validate_epoch(
     train_seconds: float,
 ) -> None:
     """Validate after an epoch: its history row, the best weights, and early stopping."""
-    cfg, result = run.cfg, track.result
     errors = None
     if run.val_ds is not None:
-        errors = squared_errors(run.model, run.val_ds, run.device, amp=cfg.amp)
+        errors = squared_errors(run.model, run.val_ds, run.device, amp=run.cfg.amp)
+    row = epoch_row(track.result, epoch, train_loss, errors, run.opt, seen, t0, train_seconds)
+    record_epoch(track, run.cfg, row, errors, epochs, lambda: cpu_state(run.model))
+
+
+def epoch_row(
+    result: FitResult,
+    epoch: int,
+    train_loss: float,
+    errors: torch.Tensor | None,
+    opt: torch.optim.Optimizer,
+    seen: int,
+    t0: float,
+    train_seconds: float,
+) -> dict[str, float]:
+    """An epoch's history row."""
     val = float(errors.mean()) if errors is not None and len(errors) else math.nan
     elapsed = time.perf_counter() - t0
-    row = {
+    return {
         "epoch": epoch + 1,
         "steps": result.steps,
         "train_loss": train_loss,
         "val_loss": val,
-        "lr": run.opt.param_groups[0]["lr"],
+        "lr": opt.param_groups[0]["lr"],
         "seconds": elapsed,
         "train_seconds": train_seconds,
         "samples_per_s": seen / elapsed if elapsed > 0 else math.nan,
     }
+
+
+def record_epoch(
+    track: Tracking,
+    cfg: TrainConfig,
+    row: dict[str, float],
+    errors: torch.Tensor | None,
+    epochs: int,
+    state: Callable[[], dict[str, torch.Tensor]],
+) -> None:
+    """An epoch's row into the history; its weights (`state()`) kept when they are the best
+    yet and beat the start clearly; early stopping's count."""
+    result = track.result
     result.history.append(row)
     score = _score(row)
     if score < result.best_val and beats_clearly(errors, track.initial_errors):
-        result.best_val, result.best_epoch = score, epoch + 1
-        track.best_state = cpu_state(run.model)
+        result.best_val, result.best_epoch = score, row["epoch"]
+        track.best_state = state()
     if score < track.lowest:
         track.lowest, track.bad = score, 0
     else:
         track.bad += 1
         patient = cfg.patience and track.bad >= cfg.patience and result.steps >= cfg.min_steps
-        result.stopped_early = bool(patient) and epoch + 1 < epochs
+        result.stopped_early = bool(patient) and row["epoch"] < epochs
 
 
-def _fit_state(run: _Training, track: _Tracking, epoch: int) -> FitState:
+def _fit_state(run: _Training, track: Tracking, epoch: int) -> FitState:
     """Everything a resume needs, after `epoch` epochs."""
     return FitState(
         epoch,

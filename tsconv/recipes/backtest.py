@@ -26,12 +26,14 @@ from tsconv.evaluate.risk_summary import summarize_risk
 from tsconv.evaluate.summary import summarize_backtest
 from tsconv.executors import Executor
 from tsconv.recipes.caveats import backtest_caveats
+from tsconv.recipes.fit_span import members_together
 from tsconv.recipes.prepare import Prepared, prepare
 from tsconv.recipes.walkforward import (
     Fold,
     MemberFit,
     combine_members,
     fit_member,
+    fit_members_together,
     make_folds,
     run_fold,
 )
@@ -82,7 +84,8 @@ def run_backtest(
         # checked before anything is written: a changed fold stops the resume here
         todo, warm_state = log.resume(folds, warm, kept) if kept is not None else (folds, None)
         start_run_folder(run, cfg, device, kept is not None, overwrite or resume)
-        executor = executors.choose(cfg, len(todo) * cfg.train.ensemble, chained=warm)
+        tasks = len(todo) * (1 if members_together(prep) else cfg.train.ensemble)
+        executor = executors.choose(cfg, tasks, chained=warm)
         run_folds(prep, todo, device, executor, log, warm_state)
         t_folds = time.perf_counter() - t0 - t_prep
 
@@ -247,11 +250,13 @@ def run_folds(
         log.finished(fold, preds, info, state if warm else None)
 
 
-def fit_member_task(prep: Prepared, task: tuple[Fold, int, torch.device]) -> MemberFit:
-    """One ensemble member of a full-retrain fold, as an executor's task (its final weights
-    are not needed)."""
+def fit_member_task(prep: Prepared, task: tuple[Fold, int | None, torch.device]) -> list[MemberFit]:
+    """One ensemble member of a full-retrain fold (member None: all of them, trained
+    together), as an executor's task (their final weights are not needed)."""
     fold, member, device = task
-    return fit_member(prep, fold, member, device, keep_state=False)
+    if member is None:
+        return fit_members_together(prep, fold, device, keep_state=False)
+    return [fit_member(prep, fold, member, device, keep_state=False)]
 
 
 def run_members(
@@ -266,13 +271,16 @@ def run_members(
     members = prep.cfg.train.ensemble
     fits: dict[int, list[MemberFit]] = {}
 
-    def member_done(task: tuple[Fold, int, torch.device], fitted: MemberFit) -> None:
+    def member_done(task: tuple[Fold, int | None, torch.device], fitted: list[MemberFit]) -> None:
         fold = task[0]
-        fits.setdefault(fold.index, []).append(fitted)
+        fits.setdefault(fold.index, []).extend(fitted)
         if len(fits[fold.index]) == members:
             finished(fold, *combine_members(fits.pop(fold.index)))
 
-    tasks = [(fold, m, device) for fold in folds for m in range(members)]
+    if members_together(prep):  # a fold's members are one task
+        tasks = [(fold, None, device) for fold in folds]
+    else:
+        tasks = [(fold, m, device) for fold in folds for m in range(members)]
     with executor.start(prep) as run:
         run(tasks, fit_member_task, member_done)
 

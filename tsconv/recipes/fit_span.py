@@ -10,6 +10,7 @@ import torch
 from tsconv.data import covariates
 from tsconv.engine import linear
 from tsconv.engine.fit import FitResult, FitState, fit
+from tsconv.engine.fit_members import fit_members
 from tsconv.engine.linear import RidgeFit
 from tsconv.engine.windows import Panel, Scaler, WindowDataset, fit_sequence, make_panel
 from tsconv.errors import DataError
@@ -32,6 +33,11 @@ def member_seed(seed: int, member: int) -> int:
     return int(np.random.SeedSequence([seed, member]).generate_state(1)[0])
 
 
+def members_together(prep: Prepared) -> bool:
+    """Whether an ensemble's members train together as one grouped model."""
+    return prep.cfg.train.grouped_members and prep.cfg.train.ensemble > 1
+
+
 def fit_span(
     prep: Prepared,
     train: dict[str, Span],
@@ -46,6 +52,61 @@ def fit_span(
     on_step: Any = None,
 ) -> tuple[torch.nn.Module, dict[str, Scaler], Panel, FitResult]:
     """Fit scalers on the training rows only, then train a model on those rows."""
+    scalers, panel, train_ds, val_ds = span_windows(prep, train, val)
+    model = start_model(prep, panel, [train, val], seed, init_state, fit_linear=resume is None)
+    result = fit(
+        model,
+        train_ds,
+        val_ds if len(val_ds) else None,
+        prep.cfg.train,
+        seed=seed,
+        device=device,
+        epochs=epochs,
+        resume=resume,
+        on_epoch=on_epoch,
+        on_step=on_step,
+    )
+    return model, scalers, panel, result
+
+
+def fit_span_members(
+    prep: Prepared,
+    train: dict[str, Span],
+    val: dict[str, Span],
+    *,
+    seeds: list[int],
+    device: torch.device,
+    init_states: list[dict[str, torch.Tensor]] | None = None,
+    epochs: int | None = None,
+) -> tuple[list[torch.nn.Module], dict[str, Scaler], Panel, list[FitResult]]:
+    """`fit_span` for each of `seeds`, the members trained together as one grouped model
+    (`tsconv.engine.fit_members`). They share the scalers, the windows and the linear part:
+    fitted once, it is what each member's own fit would choose (the same rows)."""
+    scalers, panel, train_ds, val_ds = span_windows(prep, train, val)
+    models: list[torch.nn.Module] = []
+    for m, seed in enumerate(seeds):
+        init = init_states[m] if init_states else None
+        model = start_model(prep, panel, [train, val], seed, init, fit_linear=not models)
+        if models and init is None and model.highway is not None:
+            model.highway.load_state_dict(models[0].highway.state_dict())
+        models.append(model)
+    results = fit_members(
+        models,
+        train_ds,
+        val_ds if len(val_ds) else None,
+        prep.cfg.train,
+        seeds=seeds,
+        device=device,
+        epochs=epochs,
+    )
+    return models, scalers, panel, results
+
+
+def span_windows(
+    prep: Prepared, train: dict[str, Span], val: dict[str, Span]
+) -> tuple[dict[str, Scaler], Panel, WindowDataset, WindowDataset]:
+    """Scalers fitted on the training rows only, the scaled panel, and the training and
+    validation windows."""
     cfg = prep.cfg
     if not any(hi - lo > cfg.window for lo, hi in train.values()):
         counts = ", ".join(f"{t}: {hi - lo}" for t, (lo, hi) in train.items())
@@ -77,25 +138,26 @@ def fit_span(
             f"({prep.receptive_field}) needs; lower window or the model's depth, or use more data"
         )
     val_ds = dataset(val, "last")  # validate exactly as we predict: the window ending at the row
+    return scalers, panel, train_ds, val_ds
+
+
+def start_model(
+    prep: Prepared,
+    panel: Panel,
+    spans: list[dict[str, Span]],
+    seed: int,
+    init_state: dict[str, torch.Tensor] | None,
+    fit_linear: bool,
+) -> torch.nn.Module:
+    """The model as its seed initialises it, with `init_state`'s weights if given, else (with
+    `fit_linear`) its linear part fitted on `spans`."""
     torch.manual_seed(seed)
-    model = build_model(cfg.model, len(covariates.input_names(cfg)))
+    model = build_model(prep.cfg.model, len(covariates.input_names(prep.cfg)))
     if init_state is not None:
         model.load_state_dict(init_state)
-    elif resume is None and model.highway is not None:
-        fit_highway(model.highway, panel, [train, val], prep)
-    result = fit(
-        model,
-        train_ds,
-        val_ds if len(val_ds) else None,
-        cfg.train,
-        seed=seed,
-        device=device,
-        epochs=epochs,
-        resume=resume,
-        on_epoch=on_epoch,
-        on_step=on_step,
-    )
-    return model, scalers, panel, result
+    elif fit_linear and model.highway is not None:
+        fit_highway(model.highway, panel, spans, prep)
+    return model
 
 
 def fit_highway(

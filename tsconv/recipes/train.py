@@ -29,7 +29,7 @@ from tsconv.engine.runtime import cpu_state, intra_op_threads, recorded_threads,
 from tsconv.engine.windows import Panel, Scaler, dense_sequence, fit_sequence
 from tsconv.errors import FolderError, UsageError
 from tsconv.models.registry import build_model, count_parameters, receptive_field
-from tsconv.recipes.fit_span import fit_span, member_seed
+from tsconv.recipes.fit_span import fit_span, fit_span_members, member_seed, members_together
 from tsconv.recipes.predict import ensemble_predict, load_members
 from tsconv.recipes.prepare import (
     Prepared,
@@ -158,6 +158,8 @@ def fit_members(
     not saved) after every epoch; returns the scalers and panel, which the members share."""
     cfg, first = prep.cfg, progress.member
     members = cfg.train.ensemble
+    if members_together(prep) and first == 0 and progress.fit is None:
+        return fit_together(prep, train, val, device, progress, run, on_member)
     for member in range(first, members):
         if on_member is not None:
             on_member(member)
@@ -181,6 +183,31 @@ def fit_members(
         progress.done.append({"state_dict": cpu_state(model), "result": result.to_dict()})
         if member + 1 < members and run is not None:
             progress.save(run, member + 1, None, cfg)
+    return scalers, panel
+
+
+def fit_together(
+    prep: Prepared,
+    train: dict[str, Span],
+    val: dict[str, Span],
+    device: torch.device,
+    progress: EnsembleProgress,
+    run: RunFolder | None,
+    on_member: Any,
+) -> tuple[dict[str, Scaler], Panel]:
+    """Every member trained together as one grouped model (`train.grouped_members`). Its
+    fit saves no epochs: a resume starts it again."""
+    cfg = prep.cfg
+    if run is not None:
+        progress.save(run, 0, None, cfg)
+    if on_member is not None:
+        on_member(0)
+    seeds = [member_seed(cfg.seed, m) for m in range(cfg.train.ensemble)]
+    models, scalers, panel, results = fit_span_members(prep, train, val, seeds=seeds, device=device)
+    progress.done = [
+        {"state_dict": cpu_state(model), "result": result.to_dict()}
+        for model, result in zip(models, results, strict=True)
+    ]
     return scalers, panel
 
 

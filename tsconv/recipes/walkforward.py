@@ -28,7 +28,7 @@ from tsconv.engine.predict import predict_rows
 from tsconv.errors import DataError
 from tsconv.evaluate import baselines
 from tsconv.recipes import risk_fold
-from tsconv.recipes.fit_span import fit_span, member_seed
+from tsconv.recipes.fit_span import fit_span, fit_span_members, member_seed, members_together
 from tsconv.recipes.prepare import Prepared, fold_dates, global_rows, known_rows, split_train_val
 
 
@@ -174,15 +174,8 @@ def fit_member(
     the fold's training rows and predict its test rows. Members share the data and the
     scaler, so they are independent tasks: any process may fit any of them."""
     cfg = prep.cfg
-    bt = cfg.backtest
-    train, test = fold_spans(prep, fold)
-    if not train:
-        raise DataError(
-            f"fold {fold.index}: no ticker has more than window={cfg.window} training bars"
-        )
-    fit_spans, val_spans = split_train_val(prep, train, cfg.train.val_gap)
-    warm = bt.retrain == "warm" and init_state is not None
-    epochs = (bt.warm_epochs or max(1, cfg.train.epochs // 3)) if warm else None
+    train, test, fit_spans, val_spans = _fold_parts(prep, fold)
+    warm = cfg.backtest.retrain == "warm" and init_state is not None
     t0 = time.perf_counter()
     model, scalers, panel, result = fit_span(
         prep,
@@ -191,9 +184,78 @@ def fit_member(
         seed=member_seed(cfg.seed + fold.index, member),
         device=device,
         init_state=init_state if warm else None,
-        epochs=epochs,
+        epochs=_warm_epochs(prep) if warm else None,
     )
-    t_fit = time.perf_counter() - t0
+    fitted = _predicted(
+        prep, fold, member, model, scalers, panel, result, device, (train, test, val_spans)
+    )
+    fitted.fit_seconds = time.perf_counter() - t0 - fitted.predict_seconds
+    if keep_state:
+        fitted.state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if member == 0:
+        _fold_info(prep, fold, fitted, model, scalers, (train, test, fit_spans, val_spans))
+    return fitted
+
+
+def fit_members_together(
+    prep: Prepared,
+    fold: Fold,
+    device: torch.device,
+    init_states: list | None = None,
+    keep_state: bool = True,
+) -> list[MemberFit]:
+    """Every member of the fold's ensemble trained together as one grouped model
+    (`train.grouped_members`), then each predicting the test rows as `fit_member` would."""
+    cfg = prep.cfg
+    train, test, fit_spans, val_spans = _fold_parts(prep, fold)
+    warm = cfg.backtest.retrain == "warm" and init_states is not None
+    t0 = time.perf_counter()
+    members = range(cfg.train.ensemble)
+    models, scalers, panel, results = fit_span_members(
+        prep,
+        fit_spans,
+        val_spans,
+        seeds=[member_seed(cfg.seed + fold.index, m) for m in members],
+        device=device,
+        init_states=init_states if warm else None,
+        epochs=_warm_epochs(prep) if warm else None,
+    )
+    t_fit = (time.perf_counter() - t0) / len(models)  # the members' share each
+    fits = []
+    for m, model, result in zip(members, models, results, strict=True):
+        fitted = _predicted(
+            prep, fold, m, model, scalers, panel, result, device, (train, test, val_spans)
+        )
+        fitted.fit_seconds = t_fit
+        if keep_state:
+            fitted.state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        fits.append(fitted)
+    _fold_info(prep, fold, fits[0], models[0], scalers, (train, test, fit_spans, val_spans))
+    return fits
+
+
+def _fold_parts(prep: Prepared, fold: Fold):
+    """The fold's training and test rows per ticker, and the training rows split into the
+    fit and validation spans."""
+    train, test = fold_spans(prep, fold)
+    if not train:
+        raise DataError(
+            f"fold {fold.index}: no ticker has more than window={prep.cfg.window} training bars"
+        )
+    fit_spans, val_spans = split_train_val(prep, train, prep.cfg.train.val_gap)
+    return train, test, fit_spans, val_spans
+
+
+def _warm_epochs(prep: Prepared) -> int:
+    """Epochs of a warm retrain (a fold continuing the last one's weights)."""
+    return prep.cfg.backtest.warm_epochs or max(1, prep.cfg.train.epochs // 3)
+
+
+def _predicted(prep, fold, member, model, scalers, panel, result, device, spans) -> MemberFit:
+    """A fitted member's test forecasts (in return units) and its training record."""
+    cfg = prep.cfg
+    train, test, val_spans = spans
+    t0 = time.perf_counter()
     if risk_fold.is_risk(prep):  # a variance (and quantiles) from the log target
         predictions, risk_info = risk_fold.model_forecasts(
             prep, model, panel, scalers, train, val_spans, test, device
@@ -206,24 +268,29 @@ def fit_member(
             * scalers[t].y_scale
             for t, rows in test.items()
         }
-    fitted = MemberFit(member, predictions, result, t_fit, time.perf_counter() - t0 - t_fit)
+    fitted = MemberFit(member, predictions, result, 0.0, time.perf_counter() - t0)
     if risk_fold.is_risk(prep):
         fitted.clipped = risk_info["forecasts_clipped"]
-    if keep_state:
-        fitted.state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    if member == 0:
-        if risk_fold.is_risk(prep):
-            fitted.rows, fitted.info = risk_fold.fold_rows(prep, fold, train, test)
-            fitted.info.update(risk_info)
-        else:
-            fitted.rows, fitted.info = _fold_rows(prep, fold, train, test, scalers)
-        fitted.info["train_rows"] = int(sum(hi - lo for lo, hi in fit_spans.values()))
-        fitted.info["val_rows"] = int(sum(hi - lo for lo, hi in val_spans.values()))
-        if model.highway is not None:  # the linear part's choice, on this fold's training rows
-            fitted.info["linear_lags"] = model.highway.reach()
-            fitted.info["linear_terms"] = bar_terms_used(model.highway, input_names(cfg))
-            fitted.info["linear_penalty"] = float(model.highway.penalty)
+        fitted.info = risk_info
     return fitted
+
+
+def _fold_info(prep, fold, fitted: MemberFit, model, scalers, spans) -> None:
+    """The fold's rows (every column but the prediction) and info row, on member 0's fit:
+    the baselines do not depend on the member."""
+    train, test, fit_spans, val_spans = spans
+    risk_info = fitted.info
+    if risk_fold.is_risk(prep):
+        fitted.rows, fitted.info = risk_fold.fold_rows(prep, fold, train, test)
+        fitted.info.update(risk_info)
+    else:
+        fitted.rows, fitted.info = _fold_rows(prep, fold, train, test, scalers)
+    fitted.info["train_rows"] = int(sum(hi - lo for lo, hi in fit_spans.values()))
+    fitted.info["val_rows"] = int(sum(hi - lo for lo, hi in val_spans.values()))
+    if model.highway is not None:  # the linear part's choice, on this fold's training rows
+        fitted.info["linear_lags"] = model.highway.reach()
+        fitted.info["linear_terms"] = bar_terms_used(model.highway, input_names(prep.cfg))
+        fitted.info["linear_penalty"] = float(model.highway.penalty)
 
 
 def bar_terms_used(highway: torch.nn.Module, names: list[str]) -> str:
@@ -363,9 +430,12 @@ def run_fold(
 ) -> tuple[pd.DataFrame, dict[str, Any], list[dict[str, torch.Tensor]]]:
     """Every member of the fold's ensemble, one after another; `init_state` (warm retrain):
     the members' weights from the previous fold, each member continuing its own."""
-    fits = [
-        fit_member(prep, fold, m, device, init_state[m] if init_state else None)
-        for m in range(prep.cfg.train.ensemble)
-    ]
+    if members_together(prep):
+        fits = fit_members_together(prep, fold, device, init_state)
+    else:
+        fits = [
+            fit_member(prep, fold, m, device, init_state[m] if init_state else None)
+            for m in range(prep.cfg.train.ensemble)
+        ]
     preds, info = combine_members(fits)
     return preds, info, [f.state for f in fits]
