@@ -3,7 +3,7 @@ timed phase by phase, with peak memory and the fit's R^2 against the oracle.
 
     python scripts/bench_universe.py [--config quick] [--tickers 8 32] [--bars 5040]
         [--refits 40] [--project 500] [--project-refits 40] [--after 500] [--prepare 3000]
-        [--linear 64] [--set KEY=V ...]
+        [--linear 64] [--whole 500 [--workers 8]] [--set KEY=V ...]
 
 The panel: N tickers of AR(1) returns (`tsconv.synthetic.ar1`, independent draws, seed = the
 ticker's number), B business days each (5,040: twenty years), whose best forecast is known,
@@ -36,6 +36,11 @@ fresh process (the frames as a source would hand them over, then `prepare`).
 `--linear N`: the linear part's selection (`select_ridge`, nonlinear, the config's window and
 feature count) on the last fold's pooled training rows of N tickers (0.8 B rows each): peak
 memory it allocates (tracemalloc, which numpy reports to) per row, and seconds.
+`--whole N`: the whole backtest at N tickers and `--refits` folds, measured rather than
+projected, its folds on `--workers` processes (`backtest.workers`; phases are not timed
+there, timing.json's split is printed): wall time, peak memory of this process and of the
+largest worker, R^2 against the oracle. On a lent GPU with `--set train.device=cuda` this is
+issue 33's measurement of N = 500 x 40 refits (`scripts/gpu_checks.sh`).
 """
 
 from __future__ import annotations
@@ -220,6 +225,48 @@ def universe_row(name: str, sets: list[str], n: int, bars: int, refits: int, tmp
         "r2": fc["prediction"]["r2_oos"],
         "r2_ridge": fc["ridge_ar"]["r2_oos"],
         "r2_oracle": synthetic.oracle_r2_of(pred, oracles),
+    }
+
+
+def whole_row(
+    name: str, sets: list[str], n: int, bars: int, refits: int, workers: int, tmp: Path
+) -> dict:
+    """The whole backtest of N tickers on `workers` processes: wall time, timing.json's
+    split, peak memory and the fit's quality."""
+    from tsconv.engine.runtime import select_device
+    from tsconv.recipes.backtest import run_backtest
+
+    frames, oracles = panel(n, bars)
+    base = config(name, sets)
+    t0 = time.perf_counter()
+    prep = prepare(base, frames, {})
+    t_prep = time.perf_counter() - t0
+    cfg = with_refits(base, prep, refits)
+    cfg = cfg.model_copy(update={"backtest": cfg.backtest.model_copy(update={"workers": workers})})
+    prep.cfg = cfg
+    out = tmp / f"whole-{name}-{n}-{workers}"
+    metrics = run_backtest(cfg, out, prep=prep)
+    wall = time.perf_counter() - t0
+    timing = metrics["timing"]
+    pred = pd.read_parquet(out / "predictions.parquet")
+    fc = metrics["forecast"]
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {
+        "config": name,
+        "N": n,
+        "bars": bars,
+        "folds": metrics["folds"],
+        "workers": timing["workers"],
+        "device": select_device(cfg.train.device).type,
+        "wall s": round(wall, 1),
+        "prepare s": round(t_prep, 1),
+        "folds s": round(timing["folds_seconds"], 1),
+        "after folds s": round(wall - t_prep - timing["folds_seconds"], 1),
+        "peak MiB": round(peak_mib()),
+        "largest worker MiB": round(children) if workers > 1 else "-",
+        "R^2": f"{fc['prediction']['r2_oos']:+.3f}",
+        "ridge": f"{fc['ridge_ar']['r2_oos']:+.3f}",
+        "oracle": f"{synthetic.oracle_r2_of(pred, oracles):+.3f}",
     }
 
 
@@ -460,6 +507,8 @@ def main() -> None:
     ap.add_argument("--after-every", type=int, default=10, help="time every K-th fold's baselines")
     ap.add_argument("--prepare", type=int, nargs="*", default=[])
     ap.add_argument("--linear", type=int, nargs="*", default=[])
+    ap.add_argument("--whole", type=int, nargs="*", default=[])
+    ap.add_argument("--workers", type=int, default=1, help="processes of the --whole runs")
     ap.add_argument("--set", dest="sets", action="append", default=[])
     args = ap.parse_args()
     print(
@@ -475,6 +524,20 @@ def main() -> None:
                 row["train_span"] = config(name, args.sets).backtest.train_span
                 rows.append(row)
             print(universe_table(name, args, rows))
+    for name in args.config if args.whole else []:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = [
+                whole_row(name, args.sets, n, args.bars, args.refits, args.workers, Path(tmp))
+                for n in args.whole
+            ]
+        print(
+            table(
+                f"The whole backtest, `{name}`: N tickers x {args.bars} bars, about "
+                f"{args.refits} folds, measured (not projected)",
+                list(rows[0]),
+                [list(r.values()) for r in rows],
+            )
+        )
     for name in args.config if args.after else []:
         after_training(name, args.sets, 3, args.bars, 2, 2)  # warm-up: imports, caches
         rows = [

@@ -188,3 +188,14 @@ def test_the_fork_server_imports_the_main_script_once_for_every_worker(tmp_path)
     names = sorted(line.split()[0] for line in log.read_text().splitlines())
     assert workers >= 1  # the pools' workers ran tasks
     assert names == ["__main__", "__mp_main__"]  # this process, then the server alone
+
+
+def test_the_whole_backtest_is_measured_on_workers(tmp_path):
+    """`--whole`: the backtest at N tickers on two worker processes, its wall time, memory
+    and quality (the same predictions as one process: the workers' bytes are the serial's)."""
+    sets = ["train.min_steps=4", "train.epochs=1", "backtest.train_span=300", "train.threads=1"]
+    rows = [bench_universe.whole_row("quick", sets, 3, 520, 3, w, tmp_path) for w in (1, 2)]
+    assert [(r["folds"], r["workers"]) for r in rows] == [(3, 1), (3, 2)]
+    assert all(r["wall s"] > 0 and r["peak MiB"] > 0 for r in rows)
+    assert rows[0]["R^2"] == rows[1]["R^2"] and float(rows[0]["oracle"]) > 0.1
+    assert rows[1]["largest worker MiB"] != "-"
