@@ -185,9 +185,10 @@ def test_members_trained_together_are_the_members_trained_alone():
             want.stopped_early,
             len(want.history),
         )
-        np.testing.assert_allclose(
-            [h["val_loss"] for h in got.history], [h["val_loss"] for h in want.history], rtol=1e-5
-        )
+        for key in ("val_loss", "train_loss"):  # each member's own mean over its own batches
+            np.testing.assert_allclose(
+                [h[key] for h in got.history], [h[key] for h in want.history], rtol=1e-5
+            )
         for name, value in model.state_dict().items():
             torch.testing.assert_close(
                 got_model.state_dict()[name], value, rtol=1e-4, atol=1e-6, msg=name
@@ -266,3 +267,38 @@ def test_train_with_members_together_writes_every_member(tmp_path):
 def test_shipped_configs_leave_members_alone():
     for name in ["quick", "tcn", "multiscale", "wf_msft"]:
         assert load_config(name).train.grouped_members is False
+
+
+def test_without_validation_rows_each_members_training_loss_decides_as_alone():
+    """No validation rows: each member's own mean training loss (over the sequences it saw:
+    members cut their windows at their own offsets) picks its best epoch and stops it."""
+    cfg = tiny_config(train={"epochs": 8, "patience": 1, "restore_best": True, "lr": 0.01})
+    prep = prepare(cfg)
+    rows = {"MSFT": (0, 1500)}, {"MSFT": (1500, 1500)}
+    seeds = [member_seed(0, m) for m in range(4)]
+    alone = [fit_span(prep, *rows, seed=s, device=CPU)[3] for s in seeds]
+    together = fit_span_members(prep, *rows, seeds=seeds, device=CPU)[3]
+    for want, got in zip(alone, together, strict=True):
+        assert (got.best_epoch, len(got.history)) == (want.best_epoch, len(want.history))
+        np.testing.assert_allclose(
+            [h["train_loss"] for h in got.history],
+            [h["train_loss"] for h in want.history],
+            rtol=1e-5,
+        )
+
+
+def test_padded_batchnorm_statistics_stay_finite_in_float16():
+    """float16 activations (CUDA autocast without bfloat16): a padded batch's statistics are
+    summed in float32, as BatchNorm's are, not in float16, which overflows."""
+    from tsconv.models.fast.grouped import GroupedBatchNorm1d
+
+    torch.manual_seed(0)
+    x = (torch.randn(64, 8, 128) * 3 + 2).half()
+    norm = GroupedBatchNorm1d(2, 4).train()
+    norm.rows = torch.stack([torch.arange(64) < n for n in (63, 64)], 1)
+    out = norm(x)
+    ref = torch.nn.BatchNorm1d(4).train()
+    want = ref(x[:63, :4].float())
+    assert out.dtype == torch.float16 and torch.isfinite(norm.running_var).all()
+    torch.testing.assert_close(out[:63, :4].float(), want, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(norm.running_var[:4], ref.running_var, rtol=1e-3, atol=1e-4)

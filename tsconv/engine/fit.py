@@ -390,6 +390,19 @@ def _validate_epoch(
     record_epoch(track, run.cfg, row, errors, epochs, lambda: cpu_state(run.model))
 
 
+# an epoch's history row, in order (metrics.csv's columns)
+EPOCH_COLUMNS = (
+    "epoch",
+    "steps",
+    "train_loss",
+    "val_loss",
+    "lr",
+    "seconds",
+    "train_seconds",
+    "samples_per_s",
+)
+
+
 def epoch_row(
     result: FitResult,
     epoch: int,
@@ -403,16 +416,17 @@ def epoch_row(
     """An epoch's history row."""
     val = float(errors.mean()) if errors is not None and len(errors) else math.nan
     elapsed = time.perf_counter() - t0
-    return {
-        "epoch": epoch + 1,
-        "steps": result.steps,
-        "train_loss": train_loss,
-        "val_loss": val,
-        "lr": opt.param_groups[0]["lr"],
-        "seconds": elapsed,
-        "train_seconds": train_seconds,
-        "samples_per_s": seen / elapsed if elapsed > 0 else math.nan,
-    }
+    values = (
+        epoch + 1,
+        result.steps,
+        train_loss,
+        val,
+        opt.param_groups[0]["lr"],
+        elapsed,
+        train_seconds,
+        seen / elapsed if elapsed > 0 else math.nan,
+    )
+    return dict(zip(EPOCH_COLUMNS, values, strict=True))
 
 
 def record_epoch(

@@ -9,12 +9,17 @@ update of the stacked parameters (AdamW is elementwise, so that is each member's
 a GPU that is K members' work per kernel launch (docs/benchmarks-gpu.md).
 
 The results equal separate fits' up to float rounding (tests/test_grouped.py), not bit for
-bit, and the dropout masks are drawn from one stream (the first member's seed) instead of one
-per member: the members are as independent, but their masks are not the ones they would draw
-alone. A member whose pass over the data ends at a different step has its shorter batch
-padded with its own windows, left out of its loss and its BatchNorm statistics. With float16
-loss scaling one member's overflow skips every member's step. A member that stops early keeps the weights it stopped with while
-the others go on. Not supported here: resuming an interrupted fit, torchrun, torch.compile.
+bit. Rounding can grow: a pre-activation that is exactly zero goes either side of a ReLU, and
+Adam's normalised steps turn the rounding noise of the directions BatchNorm makes flat into
+whole steps, so a member's weights can end a percent apart from its own fit's while its
+validation losses agree to a few digits. The dropout masks are drawn from one stream (the
+first member's seed) instead of one per member: the members are as independent, but their
+masks are not the ones they would draw alone. A member whose pass over the data ends at a
+different step has its shorter batch padded with its own windows, left out of its loss and
+its BatchNorm statistics. A member that stops early keeps the weights it stopped with while
+the others train on. With float16 loss scaling (GPUs without bfloat16) a step with an
+overflow in any member is skipped for all of them, a stopped member's included. Not
+supported here: resuming an interrupted fit (it starts again) and torchrun.
 """
 
 from __future__ import annotations
@@ -51,14 +56,14 @@ from tsconv.models.layers import ForecastModel
 
 @dataclass
 class EpochTotals:
-    """What one epoch of grouped steps did: its index, optimizer steps, sequences each member
-    saw, each member's mean training loss, its start (perf_counter) and training seconds."""
+    """What one epoch of grouped steps did: its index, optimizer steps, the sequences each
+    member saw (members retile their own windows, so their counts differ), each member's
+    mean training loss, and its training seconds."""
 
     index: int
     steps: int
-    seen: int
+    seen: list[int]
     losses: list[float]
-    t0: float
     train_seconds: float
 
 
@@ -141,6 +146,7 @@ def fit_members(
     params = list(group.parameters())
     graphs = device.type == "cuda" and cfg.cuda_graphs and not cfg.compile
     graphs = graphs and per_epoch * epochs >= GRAPH_MIN_STEPS
+    step_model = torch.compile(group) if cfg.compile else group
     eager = group.forward
     with graphed_steps(group, data, cfg.batch_size, cfg.amp, device, graphs) as graphed:
         autocast = torch.autocast(
@@ -153,7 +159,7 @@ def fit_members(
             t0 = time.perf_counter()
             group.train()
             total = torch.zeros(k, dtype=torch.float64, device=device)
-            seen, steps = 0, 0
+            seen, steps = torch.zeros(k, dtype=torch.int64), 0
             batches = zip(
                 *(
                     epoch_batches(ds, per_epoch, cfg.batch_size, gen)
@@ -165,24 +171,18 @@ def fit_members(
                 x, y, mask, rows = data.side_by_side(list(idxs))
                 # a graph replays a full batch without padding only
                 full = len(x) == cfg.batch_size and rows is None
-                forward = eager if graphed and not full else group
+                forward = eager if graphed and not full else step_model
                 with group.padded(rows):
                     loss = _step(
                         forward, (x, y, mask), autocast, opt, scaler, params, cfg.clip_grad
                     )
                 if sched is not None:
                     sched.step()
-                sizes = torch.tensor([len(i) for i in idxs], dtype=total.dtype, device=device)
-                total += loss.detach() * sizes
-                seen, steps = seen + len(idxs[0]), steps + 1
-            totals = EpochTotals(
-                epoch,
-                steps,
-                seen,
-                (total / max(seen, 1)).tolist(),
-                t0,
-                time.perf_counter() - t0,
-            )
+                sizes = torch.tensor([len(i) for i in idxs])
+                total += loss.detach() * sizes.to(device, total.dtype)
+                seen, steps = seen + sizes, steps + 1
+            losses = (total.cpu() / seen.clamp_min(1)).tolist()
+            totals = EpochTotals(epoch, steps, seen.tolist(), losses, time.perf_counter() - t0)
             for m in active:
                 _validate(group, m, models[m], tracks[m], val_ds, cfg, device, opt, epochs, totals)
                 if tracks[m].result.stopped_early:
@@ -213,10 +213,12 @@ def _validate(
             f"lower train.lr (now {cfg.lr}) or check the input data"
         )
     track.result.steps += epoch.steps
+    # the row's seconds: the epoch's training and this member's own validation
+    t0 = time.perf_counter() - epoch.train_seconds
     model.load_state_dict(group.member_state(m))
     errors = squared_errors(model, val_ds, device, amp=cfg.amp) if val_ds is not None else None
     row = epoch_row(
-        track.result, epoch.index, loss, errors, opt, epoch.seen, epoch.t0, epoch.train_seconds
+        track.result, epoch.index, loss, errors, opt, epoch.seen[m], t0, epoch.train_seconds
     )
     record_epoch(track, cfg, row, errors, epochs, lambda: cpu_state(model))
 

@@ -24,7 +24,7 @@ from tsconv import runfolder
 from tsconv.config import Config, dump_yaml
 from tsconv.data import covariates
 from tsconv.engine import checkpoint, ddp
-from tsconv.engine.fit import FitState
+from tsconv.engine.fit import EPOCH_COLUMNS, FitState
 from tsconv.engine.runtime import cpu_state, intra_op_threads, recorded_threads, select_device
 from tsconv.engine.windows import Panel, Scaler, dense_sequence, fit_sequence
 from tsconv.errors import FolderError, UsageError
@@ -336,10 +336,10 @@ def _metrics_csv(histories: list[list[dict[str, float]]], members: int = 1) -> s
         for row in history
     ]
     buf = _io.StringIO()
-    if rows:
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    columns = list(rows[0]) if rows else [*(["member"] if members > 1 else []), *EPOCH_COLUMNS]
+    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer.writeheader()  # also before the first epoch: a header without rows
+    writer.writerows(rows)
     return buf.getvalue()
 
 

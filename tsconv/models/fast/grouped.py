@@ -71,19 +71,22 @@ class GroupedBatchNorm1d(nn.BatchNorm1d):
         if self.rows is None or not self.training:
             return super().forward(x)
         # The statistics F.batch_norm would compute on each member's own rows: mean and
-        # biased variance to normalise, the unbiased variance into the running estimate.
+        # biased variance to normalise, the unbiased variance into the running estimate; in
+        # float32 as BatchNorm keeps them (a float16 sum of squares overflows).
         c = x.shape[1] // self.members
-        w = self.rows.to(x.dtype).repeat_interleave(c, dim=1)[:, :, None]  # (N, K * C, 1)
+        z = x.float()
+        w = self.rows.float().repeat_interleave(c, dim=1)[:, :, None]  # (N, K * C, 1)
         count = w.sum(0)[:, 0] * x.shape[-1]
-        mean = (x * w).sum((0, 2)) / count
-        var = ((x - mean[:, None]) ** 2 * w).sum((0, 2)) / count
+        mean = (z * w).sum((0, 2)) / count
+        var = ((z - mean[:, None]) ** 2 * w).sum((0, 2)) / count
         with torch.no_grad():
             m = self.momentum
             self.running_mean.mul_(1 - m).add_(m * mean)
             self.running_var.mul_(1 - m).add_(m * var * count / (count - 1))
             self.num_batches_tracked += 1
-        scale = self.weight / torch.sqrt(var + self.eps)
-        return (x - mean[:, None]) * scale[:, None] + self.bias[:, None]
+        scale = self.weight.float() / torch.sqrt(var + self.eps)
+        out = (z - mean[:, None]) * scale[:, None] + self.bias.float()[:, None]
+        return out.to(x.dtype)
 
 
 class GroupedTemporalBlock(nn.Module):
