@@ -383,3 +383,44 @@ def test_highway_reach_defaults_to_the_networks():
     assert build_model(tcn, 2).highway.lags == receptive_field(tcn) == 61
     ms = model_config(kind="multiscale", kernels=[3, 5, 21], highway=True)
     assert build_model(ms, 2).highway.lags == receptive_field(ms) == 21
+
+
+def test_weight_norm_is_torchs_to_the_bit_and_survives_a_vanished_direction():
+    """tsconv's weight norm computes torch's function and gradients bit for bit; a channel
+    whose direction v has shrunk until its squares underflow (a dead channel under weight
+    decay) stays finite instead of 0 / 0."""
+    from tsconv.models.layers import maybe_weight_norm
+
+    torch.manual_seed(0)
+    ref = nn.utils.parametrizations.weight_norm(CausalConv1d(8, 16, 3))
+    ours = maybe_weight_norm(CausalConv1d(8, 16, 3), True)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(4, 8, 50)
+    out_ref, out = ref(x), ours(x)
+    assert torch.equal(out, out_ref)
+    out_ref.square().sum().backward()
+    out.square().sum().backward()
+    for a, b in zip(ref.parameters(), ours.parameters(), strict=True):
+        assert torch.equal(a.grad, b.grad)
+    with torch.no_grad():
+        for conv in (ref, ours):
+            conv.parametrizations.weight.original1[3].mul_(1e-25)
+    assert not torch.isfinite(ref(x)).all()  # torch's: v * (g / 0)
+    ours.zero_grad()
+    out = ours(x)
+    out.square().sum().backward()
+    assert torch.isfinite(out).all()
+    assert all(torch.isfinite(p.grad).all() for p in ours.parameters())
+
+
+def test_weight_decay_that_kills_channels_does_not_end_the_fit_in_nan():
+    """Found at 500 tickers: `quick`'s 4,000-step folds decayed dead channels' directions to
+    zero and the loss became NaN. The same in 600 steps with a strong decay."""
+    from tests.conftest import tiny_config
+    from tsconv.recipes.fit_span import fit_span
+    from tsconv.recipes.prepare import prepare
+
+    cfg = tiny_config(train={"epochs": 2, "min_steps": 600, "lr": 0.02, "weight_decay": 40.0})
+    rows = {"MSFT": (0, 800)}, {"MSFT": (800, 1000)}
+    _, _, _, result = fit_span(prepare(cfg), *rows, seed=0, device=torch.device("cpu"))
+    assert result.steps == 600 and all(np.isfinite(h["train_loss"]) for h in result.history)

@@ -182,4 +182,27 @@ class ForecastModel(nn.Module):
 
 
 def maybe_weight_norm(conv: nn.Conv1d, enabled: bool) -> nn.Conv1d:
-    return nn.utils.parametrizations.weight_norm(conv) if enabled else conv
+    if not enabled:
+        return conv
+    conv = nn.utils.parametrizations.weight_norm(conv)
+    conv.parametrizations.weight[0] = WeightNorm(0)  # the same parameters, guarded
+    return conv
+
+
+class WeightNorm(nn.utils.parametrizations._WeightNorm):
+    """Weight norm, w = g v / |v| per output channel, guarded against a vanishing direction.
+
+    A channel whose output the ReLU after it never passes gets no gradient, and AdamW's
+    decoupled decay then shrinks its v by lr x weight_decay every step: after a few thousand
+    steps (a large panel's fold: 4,000 steps of `quick` at 500 tickers) its squares underflow
+    float32, |v| is 0, and g v / 0 is NaN, which ends the fit. Below `TINY_NORM` the channel is
+    g v / TINY_NORM instead (continuous at the threshold, shrinking with v); above it the
+    result is torch's own, bit for bit (the guarded channels' v go to the kernel as ones)."""
+
+    TINY_NORM = 1e-12
+
+    def forward(self, weight_g: torch.Tensor, weight_v: torch.Tensor) -> torch.Tensor:
+        tiny = torch.norm_except_dim(weight_v, 2, self.dim) < self.TINY_NORM
+        safe_v = torch.where(tiny, torch.ones_like(weight_v), weight_v)
+        w = torch._weight_norm(safe_v, weight_g, self.dim)
+        return torch.where(tiny, weight_v * (weight_g / self.TINY_NORM), w)
