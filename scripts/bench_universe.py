@@ -39,7 +39,7 @@ memory it allocates (tracemalloc, which numpy reports to) per row, and seconds.
 `--whole N`: the whole backtest at N tickers and `--refits` folds, measured rather than
 projected, its folds on `--workers` processes (`backtest.workers`; phases are not timed
 there, timing.json's split is printed): wall time, peak memory of this process and of the
-largest worker, R^2 against the oracle. On a lent GPU with `--set train.device=cuda` this is
+largest reaped child process, R^2 against the oracle. On a lent GPU with `--set train.device=cuda` this is
 issue 33's measurement of N = 500 x 40 refits (`scripts/gpu_checks.sh`).
 """
 
@@ -200,8 +200,9 @@ def peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def universe_row(name: str, sets: list[str], n: int, bars: int, refits: int, tmp: Path) -> dict:
-    """Prepare and backtest N tickers; the phases, peak memory and the fit's quality."""
+def prepared_panel(name: str, sets: list[str], n: int, bars: int, refits: int):
+    """The panel of N tickers prepared, with the config set for `refits` folds: (config,
+    prepared data, the oracle's forecasts, seconds of preparation)."""
     frames, oracles = panel(n, bars)
     base = config(name, sets)
     t0 = time.perf_counter()
@@ -209,6 +210,12 @@ def universe_row(name: str, sets: list[str], n: int, bars: int, refits: int, tmp
     t_prep = time.perf_counter() - t0
     cfg = with_refits(base, prep, refits)
     prep.cfg = cfg
+    return cfg, prep, oracles, t_prep
+
+
+def universe_row(name: str, sets: list[str], n: int, bars: int, refits: int, tmp: Path) -> dict:
+    """Prepare and backtest N tickers; the phases, peak memory and the fit's quality."""
+    cfg, prep, oracles, t_prep = prepared_panel(name, sets, n, bars, refits)
     seconds, metrics = timed_backtest(cfg, prep, tmp / f"{name}-{n}")
     seconds["data preparation"] = t_prep
     pred = pd.read_parquet(tmp / f"{name}-{n}" / "predictions.parquet")
@@ -236,17 +243,13 @@ def whole_row(
     from tsconv.engine.runtime import select_device
     from tsconv.recipes.backtest import run_backtest
 
-    frames, oracles = panel(n, bars)
-    base = config(name, sets)
-    t0 = time.perf_counter()
-    prep = prepare(base, frames, {})
-    t_prep = time.perf_counter() - t0
-    cfg = with_refits(base, prep, refits)
+    cfg, prep, oracles, t_prep = prepared_panel(name, sets, n, bars, refits)
     cfg = cfg.model_copy(update={"backtest": cfg.backtest.model_copy(update={"workers": workers})})
     prep.cfg = cfg
     out = tmp / f"whole-{name}-{n}-{workers}"
+    t0 = time.perf_counter()
     metrics = run_backtest(cfg, out, prep=prep)
-    wall = time.perf_counter() - t0
+    wall = t_prep + time.perf_counter() - t0  # preparing and backtesting
     timing = metrics["timing"]
     pred = pd.read_parquet(out / "predictions.parquet")
     fc = metrics["forecast"]
@@ -263,7 +266,7 @@ def whole_row(
         "folds s": round(timing["folds_seconds"], 1),
         "after folds s": round(wall - t_prep - timing["folds_seconds"], 1),
         "peak MiB": round(peak_mib()),
-        "largest worker MiB": round(children) if workers > 1 else "-",
+        "largest child MiB": round(children) if workers > 1 else "-",  # reaped children only
         "R^2": f"{fc['prediction']['r2_oos']:+.3f}",
         "ridge": f"{fc['ridge_ar']['r2_oos']:+.3f}",
         "oracle": f"{synthetic.oracle_r2_of(pred, oracles):+.3f}",

@@ -198,4 +198,4 @@ def test_the_whole_backtest_is_measured_on_workers(tmp_path):
     assert [(r["folds"], r["workers"]) for r in rows] == [(3, 1), (3, 2)]
     assert all(r["wall s"] > 0 and r["peak MiB"] > 0 for r in rows)
     assert rows[0]["R^2"] == rows[1]["R^2"] and float(rows[0]["oracle"]) > 0.1
-    assert rows[1]["largest worker MiB"] != "-"
+    assert rows[1]["largest child MiB"] != "-"
