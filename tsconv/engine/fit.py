@@ -203,7 +203,10 @@ def fit(
     if len(train_ds) == 0:
         raise TrainingError("no training windows: the training span is shorter than the window")
     run = _set_up(model, train_ds, val_ds, cfg, seed, device, epochs)
-    track = _resume(run, resume) if resume is not None else _start(run)
+    if resume is not None:
+        track = _resume(run, resume)
+    else:
+        track = start_tracking(model, run.val_ds, device, cfg.amp)
     first = resume.epoch if resume is not None else 0
     graphs = _use_graphs(run, run.per_epoch * (epochs - first))
     with graphed_steps(model, run.train_ds, cfg.batch_size, cfg.amp, device, graphs) as graphed:
@@ -295,10 +298,6 @@ def _set_up(
         train_ds=train_ds,
         val_ds=val_ds,
     )
-
-
-def _start(run: _Training) -> Tracking:
-    return start_tracking(run.model, run.val_ds, run.device, run.cfg.amp)
 
 
 def start_tracking(

@@ -188,8 +188,10 @@ def fit_members(
                 if tracks[m].result.stopped_early:
                     stopped[m] = cpu_state(models[m])
     for m, model in enumerate(models):
-        final = stopped[m] if stopped[m] is not None else group.member_state(m)
-        model.load_state_dict(tracks[m].best_state if cfg.restore_best else final)
+        if cfg.restore_best:
+            model.load_state_dict(tracks[m].best_state)
+        else:  # its weights when it stopped, or now
+            model.load_state_dict(stopped[m] if stopped[m] is not None else group.member_state(m))
     return [t.result for t in tracks]
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -174,26 +174,25 @@ def fit_member(
     the fold's training rows and predict its test rows. Members share the data and the
     scaler, so they are independent tasks: any process may fit any of them."""
     cfg = prep.cfg
-    train, test, fit_spans, val_spans = _fold_parts(prep, fold)
+    spans = _split_fold(prep, fold)
     warm = cfg.backtest.retrain == "warm" and init_state is not None
     t0 = time.perf_counter()
     model, scalers, panel, result = fit_span(
         prep,
-        fit_spans,
-        val_spans,
+        spans.fit,
+        spans.val,
         seed=member_seed(cfg.seed + fold.index, member),
         device=device,
         init_state=init_state if warm else None,
         epochs=_warm_epochs(prep) if warm else None,
     )
-    fitted = _predicted(
-        prep, fold, member, model, scalers, panel, result, device, (train, test, val_spans)
-    )
-    fitted.fit_seconds = time.perf_counter() - t0 - fitted.predict_seconds
+    t_fit = time.perf_counter() - t0
+    fitted, risk_info = _predicted(prep, spans, member, model, scalers, panel, result, device)
+    fitted.fit_seconds = t_fit
     if keep_state:
         fitted.state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if member == 0:
-        _fold_info(prep, fold, fitted, model, scalers, (train, test, fit_spans, val_spans))
+        _fold_info(prep, fold, spans, fitted, model, scalers, risk_info)
     return fitted
 
 
@@ -207,14 +206,14 @@ def fit_members_together(
     """Every member of the fold's ensemble trained together as one grouped model
     (`train.grouped_members`), then each predicting the test rows as `fit_member` would."""
     cfg = prep.cfg
-    train, test, fit_spans, val_spans = _fold_parts(prep, fold)
+    spans = _split_fold(prep, fold)
     warm = cfg.backtest.retrain == "warm" and init_states is not None
     t0 = time.perf_counter()
     members = range(cfg.train.ensemble)
     models, scalers, panel, results = fit_span_members(
         prep,
-        fit_spans,
-        val_spans,
+        spans.fit,
+        spans.val,
         seeds=[member_seed(cfg.seed + fold.index, m) for m in members],
         device=device,
         init_states=init_states if warm else None,
@@ -223,27 +222,33 @@ def fit_members_together(
     t_fit = (time.perf_counter() - t0) / len(models)  # the members' share each
     fits = []
     for m, model, result in zip(members, models, results, strict=True):
-        fitted = _predicted(
-            prep, fold, m, model, scalers, panel, result, device, (train, test, val_spans)
-        )
+        fitted, risk_info = _predicted(prep, spans, m, model, scalers, panel, result, device)
         fitted.fit_seconds = t_fit
         if keep_state:
             fitted.state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        if m == 0:
+            _fold_info(prep, fold, spans, fitted, model, scalers, risk_info)
         fits.append(fitted)
-    _fold_info(prep, fold, fits[0], models[0], scalers, (train, test, fit_spans, val_spans))
     return fits
 
 
-def _fold_parts(prep: Prepared, fold: Fold):
-    """The fold's training and test rows per ticker, and the training rows split into the
-    fit and validation spans."""
+class FoldSpans(NamedTuple):
+    """A fold's rows per ticker: training (all of it, and split into the fit and the
+    validation spans) and test."""
+
+    train: dict[str, tuple[int, int]]
+    test: dict[str, np.ndarray]
+    fit: dict[str, tuple[int, int]]
+    val: dict[str, tuple[int, int]]
+
+
+def _split_fold(prep: Prepared, fold: Fold) -> FoldSpans:
     train, test = fold_spans(prep, fold)
     if not train:
         raise DataError(
             f"fold {fold.index}: no ticker has more than window={prep.cfg.window} training bars"
         )
-    fit_spans, val_spans = split_train_val(prep, train, prep.cfg.train.val_gap)
-    return train, test, fit_spans, val_spans
+    return FoldSpans(train, test, *split_train_val(prep, train, prep.cfg.train.val_gap))
 
 
 def _warm_epochs(prep: Prepared) -> int:
@@ -251,42 +256,42 @@ def _warm_epochs(prep: Prepared) -> int:
     return prep.cfg.backtest.warm_epochs or max(1, prep.cfg.train.epochs // 3)
 
 
-def _predicted(prep, fold, member, model, scalers, panel, result, device, spans) -> MemberFit:
-    """A fitted member's test forecasts (in return units) and its training record."""
+def _predicted(
+    prep: Prepared, spans: FoldSpans, member: int, model, scalers, panel, result, device
+) -> tuple[MemberFit, dict[str, Any] | None]:
+    """A fitted member's test forecasts (in return units) and its training record; for risk
+    targets also what their forecasts report (`risk_fold.model_forecasts`)."""
     cfg = prep.cfg
-    train, test, val_spans = spans
     t0 = time.perf_counter()
+    risk_info = None
     if risk_fold.is_risk(prep):  # a variance (and quantiles) from the log target
         predictions, risk_info = risk_fold.model_forecasts(
-            prep, model, panel, scalers, train, val_spans, test, device
+            prep, model, panel, scalers, spans.train, spans.val, spans.test, device
         )
     else:
         predictions = {
             t: predict_rows(
-                model, panel, global_rows(panel, t, rows), cfg.window, device, amp=cfg.train.amp
+                model, panel, global_rows(panel, t, r), cfg.window, device, amp=cfg.train.amp
             )
             * scalers[t].y_scale
-            for t, rows in test.items()
+            for t, r in spans.test.items()
         }
     fitted = MemberFit(member, predictions, result, 0.0, time.perf_counter() - t0)
-    if risk_fold.is_risk(prep):
+    if risk_info is not None:
         fitted.clipped = risk_info["forecasts_clipped"]
-        fitted.info = risk_info
-    return fitted
+    return fitted, risk_info
 
 
-def _fold_info(prep, fold, fitted: MemberFit, model, scalers, spans) -> None:
+def _fold_info(prep, fold, spans: FoldSpans, fitted: MemberFit, model, scalers, risk_info) -> None:
     """The fold's rows (every column but the prediction) and info row, on member 0's fit:
     the baselines do not depend on the member."""
-    train, test, fit_spans, val_spans = spans
-    risk_info = fitted.info
-    if risk_fold.is_risk(prep):
-        fitted.rows, fitted.info = risk_fold.fold_rows(prep, fold, train, test)
+    if risk_info is not None:
+        fitted.rows, fitted.info = risk_fold.fold_rows(prep, fold, spans.train, spans.test)
         fitted.info.update(risk_info)
     else:
-        fitted.rows, fitted.info = _fold_rows(prep, fold, train, test, scalers)
-    fitted.info["train_rows"] = int(sum(hi - lo for lo, hi in fit_spans.values()))
-    fitted.info["val_rows"] = int(sum(hi - lo for lo, hi in val_spans.values()))
+        fitted.rows, fitted.info = _fold_rows(prep, fold, spans.train, spans.test, scalers)
+    fitted.info["train_rows"] = int(sum(hi - lo for lo, hi in spans.fit.values()))
+    fitted.info["val_rows"] = int(sum(hi - lo for lo, hi in spans.val.values()))
     if model.highway is not None:  # the linear part's choice, on this fold's training rows
         fitted.info["linear_lags"] = model.highway.reach()
         fitted.info["linear_terms"] = bar_terms_used(model.highway, input_names(prep.cfg))

@@ -29,7 +29,7 @@ from torch import nn
 from tsconv.models.fast.dropout import Dropout
 from tsconv.models.layers import ForecastModel, Highway, maybe_weight_norm
 from tsconv.models.multiscale import MultiScaleConv1d
-from tsconv.models.tcn import TCN
+from tsconv.models.tcn import TCN, TemporalBlock
 
 
 class GroupedConv1d(nn.Conv1d):
@@ -105,11 +105,7 @@ class GroupedTemporalBlock(nn.Module):
         self.dropout = Dropout(dropout)
         self.downsample = GroupedConv1d(members, c_in, c_out, 1) if c_in != c_out else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.dropout(self.relu(self.conv1(x)))
-        out = self.dropout(self.relu(self.conv2(out)))
-        res = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + res)
+    forward = TemporalBlock.forward  # the reference block's, on K members' channels
 
 
 class GroupedTCN(nn.Module):
@@ -170,14 +166,15 @@ class GroupedMultiScale(nn.Module):
             else None
         )
         self.head = GroupedConv1d(members, mix or width, 1, 1)
+        self.highway = None  # GroupedModel adds the members' one highway
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Each member's branches side by side in its own channels, in its own order."""
         n, length = x.shape[0], x.shape[-1]
         parts = [b(x).view(n, self.members, -1, length) for b in self.branches]
-        h = torch.cat(parts, dim=2).view(n, -1, length)
-        if self.mix is not None:
-            h = self.mix(self.dropout(h))
-        return self.head(self.dropout(h))
+        return torch.cat(parts, dim=2).view(n, -1, length)
+
+    forward = MultiScaleConv1d.forward  # the reference model's, with these features
 
 
 class GroupedModel(nn.Module):
