@@ -148,6 +148,24 @@ def _dies_in_a_pool_worker(prep, task):
     return REAL_MEMBER(prep, task)
 
 
+@pytest.mark.skipif(sys.version_info >= (3, 14), reason="3.14 stops workers its own way")
+def test_stopping_the_workers_closes_the_pools_wakeup_before_exit():
+    """After Ctrl-C stops the workers, the pool's manager thread has ended and closed its
+    wake-up pipe, so Python 3.11's exit hook cannot write to it while it closes (the race
+    that printed "OSError: Bad file descriptor" after "interrupted" now and then)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(1)
+    pool.submit(time.sleep, 30)
+    deadline = time.monotonic() + 30
+    while not pool._processes and time.monotonic() < deadline:
+        time.sleep(0.01)
+    manager, wakeup = pool._executor_manager_thread, pool._executor_manager_thread_wakeup
+    parallel._stop_workers(pool)
+    assert not manager.is_alive()
+    assert wakeup._closed
+
+
 def test_a_worker_that_dies_stops_the_run_cleanly_and_resume_finishes_it(tmp_path, monkeypatch):
     frames = {t: ohlcv_from_returns(random_walk_returns(900, seed=i)) for i, t in enumerate("AB")}
     serial_cfg = tiny_config(backtest={"train_span": 300, "test_span": 120}, train={"threads": 1})

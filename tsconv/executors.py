@@ -246,9 +246,16 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
     if terminate is not None:
         terminate()
         return
+    manager = getattr(pool, "_executor_manager_thread", None)  # shutdown() forgets it
     for process in list((getattr(pool, "_processes", None) or {}).values()):
         process.terminate()
     pool.shutdown(wait=False)
+    # Let the pool's manager thread see its dead workers and close its wake-up pipe now: at
+    # exit, Python 3.11's hook writes to that pipe unlocked, and when the thread closed it at
+    # the same moment, Ctrl-C ended in a traceback (OSError: Bad file descriptor; CPython
+    # gh-125451, since fixed there with a lock). Bounded: an interrupt never hangs.
+    if manager is not None and manager is not threading.current_thread():
+        manager.join(timeout=10)
 
 
 def _hand_over(pending: dict[Future, Any], finished: Finished, done) -> None:
