@@ -39,8 +39,9 @@ memory it allocates (tracemalloc, which numpy reports to) per row, and seconds.
 `--whole N`: the whole backtest at N tickers and `--refits` folds, measured rather than
 projected, its folds on `--workers` processes (`backtest.workers`; phases are not timed
 there, timing.json's split is printed): wall time, peak memory of this process and of the
-largest reaped child process, R^2 against the oracle. On a lent GPU with `--set train.device=cuda` this is
-issue 33's measurement of N = 500 x 40 refits (`scripts/gpu_checks.sh`).
+largest reaped child process, R^2 against the oracle. On a lent GPU with `--set
+train.device=cuda` this is issue 33's measurement of N = 500 x 40 refits
+(`scripts/gpu_checks.sh`).
 """
 
 from __future__ import annotations

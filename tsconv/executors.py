@@ -254,7 +254,7 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
     # exit, Python 3.11's hook writes to that pipe unlocked, and when the thread closed it at
     # the same moment, Ctrl-C ended in a traceback (OSError: Bad file descriptor; CPython
     # gh-125451, since fixed there with a lock). Bounded: an interrupt never hangs.
-    if manager is not None and manager is not threading.current_thread():
+    if manager is not None:
         manager.join(timeout=10)
 
 
