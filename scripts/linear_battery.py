@@ -10,8 +10,9 @@ too; use it to try a change to the linear part on many seeds before the full run
 Each seed's summary also prints the linear part's R^2 on the null draws (no signal): a change
 that finds more on the signal draws by fitting more noise shows there first.
 
-Scalers are fitted on each fold's whole training span (the backtest fits them on the rows
-before validation), so its figures are close to, not equal to, the battery's."""
+Scalers (tsconv.engine.windows.Scaler) are fitted on each fold's whole training span (the
+backtest fits them on the rows before validation), so its figures are close to, not equal to,
+the battery's."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from tsconv import synthetic
 from tsconv.config import load_config, resolve_config_path
 from tsconv.data.features import compute_features, make_target
 from tsconv.engine import linear
+from tsconv.engine.windows import Scaler
 from tsconv.evaluate.battery import signal_basis
 
 FEATURES = load_config(resolve_config_path(Path("quick"))).features  # the shipped quick's
@@ -53,10 +55,9 @@ def score(args: tuple[int, int, int, int]) -> dict:
         end = min(start + test_bars, n - 1)
         xs, ys, rows, since, scales, offset = [], [], [], [], [], 0
         for x, y, _ in data.values():
-            span = x[first:start]
-            xs.append((x[first:] - span.mean(0)) / span.std(0))
-            known = y[first : start - 1]
-            scales.append(float(np.sqrt(np.mean(known[np.isfinite(known)] ** 2))))
+            scaler = Scaler.fit(x[first:start], y[first : start - 1], FEATURES)
+            xs.append(scaler.transform(x[first:]))
+            scales.append(scaler.y_scale)
             ys.append(y[first:] / scales[-1])
             rows.append(offset + np.arange(start - 1 - first))
             since.append(np.full(start - 1 - first, offset))

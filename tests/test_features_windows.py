@@ -95,12 +95,24 @@ def test_build_drops_warmup_rows_only():
 
 def test_scaler_fits_on_the_given_span_and_handles_constants():
     x = np.column_stack([np.arange(10.0), np.ones(10)])
-    s = Scaler.fit(x[:5], np.array([0.1, -0.1, 0.1, -0.1, np.nan]))
+    s = Scaler.fit(x[:5], np.array([0.1, -0.1, 0.1, -0.1, np.nan]), ["hl_range", "col:const"])
     np.testing.assert_allclose(s.mean, [2.0, 1.0])
     np.testing.assert_allclose(s.std, [np.std(np.arange(5.0)), 1.0])
     assert s.y_scale == pytest.approx(0.1)
     assert np.isfinite(s.transform(x)).all() and (s.transform(x)[:, 1] == 0).all()
     assert Scaler.from_dict(s.to_dict()).y_scale == s.y_scale
+
+
+def test_scaler_scales_signed_changes_without_centring_them():
+    # a return's zero is no move: the training span's mean return is not subtracted
+    x = np.column_stack([np.array([0.03, 0.01, 0.02, -0.02]), np.array([1.0, 2.0, 3.0, 4.0])])
+    for name in ("log_return", "oc_return", "log_volume_chg", "mom_20"):
+        s = Scaler.fit(x, np.zeros(4), [name, "vol_20"])
+        np.testing.assert_allclose(s.mean, [0.0, 2.5])
+        np.testing.assert_allclose(s.std, [np.sqrt(np.mean(x[:, 0] ** 2)), np.std(x[:, 1])])
+        assert s.transform(x)[0, 0] > 0 and s.transform(x)[3, 0] < 0  # signs kept
+    s = Scaler.fit(x, np.zeros(4), ["close_loc", "col:fred_rate"])  # levels are centred
+    np.testing.assert_allclose(s.mean, x.mean(0))
 
 
 def _panel(lengths, f=3):

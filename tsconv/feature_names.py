@@ -11,6 +11,9 @@ _PARAMETRIC = re.compile(rf"^({'|'.join(PARAMETRIC_FEATURES)})_(\d+)$")
 # Features measured in units of return (a log return, a range, a volatility, a momentum):
 # a risk target reads them relative to its trailing volatility (tsconv.data.features.build)
 RETURN_UNITS = ("log_return", "oc_return", "hl_range", "vol", "ewvol", "mom")
+# Signed changes (a log return, a momentum, a change in log volume): zero means no move, and
+# the scaler does not centre them (tsconv.engine.windows.Scaler)
+SIGNED_CHANGES = ("log_return", "oc_return", "log_volume_chg", "mom")
 
 
 def parse_feature_name(name: str) -> tuple[str, int | None]:
@@ -50,3 +53,12 @@ def in_return_units(name: str) -> bool:
     """Whether the (fixed or parametric) feature `name` is measured in units of return
     (`RETURN_UNITS`); KeyError for any other name."""
     return parse_feature_name(name)[0] in RETURN_UNITS
+
+
+def is_signed_change(name: str) -> bool:
+    """Whether `name` is a fixed or parametric feature in `SIGNED_CHANGES`; False for any
+    other name (a `col:` column, a covariate)."""
+    try:
+        return parse_feature_name(name)[0] in SIGNED_CHANGES
+    except KeyError:
+        return False

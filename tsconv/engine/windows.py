@@ -9,6 +9,7 @@ and a window never crosses a ticker or the end of its span.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,23 +17,31 @@ import torch
 from torch.utils.data import Dataset
 
 from tsconv.data.features import TickerData
+from tsconv.feature_names import is_signed_change
 
 # --------------------------------------------------------------------------- scaling
 
 
 @dataclass
 class Scaler:
-    """Per-feature mean/std and the target scale, fitted on a training span only."""
+    """Per-feature centre and scale and the target scale, fitted on a training span only."""
 
     mean: np.ndarray
     std: np.ndarray
     y_scale: float
 
     @classmethod
-    def fit(cls, x: np.ndarray, y: np.ndarray) -> Scaler:
+    def fit(cls, x: np.ndarray, y: np.ndarray, names: Sequence[str]) -> Scaler:
+        """Each feature (`names`, x's columns) standardised, except the signed changes
+        (`is_signed_change`: returns, momenta), which are divided by their root mean square
+        and not centred, as the target is. Their zero means no move, and a training span's
+        mean return is mostly noise: centring subtracts it from every forecast, and a
+        momentum read against it loses the drift it predicts (docs/known_answers.md,
+        session 26)."""
         x = np.asarray(x, dtype=np.float64)
-        mean = x.mean(axis=0)
-        std = x.std(axis=0)
+        signed = np.array([is_signed_change(n) for n in names], bool)
+        mean = np.where(signed, 0.0, x.mean(axis=0))
+        std = np.where(signed, np.sqrt(np.mean(x**2, axis=0)), x.std(axis=0))
         std = np.where(std > 1e-12, std, 1.0)  # a constant feature scales to zero, not NaN
         y = y[np.isfinite(y)]
         y_scale = float(np.sqrt(np.mean(y**2))) if len(y) else 1.0

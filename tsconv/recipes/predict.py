@@ -96,7 +96,9 @@ def _latest(folder: RunFolder, payload: dict[str, Any], cfg: Any) -> list[dict[s
     for t, td in prep.data.items():
         stored = payload["scalers"].get(t)
         # A ticker the model never saw is scaled on its own history, all of it before the bar.
-        scalers[t] = Scaler.from_dict(stored) if stored else Scaler.fit(td.x, td.y)
+        scalers[t] = (
+            Scaler.from_dict(stored) if stored else Scaler.fit(td.x, td.y, td.feature_names)
+        )
     panel = make_panel(prep.data, scalers)
     if cfg.target.kind != "return":  # the forecast volatility (and quantiles), no position
         from tsconv.recipes.risk_predict import latest_risk

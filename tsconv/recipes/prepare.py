@@ -138,9 +138,9 @@ def fit_scalers(prep: Prepared, train: dict[str, Span]) -> dict[str, Scaler]:
         if hi - lo < 2:
             # Not trained on (and not predicted by the caller): any finite scaling will do, and
             # none of its targets are looked at.
-            scalers[t] = Scaler.fit(td.x[: prep.cfg.window], np.array([]))
+            scalers[t] = Scaler.fit(td.x[: prep.cfg.window], np.array([]), td.feature_names)
             continue
-        scalers[t] = Scaler.fit(td.x[lo:hi], td.y[lo:hi])
+        scalers[t] = Scaler.fit(td.x[lo:hi], td.y[lo:hi], td.feature_names)
     return scalers
 
 
