@@ -41,7 +41,8 @@ class Scaler:
         x = np.asarray(x, dtype=np.float64)
         signed = np.array([is_signed_change(n) for n in names], bool)
         mean = np.where(signed, 0.0, x.mean(axis=0))
-        std = np.where(signed, np.sqrt(np.mean(x**2, axis=0)), x.std(axis=0))
+        # the spread about that centre: a standard deviation, or a root mean square
+        std = np.sqrt(np.mean((x - mean) ** 2, axis=0))
         std = np.where(std > 1e-12, std, 1.0)  # a constant feature scales to zero, not NaN
         y = y[np.isfinite(y)]
         y_scale = float(np.sqrt(np.mean(y**2))) if len(y) else 1.0
