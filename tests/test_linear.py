@@ -378,3 +378,20 @@ def test_block_means_of_runs_equal_the_gathered_ones_bit_for_bit():
     np.testing.assert_array_equal(
         linear.block_means(x, few, blocks), gathered[np.argsort(perm)][:5]
     )
+
+
+def test_a_choice_that_beats_zero_on_a_few_days_only_gives_way_to_zero():
+    """A candidate whose whole gain over the zero forecast comes from three days beats zero
+    by more than one standard error (the rule keeps it) but less than two: `choose` keeps
+    the zero forecast. One a tenth better on every day is kept."""
+    n = 1000
+    b = np.random.default_rng(0).normal(size=n)
+    scores = linear._Scores(b, np.arange(n) * 5 // n, (0.1, 1.0), np.arange(n))
+    scores.designs["loud"] = (np.array([0]), np.zeros(0, np.int64))
+    errors = b**2 - 5.0 * np.isin(np.arange(n), [100, 400, 700])
+    scores._keep(("loud", 1, 0.1), errors, 1.0, np.zeros(1))
+    assert scores.one_se() == ("loud", 1, 0.1)
+    assert scores.choose() == scores.zero
+    scores._keep(("steady", 1, 0.1), 0.9 * b**2, 1.0, np.zeros(1))
+    scores.designs["steady"] = (np.array([1]), np.zeros(0, np.int64))
+    assert scores.choose() == scores.one_se() == ("steady", 1, 0.1)
