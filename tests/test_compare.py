@@ -53,12 +53,14 @@ def one_line_error(args: list, *fragments: str) -> str:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    """Backtests: a (MSFT and AAPL), b (MSFT, another seed and cost), ibm (IBM), h5 (MSFT,
-    five-bar target), and a training run."""
+    """Backtests: a (MSFT and AAPL), b (MSFT, another seed and cost, the last epoch's
+    weights), ibm (IBM), h5 (MSFT, five-bar target), and a training run. b keeps its last
+    epoch's weights so that its forecast is not exactly zero (its linear part may be the
+    zero forecast), and its strategy trades: a Sharpe ratio to compare."""
     root = tmp_path_factory.mktemp("compare")
     plans = {
         "a": ["data.tickers=[MSFT,AAPL]"],
-        "b": ["data.tickers=[MSFT]", "seed=1", "backtest.cost_bps=2"],
+        "b": ["data.tickers=[MSFT]", "seed=1", "backtest.cost_bps=2", "train.restore_best=false"],
         "ibm": ["data.tickers=[IBM]"],
         "h5": ["data.tickers=[MSFT]", "target.horizon=5", "backtest.gap=4"],
     }
