@@ -98,12 +98,11 @@ def table(results: dict[tuple[str, str], dict], configs: list[str], series: list
                 r["model"] / r["oracle"] if r["oracle"] and np.isfinite(r["oracle"]) else None
             )
             of_ridge = r["model"] / r["ridge"] if r["ridge"] > 0.01 else None
-            side = "lower" if r["dm_stat"] < 0 else "higher"
             lines.append(
                 f"| {s} | {c} | {fmt(r['oracle'])} | {fmt(r['ridge'])} | {fmt(r['model'])} | "
                 f"{'-' if of_oracle is None else f'{of_oracle:.0%}'} | "
                 f"{'-' if of_ridge is None else f'{of_ridge:.2f}x'} | "
-                f"p = {r['dm_p']:.2g} ({side} MSE) | {r['folds']} | {r['seconds']:.0f} s |"
+                f"p = {pval(r['dm_p'])} ({side(r['dm_stat'])}) | {r['folds']} | {r['seconds']:.0f} s |"
             )
     return "\n".join(lines)
 
@@ -138,7 +137,7 @@ def fixed_cases(args: argparse.Namespace) -> None:
             results[(config, series)] = r = run(config, series, args.overrides)
             print(
                 f"{config:10s} {series:12s} model {fmt(r['model'])} ridge {fmt(r['ridge'])} "
-                f"oracle {fmt(r['oracle'])} DM p {r['dm_p']:.2g} ({r['folds']} folds, "
+                f"oracle {fmt(r['oracle'])} DM p {pval(r['dm_p'])} ({r['folds']} folds, "
                 f"{r['rows']} predictions, {r['seconds']:.1f} s)",
                 flush=True,
             )
@@ -238,6 +237,14 @@ def pval(x: float | None) -> str:
     return "-" if x is None else f"{x:.2g}"
 
 
+def side(dm_stat: float | None) -> str:
+    """Which way the model's squared error went against the zero forecast's; no test when the
+    model's forecast is the zero forecast on every row."""
+    if dm_stat is None:
+        return "the zero forecast itself"
+    return ("lower" if dm_stat < 0 else "higher") + " MSE"
+
+
 def pct(x: float | None) -> str:
     return "-" if x is None or not np.isfinite(x) else f"{round(100 * x)}%"  # an int: never "-0%"
 
@@ -268,12 +275,11 @@ def battery_table(rows: list[dict]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        side = "lower" if (r["dm_stat"] or 0) < 0 else "higher"
         lines.append(
             f"| {r['index']} | {r['family']} | {r['signal']} | {r['noise']} | "
             f"{r['tickers']} x {r['bars']} | {r['target']:.3f} | {fmt(r['oracle'])} | "
             f"{fmt(r['attainable'])} | {fmt(r['ridge'])} | {fmt(r['model'])} | "
-            f"{pct(r['ratio'])} | p = {pval(r['dm_p'])} ({pval(r['dm_p_holm'])}; {side} MSE) | "
+            f"{pct(r['ratio'])} | p = {pval(r['dm_p'])} ({pval(r['dm_p_holm'])}; {side(r['dm_stat'])}) | "
             f"{r['gaps'] or '-'} | {r['seconds']:.0f} s |"
         )
     return "\n".join(lines)
