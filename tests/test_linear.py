@@ -392,6 +392,6 @@ def test_a_choice_that_beats_zero_on_a_few_days_only_gives_way_to_zero():
     scores._keep(("loud", 1, 0.1), errors, 1.0, np.zeros(1))
     assert scores.one_se() == ("loud", 1, 0.1)
     assert scores.choose() == scores.zero
-    scores._keep(("steady", 1, 0.1), 0.9 * b**2, 1.0, np.zeros(1))
     scores.designs["steady"] = (np.array([1]), np.zeros(0, np.int64))
+    scores._keep(("steady", 1, 0.1), 0.9 * b**2, 1.0, np.zeros(1))
     assert scores.choose() == scores.one_se() == ("steady", 1, 0.1)

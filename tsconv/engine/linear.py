@@ -452,9 +452,9 @@ class _Scores:
         shape in one fold with a cross-validated gain of 3.9% over zero, and `quick` took
         it in one fold, lost R^2 0.27 there and -0.044 over the backtest (significantly
         worse than zero). Its gain came from a few days, so its standard error was large:
-        two of them send it back to zero (that backtest -0.003). On the linear proxy's 24 seeds null draws below R^2 -0.002 went from 9 to
-        2 of 96, and three of 480 signal draws lost 7-24 points (docs/known_answers.md,
-        sessions 26-27)."""
+        two of them send it back to zero (that backtest -0.003). On the linear proxy's 24
+        seeds null draws below R^2 -0.002 went from 9 to 2 of 96, and three of 480 signal
+        draws lost 7-24 points (docs/known_answers.md, sessions 26-27)."""
         chosen = self.one_se()
         d = self.sums[chosen] - self.sums[self.zero]
         return chosen if d.sum() <= -2 * d.std(ddof=1) * np.sqrt(len(d)) else self.zero
