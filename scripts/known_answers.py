@@ -254,6 +254,7 @@ def draw_line(r: dict) -> str:
         f"#{r['index']:02d} {r['family']:11s} {r['signal']:34s} {r['noise']:24s} "
         f"target {r['target']:.3f} oracle {fmt(r['oracle'])} attainable {fmt(r['attainable'])} "
         f"ridge {fmt(r['ridge'])} model {fmt(r['model'])} ratio {pct(r['ratio'])} "
+        f"(below half: p {pval(r['short_p'])}) "
         f"DM p {pval(r['dm_p'])} (Holm {pval(r['dm_p_holm'])}) {r['seconds']:.0f} s"
     )
 
@@ -271,15 +272,16 @@ def fold_line(f: dict) -> str:
 def battery_table(rows: list[dict]) -> str:
     lines = [
         "| # | family | signal | noise | tickers x bars | target | oracle | attainable | ridge AR "
-        "| model | model / attainable | DM vs zero (Holm) | missing inputs | time |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | model / attainable | below half (p) | DM vs zero (Holm) | missing inputs "
+        "| time |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['index']} | {r['family']} | {r['signal']} | {r['noise']} | "
             f"{r['tickers']} x {r['bars']} | {r['target']:.3f} | {fmt(r['oracle'])} | "
             f"{fmt(r['attainable'])} | {fmt(r['ridge'])} | {fmt(r['model'])} | "
-            f"{pct(r['ratio'])} | p = {pval(r['dm_p'])} ({pval(r['dm_p_holm'])}; {side(r['dm_stat'])}) | "
+            f"{pct(r['ratio'])} | {pval(r['short_p'])} | p = {pval(r['dm_p'])} ({pval(r['dm_p_holm'])}; {side(r['dm_stat'])}) | "
             f"{r['gaps'] or '-'} | {r['seconds']:.0f} s |"
         )
     return "\n".join(lines)
@@ -292,7 +294,8 @@ def summary_text(config: str, seed: int, rows: list[dict]) -> str:
     return (
         f"{config}, seed {seed}: median model / attainable {pct(s['median_ratio'])}, least "
         f"{pct(s['min_ratio'])} over {s['signal_draws']} draws with a signal (median by family: "
-        f"{families}); {s['signal_with_edge']} of them beat the zero forecast (DM, Holm, 5%); "
+        f"{families}); {s['short_of_share']} of them below half of the attainable by more than "
+        f"chance (one-sided, 5%), {s['signal_with_edge']} beat the zero forecast (DM, Holm, 5%); "
         f"{s['null_with_edge']} of {s['null_draws']} null draws show a significant edge. "
         f"{minutes:.1f} minutes of backtests ({60 * minutes / max(len(rows), 1):.0f} s a draw)."
     )
@@ -316,7 +319,11 @@ backtested with the shipped config, only data and span keys (tsconv.synthetic.SP
   training dates (folds.csv), all tickers pooled: what this much data teaches a model that
   knows the form (tsconv.evaluate.battery);
 - ridge AR and model: metrics.json's `r2_oos` (R^2 against the zero forecast);
-- model / attainable: the score; DM: the model's squared error against the zero forecast's,
+- model / attainable: the score; below half: the one-sided p-value of the model's R^2 being
+  below half of the attainable's on these rows (per-date sums of the loss difference that
+  R^2_model - R^2_attainable / 2 is, tsconv.evaluate.battery.short_of_share): a small one is a
+  draw the model fails, a large one beside a ratio under 50% is a draw too weak to tell;
+- DM: the model's squared error against the zero forecast's,
   raw p and Holm-adjusted over the baselines as in metrics.json; an edge is a lower MSE at 5%
   after Holm;
 - missing inputs: what the config lacks to see the signal (a feature, or lags beyond its

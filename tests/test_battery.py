@@ -173,18 +173,50 @@ def test_the_attainable_reference_nears_the_oracle_on_a_long_series(family):
 
 def test_summary_counts_ratios_and_null_edges():
     rows = [
-        {"family": "linear_lag", "ratio": 0.9, "edge": True},
-        {"family": "linear_lag", "ratio": 0.5, "edge": True},
-        {"family": "nonlinear", "ratio": 0.0, "edge": False},
-        {"family": "panel", "ratio": None, "edge": False},
-        {"family": "null", "ratio": None, "edge": True},
-        {"family": "null", "ratio": None, "edge": False},
+        {"family": "linear_lag", "ratio": 0.9, "edge": True, "short_p": 0.9},
+        {"family": "linear_lag", "ratio": 0.5, "edge": True, "short_p": 0.5},
+        {"family": "nonlinear", "ratio": 0.0, "edge": False, "short_p": 0.001},
+        {"family": "panel", "ratio": None, "edge": False, "short_p": None},
+        {"family": "null", "ratio": None, "edge": True, "short_p": None},
+        {"family": "null", "ratio": None, "edge": False, "short_p": None},
     ]
     s = battery.summarize_battery(rows)
     assert s["median_ratio"] == pytest.approx(0.5) and s["min_ratio"] == 0.0
     assert s["by_family"] == {"linear_lag": pytest.approx(0.7), "nonlinear": 0.0}
-    assert (s["signal_draws"], s["signal_with_edge"]) == (4, 2)
+    assert (s["signal_draws"], s["signal_with_edge"], s["short_of_share"]) == (4, 2, 1)
     assert (s["null_draws"], s["null_with_edge"]) == (2, 1)
+
+
+def short_case(model_share: float, signal_sd: float, seed: int = 0) -> tuple[dict, float]:
+    """Two tickers on 2,000 dates, r = signal + noise; the attainable forecast is the signal
+    itself, the model's `model_share` of it (R^2 about share * (2 - share) of the
+    attainable's). short_of_share's p-value and the R^2 ratio."""
+    rng = np.random.default_rng(seed)
+    dates = np.repeat(pd.bdate_range("2020-01-01", periods=2000), 2)
+    signal = signal_sd * rng.standard_normal(len(dates))
+    y = signal + rng.standard_normal(len(dates))
+    pred = pd.DataFrame({"date": dates, "realized": y, "prediction": model_share * signal})
+    r2 = {
+        name: metrics.forecast_metrics(f, y)["r2_oos"]
+        for name, f in (("model", pred["prediction"].to_numpy()), ("attainable", signal))
+    }
+    return battery.short_of_share(pred, signal), r2["model"] / r2["attainable"]
+
+
+def test_short_of_share_tells_a_failed_draw_from_one_too_weak_to_tell():
+    # R^2 about 0.2: a model at a fifth of the signal (ratio ~36%) falls short by far
+    failed, ratio = short_case(0.2, 0.5)
+    assert ratio < 0.5 and failed["p_value"] < 1e-6 and failed["dates"] == 2000
+    # the same model on a signal with R^2 0.0025: the ratio alone is as low, but this much
+    # data cannot tell it from half
+    weak, ratio = short_case(0.2, 0.05)
+    assert ratio < 0.5 and weak["p_value"] > 0.05
+    # a model at 90% of the signal is not short of half, at any strength
+    assert short_case(0.9, 0.5)[0]["p_value"] > 0.99
+    # the identity behind it: the mean per-date difference is below zero iff ratio >= 1/2
+    for share, sd in ((0.3, 0.5), (0.6, 0.2), (0.25, 0.3)):
+        result, ratio = short_case(share, sd, seed=1)
+        assert (result["stat"] > 0) == (ratio < 0.5), (share, sd, ratio)
 
 
 def test_input_gaps_name_what_a_config_cannot_see():

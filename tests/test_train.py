@@ -392,6 +392,7 @@ def test_cuda_training_with_amp_and_cpu_reload(tmp_path):
 
 
 def test_trained_weights_replace_the_starting_ones_only_when_clearly_better():
+    """By more than two standard errors of the paired difference (engine.fit.beats_clearly)."""
     from tsconv.engine.fit import beats_clearly
 
     g = torch.Generator().manual_seed(0)
@@ -400,4 +401,10 @@ def test_trained_weights_replace_the_starting_ones_only_when_clearly_better():
     slightly = noise - 0.001  # lower on average, by far less than one standard error
     assert slightly.mean() < reference.mean() and not beats_clearly(slightly, reference)
     assert beats_clearly(reference - 0.05, reference)  # every row lower: clearly better
+    # lower by one and a half standard errors of the paired difference: not enough (two)
+    d = noise - reference
+    se = float(d.std() / 400**0.5)
+    between = noise - float(d.mean()) - 1.5 * se
+    assert not beats_clearly(between, reference)
+    assert beats_clearly(between - se, reference)  # two and a half
     assert beats_clearly(slightly, None)  # nothing to beat (no validation, or an old run)

@@ -24,6 +24,8 @@ from tsconv.evaluate import metrics
 # A run has an edge when the model's squared error is below the zero forecast's at this level,
 # Holm-adjusted over the baselines as metrics.json's forecast.prediction.dm_vs.
 SIGNIFICANCE = 0.05
+# Issue 30's every-draw bar: a signal draw's model finds at least this share of the attainable.
+SHARE = 0.5
 
 
 def signal_basis(form: synthetic.SignalForm, frame: pd.DataFrame) -> pd.Series:
@@ -76,6 +78,24 @@ def attainable_of_draw(
     return attainable_forecast(pred, folds, basis, target)
 
 
+def short_of_share(
+    pred: pd.DataFrame, attainable: np.ndarray, share: float = SHARE
+) -> dict[str, Any]:
+    """Whether the model's R^2 is below `share` of the attainable reference's by more than
+    chance: a one-sided test on the same rows. With y the realized return, R^2_model >= share *
+    R^2_attainable is sum(d) <= 0 for d = e_model - share * e_attainable - (1 - share) * y^2
+    (e the squared errors), so d is summed per date (tickers on one date share their noise)
+    and tested as Diebold-Mariano's loss difference. A ratio far below `share` on a draw whose
+    attainable R^2 is a few thousandths can be chance; a small p-value here cannot."""
+    y = pred["realized"].to_numpy()
+    a = np.nan_to_num(attainable)
+    d = (pred["prediction"].to_numpy() - y) ** 2 - share * (a - y) ** 2 - (1 - share) * y**2
+    per_date = pd.Series(d).groupby(pred["date"].to_numpy()).sum().to_numpy()
+    dm = metrics.diebold_mariano(per_date, np.zeros_like(per_date))
+    p = None if dm["stat"] is None else 0.5 * math.erfc(dm["stat"] / math.sqrt(2))  # P(Z >= z)
+    return {"stat": dm["stat"], "p_value": p, "dates": len(per_date)}
+
+
 def score_draw(
     answer: synthetic.KnownAnswer,
     metrics_json: dict[str, Any],
@@ -84,7 +104,8 @@ def score_draw(
 ) -> dict[str, Any]:
     """One backtest of one draw: the oracle's, attainable reference's, ridge AR's and the
     model's R^2 out of sample on the predicted rows, the model's share of the attainable
-    (`ratio`, for draws with a signal) and its DM test against the zero forecast."""
+    (`ratio`, for draws with a signal), whether that share is below `SHARE` by more than
+    chance (`short_p`, one-sided) and its DM test against the zero forecast."""
     realized = pred["realized"].to_numpy()
     attainable = attainable_of_draw(answer, pred, folds)
     forecast = metrics_json["forecast"]
@@ -92,12 +113,14 @@ def score_draw(
     attainable_r2 = metrics.forecast_metrics(np.nan_to_num(attainable), realized)["r2_oos"]
     dm, dm_zero = forecast["prediction"]["dm_vs_zero"], forecast["prediction"]["dm_vs"]["zero"]
     has_signal = answer.draw.form.kind != "none"
+    short = short_of_share(pred, attainable) if has_signal else {"p_value": None}
     return {
         "oracle": synthetic.oracle_r2_of(pred, answer.oracles),
         "attainable": attainable_r2,
         "ridge": forecast["ridge_ar"]["r2_oos"],
         "model": model,
         "ratio": model / attainable_r2 if has_signal and attainable_r2 > 0 else None,
+        "short_p": short["p_value"],
         "dm_stat": dm["stat"],
         "dm_p": dm["p_value"],
         "dm_p_holm": dm_zero["p_holm"],
@@ -148,7 +171,8 @@ def scores_by_fold(
 
 def summarize_battery(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """One config's battery: the median and least model / attainable ratio over the draws with
-    a signal, the median per family, and how many null draws showed a significant edge.
+    a signal, the median per family, how many signal draws fell short of `SHARE` of the
+    attainable by more than chance, and how many null draws showed a significant edge.
     Each row is a `score_draw` result plus the draw's "family"."""
     signal = [r for r in rows if r["family"] != "null"]
     scored = [r for r in signal if r["ratio"] is not None and math.isfinite(r["ratio"])]
@@ -164,6 +188,9 @@ def summarize_battery(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "min_ratio": float(np.min(ratios)) if ratios else None,
         "by_family": {f: float(np.median(v)) for f, v in sorted(by_family.items())},
         "signal_with_edge": sum(r["edge"] for r in signal),
+        "short_of_share": sum(
+            r["short_p"] is not None and r["short_p"] < SIGNIFICANCE for r in signal
+        ),
         "null_draws": len(nulls),
         "null_with_edge": sum(r["edge"] for r in nulls),
     }
