@@ -320,9 +320,10 @@ backtested with the shipped config, only data and span keys (tsconv.synthetic.SP
   knows the form (tsconv.evaluate.battery);
 - ridge AR and model: metrics.json's `r2_oos` (R^2 against the zero forecast);
 - model / attainable: the score; below half: the one-sided p-value of the model's R^2 being
-  below half of the attainable's on these rows (per-date sums of the loss difference that
-  R^2_model - R^2_attainable / 2 is, tsconv.evaluate.battery.short_of_share): a small one is a
-  draw the model fails, a large one beside a ratio under 50% is a draw too weak to tell;
+  below half of the attainable's on these rows, a Diebold-Mariano test on per-date sums of
+  e_model^2 - (e_attainable^2 + y^2) / 2, whose mean is R^2_attainable / 2 - R^2_model times
+  the mean of y^2 (tsconv.evaluate.battery.short_of_share): a small p is a draw the model
+  fails; a large one beside a ratio under 50% is a draw too weak to tell;
 - DM: the model's squared error against the zero forecast's,
   raw p and Holm-adjusted over the baselines as in metrics.json; an edge is a lower MSE at 5%
   after Holm;
