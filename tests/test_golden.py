@@ -22,6 +22,7 @@ they did (their bytes are unknown until recorded on such a machine).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import platform
@@ -75,11 +76,21 @@ TIMING_COLUMNS = ("seconds", "samples_per_s")
 
 
 def file_digest(path: Path) -> str:
-    """sha256 of a file's bytes; CSV files without their timing columns."""
+    """sha256 of a file's bytes; CSV files without their timing columns, and a model file
+    without its `versions` record: that is the environment the run was made in (Python, numpy
+    and pandas versions, the OS kernel's release), which differs between machines with the
+    same torch and CPU while every weight and scaler stays the same (a kernel update once
+    moved model.pt's bytes and nothing else)."""
     if path.suffix == ".csv":
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
         frame = frame[[c for c in frame.columns if not c.endswith(TIMING_COLUMNS)]]
         data = frame.to_csv(index=False).encode()
+    elif path.suffix == ".pt":
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        saved.pop("versions")
+        buffer = io.BytesIO()
+        torch.save(saved, buffer)
+        data = buffer.getvalue()
     else:
         data = path.read_bytes()
     return hashlib.sha256(data).hexdigest()
@@ -151,3 +162,17 @@ def test_recording_keeps_other_platforms_only_while_the_bytes_stand():
     assert recorded(old, "intel", {"a": "1"}) == old  # nothing moved: the AMD record stands
     assert recorded(old, "arm", {"a": "1"}) == {**old, "arm": {"a": "1"}}  # a new platform
     assert recorded(old, "intel", {"a": "2"}) == {"intel": {"a": "2"}}  # moved: AMD's stale
+
+
+def test_a_model_file_digest_leaves_out_the_environment_and_keeps_every_weight(tmp_path):
+    def saved(name: str, platform_name: str, weight: float) -> Path:
+        path = tmp_path / f"{name}.pt"
+        versions = {"torch": str(torch.__version__), "platform": platform_name}
+        torch.save(
+            {"format": "tsconv-model/1", "versions": versions, "w": torch.full((3,), weight)}, path
+        )
+        return path
+
+    here = file_digest(saved("a", "Linux-6.1-x86_64", 0.5))
+    assert file_digest(saved("b", "Linux-6.18-x86_64", 0.5)) == here
+    assert file_digest(saved("c", "Linux-6.1-x86_64", 0.5 + 1e-7)) != here
