@@ -11,6 +11,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BENCHES = [
     ["bench_train.py"],
+    ["bench_highway.py", "--repeats", "50"],
     ["bench_windows.py"],
     ["bench_walkforward.py"],
     ["bench_quality.py"],

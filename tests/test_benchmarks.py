@@ -12,6 +12,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import _bench  # noqa: E402
 import bench_batched  # noqa: E402
+import bench_highway  # noqa: E402
 import bench_linear  # noqa: E402
 import bench_startup  # noqa: E402
 import bench_train  # noqa: E402
@@ -133,3 +134,14 @@ def test_batched_trainer_benchmark_times_both_routes_and_shows_their_losses():
     assert [r[0] for r in rows] == ["one after another", "together"]
     assert rows[0][2] == "1.00x" and all(float(r[1]) > 0 for r in rows)
     assert rows[0][3] == rows[1][3]  # the kept start's loss: the same in both routes
+
+
+def test_highway_table_compares_both_paths_on_every_weight_kind():
+    rows = bench_highway.rows(repeats=2)
+    assert [r[0] for r in rows] == [
+        "one lag and one product",
+        "zero forecast",
+        "40 lags of one feature",
+        "every weight set",
+    ]
+    assert all(r[1] > 0 and r[2] > 0 and r[4] == "yes" for r in rows)

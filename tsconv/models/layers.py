@@ -90,6 +90,10 @@ class Highway(nn.Module):
         self.clip = 5.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lag_part(x) + self.bar_part(x).unsqueeze(1)
+
+    def lag_part(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 1, L): the linear map of the last `lags` bars."""
         # Sums in a fixed order of elementwise steps, feature by feature and lag by lag: unlike
         # a matrix product (MKL splits its sums by thread count on AMD CPUs) or a convolution
         # with a long kernel (an (N, F, L, lags) copy), a step's bits depend neither on the
@@ -105,7 +109,12 @@ class Highway(nn.Module):
             lag = self.lags - 1 - k
             if lag < length:
                 out[..., lag:] += terms[:, k : k + 1, : length - lag]
-        # the last bar's terms, always computed (not only when nonzero: no host sync)
+        return out
+
+    def bar_part(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, L): the last bar's nonlinear terms plus the offset."""
+        # always computed (not only the terms whose weights are nonzero: no host sync)
+        n_feat, length = x.shape[1], x.shape[-1]
         z = x.clamp(-self.clip, self.clip)
         quad, hinge, step = self.quad.to(x.dtype), self.hinge.to(x.dtype), self.step.to(x.dtype)
         bar = self.offset.to(x.dtype).expand(x.shape[0], length)
@@ -117,7 +126,7 @@ class Highway(nn.Module):
                 bar = bar + hinge[i, h] * F.relu(sign * zi - knot)
             for h, (sign, knot) in enumerate(STEPS):
                 bar = bar + step[i, h] * (sign * zi > knot).to(x.dtype)
-        return out + bar.unsqueeze(1)
+        return bar
 
     @torch.no_grad()
     def set_ridge(

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from tsconv.models.fast.dropout import keep_mask
+from tsconv.models.fast.highway import NonzeroHighway
 from tsconv.models.fast.route import CPURoute
 from tsconv.models.fast.timemajor import (
     TemporalBlockFunction,
@@ -52,6 +53,11 @@ def block_ends(shape: tuple[int, int], p: float, dtype: torch.dtype):
 
 class TimeMajorTCN(CPURoute, TCN):
     Block = TimeMajorBlock
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.highway is not None:
+            self.highway = NonzeroHighway(*self.highway.weight.shape[1:])
 
     def forward_cpu(self, x: torch.Tensor) -> torch.Tensor:
         h = self.blocks(x)  # an (N, C, L) view of time-major rows
