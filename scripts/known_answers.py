@@ -102,7 +102,8 @@ def table(results: dict[tuple[str, str], dict], configs: list[str], series: list
                 f"| {s} | {c} | {fmt(r['oracle'])} | {fmt(r['ridge'])} | {fmt(r['model'])} | "
                 f"{'-' if of_oracle is None else f'{of_oracle:.0%}'} | "
                 f"{'-' if of_ridge is None else f'{of_ridge:.2f}x'} | "
-                f"p = {pval(r['dm_p'])} ({side(r['dm_stat'])}) | {r['folds']} | {r['seconds']:.0f} s |"
+                f"p = {pval(r['dm_p'])} ({side(r['dm_stat'])}) | {r['folds']} | "
+                f"{r['seconds']:.0f} s |"
             )
     return "\n".join(lines)
 
@@ -281,7 +282,8 @@ def battery_table(rows: list[dict]) -> str:
             f"| {r['index']} | {r['family']} | {r['signal']} | {r['noise']} | "
             f"{r['tickers']} x {r['bars']} | {r['target']:.3f} | {fmt(r['oracle'])} | "
             f"{fmt(r['attainable'])} | {fmt(r['ridge'])} | {fmt(r['model'])} | "
-            f"{pct(r['ratio'])} | {pval(r['short_p'])} | p = {pval(r['dm_p'])} ({pval(r['dm_p_holm'])}; {side(r['dm_stat'])}) | "
+            f"{pct(r['ratio'])} | {pval(r['short_p'])} | "
+            f"p = {pval(r['dm_p'])} ({pval(r['dm_p_holm'])}; {side(r['dm_stat'])}) | "
             f"{r['gaps'] or '-'} | {r['seconds']:.0f} s |"
         )
     return "\n".join(lines)

@@ -13,7 +13,8 @@ from tsconv.engine.runtime import amp_dtype
 from tsconv.engine.windows import WindowDataset
 
 # Capturing costs warm-up passes and the capture itself, dozens of replayed steps' worth
-# (docs/performance.md, "Measurements behind the code"): fits with fewer full batches than this run eagerly.
+# (docs/performance.md, "Measurements behind the code"): fits with fewer full batches than
+# this run eagerly.
 GRAPH_MIN_STEPS = 150
 
 
